@@ -1,0 +1,5 @@
+"""`python -m consumer ...`: see consumer.cli."""
+
+from consumer.cli import main
+
+raise SystemExit(main())

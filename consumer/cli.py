@@ -1,0 +1,208 @@
+"""The command line: the one place that reads the environment and builds Settings.
+
+python -m consumer run        one consumer-group member (run many)
+python -m consumer migrate    create / upgrade the database schema
+python -m consumer produce    send webhook files to the inbound topic
+python -m consumer tail       follow the outbound topic
+python -m consumer demo       the whole flow on embedded services, with a summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+import structlog
+
+from consumer import logs
+from consumer.errors import ConfigError, WamidGuardError
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"wamid-guard: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return int(args.func(settings, args))
+    except WamidGuardError as exc:
+        log.error(  # noqa: TRY400 - the cause is chained in the line; no traceback for an expected failure
+            "command.failed",
+            command=args.command,
+            error=str(exc),
+            cause=repr(exc.__cause__) if exc.__cause__ else None,
+        )
+        print(f"wamid-guard {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="consume INBOUND_TOPIC as a member of CONSUMER_GROUP").set_defaults(
+        func=cmd_run
+    )
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
+        func=cmd_migrate
+    )
+
+    produce = sub.add_parser("produce", help="send webhook bodies to INBOUND_TOPIC")
+    produce.add_argument("files", nargs="*", help="webhook JSON files (default: bundled samples)")
+    produce.add_argument(
+        "--duplicates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send each body N extra times (Meta's redelivery)",
+    )
+    produce.add_argument(
+        "--spread-partitions",
+        action="store_true",
+        help="put the copies of a body on different partitions",
+    )
+    produce.add_argument("--topic", help="topic (default: INBOUND_TOPIC)")
+    produce.set_defaults(func=cmd_produce)
+
+    tail = sub.add_parser("tail", help="follow OUTBOUND_TOPIC, one event a line")
+    tail.add_argument("--json", action="store_true", help="print each event as raw JSON")
+    where = tail.add_mutually_exclusive_group()
+    where.add_argument(
+        "--from-beginning",
+        dest="from_beginning",
+        action="store_true",
+        default=True,
+        help="start at the oldest event (default)",
+    )
+    where.add_argument(
+        "--from-end",
+        dest="from_beginning",
+        action="store_false",
+        help="only events published from now on",
+    )
+    tail.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="exit after this long without a new event (default: follow forever)",
+    )
+    tail.add_argument("--topic", help="topic (default: OUTBOUND_TOPIC)")
+    tail.set_defaults(func=cmd_tail)
+
+    demo = sub.add_parser("demo", help="run the whole flow on embedded services")
+    demo.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    demo.add_argument("--partitions", type=int, default=4, help="inbound partitions (default 4)")
+    demo.add_argument(
+        "--duplicates", type=int, default=2, help="extra copies of each webhook (default 2)"
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from consumer.service import Service
+
+    async def _run() -> None:
+        service = Service(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.request_stop, sig.name)
+        await service.run()
+
+    asyncio.run(_run())
+    return 0
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from consumer import migrate
+
+    migrate.upgrade(settings.database_url)
+    log.info("migrate.done", revision="head")
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer import produce
+
+    if args.duplicates < 0:
+        raise ConfigError("--duplicates", "must be 0 or more")
+    bodies = produce.read_bodies(args.files)
+    topic = args.topic or settings.inbound_topic
+    sent = asyncio.run(
+        produce.produce(
+            settings.kafka_bootstrap_servers,
+            topic,
+            bodies,
+            duplicates=args.duplicates,
+            spread=args.spread_partitions,
+        )
+    )
+    print(
+        f"sent {len(sent)} record(s) ({len(bodies)} bodies x {1 + args.duplicates}) "
+        f"to {topic} on partitions {sorted({s.partition for s in sent})}"
+    )
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.topics import read_topic
+
+    async def _tail() -> None:
+        topic = args.topic or settings.outbound_topic
+        async for record in read_topic(
+            settings.kafka_bootstrap_servers,
+            topic,
+            from_beginning=args.from_beginning,
+            idle_s=args.idle_exit,
+        ):
+            print(
+                format_event(record.partition, record.offset, record.value, args.json), flush=True
+            )
+
+    try:
+        asyncio.run(_tail())
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def format_event(partition: int, offset: int, value: bytes | None, as_json: bool) -> str:
+    """One line per event: the raw JSON, or a readable summary without message content."""
+    if as_json:
+        return (value or b"").decode(errors="replace")
+    try:
+        event = orjson.loads(value or b"")
+        message = event["message"]
+        return (
+            f"{partition}:{offset} {event['event']} event_id={event['event_id']} "
+            f"phone_number_id={event['phone_number_id']} from={message['from']} "
+            f"type={message['type']} wamid={message['source_id']}"
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return f"{partition}:{offset} <not a message_created event: {len(value or b'')} bytes>"
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer import demo
+
+    return demo.main(
+        settings, consumers=args.consumers, partitions=args.partitions, duplicates=args.duplicates
+    )

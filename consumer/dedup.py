@@ -1,0 +1,116 @@
+"""The Redis lease that keeps concurrent duplicates from doing the work twice.
+
+Each message has one key, ``{prefix}:{phone_number_id}:{wamid}``, in one of two states:
+
+    <token>        a processing lease, short TTL (LEASE_TTL_S), owned by one worker batch
+    done:<token>   a done marker, long TTL (DONE_TTL_S), set after commit and publish
+
+Taking a lease is one atomic ``SET key token NX PX ttl`` (inside a script that also
+reports *why* it failed: held by someone else, or already done). Release and the
+switch to done are compare-and-set scripts, so a worker never touches a key that
+another worker owns now. Redis is the fast path only: the database's unique
+constraint is the authority (DESIGN rule 1).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from consumer.errors import LeaseStoreError
+from consumer.records import MessageKey
+
+DONE_PREFIX = "done:"
+
+# KEYS[1] key; ARGV[1] token, ARGV[2] lease ms. -> 1 acquired, 0 held, 2 done.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 5) == 'done:' then return 2 end
+return 0
+"""
+# Compare-and-delete: only the owner's token releases. -> 1 released, 0 not ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Lease -> done marker, unless another worker owns the key now. -> 1 set, 0 left alone.
+_FINISH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
+  redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class LeaseState(enum.Enum):
+    ACQUIRED = "acquired"
+    HELD = "held"  # another worker is on it: not yet, not skip (DESIGN rule 5)
+    DONE = "done"  # stored and announced already
+
+
+_STATES = {1: LeaseState.ACQUIRED, 0: LeaseState.HELD, 2: LeaseState.DONE}
+
+
+class Leases:
+    """Batch operations on message leases: one pipelined round trip each."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, lease_ttl_s: float, done_ttl_s: float
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._lease_ms = int(lease_ttl_s * 1000)
+        self._done_ms = int(done_ttl_s * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(_FINISH)
+
+    def key(self, message: MessageKey) -> str:
+        return f"{self._prefix}:{message.phone_number_id}:{message.wamid}"
+
+    async def acquire(self, keys: Sequence[MessageKey], token: str) -> dict[MessageKey, LeaseState]:
+        """Try to take a lease on every key at once."""
+        results = await self._run(self._acquire, keys, [token, self._lease_ms], "acquire")
+        return {k: _STATES[int(r)] for k, r in zip(keys, results, strict=True)}
+
+    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+        """Give back leases we own, so a retry is not swallowed. Returns how many."""
+        results = await self._run(self._release, keys, [token], "release")
+        return sum(int(r) for r in results)
+
+    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+        """Turn our leases into long-lived done markers. Returns how many."""
+        results = await self._run(self._finish, keys, [token, self._done_ms], "finish")
+        return sum(int(r) for r in results)
+
+    async def _run(
+        self, script: Any, keys: Sequence[MessageKey], args: Iterable[object], what: str
+    ) -> list[Any]:
+        if not keys:
+            return []
+        argv = list(args)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await script(keys=[self.key(key)], args=argv, client=pipe)
+                return list(await pipe.execute())
+        except (RedisError, OSError) as exc:
+            raise LeaseStoreError(f"Redis {what} of {len(keys)} lease(s) failed: {exc}") from exc
+
+
+def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
+    """A Redis client with bounded timeouts (a hung Redis must not hang a batch)."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+        decode_responses=False,
+    )

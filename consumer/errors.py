@@ -1,0 +1,52 @@
+"""The project's exceptions, one root.
+
+    WamidGuardError
+    ├── ConfigError            a setting is missing or malformed (names the setting)
+    ├── DependencyError        a backing service failed; `retriable` says if waiting helps
+    │   ├── LeaseStoreError    Redis (the lease / done-marker store)
+    │   ├── StoreError         the SQL database
+    │   └── BrokerError        Kafka: produce, commit, admin
+    └── EmbeddedServiceError   a service the demo or tests start themselves would not start
+
+Only the adapter modules (dedup, store, publish, service) see redis, SQLAlchemy or
+aiokafka exceptions; they translate them here with ``raise ... from exc`` so the cause
+stays chained for the operator.
+"""
+
+from __future__ import annotations
+
+
+class WamidGuardError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(WamidGuardError):
+    """A setting is invalid. The message names the environment variable."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
+class DependencyError(WamidGuardError):
+    """A backing service did not do what we asked. Usually worth a retry."""
+
+    retriable = True
+
+
+class LeaseStoreError(DependencyError):
+    """Redis failed while taking, releasing or finishing a lease."""
+
+
+class StoreError(DependencyError):
+    """The database failed; the transaction did not (or may not) commit."""
+
+
+class BrokerError(DependencyError):
+    """Kafka failed to take a record we produced or an offset we committed."""
+
+
+class EmbeddedServiceError(WamidGuardError):
+    """A locally started service (Tansu, redis-server) did not come up."""

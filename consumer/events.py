@@ -1,0 +1,67 @@
+"""The outbound ``message_created`` event (contract: schemas/message_created.v1.json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from consumer.records import Message
+
+EVENT_TYPE = "message_created"
+SCHEMA_VERSION = 1
+# Fields of Meta's message object that the event carries under their own names;
+# everything else of the raw message (text, image, reaction, context, errors...) is
+# copied alongside as the content.
+_ENVELOPE_FIELDS = frozenset({"id", "from", "timestamp", "type"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    """An event ready to publish: what the outbox row holds, byte for byte."""
+
+    event_id: str
+    topic: str
+    key: bytes
+    payload: bytes
+
+
+def conversation_key(phone_number_id: str, sender: str) -> bytes:
+    """Kafka key: one contact's events of one number stay in order on one partition."""
+    return f"{phone_number_id}:{sender}".encode()
+
+
+def build(message: Message, *, topic: str, occurred_at: dt.datetime) -> OutboundEvent:
+    """The event for a message that is being stored now."""
+    key = message.key
+    content = {k: v for k, v in message.raw.items() if k not in _ENVELOPE_FIELDS}
+    body: dict[str, Any] = {
+        "event": EVENT_TYPE,
+        "schema_version": SCHEMA_VERSION,
+        "event_id": key.event_id,
+        "occurred_at": occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "phone_number_id": key.phone_number_id,
+        "display_phone_number": message.display_phone_number,
+        "message": {
+            **content,
+            "id": key.message_id,
+            "source_id": key.wamid,
+            "from": message.sender,
+            "type": message.type,
+            "timestamp": message.timestamp,
+        },
+        "contact": {"wa_id": message.contact_wa_id, "name": message.contact_name},
+        "source": {
+            "topic": message.source.topic,
+            "partition": message.source.partition,
+            "offset": message.source.offset,
+        },
+    }
+    return OutboundEvent(
+        event_id=key.event_id,
+        topic=topic,
+        key=conversation_key(key.phone_number_id, message.sender),
+        payload=orjson.dumps(body),
+    )

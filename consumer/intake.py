@@ -1,0 +1,152 @@
+"""Decode a raw inbound record into a :class:`Webhook` or an :class:`Invalid`.
+
+Meta batches: one body may hold several entries, each with several changes, each with
+several messages. Every message of every change is returned, not just the first.
+Statuses and value-level ``errors`` are valid webhooks that create no message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def decode(record: InboundRecord, *, max_bytes: int) -> Webhook | Invalid:
+    """Turn one record into a value; never raises for bad input."""
+    try:
+        body = _parse_body(record.value, max_bytes)
+        return _webhook(record, body)
+    except _Reject as rejected:
+        return Invalid(record, rejected.reason, rejected.detail)
+
+
+def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
+    if not value:
+        raise _Reject(Reason.EMPTY, "record has no value")
+    if len(value) > max_bytes:
+        raise _Reject(Reason.OVERSIZE, f"{len(value)} bytes > MAX_RECORD_BYTES={max_bytes}")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Reject(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
+    if not isinstance(body, dict):
+        raise _Reject(Reason.BAD_SHAPE, f"top level is {type(body).__name__}, not an object")
+    return body
+
+
+def _webhook(record: InboundRecord, body: dict[str, Any]) -> Webhook:
+    obj = body.get("object", "whatsapp_business_account")
+    if obj != "whatsapp_business_account":
+        raise _Reject(Reason.BAD_SHAPE, f"object is {obj!r}, not 'whatsapp_business_account'")
+    entries = _list(body, "entry", "body")
+    if not entries:
+        raise _Reject(Reason.BAD_SHAPE, "entry is empty")
+    messages: list[Message] = []
+    statuses = errors = ignored = 0
+    for i, entry in enumerate(entries):
+        for j, change in enumerate(_list(_obj(entry, f"entry[{i}]"), "changes", f"entry[{i}]")):
+            where = f"entry[{i}].changes[{j}]"
+            change = _obj(change, where)
+            value = _obj(change.get("value"), f"{where}.value")
+            if change.get("field", "messages") != "messages":
+                ignored += 1
+                continue
+            found = _messages(record, value, where)
+            messages.extend(found)
+            statuses += len(_optional_list(value, "statuses", where))
+            errors += len(_optional_list(value, "errors", where))
+            if not found and "statuses" not in value and "errors" not in value:
+                ignored += 1
+    return Webhook(record, tuple(messages), statuses, errors, ignored)
+
+
+def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[Message]:
+    raw_messages = _optional_list(value, "messages", where)
+    if not raw_messages:
+        return []  # statuses / errors only: no message needs the phone_number_id
+    metadata = value.get("metadata")
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if isinstance(pnid, int) and not isinstance(pnid, bool):
+        pnid = str(pnid)
+    if not isinstance(pnid, str) or not pnid:
+        raise _Reject(Reason.MISSING_PHONE_NUMBER_ID, f"{where}.value.metadata.phone_number_id")
+    assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
+    display = metadata.get("display_phone_number")
+    contacts = [c for c in _optional_list(value, "contacts", where) if isinstance(c, dict)]
+    out = []
+    for k, raw in enumerate(raw_messages):
+        raw = _obj(raw, f"{where}.value.messages[{k}]")
+        wamid = raw.get("id")
+        if not isinstance(wamid, str) or not wamid:
+            raise _Reject(Reason.MESSAGE_WITHOUT_ID, f"{where}.value.messages[{k}].id")
+        sender = _str(raw, "from", f"{where}.value.messages[{k}]")
+        contact = _contact_for(sender, contacts)
+        profile = contact.get("profile") if contact else None
+        out.append(
+            Message(
+                key=MessageKey(pnid, wamid),
+                sender=sender,
+                type=_str(raw, "type", f"{where}.value.messages[{k}]"),
+                timestamp=_str(raw, "timestamp", f"{where}.value.messages[{k}]"),
+                contact_wa_id=_opt_str(contact.get("wa_id")) if contact else None,
+                contact_name=_opt_str(profile.get("name")) if isinstance(profile, dict) else None,
+                contact_profile=profile if isinstance(profile, dict) else None,
+                display_phone_number=_opt_str(display),
+                raw=raw,
+                source=record,
+            )
+        )
+    return out
+
+
+def _contact_for(sender: str, contacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The sender's contact entry; a lone entry is the sender's even without a wa_id match
+    (username-only senders), but with several we never guess another person's name."""
+    for contact in contacts:
+        if contact.get("wa_id") == sender:
+            return contact
+    return contacts[0] if len(contacts) == 1 else None
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Reject(Reason.BAD_SHAPE, f"{where} is not an object")
+    return value
+
+
+def _list(parent: dict[str, Any], name: str, where: str) -> list[Any]:
+    value = parent.get(name)
+    if not isinstance(value, list):
+        raise _Reject(Reason.BAD_SHAPE, f"{where}.{name} is missing or not a list")
+    return value
+
+
+def _optional_list(parent: dict[str, Any], name: str, where: str) -> list[Any]:
+    if name not in parent:
+        return []
+    return _list(parent, name, f"{where}.value")
+
+
+def _str(parent: dict[str, Any], name: str, where: str) -> str:
+    value = parent.get(name)
+    if not isinstance(value, str) or not value:
+        raise _Reject(Reason.BAD_SHAPE, f"{where}.{name} is missing or not a string")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,236 @@
+"""One batch of inbound records through every stage of the flow, in a page.
+
+    decode -> dead-letter the invalid
+           -> lease every message key (one Redis round trip)
+           -> one transaction: messages ON CONFLICT DO NOTHING + outbox rows
+           -> publish message_created (new rows, and unpublished rows of conflicts)
+           -> mark outbox rows published -> leases become done markers
+           -> report which records are durable and which must be retried
+
+A record is durable when it was dead-lettered, or when every message key in it is
+stored and announced (by us now, or found done). A key another worker holds defers
+its record (DESIGN rule 5); a failed step releases our leases (rule 4) and retries the
+records. Nothing here commits offsets: the service does, from the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from consumer import events, intake
+from consumer.crashpoints import CrashPoints
+from consumer.dedup import Leases, LeaseState
+from consumer.errors import DependencyError, LeaseStoreError, StoreError
+from consumer.publish import Publisher
+from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
+from consumer.settings import Settings
+from consumer.store import PendingMessage, Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What happened to one batch: counts for logs and metrics, records for offsets."""
+
+    records: int = 0
+    messages: int = 0
+    stored: int = 0
+    dup_done_marker: int = 0
+    dup_database: int = 0
+    dup_in_batch: int = 0
+    held: int = 0
+    statuses: int = 0
+    errors: int = 0
+    dead_lettered: int = 0
+    events: int = 0
+    republished: int = 0
+    failure: str | None = None
+    durable: list[InboundRecord] = field(default_factory=list)
+    retry: list[InboundRecord] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "records": self.records,
+            "messages": self.messages,
+            "stored": self.stored,
+            "dup_done_marker": self.dup_done_marker,
+            "dup_database": self.dup_database,
+            "dup_in_batch": self.dup_in_batch,
+            "held": self.held,
+            "statuses": self.statuses,
+            "errors": self.errors,
+            "dead_lettered": self.dead_lettered,
+            "events": self.events,
+            "republished": self.republished,
+            "retry": len(self.retry),
+        }
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Pipeline:
+    """The per-batch flow. Stateless between batches except for the token counter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        leases: Leases,
+        store: Store,
+        publisher: Publisher,
+        *,
+        worker_id: str,
+        crash: CrashPoints | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self._settings = settings
+        self._leases = leases
+        self._store = store
+        self._publisher = publisher
+        self._worker_id = worker_id
+        self._crash = crash or CrashPoints("")
+        self._clock = clock
+        self._seq = itertools.count(1)
+
+    async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
+        """Run one batch. Never raises for a failing dependency: it reports retries."""
+        started = time.monotonic()
+        report = BatchReport(records=len(records))
+        decoded = [intake.decode(r, max_bytes=self._settings.max_record_bytes) for r in records]
+        invalid = [d for d in decoded if isinstance(d, Invalid)]
+        webhooks = [d for d in decoded if isinstance(d, Webhook)]
+        await self._dead_letter(invalid, report)
+        resolved = await self._guard_and_store(webhooks, report)
+        for hook in webhooks:
+            report.statuses += hook.statuses
+            report.errors += hook.errors
+            if all(m.key in resolved for m in hook.messages):
+                report.durable.append(hook.record)
+            else:
+                report.retry.append(hook.record)
+        log.info(
+            "batch.done",
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            **report.counts(),
+            **({"failure": report.failure} if report.failure else {}),
+        )
+        return report
+
+    async def _dead_letter(self, invalid: list[Invalid], report: BatchReport) -> None:
+        if not invalid:
+            return
+        try:
+            await self._publisher.dead_letter(invalid)
+        except DependencyError as exc:
+            report.failure = f"dead-letter: {exc}"
+            report.retry.extend(i.record for i in invalid)
+            log.warning("dlq.failed", count=len(invalid), error=str(exc))
+            return
+        for i in invalid:
+            log.warning("record.dead_lettered", **i.log_context(), detail=i.detail)
+        report.dead_lettered += len(invalid)
+        report.durable.extend(i.record for i in invalid)
+
+    async def _guard_and_store(
+        self, webhooks: list[Webhook], report: BatchReport
+    ) -> set[MessageKey]:
+        """Lease, store, publish. Returns the keys that are stored and announced."""
+        first: dict[MessageKey, Message] = {}
+        for hook in webhooks:
+            for m in hook.messages:
+                first.setdefault(m.key, m)
+        report.messages = sum(len(h.messages) for h in webhooks)
+        report.dup_in_batch = report.messages - len(first)
+        if not first:
+            return set()
+        token = f"{self._worker_id}:{next(self._seq)}"
+        try:
+            states = await self._leases.acquire(list(first), token)
+        except LeaseStoreError as exc:
+            report.failure = f"lease: {exc}"
+            await self._release(list(first), token)  # whatever the failed pipeline did set
+            return set()
+        done = {k for k, s in states.items() if s is LeaseState.DONE}
+        mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
+        report.dup_done_marker = len(done)
+        report.held = len(states) - len(done) - len(mine)
+        for k in done:
+            log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
+        self._crash.hit("after_lease")
+        stored = await self._store_and_publish([first[k] for k in mine], token, report)
+        return done | stored
+
+    async def _store_and_publish(
+        self, batch: list[Message], token: str, report: BatchReport
+    ) -> set[MessageKey]:
+        if not batch:
+            return set()
+        keys = [m.key for m in batch]
+        now = self._clock()
+        pending = [
+            PendingMessage(m, events.build(m, topic=self._settings.outbound_topic, occurred_at=now))
+            for m in batch
+        ]
+        try:
+            saved = await self._store.save(
+                pending, now, before_commit=lambda: self._crash.hit("after_insert")
+            )
+            self._crash.hit("after_commit")
+            await self._publisher.publish(saved.to_publish)
+            self._crash.hit("after_publish")
+        except DependencyError as exc:
+            report.failure = f"{type(exc).__name__}: {exc}"
+            log.warning("batch.store_or_publish_failed", messages=len(batch), error=str(exc))
+            await self._release(keys, token)
+            return set()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(keys, token))
+            raise
+        report.stored = len(saved.inserted)
+        report.dup_database = len(saved.conflicts)
+        report.events = len(saved.to_publish)
+        report.republished = len(saved.to_publish) - len(saved.inserted)
+        by_key = {m.key: m for m in batch}
+        for k in saved.inserted:
+            log.debug("message.stored", **by_key[k].log_context())
+        for k in saved.conflicts:
+            log.debug("message.duplicate", layer="database", **by_key[k].log_context())
+        await self._finish(saved.to_publish, keys, token, now)
+        return set(keys)
+
+    async def _finish(
+        self,
+        published: Sequence[events.OutboundEvent],
+        keys: list[MessageKey],
+        token: str,
+        now: dt.datetime,
+    ) -> None:
+        """Bookkeeping after the events are out. Failures here cost no correctness:
+        an unmarked outbox row may be announced once more (same event_id), and a lease
+        that did not become a done marker expires, leaving the database fence."""
+        try:
+            await self._store.mark_published([e.event_id for e in published], now)
+        except StoreError as exc:
+            log.warning("outbox.mark_failed", count=len(published), error=str(exc))
+        try:
+            await self._leases.finish(keys, token)
+        except LeaseStoreError as exc:
+            log.warning("lease.finish_failed", count=len(keys), error=str(exc))
+
+    async def _release(self, keys: list[MessageKey], token: str) -> None:
+        try:
+            released = await self._leases.release(keys, token)
+        except LeaseStoreError as exc:
+            # The leases run out by themselves after LEASE_TTL_S.
+            log.warning("lease.release_failed", count=len(keys), error=str(exc))
+        else:
+            log.debug("lease.released", count=released)

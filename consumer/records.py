@@ -1,0 +1,117 @@
+"""The values that flow through the pipeline. All frozen; each knows its log context.
+
+Outcomes are values, not exceptions: a record decodes to a :class:`Webhook` or an
+:class:`Invalid`; a message ends up stored, duplicate, deferred or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+# Fixed namespaces: the ids derived from them are part of the outbound contract and
+# must never change, so that a re-publish is recognisable downstream.
+EVENT_NAMESPACE = uuid.UUID("6f1d8c53-3f0e-4c1e-9a43-5d0f2b8e7a11")
+MESSAGE_NAMESPACE = uuid.UUID("0b7e4f3a-91c2-4d5e-8f60-2a1b3c4d5e6f")
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One Kafka record of the inbound topic, as fetched."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+    def log_context(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageKey:
+    """A message's identity: the same wamid under two numbers is two messages."""
+
+    phone_number_id: str
+    wamid: str
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(EVENT_NAMESPACE, f"{self.phone_number_id}\x1f{self.wamid}"))
+
+    @property
+    def message_id(self) -> str:
+        return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{self.phone_number_id}\x1f{self.wamid}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One inbound WhatsApp message found in a webhook."""
+
+    key: MessageKey
+    sender: str
+    type: str
+    timestamp: str
+    contact_wa_id: str | None
+    contact_name: str | None
+    contact_profile: dict[str, Any] | None
+    display_phone_number: str | None
+    raw: dict[str, Any]
+    source: InboundRecord
+
+    def log_context(self) -> dict[str, Any]:
+        return {
+            **self.source.log_context(),
+            "phone_number_id": self.key.phone_number_id,
+            "wamid": self.key.wamid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A usable webhook: zero or more messages, plus counts of what creates none."""
+
+    record: InboundRecord
+    messages: tuple[Message, ...]
+    statuses: int = 0
+    errors: int = 0
+    ignored_changes: int = 0
+
+    def log_context(self) -> dict[str, Any]:
+        return self.record.log_context()
+
+
+class Reason(enum.StrEnum):
+    """Why a record went to the dead-letter topic (the `dlq.reason` header)."""
+
+    EMPTY = "empty"
+    OVERSIZE = "oversize"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    BAD_SHAPE = "bad_shape"
+    MESSAGE_WITHOUT_ID = "message_without_id"
+    MISSING_PHONE_NUMBER_ID = "missing_phone_number_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A record that is not a usable webhook, and why."""
+
+    record: InboundRecord
+    reason: Reason
+    detail: str
+
+    def log_context(self) -> dict[str, Any]:
+        return {**self.record.log_context(), "reason": str(self.reason)}
+
+
+Decoded = Webhook | Invalid

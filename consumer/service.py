@@ -1,0 +1,388 @@
+"""The consumer-group member's lifecycle: startup -> poll loop -> shutdown.
+
+The loop reads top to bottom: fetch a batch (plus records whose retry is due), run it
+through the pipeline under the batch lock, settle offsets, commit. A rebalance waits for
+the batch in flight (the same lock) and commits before giving partitions away. A stop
+request (first SIGTERM/SIGINT) lets the current batch finish within SHUTDOWN_GRACE_S;
+a second one, or the grace running out, cancels it (its leases are released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumer import dedup
+from consumer.crashpoints import CrashPoints
+from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.offsets import OffsetLedger, Partition
+from consumer.pipeline import BatchReport, Pipeline
+from consumer.publish import Publisher, producer_config
+from consumer.records import InboundRecord
+from consumer.settings import Settings, mask_url
+from consumer.store import Store, create_engine
+
+log = structlog.get_logger(__name__)
+
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(order=True, slots=True)
+class _Retry:
+    due: float
+    attempt: int = field(compare=False)
+    record: InboundRecord = field(compare=False)
+
+
+class RetryQueue:
+    """Records to run again later, with exponential backoff per record."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self._heap: list[_Retry] = []
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._base_s = base_s
+        self._max_s = max_s
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, record: InboundRecord, now: float) -> None:
+        attempt = self._attempts.get(record.coordinates, 0) + 1
+        self._attempts[record.coordinates] = attempt
+        delay = min(self._base_s * 2 ** (attempt - 1), self._max_s)
+        heapq.heappush(self._heap, _Retry(now + delay, attempt, record))
+
+    def settled(self, record: InboundRecord) -> None:
+        self._attempts.pop(record.coordinates, None)
+
+    def pop_due(self, now: float, limit: int) -> list[InboundRecord]:
+        out: list[InboundRecord] = []
+        while self._heap and self._heap[0].due <= now and len(out) < limit:
+            out.append(heapq.heappop(self._heap).record)
+        return out
+
+    def next_due_in(self, now: float) -> float | None:
+        return max(0.0, self._heap[0].due - now) if self._heap else None
+
+    def drop(self, partitions: set[Partition]) -> None:
+        self._heap = [
+            r for r in self._heap if (r.record.topic, r.record.partition) not in partitions
+        ]
+        heapq.heapify(self._heap)
+        for coords in [c for c in self._attempts if (c[0], c[1]) in partitions]:
+            del self._attempts[coords]
+
+
+class Service:
+    """One member of the consumer group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.crash = CrashPoints(settings.crash_point)
+        self.ledger = OffsetLedger()
+        self.retries = RetryQueue(settings.retry_backoff_s, settings.retry_backoff_max_s)
+        self.totals = BatchReport()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._batch_lock = asyncio.Lock()
+        self._paused_for_backpressure: set[TopicPartition] = set()
+        self._degraded = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._redis: Redis | None = None
+        self._store: Store | None = None
+        self._pipeline: Pipeline | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, consume until asked to stop, shut down. Raises on a startup failure."""
+        try:
+            await self.startup()
+            loop_task = asyncio.create_task(self._main_loop(), name="poll-loop")
+            await self._wait_loop(loop_task)
+        finally:
+            await self.shutdown()
+
+    def request_stop(self, reason: str) -> None:
+        """First call: graceful stop. Second call: cut the batch in flight short."""
+        if self._stop.is_set():
+            log.warning("service.force_stop", reason=reason)
+            self._force.set()
+        else:
+            log.info("service.stopping", reason=reason, grace_s=self.settings.shutdown_grace_s)
+            self._stop.set()
+
+    async def startup(self) -> None:
+        s = self.settings
+        log.info("service.starting", worker_id=self.worker_id, **s.public())
+        self._redis = dedup.connect(s.redis_url, timeout_s=s.redis_timeout_s)
+        await self._check_redis(self._redis)
+        self._store = Store(
+            create_engine(s.database_url, pool_size=s.db_pool_size, timeout_s=s.db_timeout_s)
+        )
+        await self._check_database(self._store)
+        self._producer = AIOKafkaProducer(
+            **producer_config(
+                s.kafka_bootstrap_servers,
+                client_id=f"{s.client_id}-{self.worker_id}",
+                request_timeout_s=s.kafka_request_timeout_s,
+                max_request_bytes=MAX_REQUEST_BYTES,
+            )
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.client_id}-{self.worker_id}",
+            group_id=s.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.batch_max_records,
+            session_timeout_ms=int(s.kafka_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.kafka_heartbeat_interval_s * 1000),
+            max_poll_interval_ms=int(s.kafka_max_poll_interval_s * 1000),
+            request_timeout_ms=int(s.kafka_request_timeout_s * 1000),
+        )
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
+                f"{exc!r}"
+            ) from exc
+        self._consumer.subscribe([s.inbound_topic], listener=_Rebalance(self))
+        leases = dedup.Leases(
+            self._redis,
+            prefix=s.redis_key_prefix,
+            lease_ttl_s=s.lease_ttl_s,
+            done_ttl_s=s.done_ttl_s,
+        )
+        publisher = Publisher(
+            self._producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES
+        )
+        self._pipeline = Pipeline(
+            s, leases, self._store, publisher, worker_id=self.worker_id, crash=self.crash
+        )
+        log.info(
+            "service.started",
+            worker_id=self.worker_id,
+            group=s.consumer_group,
+            topic=s.inbound_topic,
+        )
+
+    async def shutdown(self) -> None:
+        """Commit what is durable, leave the group, flush and close every client."""
+        if self._consumer is not None:
+            async with self._batch_lock:
+                await self._commit()
+            await _quietly(self._consumer.stop(), "consumer.stop")
+        if self._producer is not None:
+            await _quietly(self._producer.stop(), "producer.stop")
+        if self._redis is not None:
+            await _quietly(self._redis.aclose(), "redis.close")
+        if self._store is not None:
+            await _quietly(self._store.close(), "store.close")
+        log.info("service.stopped", worker_id=self.worker_id, **self.totals.counts())
+
+    async def _wait_loop(self, loop_task: asyncio.Task[None]) -> None:
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({loop_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not loop_task.done():
+            force_wait = asyncio.create_task(self._force.wait())
+            await asyncio.wait(
+                {loop_task, force_wait},
+                timeout=self.settings.shutdown_grace_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            force_wait.cancel()
+            if not loop_task.done():
+                log.warning("service.grace_expired", grace_s=self.settings.shutdown_grace_s)
+                loop_task.cancel()
+        stop_wait.cancel()
+        try:
+            await loop_task
+        except asyncio.CancelledError:
+            log.warning("service.batch_cancelled")
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            records = await self._fetch()
+            async with self._batch_lock:
+                records = self._owned(records)
+                if records:
+                    assert self._pipeline is not None  # noqa: S101 - set in startup
+                    report = await self._pipeline.process(records)
+                    self._settle(report)
+                await self._commit()
+            self._apply_backpressure()
+
+    async def _fetch(self) -> list[InboundRecord]:
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        now = time.monotonic()
+        due = self.retries.pop_due(now, self.settings.batch_max_records)
+        room = self.settings.batch_max_records - len(due)
+        next_retry = self.retries.next_due_in(now)
+        timeout_s = (
+            self.settings.poll_timeout_s
+            if next_retry is None
+            else min(self.settings.poll_timeout_s, next_retry)
+        )
+        if due or room <= 0:
+            timeout_s = 0
+        fetched = await self._consumer.getmany(
+            timeout_ms=int(timeout_s * 1000), max_records=max(room, 1) if room > 0 else 1
+        )
+        new = [_inbound(m) for batch in fetched.values() for m in batch]
+        for r in new:
+            self.ledger.track((r.topic, r.partition), r.offset)
+        return due + new
+
+    def _owned(self, records: list[InboundRecord]) -> list[InboundRecord]:
+        """Drop records of partitions revoked while we were fetching."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return [r for r in records if (r.topic, r.partition) in owned]
+
+    def _settle(self, report: BatchReport) -> None:
+        now = time.monotonic()
+        for r in report.durable:
+            self.ledger.done((r.topic, r.partition), r.offset)
+            self.retries.settled(r)
+        for r in report.retry:
+            self.retries.add(r, now)
+        self._degraded = report.failure is not None
+        _accumulate(self.totals, report)
+
+    async def _commit(self, partitions: Iterable[Partition] | None = None) -> None:
+        """Commit `lowest not-yet-durable offset` of each owned partition that moved."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        chosen = owned if partitions is None else owned & set(partitions)
+        offsets = self.ledger.to_commit(chosen)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except CommitFailedError as exc:
+            log.warning("offsets.commit_rejected", error=str(exc), partitions=len(offsets))
+            return
+        except KafkaError as exc:
+            log.warning("offsets.commit_failed", error=repr(exc), partitions=len(offsets))
+            return
+        self.ledger.committed(offsets)
+        log.debug("offsets.committed", offsets={f"{t}:{p}": o for (t, p), o in offsets.items()})
+        self.crash.hit("after_offset_commit")
+
+    def _apply_backpressure(self) -> None:
+        """Pause partitions with too much unfinished work, or all while a dependency fails."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        limit = self.settings.max_pending_records
+        for tp in self._consumer.assignment():
+            pending = self.ledger.pending_count((tp.topic, tp.partition))
+            should_pause = self._degraded or pending >= limit
+            if should_pause and tp not in self._paused_for_backpressure:
+                self._consumer.pause(tp)
+                self._paused_for_backpressure.add(tp)
+                log.info(
+                    "partition.paused",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    pending=pending,
+                    degraded=self._degraded,
+                )
+            elif not should_pause and tp in self._paused_for_backpressure and pending < limit // 2:
+                self._consumer.resume(tp)
+                self._paused_for_backpressure.discard(tp)
+                log.info("partition.resumed", topic=tp.topic, partition=tp.partition)
+
+    # -- rebalance -------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        parts = {(tp.topic, tp.partition) for tp in revoked}
+        async with self._batch_lock:  # the batch in flight finishes first
+            await self._commit(parts)
+            self.retries.drop(parts)
+            self.ledger.forget(parts)
+            self._paused_for_backpressure -= set(revoked)
+        log.info("partitions.revoked", partitions=sorted(f"{t}:{p}" for t, p in parts))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info(
+            "partitions.assigned",
+            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+        )
+
+    # -- startup checks --------------------------------------------------------------
+
+    async def _check_redis(self, client: Redis) -> None:
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            raise LeaseStoreError(
+                f"cannot reach Redis at REDIS_URL={mask_url(self.settings.redis_url)}: {exc}"
+            ) from exc
+
+    async def _check_database(self, store: Store) -> None:
+        url = mask_url(self.settings.database_url)
+        try:
+            async with store.engine.connect() as conn:
+                await conn.execute(text("SELECT 1 FROM messages WHERE 1 = 0"))
+                await conn.execute(text("SELECT 1 FROM outbox WHERE 1 = 0"))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(
+                f"database at DATABASE_URL={url} is unreachable or not migrated "
+                f"(run `python -m consumer migrate`): {exc}"
+            ) from exc
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc] # aiokafka is untyped
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._service.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._service.on_assigned(assigned)
+
+
+def _inbound(m: object) -> InboundRecord:
+    return InboundRecord(
+        topic=m.topic,  # type: ignore[attr-defined]
+        partition=m.partition,  # type: ignore[attr-defined]
+        offset=m.offset,  # type: ignore[attr-defined]
+        key=m.key,  # type: ignore[attr-defined]
+        value=m.value,  # type: ignore[attr-defined]
+        headers=tuple(m.headers or ()),  # type: ignore[attr-defined]
+        timestamp_ms=m.timestamp,  # type: ignore[attr-defined]
+    )
+
+
+def _accumulate(total: BatchReport, report: BatchReport) -> None:
+    for name in report.counts():
+        if name != "retry":
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+
+
+async def _quietly(awaitable: object, what: str) -> None:
+    try:
+        await awaitable  # type: ignore[misc]
+    except Exception as exc:  # noqa: BLE001 - shutdown must close every client regardless
+        log.warning("service.close_failed", step=what, error=repr(exc))

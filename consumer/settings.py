@@ -1,0 +1,255 @@
+"""Typed, frozen settings, read once from the environment at the edge (the CLI).
+
+Nothing below the CLI reads ``os.environ``: every module gets a :class:`Settings`.
+Durations carry their unit in the name. A bad value fails at start with a
+:class:`~consumer.errors.ConfigError` that names the environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from consumer.errors import ConfigError
+
+T = TypeVar("T")
+
+CRASH_POINTS = (
+    "after_lease",
+    "after_insert",
+    "after_commit",
+    "after_publish",
+    "after_offset_commit",
+)
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs to know, validated.
+
+    Each field documents the environment variable that sets it (see README).
+    """
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite+aiosqlite:///wamid-guard.db"
+    inbound_topic: str = "whatsapp.webhooks"
+    outbound_topic: str = "whatsapp.message_created"
+    dlq_topic: str = "whatsapp.webhooks.dlq"
+    consumer_group: str = "wamid-guard"
+
+    redis_key_prefix: str = "wamid"
+    lease_ttl_s: float = 30.0
+    # Meta retries a webhook for up to 7 days; the done marker outlives that.
+    done_ttl_s: float = 8 * 24 * 3600.0
+
+    batch_max_records: int = 500
+    poll_timeout_s: float = 0.5
+    max_record_bytes: int = 256 * 1024
+    max_pending_records: int = 5000
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
+
+    kafka_session_timeout_s: float = 10.0
+    kafka_heartbeat_interval_s: float = 3.0
+    kafka_max_poll_interval_s: float = 300.0
+    kafka_request_timeout_s: float = 30.0
+    redis_timeout_s: float = 5.0
+    db_pool_size: int = 5
+    db_timeout_s: float = 30.0
+
+    shutdown_grace_s: float = 20.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    # Test-only: SIGKILL this process at a step of the flow, e.g. "after_commit" or
+    # "after_commit:3" (the third time). Empty in production.
+    crash_point: str = ""
+    client_id: str = field(default="wamid-guard")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables; unset ones keep their default."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = env_name(f.name)
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(name, raw.strip(), _kind(f.default))
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as loggable values: credentials in URLs are masked."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = mask_url(value) if f.name.endswith("_url") else value
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.public().items())
+        return f"Settings({inner})"
+
+
+# Names the operator sees: unprefixed, as in DESIGN's contract.
+_ENV_NAMES = {"crash_point": "WAMID_GUARD_CRASH_POINT", "client_id": "KAFKA_CLIENT_ID"}
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    return _ENV_NAMES.get(field_name, field_name.upper())
+
+
+def mask_url(value: object) -> object:
+    """Hide the password of a URL such as ``postgresql://user:secret@host/db``."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _kind(default: object) -> Callable[[str], object]:
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _parse(name: str, raw: str, kind: Callable[[str], T]) -> T:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        expected = {int: "an integer", float: "a number", _parse_bool: "a boolean"}.get(
+            kind, "a string"
+        )
+        raise ConfigError(name, f"expected {expected}, got {raw!r}") from exc
+
+
+def _require(ok: bool, field_name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(env_name(field_name), problem)
+
+
+def _validate(s: Settings) -> None:
+    _validate_endpoints(s)
+    _validate_topics(s)
+    for name in (
+        "lease_ttl_s",
+        "done_ttl_s",
+        "poll_timeout_s",
+        "retry_backoff_s",
+        "retry_backoff_max_s",
+        "kafka_session_timeout_s",
+        "kafka_heartbeat_interval_s",
+        "kafka_max_poll_interval_s",
+        "kafka_request_timeout_s",
+        "redis_timeout_s",
+        "db_timeout_s",
+        "shutdown_grace_s",
+    ):
+        _require(getattr(s, name) > 0, name, "must be greater than 0")
+    for name in ("batch_max_records", "max_record_bytes", "max_pending_records", "db_pool_size"):
+        _require(getattr(s, name) >= 1, name, "must be at least 1")
+    _require(s.lease_ttl_s >= 1, "lease_ttl_s", "must be at least 1 second")
+    _require(
+        s.done_ttl_s > s.lease_ttl_s,
+        "done_ttl_s",
+        f"must be longer than LEASE_TTL_S ({s.lease_ttl_s:g})",
+    )
+    _require(
+        s.kafka_heartbeat_interval_s < s.kafka_session_timeout_s,
+        "kafka_heartbeat_interval_s",
+        "must be shorter than KAFKA_SESSION_TIMEOUT_S",
+    )
+    _require(
+        s.max_pending_records >= s.batch_max_records,
+        "max_pending_records",
+        "must be at least BATCH_MAX_RECORDS",
+    )
+    _require(s.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
+    _require(s.log_format in LOG_FORMATS, "log_format", f"must be one of {LOG_FORMATS}")
+    _require(
+        bool(s.redis_key_prefix) and ":" not in s.redis_key_prefix,
+        "redis_key_prefix",
+        "must be non-empty and contain no ':'",
+    )
+    _validate_crash_point(s.crash_point)
+
+
+def _validate_endpoints(s: Settings) -> None:
+    for part in s.kafka_bootstrap_servers.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        _require(
+            bool(host) and sep == ":" and port.isdigit(),
+            "kafka_bootstrap_servers",
+            f"expected host:port[,host:port...], got {s.kafka_bootstrap_servers!r}",
+        )
+    scheme = urlsplit(s.redis_url).scheme
+    _require(
+        scheme in ("redis", "rediss", "unix"),
+        "redis_url",
+        f"expected redis://host:port/db, rediss:// or unix://, got scheme {scheme!r}",
+    )
+    db_scheme = urlsplit(s.database_url).scheme
+    _require(
+        db_scheme in ("postgresql+asyncpg", "sqlite+aiosqlite"),
+        "database_url",
+        f"expected postgresql+asyncpg://... or sqlite+aiosqlite:///path, got scheme {db_scheme!r}",
+    )
+
+
+def _validate_topics(s: Settings) -> None:
+    topics = {
+        "inbound_topic": s.inbound_topic,
+        "outbound_topic": s.outbound_topic,
+        "dlq_topic": s.dlq_topic,
+    }
+    for name, topic in topics.items():
+        _require(bool(_TOPIC_RE.match(topic)), name, f"not a valid Kafka topic name: {topic!r}")
+    _require(
+        len(set(topics.values())) == 3,
+        "outbound_topic",
+        "INBOUND_TOPIC, OUTBOUND_TOPIC and DLQ_TOPIC must be three different topics",
+    )
+    _require(bool(s.consumer_group.strip()), "consumer_group", "must not be empty")
+
+
+def _validate_crash_point(value: str) -> None:
+    if not value:
+        return
+    point, _, nth = value.partition(":")
+    _require(point in CRASH_POINTS, "crash_point", f"must be one of {CRASH_POINTS}")
+    _require(
+        nth == "" or (nth.isdigit() and int(nth) >= 1),
+        "crash_point",
+        "the count after ':' must be a positive integer",
+    )

@@ -1,0 +1,233 @@
+"""The database: the authority on "stored exactly once" (DESIGN rule 1).
+
+One transaction per batch writes the messages with ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING`` (the fence: ``UNIQUE (phone_number_id, source_id)``) and, for the rows it
+really inserted, outbox rows holding the exact ``message_created`` bytes to publish.
+A conflicting key is a duplicate; if its outbox row was never published (a crash
+between commit and publish, or a commit whose answer was lost), it is handed back to be
+published again with the same ``event_id``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from consumer.errors import StoreError
+from consumer.events import OutboundEvent
+from consumer.records import Message, MessageKey
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_TS = sa.DateTime(timezone=True)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("phone_number_id", sa.String(64), nullable=False),
+    sa.Column("source_id", sa.String(255), nullable=False),
+    sa.Column("sender", sa.String(64), nullable=False),
+    sa.Column("message_type", sa.String(32), nullable=False),
+    sa.Column("message_timestamp", sa.String(20), nullable=False),
+    sa.Column("contact_wa_id", sa.String(64)),
+    sa.Column("contact_name", sa.Text),
+    sa.Column("contact_profile", _JSON),
+    sa.Column("raw", _JSON, nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("source_topic", sa.String(255), nullable=False),
+    sa.Column("source_partition", sa.Integer, nullable=False),
+    sa.Column("source_offset", sa.BigInteger, nullable=False),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.UniqueConstraint("phone_number_id", "source_id"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("phone_number_id", sa.String(64), nullable=False),
+    sa.Column("source_id", sa.String(255), nullable=False),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _TS, nullable=False),
+    sa.Column("published_at", _TS),
+    sa.Index("ix_outbox_unpublished", "published_at", "created_at"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What one batch's transaction did."""
+
+    inserted: frozenset[MessageKey]
+    conflicts: frozenset[MessageKey]
+    to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message and the event that announces it, ready for the transaction."""
+
+    message: Message
+    event: OutboundEvent
+
+
+def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
+    """An engine for PostgreSQL (asyncpg) or the embedded SQLite (aiosqlite)."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": timeout_s})
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=timeout_s,
+        connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the one writer; busy_timeout makes several consumer
+    # processes on one file queue for the write lock instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Store:
+    """Batch writes and outbox bookkeeping over one engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        now: dt.datetime,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> SaveResult:
+        """Insert messages and their outbox rows in one transaction (the fence).
+
+        ``before_commit`` runs inside the transaction after the writes (crash tests).
+        """
+        if not pending:
+            return SaveResult(frozenset(), frozenset(), ())
+        by_key = {p.message.key: p for p in pending}
+        try:
+            async with self._engine.begin() as conn:
+                inserted = await self._insert_messages(conn, list(by_key.values()), now)
+                new = [by_key[k] for k in by_key if k in inserted]
+                if new:
+                    await conn.execute(sa.insert(outbox), [_outbox_row(p, now) for p in new])
+                conflicts = frozenset(by_key) - inserted
+                stale = await self._unpublished(conn, [by_key[k].event.event_id for k in conflicts])
+                if before_commit is not None:
+                    before_commit()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"storing {len(by_key)} message(s) failed: {exc}") from exc
+        events = tuple(p.event for p in new) + stale
+        return SaveResult(frozenset(inserted), conflicts, events)
+
+    async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+        """Record that these events reached the outbound topic."""
+        if not event_ids:
+            return
+        stmt = (
+            sa.update(outbox)
+            .where(outbox.c.event_id.in_(list(event_ids)), outbox.c.published_at.is_(None))
+            .values(published_at=now)
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"marking {len(event_ids)} event(s) published failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def _insert_messages(
+        self, conn: AsyncConnection, pending: list[PendingMessage], now: dt.datetime
+    ) -> frozenset[MessageKey]:
+        stmt = (
+            self._insert(messages)
+            .values([_message_row(p, now) for p in pending])
+            .on_conflict_do_nothing(index_elements=["phone_number_id", "source_id"])
+            .returning(messages.c.phone_number_id, messages.c.source_id)
+        )
+        rows = (await conn.execute(stmt)).all()
+        return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
+
+    async def _unpublished(
+        self, conn: AsyncConnection, event_ids: list[str]
+    ) -> tuple[OutboundEvent, ...]:
+        if not event_ids:
+            return ()
+        stmt = sa.select(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload).where(
+            outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None)
+        )
+        rows = (await conn.execute(stmt)).all()
+        return tuple(
+            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
+        )
+
+
+def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
+    m = p.message
+    return {
+        "id": m.key.message_id,
+        "phone_number_id": m.key.phone_number_id,
+        "source_id": m.key.wamid,
+        "sender": m.sender,
+        "message_type": m.type,
+        "message_timestamp": m.timestamp,
+        "contact_wa_id": m.contact_wa_id,
+        "contact_name": m.contact_name,
+        "contact_profile": m.contact_profile,
+        "raw": m.raw,
+        "event_id": m.key.event_id,
+        "source_topic": m.source.topic,
+        "source_partition": m.source.partition,
+        "source_offset": m.source.offset,
+        "created_at": now,
+    }
+
+
+def _outbox_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "event_id": p.event.event_id,
+        "message_id": p.message.key.message_id,
+        "phone_number_id": p.message.key.phone_number_id,
+        "source_id": p.message.key.wamid,
+        "topic": p.event.topic,
+        "key": p.event.key,
+        "payload": p.event.payload,
+        "created_at": now,
+        "published_at": None,
+    }
