@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duplicates", type=int, default=2, help="extra copies of each webhook (default 2)"
     )
+    demo.add_argument(
+        "--messages",
+        type=int,
+        default=300,
+        help="synthetic unique messages besides the samples (default 300)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -204,5 +210,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from consumer import demo
 
     return demo.main(
-        settings, consumers=args.consumers, partitions=args.partitions, duplicates=args.duplicates
+        settings,
+        consumers=args.consumers,
+        partitions=args.partitions,
+        duplicates=args.duplicates,
+        messages=args.messages,
     )

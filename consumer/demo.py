@@ -26,6 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer import embedded, intake, migrate, produce, topics
+from consumer.errors import EmbeddedServiceError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.settings import Settings
 
@@ -85,11 +86,18 @@ class Summary:
         )
 
 
-def main(settings: Settings, *, consumers: int, partitions: int, duplicates: int) -> int:
+def main(
+    settings: Settings, *, consumers: int, partitions: int, duplicates: int, messages: int
+) -> int:
     started = time.monotonic()
     with embedded.workdir("wamid-guard-demo-") as work:
         summary = _run(
-            settings, work, consumers=consumers, partitions=partitions, duplicates=duplicates
+            settings,
+            work,
+            consumers=consumers,
+            partitions=partitions,
+            duplicates=duplicates,
+            messages=messages,
         )
     summary.seconds = time.monotonic() - started
     _print(summary)
@@ -97,7 +105,7 @@ def main(settings: Settings, *, consumers: int, partitions: int, duplicates: int
 
 
 def _run(
-    base: Settings, work: Path, *, consumers: int, partitions: int, duplicates: int
+    base: Settings, work: Path, *, consumers: int, partitions: int, duplicates: int, messages: int
 ) -> Summary:
     services = []
     try:
@@ -135,7 +143,8 @@ def _run(
         )
         procs = [_start_consumer(settings, work, i) for i in range(consumers)]
         try:
-            return _drive(settings, work, procs, duplicates=duplicates)
+            _wait_assigned(work, procs, timeout_s=60)
+            return _drive(settings, work, procs, duplicates=duplicates, messages=messages)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -168,11 +177,39 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def _wait_assigned(work: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Wait until every consumer holds partitions, so the run shows a real group."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = 0
+        for i, proc in enumerate(procs):
+            if proc.poll() is not None:
+                raise EmbeddedServiceError(f"consumer {i} exited with {proc.returncode}")
+            lines = (work / f"consumer-{i}.log").read_bytes().splitlines()
+            marks = [line for line in lines if b'"partitions.' in line]
+            if (
+                marks
+                and b'"partitions.assigned"' in marks[-1]
+                and b'"partitions":[]' not in marks[-1]
+            ):
+                held += 1
+        if held == len(procs):
+            return
+        time.sleep(0.2)
+    print(f"demo: not every consumer holds partitions after {timeout_s:g}s", flush=True)
+
+
 def _drive(
-    settings: Settings, work: Path, procs: list[subprocess.Popen[bytes]], *, duplicates: int
+    settings: Settings,
+    work: Path,
+    procs: list[subprocess.Popen[bytes]],
+    *,
+    duplicates: int,
+    messages: int,
 ) -> Summary:
     summary = Summary()
-    bodies = produce.sample_bodies()
+    run = uuid.uuid4().hex[:6]
+    bodies = produce.sample_bodies() + produce.synthetic_bodies(messages, run=run)
     keys: set[MessageKey] = set()
     for _name, body in bodies:
         decoded = intake.decode(
@@ -196,8 +233,9 @@ def _drive(
     )
     summary.records_in = len(sent)
     print(
-        f"demo: sent {len(sent)} records ({len(bodies)} sample webhooks x {1 + duplicates}, "
-        f"spread over partitions, + {len(POISON)} poison) to {len(procs)} consumers",
+        f"demo: sent {len(sent)} records ({len(bodies)} webhooks x {1 + duplicates}: Meta's "
+        f"samples and {messages} synthetic messages, copies spread over partitions; "
+        f"+ {len(POISON)} poison) to {len(procs)} consumers",
         flush=True,
     )
     ends: dict[int, int] = collections.defaultdict(int)
@@ -293,10 +331,11 @@ def _print(s: Summary) -> None:
         "wamid-guard demo summary",
         f"  records in               {s.records_in}",
         f"  message copies in        {s.message_copies_in}",
-        f"  duplicates dropped       {dropped}  (in batch {s.layers.get('dup_in_batch', 0)}, "
+        f"  duplicates dropped       {dropped}",
+        f"  dedup hits by layer      in batch {s.layers.get('dup_in_batch', 0)}, "
         f"done marker {s.layers.get('dup_done_marker', 0)}, "
-        f"database {s.layers.get('dup_database', 0)}; deferred while held "
-        f"{s.layers.get('held', 0)})",
+        f"database {s.layers.get('dup_database', 0)}; deferred (lease held elsewhere) "
+        f"{s.layers.get('held', 0)}  (a deferred record counts again when retried)",
         f"  messages stored          {s.rows}  (unique in input: {s.unique_expected})",
         f"  message_created out      {s.events}  (unique event_ids: {s.unique_event_ids})",
         f"  dead-lettered            {s.dead_lettered}  {s.dlq_reasons}",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -27,6 +28,42 @@ def sample_bodies() -> list[tuple[str, bytes]]:
     """The webhook samples shipped with the package (Meta's documented shapes)."""
     folder = resources.files("consumer") / "samples"
     return sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def synthetic_bodies(
+    messages: int, *, run: str, numbers: int = 2, contacts: int = 20, per_body: int = 3
+) -> list[tuple[str, bytes]]:
+    """Webhooks in Meta's shape carrying `messages` unique text messages, batched up to
+    `per_body` per body (as Meta batches), over a few business numbers and contacts."""
+    bodies = []
+    for start in range(0, messages, per_body):
+        count = min(per_body, messages - start)
+        pnid = f"10654035224{start % numbers:04d}"
+        sender = f"1650555{(start // per_body) % contacts:04d}"
+        msgs = [
+            {
+                "from": sender,
+                "id": f"wamid.{run}.{start + i:08d}",
+                "timestamp": str(1749416383 + start + i),
+                "type": "text",
+                "text": {"body": f"synthetic message {start + i}"},
+            }
+            for i in range(count)
+        ]
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+            "contacts": [{"profile": {"name": f"Contact {sender[-4:]}"}, "wa_id": sender}],
+            "messages": msgs,
+        }
+        body = {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}
+            ],
+        }
+        bodies.append((f"synthetic-{start}", orjson.dumps(body)))
+    return bodies
 
 
 def read_bodies(paths: Sequence[str]) -> list[tuple[str, bytes]]:
