@@ -158,8 +158,10 @@ def settings(bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str)
 @pytest.fixture
 async def topic_settings(settings: Settings) -> Settings:
     """`settings` with its topics created: 4 inbound partitions."""
-    await topics.create_topics(settings.kafka_bootstrap_servers, {
-        settings.inbound_topic: 4, settings.outbound_topic: 4, settings.dlq_topic: 1})
+    await topics.create_topics(
+        settings.kafka_bootstrap_servers,
+        {settings.inbound_topic: 4, settings.outbound_topic: 4, settings.dlq_topic: 1},
+    )
     return settings
 
 

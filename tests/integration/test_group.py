@@ -11,27 +11,55 @@ import pytest
 from consumer.settings import Settings
 from tests.conftest import fixture_body
 from tests.support import kafka
-from tests.support.procs import ConsumerGroup
+from tests.support.procs import ConsumerGroup, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _body(pnid: str, *wamids: str, sender: str = "16505551234") -> bytes:
     """A webhook with one change holding the given messages."""
-    return json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "1555", "phone_number_id": pnid},
-            "contacts": [{"profile": {"name": "Test"}, "wa_id": sender}],
-            "messages": [{"from": sender, "id": w, "timestamp": "1749416383", "type": "text",
-                          "text": {"body": f"hello {w}"}} for w in wamids]}}]}]}).encode()
+    return json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "1",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "1555",
+                                    "phone_number_id": pnid,
+                                },
+                                "contacts": [{"profile": {"name": "Test"}, "wa_id": sender}],
+                                "messages": [
+                                    {
+                                        "from": sender,
+                                        "id": w,
+                                        "timestamp": "1749416383",
+                                        "type": "text",
+                                        "text": {"body": f"hello {w}"},
+                                    }
+                                    for w in wamids
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
 
 
-def _assert_once_each(rows: list[tuple[str, str]], events: list[dict[str, object]],
-                      expected: set[tuple[str, str]]) -> None:
+def _assert_once_each(
+    rows: list[tuple[str, str]], events: list[dict[str, object]], expected: set[tuple[str, str]]
+) -> None:
     assert collections.Counter(rows) == collections.Counter(expected), "one row per message"
     announced = collections.Counter(
-        (e["phone_number_id"], e["message"]["source_id"]) for e in events)  # type: ignore[index]
+        (e["phone_number_id"], e["message"]["source_id"]) for e in events
+    )  # type: ignore[index]
     assert announced == collections.Counter(expected), "one event per message"
 
 
@@ -46,8 +74,11 @@ async def test_same_webhook_on_two_partitions_two_processes(group: ConsumerGroup
     await kafka.wait_committed(settings, ends, explain=group.logs)
     rows = await kafka.rows(settings)
     events = await kafka.events(settings)
-    _assert_once_each(rows, events, {("106540352242922",
-                                      "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=")})
+    _assert_once_each(
+        rows,
+        events,
+        {("106540352242922", "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=")},
+    )
     # Both members really took part, and the duplicates were caught by a dedup layer.
     assert all(p.named("batch.done") for p in procs), group.logs()
     caught = sum(group.totals(n) for n in ("dup_done_marker", "dup_database", "dup_in_batch"))
@@ -59,11 +90,15 @@ async def test_same_wamid_two_numbers_is_two_messages(group: ConsumerGroup) -> N
     settings = group.settings
     group.start(1)
     group.wait_all_assigned()
-    ends = await kafka.send(settings, [(0, _body("111", "wamid.SAME")),
-                                       (1, _body("222", "wamid.SAME"))])
+    ends = await kafka.send(
+        settings, [(0, _body("111", "wamid.SAME")), (1, _body("222", "wamid.SAME"))]
+    )
     await kafka.wait_committed(settings, ends, explain=group.logs)
-    _assert_once_each(await kafka.rows(settings), await kafka.events(settings),
-                      {("111", "wamid.SAME"), ("222", "wamid.SAME")})
+    _assert_once_each(
+        await kafka.rows(settings),
+        await kafka.events(settings),
+        {("111", "wamid.SAME"), ("222", "wamid.SAME")},
+    )
 
 
 async def test_batch_then_resend_of_one(group: ConsumerGroup) -> None:
@@ -72,11 +107,15 @@ async def test_batch_then_resend_of_one(group: ConsumerGroup) -> None:
     settings = group.settings
     group.start(1)
     group.wait_all_assigned()
-    ends = await kafka.send(settings, [(0, _body("111", "wamid.A", "wamid.B", "wamid.C")),
-                                       (2, _body("111", "wamid.B"))])
+    ends = await kafka.send(
+        settings, [(0, _body("111", "wamid.A", "wamid.B", "wamid.C")), (2, _body("111", "wamid.B"))]
+    )
     await kafka.wait_committed(settings, ends, explain=group.logs)
-    _assert_once_each(await kafka.rows(settings), await kafka.events(settings),
-                      {("111", "wamid.A"), ("111", "wamid.B"), ("111", "wamid.C")})
+    _assert_once_each(
+        await kafka.rows(settings),
+        await kafka.events(settings),
+        {("111", "wamid.A"), ("111", "wamid.B"), ("111", "wamid.C")},
+    )
 
 
 async def test_poison_goes_to_dlq_and_neighbours_are_processed(group: ConsumerGroup) -> None:
@@ -85,19 +124,31 @@ async def test_poison_goes_to_dlq_and_neighbours_are_processed(group: ConsumerGr
     settings = group.settings
     group.start(1)
     group.wait_all_assigned()
-    ends = await kafka.send(settings, [
-        (0, _body("111", "wamid.BEFORE")),
-        (0, b"not json at all"),
-        (0, b"\xff\xfe\xfa"),
-        (0, _body("111", "wamid.AFTER")),
-    ])
+    ends = await kafka.send(
+        settings,
+        [
+            (0, _body("111", "wamid.BEFORE")),
+            (0, b"not json at all"),
+            (0, b"\xff\xfe\xfa"),
+            (0, _body("111", "wamid.AFTER")),
+        ],
+    )
     await kafka.wait_committed(settings, ends, explain=group.logs)
-    _assert_once_each(await kafka.rows(settings), await kafka.events(settings),
-                      {("111", "wamid.BEFORE"), ("111", "wamid.AFTER")})
+    _assert_once_each(
+        await kafka.rows(settings),
+        await kafka.events(settings),
+        {("111", "wamid.BEFORE"), ("111", "wamid.AFTER")},
+    )
     dead = await kafka.read_all(settings, settings.dlq_topic)
-    got = sorted((dict(r.headers)["dlq.reason"], dict(r.headers)["dlq.source.offset"],
-                  dict(r.headers)["dlq.source.partition"], dict(r.headers)["dlq.source.topic"])
-                 for r in dead)
+    got = sorted(
+        (
+            dict(r.headers)["dlq.reason"],
+            dict(r.headers)["dlq.source.offset"],
+            dict(r.headers)["dlq.source.partition"],
+            dict(r.headers)["dlq.source.topic"],
+        )
+        for r in dead
+    )
     topic = settings.inbound_topic.encode()
     assert got == [(b"not_json", b"1", b"0", topic), (b"not_utf8", b"2", b"0", topic)]
     assert group.procs[0].proc.poll() is None, "a bad record must not crash the process"
@@ -151,17 +202,35 @@ async def test_sigkill_mid_stream(group: ConsumerGroup, how: str) -> None:
     survivor = group.start(1, lease_ttl_s=3.0)[0]
     group.wait_all_assigned()
     expected = {("111", f"wamid.K{i}") for i in range(240)}
-    records = [(i % 4, _body("111", f"wamid.K{i}", f"wamid.K{(i + 1) % 240}"))
-               for i in range(0, 240, 2)]
-    records += [(i % 4 + 1 if i % 4 < 3 else 0, _body("111", f"wamid.K{i}"))
-                for i in range(0, 240, 3)]  # redeliveries on other partitions
+    records = [
+        (i % 4, _body("111", f"wamid.K{i}", f"wamid.K{(i + 1) % 240}")) for i in range(0, 240, 2)
+    ]
+    records += [
+        (i % 4 + 1 if i % 4 < 3 else 0, _body("111", f"wamid.K{i}")) for i in range(0, 240, 3)
+    ]  # redeliveries on other partitions
     ends = await kafka.send(settings, records)
     if how == "sigkill":
-        from tests.support.procs import wait_until
-
         wait_until(lambda: len(victim.named("batch.done")) >= 3, 45, group.logs)
         victim.signal(signal.SIGKILL)
     assert victim.wait(60) == -signal.SIGKILL, victim.log_tail()
     await kafka.wait_committed(settings, ends, timeout_s=90, explain=group.logs)
     assert survivor.proc.poll() is None
     await _assert_promise_after_crash(settings, expected)
+
+
+async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> None:
+    """A member joining mid-stream makes the group rebalance: the old owner commits its
+    revoked partitions, nothing stalls, and with no crash every message has exactly one
+    row and exactly one event."""
+    settings = group.settings
+    (first,) = group.start(1, batch_max_records=5)
+    group.wait_all_assigned()
+    expected = {("111", f"wamid.S{i}") for i in range(300)}
+    records = [(i % 4, _body("111", f"wamid.S{i}")) for i in range(300)]
+    records += [((i + 1) % 4, _body("111", f"wamid.S{i}")) for i in range(0, 300, 4)]
+    ends = await kafka.send(settings, records)
+    wait_until(lambda: len(first.named("batch.done")) >= 2, 45, group.logs)
+    group.start(1, batch_max_records=5)
+    await kafka.wait_committed(settings, ends, timeout_s=90, explain=group.logs)
+    assert first.named("partitions.revoked"), "the join really caused a revocation"
+    _assert_once_each(await kafka.rows(settings), await kafka.events(settings), expected)

@@ -17,15 +17,21 @@ from consumer.settings import Settings
 from consumer.store import create_engine, messages, outbox
 
 
-async def send(settings: Settings, records: Sequence[tuple[int, bytes]],
-               headers: Sequence[tuple[str, bytes]] = ()) -> dict[int, int]:
+async def send(
+    settings: Settings,
+    records: Sequence[tuple[int, bytes]],
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> dict[int, int]:
     """Produce (partition, value) records in order; returns end offset per partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                enable_idempotence=False, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
+    )
     await producer.start()
     try:
-        futures = [await producer.send(settings.inbound_topic, value, partition=p,
-                                       headers=list(headers)) for p, value in records]
+        futures = [
+            await producer.send(settings.inbound_topic, value, partition=p, headers=list(headers))
+            for p, value in records
+        ]
         metas = [await f for f in futures]
     finally:
         await producer.stop()
@@ -36,8 +42,11 @@ async def send(settings: Settings, records: Sequence[tuple[int, bytes]],
 
 
 async def committed(settings: Settings, partitions: Sequence[int]) -> dict[int, int]:
-    client = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                              group_id=settings.consumer_group, enable_auto_commit=False)
+    client = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
     await client.start()
     try:
         out = {}
@@ -48,8 +57,9 @@ async def committed(settings: Settings, partitions: Sequence[int]) -> dict[int, 
         await client.stop()
 
 
-async def wait_committed(settings: Settings, ends: dict[int, int], timeout_s: float = 60,
-                         explain: Any = None) -> None:
+async def wait_committed(
+    settings: Settings, ends: dict[int, int], timeout_s: float = 60, explain: Any = None
+) -> None:
     """Wait until the group committed every produced offset (lag zero)."""
     deadline = time.monotonic() + timeout_s
     seen: dict[int, int] = {}
@@ -63,13 +73,15 @@ async def wait_committed(settings: Settings, ends: dict[int, int], timeout_s: fl
 
 
 async def read_all(settings: Settings, topic: str, idle_s: float = 1.5) -> list[Any]:
-    return [r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic,
-                                               idle_s=idle_s)]
+    return [
+        r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
+    ]
 
 
 async def events(settings: Settings, idle_s: float = 1.5) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in await read_all(settings, settings.outbound_topic,
-                                                           idle_s)]
+    return [
+        orjson.loads(r.value) for r in await read_all(settings, settings.outbound_topic, idle_s)
+    ]
 
 
 async def rows(settings: Settings) -> list[tuple[str, str]]:
@@ -77,8 +89,7 @@ async def rows(settings: Settings) -> list[tuple[str, str]]:
     engine = create_engine(settings.database_url, pool_size=1, timeout_s=10)
     try:
         async with engine.connect() as conn:
-            result = await conn.execute(sa.select(messages.c.phone_number_id,
-                                                  messages.c.source_id))
+            result = await conn.execute(sa.select(messages.c.phone_number_id, messages.c.source_id))
             return [(r[0], r[1]) for r in result]
     finally:
         await engine.dispose()
@@ -88,8 +99,11 @@ async def unpublished(settings: Settings) -> int:
     engine = create_engine(settings.database_url, pool_size=1, timeout_s=10)
     try:
         async with engine.connect() as conn:
-            result = await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
-                outbox.c.published_at.is_(None)))
+            result = await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(outbox)
+                .where(outbox.c.published_at.is_(None))
+            )
             return int(result.scalar_one())
     finally:
         await engine.dispose()

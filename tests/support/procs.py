@@ -40,10 +40,16 @@ class ConsumerProc:
 
     def assigned(self) -> bool:
         """Holds partitions after its latest rebalance."""
-        marks = [e for e in self.events() if e.get("event") in ("partitions.assigned",
-                                                              "partitions.revoked")]
-        return bool(marks) and marks[-1]["event"] == "partitions.assigned" and bool(
-            marks[-1]["partitions"])
+        marks = [
+            e
+            for e in self.events()
+            if e.get("event") in ("partitions.assigned", "partitions.revoked")
+        ]
+        return (
+            bool(marks)
+            and marks[-1]["event"] == "partitions.assigned"
+            and bool(marks[-1]["partitions"])
+        )
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.poll() is None:
@@ -72,18 +78,26 @@ class ConsumerGroup:
             index = len(self.procs)
             log_path = self.workdir / f"consumer-{index}.log"
             with log_path.open("wb") as log_file:
-                proc = subprocess.Popen([sys.executable, "-m", "consumer", "run"], env=env,
-                                        stdout=log_file, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "consumer", "run"],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
             cp = ConsumerProc(index, proc, log_path)
             self.procs.append(cp)
             started.append(cp)
         return started
 
-    def wait_all_assigned(self, procs: list[ConsumerProc] | None = None,
-                          timeout_s: float = 45) -> None:
+    def wait_all_assigned(
+        self, procs: list[ConsumerProc] | None = None, timeout_s: float = 45
+    ) -> None:
         chosen = procs or [p for p in self.procs if p.proc.poll() is None]
-        wait_until(lambda: all(p.assigned() for p in chosen), timeout_s,
-                   lambda: "consumers never all held partitions:\n" + self.logs())
+        wait_until(
+            lambda: all(p.assigned() for p in chosen),
+            timeout_s,
+            lambda: "consumers never all held partitions:\n" + self.logs(),
+        )
 
     def kill_all(self) -> None:
         for p in self.procs:
@@ -93,17 +107,21 @@ class ConsumerGroup:
                 p.proc.wait(10)
 
     def logs(self) -> str:
-        return "\n".join(f"--- consumer {p.index} (exit {p.proc.poll()})\n{p.log_tail()}"
-                         for p in self.procs)
+        return "\n".join(
+            f"--- consumer {p.index} (exit {p.proc.poll()})\n{p.log_tail()}" for p in self.procs
+        )
 
     def totals(self, name: str) -> int:
         """Sum of a counter over every consumer's `batch.done` lines."""
         return sum(int(e.get(name, 0)) for p in self.procs for e in p.named("batch.done"))
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float,
-               explain: Callable[[], str] = lambda: "condition not met",
-               interval_s: float = 0.1) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    explain: Callable[[], str] = lambda: "condition not met",
+    interval_s: float = 0.1,
+) -> None:
     """Poll `condition` until it holds; fail with `explain()` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
