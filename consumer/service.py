@@ -63,7 +63,8 @@ class RetryQueue:
     def add(self, record: InboundRecord, now: float) -> None:
         attempt = self._attempts.get(record.coordinates, 0) + 1
         self._attempts[record.coordinates] = attempt
-        delay = min(self._base_s * 2 ** (attempt - 1), self._max_s)
+        # Cap the exponent too: a long outage must not overflow the float.
+        delay = min(self._base_s * 2 ** min(attempt - 1, 32), self._max_s)
         heapq.heappush(self._heap, _Retry(now + delay, attempt, record))
 
     def settled(self, record: InboundRecord) -> None:

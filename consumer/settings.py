@@ -8,6 +8,7 @@ Durations carry their unit in the name. A bad value fails at start with a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,14 +116,19 @@ def env_name(field_name: str) -> str:
 
 
 def mask_url(value: object) -> object:
-    """Hide the password of a URL such as ``postgresql://user:secret@host/db``."""
-    if not isinstance(value, str) or "@" not in value:
+    """Hide the password of a URL such as ``postgresql://user:secret@host/db``.
+
+    Parsed the way SQLAlchemy and redis-py parse it (the password runs to the last '@'
+    of the authority), so a password holding '/', '?' or '#' is masked too.
+    """
+    if not isinstance(value, str):
         return value
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    masked = _URL_PASSWORD.sub(r"\1***@", value)
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 def _kind(default: object) -> Callable[[str], object]:
@@ -176,7 +182,8 @@ def _validate(s: Settings) -> None:
         "db_timeout_s",
         "shutdown_grace_s",
     ):
-        _require(getattr(s, name) > 0, name, "must be greater than 0")
+        value = getattr(s, name)
+        _require(math.isfinite(value) and value > 0, name, "must be a finite number above 0")
     for name in ("batch_max_records", "max_record_bytes", "max_pending_records", "db_pool_size"):
         _require(getattr(s, name) >= 1, name, "must be at least 1")
     _require(s.lease_ttl_s >= 1, "lease_ttl_s", "must be at least 1 second")

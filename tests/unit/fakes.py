@@ -1,0 +1,238 @@
+"""In-memory stand-ins for Redis leases, the SQL store and the Kafka publisher.
+
+They follow the semantics of the real adapters closely enough for the pipeline's
+decisions to be checked without any network:
+
+* :class:`FakeLeases` - one value per key: ``<token>`` (a lease) or ``done:<token>``;
+  acquire is SET NX, release is compare-and-delete, finish is compare-and-set.
+* :class:`FakeStore` - a unique ``(phone_number_id, wamid)`` fence plus an outbox of
+  events with a published flag; can fail before or after "committing".
+* :class:`FakePublisher` - records what was sent; can fail with ``BrokerError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumer.dedup import DONE_PREFIX, LeaseState
+from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.events import OutboundEvent
+from consumer.records import InboundRecord, Invalid, MessageKey
+from consumer.store import PendingMessage, SaveResult
+
+PNID = "106540352242922"
+SENDER = "16505551234"
+TOPIC = "whatsapp.webhooks"
+
+
+class FakeLeases:
+    """Same async API as :class:`consumer.dedup.Leases`, over a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[MessageKey, str] = {}
+        self.fail_on: set[str] = set()  # "acquire", "release", "finish"
+        self.calls: list[tuple[str, tuple[MessageKey, ...], str]] = []
+
+    # -- test setup / inspection ---------------------------------------------------
+
+    def hold(self, key: MessageKey, owner: str = "other-worker:1") -> None:
+        """Another worker holds a processing lease on `key`."""
+        self.values[key] = owner
+
+    def mark_done(self, key: MessageKey, owner: str = "other-worker:1") -> None:
+        """`key` carries a done marker (stored and announced earlier)."""
+        self.values[key] = DONE_PREFIX + owner
+
+    def owned_by(self, token_prefix: str) -> set[MessageKey]:
+        """Keys whose *lease* (not done marker) has a token starting with the prefix."""
+        return {k for k, v in self.values.items() if v.startswith(token_prefix)}
+
+    def done_keys(self) -> set[MessageKey]:
+        return {k for k, v in self.values.items() if v.startswith(DONE_PREFIX)}
+
+    # -- the Leases API ------------------------------------------------------------
+
+    async def acquire(self, keys: Sequence[MessageKey], token: str) -> dict[MessageKey, LeaseState]:
+        self._record("acquire", keys, token)
+        out: dict[MessageKey, LeaseState] = {}
+        for key in keys:
+            value = self.values.get(key)
+            if value is None:
+                self.values[key] = token
+                out[key] = LeaseState.ACQUIRED
+            elif value.startswith(DONE_PREFIX):
+                out[key] = LeaseState.DONE
+            else:
+                out[key] = LeaseState.HELD
+        return out
+
+    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+        self._record("release", keys, token)
+        released = 0
+        for key in keys:
+            if self.values.get(key) == token:
+                del self.values[key]
+                released += 1
+        return released
+
+    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+        self._record("finish", keys, token)
+        finished = 0
+        for key in keys:
+            value = self.values.get(key)
+            if value is None or value == token:
+                self.values[key] = DONE_PREFIX + token
+                finished += 1
+        return finished
+
+    def _record(self, what: str, keys: Sequence[MessageKey], token: str) -> None:
+        self.calls.append((what, tuple(keys), token))
+        if what in self.fail_on:
+            raise LeaseStoreError(f"fake Redis {what} failed")
+
+
+@dataclass
+class OutboxRow:
+    event: OutboundEvent
+    published: bool = False
+
+
+@dataclass
+class FakeStore:
+    """Same async API as :class:`consumer.store.Store`, over dicts."""
+
+    rows: dict[MessageKey, PendingMessage] = field(default_factory=dict)
+    outbox: dict[str, OutboxRow] = field(default_factory=dict)
+    fail_next_save: bool = False  # raise before anything is committed
+    fail_next_save_after_commit: bool = False  # commit, then lose the answer
+    fail_mark_published: bool = False
+    saves: list[list[MessageKey]] = field(default_factory=list)
+
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        now: dt.datetime,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> SaveResult:
+        self.saves.append([p.message.key for p in pending])
+        if self.fail_next_save:
+            self.fail_next_save = False
+            raise StoreError("fake database: connection lost before commit")
+        by_key = {p.message.key: p for p in pending}
+        inserted = frozenset(k for k in by_key if k not in self.rows)
+        conflicts = frozenset(by_key) - inserted
+        stale = tuple(
+            self.outbox[by_key[k].event.event_id].event
+            for k in by_key
+            if k in conflicts
+            and by_key[k].event.event_id in self.outbox
+            and not self.outbox[by_key[k].event.event_id].published
+        )
+        if before_commit is not None:
+            before_commit()
+        new = [by_key[k] for k in by_key if k in inserted]
+        for p in new:  # commit
+            self.rows[p.message.key] = p
+            self.outbox[p.event.event_id] = OutboxRow(p.event)
+        if self.fail_next_save_after_commit:
+            self.fail_next_save_after_commit = False
+            raise StoreError("fake database: commit answer lost")
+        return SaveResult(inserted, conflicts, tuple(p.event for p in new) + stale)
+
+    async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+        if self.fail_mark_published:
+            raise StoreError("fake database: update failed")
+        for event_id in event_ids:
+            if event_id in self.outbox:
+                self.outbox[event_id].published = True
+
+    def unpublished(self) -> set[str]:
+        return {eid for eid, row in self.outbox.items() if not row.published}
+
+
+@dataclass
+class FakePublisher:
+    """Same async API as :class:`consumer.publish.Publisher`; keeps what was acked."""
+
+    published: list[OutboundEvent] = field(default_factory=list)
+    dead_letters: list[Invalid] = field(default_factory=list)
+    fail_next_publish: bool = False
+    fail_next_dead_letter: bool = False
+    publish_calls: int = 0
+    dead_letter_calls: int = 0
+
+    async def publish(self, events: Sequence[OutboundEvent]) -> None:
+        self.publish_calls += 1
+        if self.fail_next_publish:
+            self.fail_next_publish = False
+            raise BrokerError("fake Kafka: message_created not acknowledged")
+        self.published.extend(events)
+
+    async def dead_letter(self, invalid: Sequence[Invalid]) -> None:
+        self.dead_letter_calls += 1
+        if self.fail_next_dead_letter:
+            self.fail_next_dead_letter = False
+            raise BrokerError("fake Kafka: dead letter not acknowledged")
+        self.dead_letters.extend(invalid)
+
+
+# -- builders --------------------------------------------------------------------
+
+
+def record(
+    value: bytes | dict[str, Any] | None, *, partition: int = 0, offset: int = 0
+) -> InboundRecord:
+    """An inbound record; a dict value is JSON-encoded."""
+    body = json.dumps(value).encode() if isinstance(value, dict) else value
+    return InboundRecord(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        key=None,
+        value=body,
+        headers=(("x-hub-signature-256", b"sha256=abc"),),
+        timestamp_ms=1_749_416_383_000,
+    )
+
+
+def message(wamid: str, sender: str = SENDER, text: str = "hello") -> dict[str, Any]:
+    """A Meta text message object."""
+    return {
+        "from": sender,
+        "id": wamid,
+        "timestamp": "1749416383",
+        "type": "text",
+        "text": {"body": text},
+    }
+
+
+def webhook(
+    messages: list[dict[str, Any]] | None = None,
+    *,
+    pnid: str | None = PNID,
+    contacts: list[dict[str, Any]] | None = None,
+    statuses: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A one-entry, one-change webhook body."""
+    value: dict[str, Any] = {"messaging_product": "whatsapp"}
+    if pnid is not None:
+        value["metadata"] = {"display_phone_number": "15550783881", "phone_number_id": pnid}
+    if contacts is not None:
+        value["contacts"] = contacts
+    if messages is not None:
+        value["messages"] = messages
+    if statuses is not None:
+        value["statuses"] = statuses
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def key(wamid: str, pnid: str = PNID) -> MessageKey:
+    return MessageKey(pnid, wamid)

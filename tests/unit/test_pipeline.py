@@ -1,0 +1,396 @@
+"""Pipeline.process over in-memory leases, store and publisher; and the RetryQueue."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from consumer.pipeline import Pipeline
+from consumer.records import InboundRecord, Reason
+from consumer.service import RetryQueue
+from consumer.settings import Settings
+from tests.unit.fakes import (
+    FakeLeases,
+    FakePublisher,
+    FakeStore,
+    key,
+    message,
+    record,
+    webhook,
+)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
+NOW = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
+
+
+class World:
+    """A pipeline wired to fakes, with the fakes at hand."""
+
+    def __init__(self) -> None:
+        self.leases = FakeLeases()
+        self.store = FakeStore()
+        self.publisher = FakePublisher()
+        self.pipeline = Pipeline(
+            Settings(),
+            self.leases,  # type: ignore[arg-type]
+            self.store,  # type: ignore[arg-type]
+            self.publisher,  # type: ignore[arg-type]
+            worker_id="w1",
+            clock=lambda: NOW,
+        )
+
+    def published_ids(self) -> list[str]:
+        return [e.event_id for e in self.publisher.published]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def _records(*bodies: dict[str, object] | bytes, partition: int = 0) -> list[InboundRecord]:
+    return [record(b, partition=partition, offset=i) for i, b in enumerate(bodies)]  # type: ignore[arg-type]
+
+
+def _coords(records: Sequence[InboundRecord]) -> list[tuple[str, int, int]]:
+    return sorted(r.coordinates for r in records)
+
+
+# -- the happy path ----------------------------------------------------------------
+
+
+async def test_new_messages_are_stored_announced_and_durable(world: World) -> None:
+    """New messages: one row and one published event each; every record is durable."""
+    records = _records(
+        webhook([message("wamid.A"), message("wamid.B")]),
+        webhook([message("wamid.C")]),
+    )
+    report = await world.pipeline.process(records)
+
+    keys = {key("wamid.A"), key("wamid.B"), key("wamid.C")}
+    assert set(world.store.rows) == keys
+    assert sorted(world.published_ids()) == sorted(k.event_id for k in keys)
+    assert _coords(report.durable) == _coords(records)
+    assert report.retry == []
+    assert (report.stored, report.events, report.messages) == (3, 3, 3)
+    assert report.failure is None
+    assert world.store.unpublished() == set()  # outbox rows marked published
+    assert world.leases.done_keys() == keys  # leases turned into done markers
+    assert all(v.startswith("done:w1:") for v in world.leases.values.values())
+
+
+async def test_same_key_twice_in_one_batch(world: World) -> None:
+    """The same key in two records of a batch: one row, one event, both records durable."""
+    records = _records(webhook([message("wamid.A")]), webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+
+    assert list(world.store.rows) == [key("wamid.A")]
+    assert world.published_ids() == [key("wamid.A").event_id]
+    assert _coords(report.durable) == _coords(records)
+    assert report.dup_in_batch == 1
+    assert world.store.saves == [[key("wamid.A")]]  # the duplicate never reached the DB
+
+
+async def test_constructed_batch_fixture_stores_three_and_announces_three(
+    world: World,
+) -> None:
+    """A batch body with a repeated wamid gives 3 rows and 3 events, and is durable."""
+    body = FIXTURES / "constructed_batch_multi_message.json"
+    records = _records(body.read_bytes())
+    report = await world.pipeline.process(records)
+    assert len(world.store.rows) == 3
+    assert len(world.publisher.published) == 3
+    assert (report.messages, report.dup_in_batch, report.statuses) == (4, 1, 1)
+    assert _coords(report.durable) == _coords(records)
+
+
+# -- leases ------------------------------------------------------------------------
+
+
+async def test_key_held_by_another_worker_defers_its_record(world: World) -> None:
+    """A key another worker holds: its record retries, nothing stored; others are durable."""
+    world.leases.hold(key("wamid.HELD"), owner="w2:9")
+    held, free, mixed = _records(
+        webhook([message("wamid.HELD")]),
+        webhook([message("wamid.FREE")]),
+        webhook([message("wamid.OTHER"), message("wamid.HELD")]),
+    )
+    report = await world.pipeline.process([held, free, mixed])
+
+    assert _coords(report.retry) == _coords([held, mixed])
+    assert _coords(report.durable) == _coords([free])
+    assert key("wamid.HELD") not in world.store.rows
+    assert key("wamid.HELD").event_id not in world.published_ids()
+    assert world.leases.values[key("wamid.HELD")] == "w2:9"  # never touched
+    assert set(world.store.rows) == {key("wamid.FREE"), key("wamid.OTHER")}
+    assert report.held == 1
+
+
+async def test_deferred_record_completes_once_the_other_worker_is_done(world: World) -> None:
+    """Retrying a deferred record after the holder finished: durable, no new event."""
+    world.leases.hold(key("wamid.HELD"), owner="w2:9")
+    records = _records(webhook([message("wamid.OTHER"), message("wamid.HELD")]))
+    first = await world.pipeline.process(records)
+    assert first.retry == records
+
+    world.leases.mark_done(key("wamid.HELD"), owner="w2:9")
+    second = await world.pipeline.process(records)
+    assert second.durable == records
+    assert second.retry == []
+    assert world.published_ids() == [key("wamid.OTHER").event_id]  # nothing twice
+
+
+async def test_done_marker_is_a_duplicate(world: World) -> None:
+    """A key with a done marker is a duplicate: durable, not stored again, no event."""
+    world.leases.mark_done(key("wamid.A"))
+    records = _records(webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert report.dup_done_marker == 1
+    assert world.store.rows == {}
+    assert world.store.saves == []
+    assert world.publisher.published == []
+
+
+async def test_lease_store_failure_retries_everything(world: World) -> None:
+    """Redis failing at acquire: every record with messages retries, nothing is stored."""
+    world.leases.fail_on.add("acquire")
+    records = _records(webhook([message("wamid.A")]), webhook(statuses=[{"id": "x"}]))
+    report = await world.pipeline.process(records)
+
+    assert report.retry == records[:1]
+    assert report.durable == records[1:]  # a statuses-only webhook needs no lease
+    assert world.store.saves == []
+    assert world.publisher.published == []
+    assert report.failure is not None
+
+
+# -- store and publish failures ------------------------------------------------------
+
+
+async def test_store_failure_releases_leases_and_retries(world: World) -> None:
+    """A failed transaction: our leases are released, records retry, no event goes out."""
+    world.store.fail_next_save = True
+    records = _records(webhook([message("wamid.A")]), webhook([message("wamid.B")]))
+    report = await world.pipeline.process(records)
+
+    assert world.leases.owned_by("w1:") == set()
+    assert world.leases.values == {}
+    assert _coords(report.retry) == _coords(records)
+    assert report.durable == []
+    assert world.publisher.published == []
+    assert world.store.rows == {}
+    assert report.failure is not None
+    assert "StoreError" in report.failure
+
+
+async def test_store_failure_leaves_other_workers_leases_alone(world: World) -> None:
+    """Releasing after a failure never deletes a lease another worker holds."""
+    world.leases.hold(key("wamid.HELD"), owner="w2:1")
+    world.store.fail_next_save = True
+    await world.pipeline.process(_records(webhook([message("wamid.A"), message("wamid.HELD")])))
+    assert world.leases.values == {key("wamid.HELD"): "w2:1"}
+
+
+async def test_publish_failure_then_retry_republishes_same_event_once(world: World) -> None:
+    """Publish fails after commit: released, retried; the rerun re-announces the outbox row."""
+    world.publisher.fail_next_publish = True
+    records = _records(webhook([message("wamid.A")]))
+
+    first = await world.pipeline.process(records)
+    assert first.retry == records
+    assert first.durable == []
+    assert world.leases.owned_by("w1:") == set()
+    assert key("wamid.A") in world.store.rows  # committed before the publish failed
+    assert world.store.unpublished() == {key("wamid.A").event_id}
+    assert world.publisher.published == []
+    stored_event = world.store.outbox[key("wamid.A").event_id].event
+
+    second = await world.pipeline.process(records)
+    assert second.durable == records
+    assert second.retry == []
+    assert second.dup_database == 1
+    assert (second.stored, second.republished) == (0, 1)
+    assert world.publisher.published == [stored_event]  # same event_id and bytes
+    assert Counter(world.published_ids()) == Counter({key("wamid.A").event_id: 1})
+    assert world.store.unpublished() == set()
+    assert world.leases.done_keys() == {key("wamid.A")}
+
+
+async def test_indeterminate_commit_then_retry_announces_once(world: World) -> None:
+    """A commit whose answer was lost: retry finds the row and publishes its event once."""
+    world.store.fail_next_save_after_commit = True
+    records = _records(webhook([message("wamid.A"), message("wamid.B")]))
+
+    first = await world.pipeline.process(records)
+    assert first.retry == records
+    assert world.publisher.published == []
+    assert world.leases.values == {}
+
+    second = await world.pipeline.process(records)
+    assert second.durable == records
+    assert sorted(world.published_ids()) == sorted(
+        [key("wamid.A").event_id, key("wamid.B").event_id]
+    )
+    assert len(world.store.rows) == 2
+
+
+async def test_already_published_conflict_is_not_republished(world: World) -> None:
+    """A key stored and announced earlier (done marker expired) is durable, not re-sent."""
+    records = _records(webhook([message("wamid.A")]))
+    await world.pipeline.process(records)
+    world.leases.values.clear()  # the done marker ran out
+    report = await world.pipeline.process(records)
+    assert report.durable == records
+    assert report.dup_database == 1
+    assert len(world.publisher.published) == 1
+
+
+async def test_bookkeeping_failures_after_publish_keep_records_durable(world: World) -> None:
+    """mark_published or finish failing after a good publish still counts as durable."""
+    world.store.fail_mark_published = True
+    world.leases.fail_on.add("finish")
+    records = _records(webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+    assert report.durable == records
+    assert world.published_ids() == [key("wamid.A").event_id]
+
+
+# -- invalid input and statuses ------------------------------------------------------
+
+
+async def test_invalid_records_are_dead_lettered_and_durable(world: World) -> None:
+    """Bad records go to the dead-letter topic with their reason and become durable."""
+    records = _records(b"{not json", b"", webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+
+    assert world.publisher.dead_letter_calls == 1
+    assert [(i.record.offset, i.reason) for i in world.publisher.dead_letters] == [
+        (0, Reason.NOT_JSON),
+        (1, Reason.EMPTY),
+    ]
+    assert _coords(report.durable) == _coords(records)
+    assert report.dead_lettered == 2
+    assert world.published_ids() == [key("wamid.A").event_id]
+
+
+async def test_dead_letter_failure_retries_those_records(world: World) -> None:
+    """If the dead-letter send fails, the bad records retry; good ones are still durable."""
+    world.publisher.fail_next_dead_letter = True
+    bad, good = _records(b"[]", webhook([message("wamid.A")]))
+    report = await world.pipeline.process([bad, good])
+
+    assert report.retry == [bad]
+    assert report.durable == [good]
+    assert report.dead_lettered == 0
+    assert report.failure is not None
+
+
+async def test_statuses_only_webhook_is_durable_without_events(world: World) -> None:
+    """A statuses-only webhook is durable at once: no lease, no row, no event."""
+    records = _records(webhook(statuses=[{"id": "wamid.OUT", "status": "read"}]))
+    report = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert report.statuses == 1
+    assert world.leases.calls == []
+    assert world.store.saves == []
+    assert world.publisher.publish_calls == 0
+
+
+async def test_each_batch_uses_a_fresh_token(world: World) -> None:
+    """Two batches of one worker lease with different tokens, both prefixed by worker_id."""
+    await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    await world.pipeline.process(_records(webhook([message("wamid.B")])))
+    tokens = [token for what, _, token in world.leases.calls if what == "acquire"]
+    assert len(tokens) == 2
+    assert tokens[0] != tokens[1]
+    assert all(t.startswith("w1:") for t in tokens)
+
+
+# -- RetryQueue --------------------------------------------------------------------
+
+
+def _rec(partition: int = 0, offset: int = 0) -> InboundRecord:
+    return record(b"{}", partition=partition, offset=offset)
+
+
+def test_retry_backoff_doubles_and_is_capped() -> None:
+    """Each retry of one record waits twice as long, up to max_s."""
+    queue = RetryQueue(base_s=0.5, max_s=3.0)
+    r = _rec()
+    delays = []
+    for _ in range(6):
+        queue.add(r, now=100.0)
+        delays.append(queue.next_due_in(100.0))
+        assert queue.pop_due(1000.0, limit=10) == [r]
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_retry_backoff_stays_capped_for_long_outages() -> None:
+    """After very many attempts the delay is still max_s (no overflow, no crash)."""
+    queue = RetryQueue(base_s=0.2, max_s=5.0)
+    r = _rec()
+    for _ in range(1100):  # ~1.5 h of retries every 5 s during an outage
+        queue.add(r, now=0.0)
+        assert queue.pop_due(10.0, limit=1) == [r]
+    queue.add(r, now=0.0)
+    assert queue.next_due_in(0.0) == 5.0
+
+
+def test_settled_resets_backoff() -> None:
+    """After a record settles, its next retry starts again at base_s."""
+    queue = RetryQueue(base_s=1.0, max_s=60.0)
+    r = _rec()
+    for _ in range(3):
+        queue.add(r, now=0.0)
+        queue.pop_due(100.0, limit=1)
+    queue.settled(r)
+    queue.add(r, now=0.0)
+    assert queue.next_due_in(0.0) == 1.0
+
+
+def test_backoff_is_per_record() -> None:
+    """Retries of one record do not lengthen another record's backoff."""
+    queue = RetryQueue(base_s=1.0, max_s=60.0)
+    a, b = _rec(offset=1), _rec(offset=2)
+    queue.add(a, now=0.0)
+    queue.pop_due(100.0, limit=1)
+    queue.add(a, now=0.0)
+    queue.add(b, now=0.0)
+    assert queue.pop_due(1.0, limit=10) == [b]
+    assert queue.pop_due(2.0, limit=10) == [a]
+
+
+def test_pop_due_respects_due_time_and_limit() -> None:
+    """pop_due returns only due records, earliest first, at most `limit` of them."""
+    queue = RetryQueue(base_s=1.0, max_s=60.0)
+    records = [_rec(offset=i) for i in range(4)]
+    for i, r in enumerate(records):
+        queue.add(r, now=float(i))  # due at 1, 2, 3, 4
+    assert queue.pop_due(0.5, limit=10) == []
+    assert queue.next_due_in(0.5) == 0.5
+    assert queue.pop_due(3.0, limit=2) == records[:2]
+    assert queue.pop_due(3.0, limit=2) == [records[2]]
+    assert len(queue) == 1
+    assert queue.pop_due(10.0, limit=10) == [records[3]]
+    assert queue.next_due_in(10.0) is None
+
+
+def test_drop_removes_revoked_partitions() -> None:
+    """drop(partitions) removes those partitions' entries and resets their attempts."""
+    queue = RetryQueue(base_s=1.0, max_s=60.0)
+    keep, gone = _rec(partition=0, offset=5), _rec(partition=1, offset=5)
+    for _ in range(2):
+        queue.add(keep, now=0.0)
+        queue.add(gone, now=0.0)
+    queue.drop({("whatsapp.webhooks", 1)})
+    assert len(queue) == 2
+    assert queue.pop_due(100.0, limit=10) == [keep, keep]
+    queue.add(gone, now=0.0)  # reassigned later: backoff starts over
+    assert queue.next_due_in(0.0) == 1.0
