@@ -28,11 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumer import dedup
 from consumer.crashpoints import CrashPoints
-from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.errors import BrokerError, LeaseStoreError, StoreError, WamidGuardError
 from consumer.offsets import OffsetLedger, Partition
 from consumer.pipeline import BatchReport, Pipeline
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord
+from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
 from consumer.store import Store, create_engine
 
@@ -108,17 +109,47 @@ class Service:
         self._redis: Redis | None = None
         self._store: Store | None = None
         self._pipeline: Pipeline | None = None
+        self._relay: Relay | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start, consume until asked to stop, shut down. Raises on a startup failure."""
+        """Start, consume until asked to stop, shut down.
+
+        Raises on a startup failure, and when a supervised side task (the outbox relay)
+        died: the service must not go on without it.
+        """
         try:
             await self.startup()
             loop_task = asyncio.create_task(self._main_loop(), name="poll-loop")
-            await self._wait_loop(loop_task)
+            assert self._relay is not None  # noqa: S101 - set in startup
+            relay_task = asyncio.create_task(self._relay.run(self._stop), name="outbox-relay")
+            await self._supervise(loop_task, [relay_task])
         finally:
             await self.shutdown()
+
+    async def _supervise(
+        self, loop_task: asyncio.Task[None], side_tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """Run the loop; if a side task dies first, stop gracefully and then fail loudly."""
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({loop_task, stop_wait, *side_tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        died = next((t for t in side_tasks if t.done()), None)
+        if died is not None and not self._stop.is_set():
+            exc = died.exception() if not died.cancelled() else None
+            log.error("service.side_task_died", task=died.get_name(), error=repr(exc))
+            self.request_stop(f"{died.get_name()} died")
+        try:
+            await self._wait_loop(loop_task)
+        finally:
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+        if died is not None:
+            raise WamidGuardError(f"side task {died.get_name()} stopped unexpectedly") from (
+                died.exception() if not died.cancelled() else None
+            )
 
     def request_stop(self, reason: str) -> None:
         """First call: graceful stop. Second call: cut the batch in flight short."""
@@ -179,6 +210,13 @@ class Service:
         self._pipeline = Pipeline(
             s, leases, self._store, publisher, worker_id=self.worker_id, crash=self.crash
         )
+        self._relay = Relay(
+            self._store,
+            publisher,
+            worker_id=self.worker_id,
+            interval_s=s.relay_interval_s,
+            min_age_s=s.relay_min_age_s,
+        )
         log.info(
             "service.started",
             worker_id=self.worker_id,
@@ -198,7 +236,13 @@ class Service:
             await _quietly(self._redis.aclose(), "redis.close")
         if self._store is not None:
             await _quietly(self._store.close(), "store.close")
-        log.info("service.stopped", worker_id=self.worker_id, **self.totals.counts())
+        republished = self._relay.republished if self._relay else 0
+        log.info(
+            "service.stopped",
+            worker_id=self.worker_id,
+            relay_republished=republished,
+            **self.totals.counts(),
+        )
 
     async def _wait_loop(self, loop_task: asyncio.Task[None]) -> None:
         stop_wait = asyncio.create_task(self._stop.wait())

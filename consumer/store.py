@@ -67,6 +67,9 @@ outbox = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
     sa.Column("published_at", _TS),
+    # The relay's claim: which instance re-publishes this row, and until when.
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", _TS),
     sa.Index("ix_outbox_unpublished", "published_at", "created_at"),
 )
 
@@ -168,6 +171,49 @@ class Store:
                 await conn.execute(stmt)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"marking {len(event_ids)} event(s) published failed: {exc}") from exc
+
+    async def claim_unpublished(
+        self,
+        *,
+        worker_id: str,
+        older_than: dt.datetime,
+        now: dt.datetime,
+        claim_for: dt.timedelta,
+        limit: int,
+    ) -> tuple[OutboundEvent, ...]:
+        """Claim outbox rows that were committed but never marked published.
+
+        One atomic UPDATE ... RETURNING: a row is claimed by one relay at a time (on
+        PostgreSQL the candidate rows are locked with FOR UPDATE SKIP LOCKED, and the
+        outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
+        A claim that is not followed by `mark_published` runs out after `claim_for`.
+        """
+        free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        candidates = (
+            sa.select(outbox.c.event_id)
+            .where(outbox.c.published_at.is_(None), outbox.c.created_at < older_than, free)
+            .order_by(outbox.c.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            sa.update(outbox)
+            .where(
+                outbox.c.event_id.in_(candidates.scalar_subquery()),
+                outbox.c.published_at.is_(None),
+                free,
+            )
+            .values(claimed_by=worker_id, claimed_until=now + claim_for)
+            .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
+        )
+        try:
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(stmt)).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"claiming unpublished outbox rows failed: {exc}") from exc
+        return tuple(
+            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
+        )
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -1,0 +1,84 @@
+"""The outbox relay: publish rows whose publish never happened.
+
+The pipeline publishes right after its commit. When it could not (it crashed between
+commit and publish, or the outbound topic refused the events and the record was never
+redelivered to anyone), the outbox row stays unpublished. Every instance runs this relay;
+rows are claimed so instances don't fight (see Store.claim_unpublished), and only rows
+older than RELAY_MIN_AGE_S are taken, so the pipeline's own publish of a fresh row is not
+doubled. A re-publish carries the row's bytes, hence the same event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+
+import structlog
+
+from consumer.errors import DependencyError
+from consumer.publish import Publisher
+from consumer.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Relay:
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        *,
+        worker_id: str,
+        interval_s: float,
+        min_age_s: float,
+        batch: int = 200,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._worker_id = worker_id
+        self._interval_s = interval_s
+        self._min_age = dt.timedelta(seconds=min_age_s)
+        self._claim_for = dt.timedelta(seconds=max(30.0, 4 * interval_s))
+        self._batch = batch
+        self._clock = clock
+        self.republished = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set. Dependency failures are logged and retried;
+        anything else propagates, so the supervisor stops the service loudly."""
+        while not stop.is_set():
+            try:
+                while await self.relay_once() == self._batch:
+                    pass  # a full batch: there may be more right away
+            except DependencyError as exc:
+                log.warning("relay.failed", error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+            except TimeoutError:
+                continue
+
+    async def relay_once(self) -> int:
+        """Claim, publish and mark one batch of stale outbox rows. Returns how many."""
+        now = self._clock()
+        claimed = await self._store.claim_unpublished(
+            worker_id=self._worker_id,
+            older_than=now - self._min_age,
+            now=now,
+            claim_for=self._claim_for,
+            limit=self._batch,
+        )
+        if not claimed:
+            return 0
+        await self._publisher.publish(claimed)
+        await self._store.mark_published([e.event_id for e in claimed], self._clock())
+        self.republished += len(claimed)
+        log.info(
+            "relay.republished", count=len(claimed), event_ids=[e.event_id for e in claimed[:10]]
+        )
+        return len(claimed)

@@ -1,0 +1,48 @@
+"""The service supervises its side tasks: if the relay dies, the service stops loudly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumer.errors import WamidGuardError
+from consumer.service import Service
+from consumer.settings import Settings
+
+
+async def test_dead_side_task_stops_the_service_loudly() -> None:
+    """A side task that crashes makes the poll loop stop and `_supervise` raise, with
+    the crash chained as the cause."""
+    service = Service(Settings(shutdown_grace_s=2.0))
+
+    async def loop() -> None:
+        await service._stop.wait()
+
+    async def relay() -> None:
+        raise RuntimeError("relay bug")
+
+    loop_task = asyncio.create_task(loop())
+    relay_task = asyncio.create_task(relay(), name="outbox-relay")
+    with pytest.raises(WamidGuardError, match="outbox-relay") as info:
+        await service._supervise(loop_task, [relay_task])
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert loop_task.done()
+    assert not loop_task.cancelled(), "the loop ended gracefully, not cut short"
+
+
+async def test_stop_request_ends_loop_and_side_tasks() -> None:
+    """A stop request ends the loop and cancels the side tasks without an error."""
+    service = Service(Settings(shutdown_grace_s=2.0))
+
+    async def loop() -> None:
+        await service._stop.wait()
+
+    async def relay() -> None:
+        await asyncio.Event().wait()
+
+    loop_task = asyncio.create_task(loop())
+    relay_task = asyncio.create_task(relay(), name="outbox-relay")
+    asyncio.get_running_loop().call_later(0.05, service.request_stop, "test")
+    await service._supervise(loop_task, [relay_task])
+    assert relay_task.cancelled()
