@@ -156,9 +156,14 @@ class Pipeline:
         try:
             states = await self._leases.acquire(list(first), token)
         except LeaseStoreError as exc:
-            report.failure = f"lease: {exc}"
             await self._release(list(first), token)  # whatever the failed pipeline did set
-            return set()
+            if self._settings.redis_outage_policy == "pause":
+                report.failure = f"lease: {exc}"
+                return set()
+            # "fence": go on with the database's unique constraint as the only guard.
+            # Still exactly one row; concurrent duplicates may announce twice (same event_id).
+            log.warning("lease.unavailable_fence_only", messages=len(first), error=str(exc))
+            states = dict.fromkeys(first, LeaseState.ACQUIRED)
         done = {k for k, s in states.items() if s is LeaseState.DONE}
         mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
         report.dup_done_marker = len(done)

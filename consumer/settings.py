@@ -27,6 +27,7 @@ CRASH_POINTS = (
     "after_offset_commit",
 )
 LOG_FORMATS = ("auto", "json", "console")
+REDIS_OUTAGE_POLICIES = ("pause", "fence")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -47,6 +48,10 @@ class Settings:
     consumer_group: str = "wamid-guard"
 
     redis_key_prefix: str = "wamid"
+    # What to do while Redis is unreachable: "pause" (default) holds the partitions and
+    # retries, keeping events exactly-once; "fence" keeps consuming on the database's
+    # unique constraint alone (rows stay exactly-once, events at-least-once).
+    redis_outage_policy: str = "pause"
     lease_ttl_s: float = 30.0
     # Meta retries a webhook for up to 7 days; the done marker outlives that.
     done_ttl_s: float = 8 * 24 * 3600.0
@@ -211,6 +216,11 @@ def _validate(s: Settings) -> None:
     )
     _require(s.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
     _require(s.log_format in LOG_FORMATS, "log_format", f"must be one of {LOG_FORMATS}")
+    _require(
+        s.redis_outage_policy in REDIS_OUTAGE_POLICIES,
+        "redis_outage_policy",
+        f"must be one of {REDIS_OUTAGE_POLICIES}",
+    )
     _require(
         bool(s.redis_key_prefix) and ":" not in s.redis_key_prefix,
         "redis_key_prefix",

@@ -30,12 +30,12 @@ NOW = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
 class World:
     """A pipeline wired to fakes, with the fakes at hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self.leases = FakeLeases()
         self.store = FakeStore()
         self.publisher = FakePublisher()
         self.pipeline = Pipeline(
-            Settings(),
+            settings or Settings(),
             self.leases,  # type: ignore[arg-type]
             self.store,  # type: ignore[arg-type]
             self.publisher,  # type: ignore[arg-type]
@@ -168,6 +168,22 @@ async def test_lease_store_failure_retries_everything(world: World) -> None:
     assert world.store.saves == []
     assert world.publisher.published == []
     assert report.failure is not None
+
+
+async def test_fence_policy_keeps_going_without_redis() -> None:
+    """REDIS_OUTAGE_POLICY=fence: with Redis down, messages are still stored once (the
+    database fence) and announced, and the records are durable."""
+    world = World(Settings(redis_outage_policy="fence"))
+    world.leases.fail_on.update({"acquire", "release", "finish"})
+    records = _records(webhook([message("wamid.A")]), webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+    again = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert again.durable == records
+    assert set(world.store.rows) == {key("wamid.A")}
+    assert world.published_ids() == [key("wamid.A").event_id]
+    assert again.dup_database == 1
 
 
 # -- store and publish failures ------------------------------------------------------
