@@ -141,7 +141,10 @@ class Store:
         """
         if not pending:
             return SaveResult(frozenset(), frozenset(), ())
+        # One row per key, in key order: concurrent batches that overlap then take their
+        # row locks in the same order and cannot deadlock each other on PostgreSQL.
         by_key = {p.message.key: p for p in pending}
+        by_key = {k: by_key[k] for k in sorted(by_key, key=lambda k: (k.phone_number_id, k.wamid))}
         try:
             async with self._engine.begin() as conn:
                 inserted = await self._insert_messages(conn, list(by_key.values()), now)
@@ -224,7 +227,10 @@ class Store:
         stmt = (
             self._insert(messages)
             .values([_message_row(p, now) for p in pending])
-            .on_conflict_do_nothing(index_elements=["phone_number_id", "source_id"])
+            # No conflict target: the primary key is derived from the same
+            # (phone_number_id, source_id), so a concurrent insert may trip either
+            # unique index first; both mean "this message is stored already".
+            .on_conflict_do_nothing()
             .returning(messages.c.phone_number_id, messages.c.source_id)
         )
         rows = (await conn.execute(stmt)).all()
