@@ -1,0 +1,252 @@
+"""The SQL fence and the outbox (DESIGN rules 1 and 7) on real PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import random
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.exc import IntegrityError
+
+from consumer import events, intake, migrate
+from consumer.errors import StoreError
+from consumer.records import InboundRecord, MessageKey, Webhook
+from consumer.store import PendingMessage, SaveResult, Store, create_engine, messages, outbox
+
+pytestmark = pytest.mark.integration
+
+OUT_TOPIC = "whatsapp.message_created"
+FENCE = "uq_messages_phone_number_id_source_id"
+
+
+def _body(pnid: str, *wamids: str, sender: str = "16505551234") -> bytes:
+    """A webhook with one change holding the given text messages."""
+    msgs = [
+        {"from": sender, "id": w, "timestamp": "1749416383", "type": "text", "text": {"body": w}}
+        for w in wamids
+    ]
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": sender}],
+        "messages": msgs,
+    }
+    change = {"field": "messages", "value": value}
+    body = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
+    return json.dumps(body).encode()
+
+
+def _pending(
+    pnid: str, *wamids: str, offset: int = 0, occurred_at: dt.datetime | None = None
+) -> list[PendingMessage]:
+    """Decode a webhook for `wamids` and build each message's event, as the pipeline does."""
+    record = InboundRecord("whatsapp.webhooks", 0, offset, None, _body(pnid, *wamids), (), 0)
+    hook = intake.decode(record, max_bytes=1 << 20)
+    assert isinstance(hook, Webhook), hook
+    at = occurred_at or dt.datetime.now(dt.UTC)
+    return [
+        PendingMessage(m, events.build(m, topic=OUT_TOPIC, occurred_at=at)) for m in hook.messages
+    ]
+
+
+def _keys(pending: Sequence[PendingMessage]) -> frozenset[MessageKey]:
+    return frozenset(p.message.key for p in pending)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    s = Store(create_engine(database_url, pool_size=2, timeout_s=10))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _row_counts(store: Store) -> collections.Counter[tuple[str, str]]:
+    async with store.engine.connect() as conn:
+        rows = (
+            await conn.execute(sa.select(messages.c.phone_number_id, messages.c.source_id))
+        ).all()
+    return collections.Counter((r[0], r[1]) for r in rows)
+
+
+async def _outbox(store: Store) -> dict[str, tuple[bytes, bool]]:
+    """event_id -> (payload, published?)"""
+    async with store.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(outbox.c.event_id, outbox.c.payload, outbox.c.published_at)
+            )
+        ).all()
+    return {r[0]: (bytes(r[1]), r[2] is not None) for r in rows}
+
+
+async def test_save_inserts_and_returns_new_events(store: Store) -> None:
+    """save() inserts every new message with an outbox row and returns their events."""
+    pending = _pending("111", "wamid.A", "wamid.B", "wamid.C")
+    result = await store.save(pending, dt.datetime.now(dt.UTC))
+    assert result.inserted == _keys(pending)
+    assert result.conflicts == frozenset()
+    assert result.to_publish == tuple(p.event for p in pending)
+    assert await _row_counts(store) == {("111", w): 1 for w in ("wamid.A", "wamid.B", "wamid.C")}
+    assert await _outbox(store) == {p.event.event_id: (p.event.payload, False) for p in pending}
+
+
+async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: Store) -> None:
+    """A duplicate save inserts nothing and hands back the stored unpublished events verbatim,
+    until mark_published."""
+    first_at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    first = _pending("111", "wamid.A", "wamid.B", occurred_at=first_at)
+    await store.save(first, first_at)
+
+    # The redelivery builds its events anew (another occurred_at, other bytes)...
+    again = _pending("111", "wamid.A", "wamid.B", offset=9)
+    assert [p.event.payload for p in again] != [p.event.payload for p in first]
+    result = await store.save(again, dt.datetime.now(dt.UTC))
+    assert result.inserted == frozenset()
+    assert result.conflicts == _keys(first)
+    # ... but what is re-published is the outbox's copy: same event_id, same bytes.
+    by_id = {e.event_id: e for e in result.to_publish}
+    assert by_id == {p.event.event_id: p.event for p in first}
+    assert await _row_counts(store) == {("111", "wamid.A"): 1, ("111", "wamid.B"): 1}
+
+    await store.mark_published([first[0].event.event_id], dt.datetime.now(dt.UTC))
+    result = await store.save(again, dt.datetime.now(dt.UTC))
+    assert [e.event_id for e in result.to_publish] == [first[1].event.event_id]
+
+    await store.mark_published([first[1].event.event_id], dt.datetime.now(dt.UTC))
+    result = await store.save(again, dt.datetime.now(dt.UTC))
+    assert result.conflicts == _keys(first)
+    assert result.to_publish == ()
+    assert all(published for _, published in (await _outbox(store)).values())
+    assert await _row_counts(store) == {("111", "wamid.A"): 1, ("111", "wamid.B"): 1}
+
+
+async def test_mixed_batch_inserts_new_and_reports_conflicts(store: Store) -> None:
+    """A batch with one stored and one new key inserts only the new one; same wamid under
+    another number is a new message."""
+    await store.save(_pending("111", "wamid.A"), dt.datetime.now(dt.UTC))
+    batch = _pending("111", "wamid.A", "wamid.N") + _pending("222", "wamid.A")
+    result = await store.save(batch, dt.datetime.now(dt.UTC))
+    assert result.inserted == {MessageKey("111", "wamid.N"), MessageKey("222", "wamid.A")}
+    assert result.conflicts == {MessageKey("111", "wamid.A")}
+    assert await _row_counts(store) == {
+        ("111", "wamid.A"): 1,
+        ("111", "wamid.N"): 1,
+        ("222", "wamid.A"): 1,
+    }
+
+
+async def test_fence_constraint_exists_and_rejects_a_plain_duplicate(store: Store) -> None:
+    """Migration creates the named unique constraint, and it rejects a second row for a key."""
+    async with store.engine.connect() as conn:
+        uniques = await conn.run_sync(lambda c: sa.inspect(c).get_unique_constraints("messages"))
+    assert {u["name"]: sorted(u["column_names"]) for u in uniques}[FENCE] == [
+        "phone_number_id",
+        "source_id",
+    ]
+
+    (p,) = _pending("111", "wamid.A")
+    await store.save([p], dt.datetime.now(dt.UTC))
+    async with store.engine.connect() as conn:
+        (row,) = (await conn.execute(sa.select(messages))).mappings().all()
+        twin = {**row, "id": "00000000-0000-0000-0000-000000000000"}
+        with pytest.raises(IntegrityError):
+            await conn.execute(sa.insert(messages).values(twin))
+        await conn.rollback()
+    assert await _row_counts(store) == {("111", "wamid.A"): 1}
+
+
+async def _table_names(url: str) -> set[str]:
+    engine = create_engine(url, pool_size=1, timeout_s=10)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_alembic_upgrade_downgrade_upgrade(database_url: str) -> None:
+    """Alembic: downgrade to base drops the schema, upgrade to head recreates it with the fence."""
+    assert {"messages", "outbox"} <= await _table_names(database_url)
+    await asyncio.to_thread(command.downgrade, migrate.alembic_config(database_url), "base")
+    assert not {"messages", "outbox"} & await _table_names(database_url)
+    await asyncio.to_thread(migrate.upgrade, database_url)
+    assert {"messages", "outbox"} <= await _table_names(database_url)
+
+    s = Store(create_engine(database_url, pool_size=1, timeout_s=10))
+    try:
+        async with s.engine.connect() as conn:
+            uniques = await conn.run_sync(
+                lambda c: sa.inspect(c).get_unique_constraints("messages")
+            )
+        assert FENCE in {u["name"] for u in uniques}
+        pending = _pending("111", "wamid.A")
+        assert (await s.save(pending, dt.datetime.now(dt.UTC))).inserted == _keys(pending)
+        assert (await s.save(pending, dt.datetime.now(dt.UTC))).conflicts == _keys(pending)
+    finally:
+        await s.close()
+
+
+CALLERS = 8
+ROUNDS = 10
+KEYS_PER_ROUND = 40
+BATCH = 19  # caller i saves keys [3i, 3i + BATCH): neighbours overlap, together they cover all
+
+
+async def test_concurrent_overlapping_saves_one_row_per_key(postgres_url: str) -> None:
+    """8 engines saving overlapping batches (in different orders) at once on PostgreSQL all
+    succeed, and each key is inserted exactly once: the fence holds without Redis."""
+    stores = [Store(create_engine(postgres_url, pool_size=1, timeout_s=30)) for _ in range(CALLERS)]
+    try:
+        for s in stores:  # open every connection before the race starts
+            async with s.engine.connect():
+                pass
+        expected: set[tuple[str, str]] = set()
+        for rnd in range(ROUNDS):
+            wamids = [f"wamid.r{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
+            expected |= {("111", w) for w in wamids}
+            await _race_round(stores, rnd, wamids)
+        counts = await _row_counts(stores[0])
+        assert counts == dict.fromkeys(expected, 1)
+        assert len(await _outbox(stores[0])) == len(expected)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def _race_round(stores: list[Store], rnd: int, wamids: list[str]) -> None:
+    barrier = asyncio.Barrier(len(stores))
+    now = dt.datetime.now(dt.UTC)
+
+    async def caller(i: int) -> tuple[frozenset[MessageKey], SaveResult | StoreError]:
+        mine = wamids[3 * i : 3 * i + BATCH]
+        random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each caller its own order
+        pending = _pending("111", *mine, offset=i, occurred_at=now)
+        await barrier.wait()
+        try:
+            return _keys(pending), await stores[i].save(pending, now)
+        except StoreError as exc:
+            return _keys(pending), exc
+
+    async with asyncio.timeout(60):
+        outcomes = await asyncio.gather(*(caller(i) for i in range(len(stores))))
+    failed = [
+        f"caller {i}: {str(r).splitlines()[0]}"
+        for i, (_, r) in enumerate(outcomes)
+        if isinstance(r, StoreError)
+    ]
+    assert not failed, f"round {rnd}: concurrent save failed instead of conflicting: {failed}"
+    results = [(keys, r) for keys, r in outcomes if isinstance(r, SaveResult)]
+    for keys, r in results:
+        assert r.inserted | r.conflicts == keys
+        assert not r.inserted & r.conflicts
+    inserted = [k for _, r in results for k in r.inserted]
+    assert len(inserted) == len(set(inserted)), "a key was inserted by two callers"
+    assert set(inserted) == {MessageKey("111", w) for w in wamids}
