@@ -187,7 +187,13 @@ class Pipeline:
         ]
         try:
             saved = await self._store.save(
-                pending, now, before_commit=lambda: self._crash.hit("after_insert")
+                pending,
+                now,
+                worker_id=self._worker_id,
+                # Our claim on the new outbox rows: as long as our lease, the time we
+                # are trusted to publish them before anyone else may.
+                claim_for=dt.timedelta(seconds=self._settings.lease_ttl_s),
+                before_commit=lambda: self._crash.hit("after_insert"),
             )
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
@@ -201,16 +207,24 @@ class Pipeline:
             await asyncio.shield(self._release(keys, token))
             raise
         report.stored = len(saved.inserted)
-        report.dup_database = len(saved.conflicts)
+        report.dup_database = len(saved.conflicts) - len(saved.in_flight)
+        report.held += len(saved.in_flight)
         report.events = len(saved.to_publish)
         report.republished = len(saved.to_publish) - len(saved.inserted)
         by_key = {m.key: m for m in batch}
         for k in saved.inserted:
             log.debug("message.stored", **by_key[k].log_context())
-        for k in saved.conflicts:
+        for k in saved.conflicts - saved.in_flight:
             log.debug("message.duplicate", layer="database", **by_key[k].log_context())
-        await self._finish(saved.to_publish, keys, token, now)
-        return set(keys)
+        for k in saved.in_flight:
+            # Stored by another worker that is publishing it right now: not yet done,
+            # so defer the record (rule 5) and give our lease back for the retry.
+            log.debug("message.deferred", reason="publish_in_flight", **by_key[k].log_context())
+        if saved.in_flight:
+            await self._release(list(saved.in_flight), token)
+        finished = [k for k in keys if k not in saved.in_flight]
+        await self._finish(saved.to_publish, finished, token, now)
+        return set(finished)
 
     async def _finish(
         self,

@@ -3,9 +3,10 @@
 The pipeline publishes right after its commit. When it could not (it crashed between
 commit and publish, or the outbound topic refused the events and the record was never
 redelivered to anyone), the outbox row stays unpublished. Every instance runs this relay;
-rows are claimed so instances don't fight (see Store.claim_unpublished), and only rows
-older than RELAY_MIN_AGE_S are taken, so the pipeline's own publish of a fresh row is not
-doubled. A re-publish carries the row's bytes, hence the same event_id.
+rows are claimed so instances don't fight (see Store.claim_unpublished). A new row is
+claimed by its inserter for LEASE_TTL_S, so the relay takes only rows whose inserter had
+that long to publish and did not: the pipeline's own publish is not doubled. A re-publish
+carries the row's bytes, hence the same event_id.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class Relay:
         *,
         worker_id: str,
         interval_s: float,
-        min_age_s: float,
         batch: int = 200,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
@@ -43,7 +43,6 @@ class Relay:
         self._publisher = publisher
         self._worker_id = worker_id
         self._interval_s = interval_s
-        self._min_age = dt.timedelta(seconds=min_age_s)
         self._claim_for = dt.timedelta(seconds=max(30.0, 4 * interval_s))
         self._batch = batch
         self._clock = clock
@@ -68,7 +67,6 @@ class Relay:
         now = self._clock()
         claimed = await self._store.claim_unpublished(
             worker_id=self._worker_id,
-            older_than=now - self._min_age,
             now=now,
             claim_for=self._claim_for,
             limit=self._batch,

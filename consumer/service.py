@@ -215,7 +215,6 @@ class Service:
             publisher,
             worker_id=self.worker_id,
             interval_s=s.relay_interval_s,
-            min_age_s=s.relay_min_age_s,
         )
         log.info(
             "service.started",

@@ -71,10 +71,8 @@ class Settings:
     db_pool_size: int = 5
     db_timeout_s: float = 30.0
 
-    # The outbox relay: how often it looks, and how old an unpublished row must be before
-    # it is taken as abandoned (older than any batch in flight, so no double publish).
+    # How often the outbox relay looks for rows whose publish never happened.
     relay_interval_s: float = 5.0
-    relay_min_age_s: float = 60.0
 
     shutdown_grace_s: float = 20.0
     log_level: str = "INFO"
@@ -192,7 +190,6 @@ def _validate(s: Settings) -> None:
         "db_timeout_s",
         "shutdown_grace_s",
         "relay_interval_s",
-        "relay_min_age_s",
     ):
         value = getattr(s, name)
         _require(math.isfinite(value) and value > 0, name, "must be a finite number above 0")

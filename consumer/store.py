@@ -81,6 +81,8 @@ class SaveResult:
     inserted: frozenset[MessageKey]
     conflicts: frozenset[MessageKey]
     to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
+    # Conflicts whose unpublished row another worker is publishing right now.
+    in_flight: frozenset[MessageKey] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +135,17 @@ class Store:
         pending: Sequence[PendingMessage],
         now: dt.datetime,
         *,
+        worker_id: str = "",
+        claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
         """Insert messages and their outbox rows in one transaction (the fence).
 
+        New outbox rows are claimed by `worker_id` for `claim_for`: the inserter is about
+        to publish them, so neither the relay nor another worker's conflicting insert
+        publishes them meanwhile. A conflict whose unpublished row is still claimed by
+        another worker comes back in `in_flight` ("not yet", DESIGN rule 5); one whose claim
+        ran out (the inserter died) or is ours comes back in `to_publish`.
         ``before_commit`` runs inside the transaction after the writes (crash tests).
         """
         if not pending:
@@ -150,15 +159,19 @@ class Store:
                 inserted = await self._insert_messages(conn, list(by_key.values()), now)
                 new = [by_key[k] for k in by_key if k in inserted]
                 if new:
-                    await conn.execute(sa.insert(outbox), [_outbox_row(p, now) for p in new])
+                    claim = (worker_id or None, now + claim_for if claim_for else None)
+                    await conn.execute(sa.insert(outbox), [_outbox_row(p, now, claim) for p in new])
                 conflicts = frozenset(by_key) - inserted
-                stale = await self._unpublished(conn, [by_key[k].event.event_id for k in conflicts])
+                stale, busy = await self._unpublished(
+                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, now
+                )
                 if before_commit is not None:
                     before_commit()
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"storing {len(by_key)} message(s) failed: {exc}") from exc
         events = tuple(p.event for p in new) + stale
-        return SaveResult(frozenset(inserted), conflicts, events)
+        in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
+        return SaveResult(frozenset(inserted), conflicts, events, in_flight)
 
     async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
         """Record that these events reached the outbound topic."""
@@ -179,12 +192,12 @@ class Store:
         self,
         *,
         worker_id: str,
-        older_than: dt.datetime,
         now: dt.datetime,
         claim_for: dt.timedelta,
         limit: int,
     ) -> tuple[OutboundEvent, ...]:
-        """Claim outbox rows that were committed but never marked published.
+        """Claim outbox rows that were committed but never marked published, and whose
+        inserter's claim ran out (it had LEASE_TTL_S to publish them and did not).
 
         One atomic UPDATE ... RETURNING: a row is claimed by one relay at a time (on
         PostgreSQL the candidate rows are locked with FOR UPDATE SKIP LOCKED, and the
@@ -194,7 +207,7 @@ class Store:
         free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
         candidates = (
             sa.select(outbox.c.event_id)
-            .where(outbox.c.published_at.is_(None), outbox.c.created_at < older_than, free)
+            .where(outbox.c.published_at.is_(None), free)
             .order_by(outbox.c.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -237,17 +250,27 @@ class Store:
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
     async def _unpublished(
-        self, conn: AsyncConnection, event_ids: list[str]
-    ) -> tuple[OutboundEvent, ...]:
+        self, conn: AsyncConnection, event_ids: list[str], worker_id: str, now: dt.datetime
+    ) -> tuple[tuple[OutboundEvent, ...], frozenset[str]]:
+        """Unpublished outbox rows of conflicting keys: (ours to publish, claimed by others)."""
         if not event_ids:
-            return ()
-        stmt = sa.select(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload).where(
-            outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None)
-        )
-        rows = (await conn.execute(stmt)).all()
-        return tuple(
-            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
-        )
+            return (), frozenset()
+        stmt = sa.select(
+            outbox.c.event_id,
+            outbox.c.topic,
+            outbox.c.key,
+            outbox.c.payload,
+            outbox.c.claimed_by,
+            outbox.c.claimed_until,
+        ).where(outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None))
+        ours, busy = [], set()
+        for r in (await conn.execute(stmt)).all():
+            until = _aware(r.claimed_until)
+            if until is None or until <= now or (worker_id and r.claimed_by == worker_id):
+                ours.append(OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)))
+            else:
+                busy.add(r.event_id)
+        return tuple(ours), frozenset(busy)
 
 
 def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
@@ -271,7 +294,16 @@ def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def _outbox_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; we only ever store UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _outbox_row(
+    p: PendingMessage, now: dt.datetime, claim: tuple[str | None, dt.datetime | None]
+) -> dict[str, Any]:
     return {
         "event_id": p.event.event_id,
         "message_id": p.message.key.message_id,
@@ -282,4 +314,6 @@ def _outbox_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
         "payload": p.event.payload,
         "created_at": now,
         "published_at": None,
+        "claimed_by": claim[0],
+        "claimed_until": claim[1],
     }

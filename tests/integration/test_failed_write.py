@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -97,10 +97,11 @@ class FailingFirstSave(Store):
         now: dt.datetime,
         *,
         before_commit: Callable[[], None] | None = None,
+        **kwargs: Any,
     ) -> SaveResult:
         self.calls += 1
         if self.calls > 1:
-            return await super().save(pending, now, before_commit=before_commit)
+            return await super().save(pending, now, before_commit=before_commit, **kwargs)
 
         def fail() -> None:
             if before_commit is not None:
@@ -112,7 +113,7 @@ class FailingFirstSave(Store):
                     )
             raise OSError("connection reset by peer (injected before commit)")
 
-        return await super().save(pending, now, before_commit=fail)
+        return await super().save(pending, now, before_commit=fail, **kwargs)
 
 
 class LostCommitAnswer(Store):
@@ -128,9 +129,10 @@ class LostCommitAnswer(Store):
         now: dt.datetime,
         *,
         before_commit: Callable[[], None] | None = None,
+        **kwargs: Any,
     ) -> SaveResult:
         self.calls += 1
-        result = await super().save(pending, now, before_commit=before_commit)
+        result = await super().save(pending, now, before_commit=before_commit, **kwargs)
         if self.calls == 1:
             raise StoreError("connection lost while waiting for COMMIT's answer (injected)")
         return result

@@ -38,23 +38,24 @@ class _Clock:
 
 
 def _relay(store: Store, publisher: Any, clock: _Clock, worker: str) -> Relay:
-    return Relay(
-        store, publisher, worker_id=worker, interval_s=1.0, min_age_s=60.0, batch=7, clock=clock
-    )
+    return Relay(store, publisher, worker_id=worker, interval_s=1.0, batch=7, clock=clock)
+
+
+CLAIM = dt.timedelta(seconds=60)
 
 
 async def test_relay_publishes_abandoned_rows_once(database_url: str) -> None:
     """Rows committed but never published (a crash between commit and publish) are
-    re-published with their stored bytes once they are older than RELAY_MIN_AGE_S,
-    then marked; fresh rows are left to the pipeline."""
+    re-published with their stored bytes once their inserter's claim ran out, then
+    marked; rows still claimed by their inserter are left to it."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
         pending = _pending(20)
-        await store.save(pending, T0)
+        await store.save(pending, T0, worker_id="inserter", claim_for=CLAIM)
         clock = _Clock(T0 + dt.timedelta(seconds=30))
         publisher = FakePublisher()
         relay = _relay(store, publisher, clock, "w1")
-        assert await relay.relay_once() == 0, "rows younger than the minimum age are not taken"
+        assert await relay.relay_once() == 0, "rows still claimed by the inserter are not taken"
         clock.now = T0 + dt.timedelta(seconds=61)
         while await relay.relay_once():
             pass
@@ -71,11 +72,10 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
     claim runs out; then another relay publishes them."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
-        await store.save(_pending(3), T0)
+        await store.save(_pending(3), T0, worker_id="inserter", claim_for=CLAIM)
         clock = _Clock(T0 + dt.timedelta(minutes=2))
         claimed = await store.claim_unpublished(
             worker_id="dead",
-            older_than=clock.now - dt.timedelta(seconds=60),
             now=clock.now,
             claim_for=dt.timedelta(seconds=30),
             limit=10,
@@ -86,6 +86,32 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
         assert await other.relay_once() == 0, "claimed rows are not taken while claimed"
         clock.now += dt.timedelta(seconds=31)
         assert await other.relay_once() == 3
+    finally:
+        await store.close()
+
+
+async def test_conflict_on_a_row_another_worker_is_publishing_is_deferred(
+    database_url: str,
+) -> None:
+    """A duplicate that meets a fresh unpublished row claimed by another worker gets it
+    back as in flight (defer, don't publish twice); once that claim runs out, or for the
+    inserter itself, the row comes back to be published."""
+    store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
+    try:
+        pending = _pending(2)
+        await store.save(pending, T0, worker_id="a", claim_for=CLAIM)
+        keys = {p.message.key for p in pending}
+        later = T0 + dt.timedelta(seconds=1)
+        other = await store.save(pending, later, worker_id="b", claim_for=CLAIM)
+        assert other.in_flight == keys
+        assert other.to_publish == ()
+        mine = await store.save(pending, later, worker_id="a", claim_for=CLAIM)
+        assert mine.in_flight == frozenset()
+        assert {e.event_id for e in mine.to_publish} == {p.event.event_id for p in pending}
+        expired = T0 + dt.timedelta(seconds=61)
+        late = await store.save(pending, expired, worker_id="b", claim_for=CLAIM)
+        assert late.in_flight == frozenset()
+        assert len(late.to_publish) == 2
     finally:
         await store.close()
 

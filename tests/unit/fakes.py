@@ -117,6 +117,8 @@ class FakeStore:
         pending: Sequence[PendingMessage],
         now: dt.datetime,
         *,
+        worker_id: str = "",
+        claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
         self.saves.append([p.message.key for p in pending])
