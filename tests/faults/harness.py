@@ -1,0 +1,305 @@
+"""The fault suite's driver: real consumer processes, real services, injected faults.
+
+A :class:`FaultRun` owns one scenario: its topics, group, database and key prefix; the
+consumer processes; the traffic (unique messages, duplicates on the same and on other
+partitions, poison records); and the final audit of the promise (DESIGN P1-P5):
+
+* per (phone_number_id, wamid): exactly one row; at least one event, every copy with one
+  event_id; exactly one event when the scenario involves no crash; nothing missing, no
+  event without a row;
+* the dead-letter topic holds exactly the poison records;
+* lag back to zero after healing (every produced offset committed);
+* and the scenario's own proof that the fault really bit.
+
+Each audit appends its figures to the JSON-lines file named by ``FAULT_REPORT`` (if set),
+from which docs/reliability.md's table is made (``python -m tests.faults.report``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from consumer.settings import Settings
+from tests.support import kafka
+from tests.support.procs import ConsumerGroup, ConsumerProc, wait_until
+
+PNIDS = ("106540352242922", "106540352249999")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a run is: `fast` for CI, `long` for a soak here (FAULT_PROFILE=long)."""
+
+    name: str
+    messages: int
+    waves: int
+    kills: int
+
+    @classmethod
+    def current(cls) -> Profile:
+        if os.environ.get("FAULT_PROFILE", "fast") == "long":
+            return cls("long", messages=3000, waves=6, kills=6)
+        return cls("fast", messages=240, waves=3, kills=2)
+
+
+@dataclass
+class Traffic:
+    """What the scenario sends: records per wave, and what must come out."""
+
+    waves: list[list[tuple[int, bytes]]]
+    expected: set[tuple[str, str]]
+    poison: int
+    copies: int  # message copies sent, duplicates included
+
+    @property
+    def records(self) -> int:
+        return sum(len(w) for w in self.waves)
+
+
+def make_traffic(
+    messages: int,
+    *,
+    partitions: int,
+    waves: int,
+    seed: int,
+    dup_ratio: float = 0.5,
+    poison_every: int = 40,
+) -> Traffic:
+    """Meta-shaped webhooks of 1-3 messages; about `dup_ratio` of them delivered again,
+    half of the copies on another partition (and some within the same wave), with a
+    poison record every `poison_every` bodies."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test traffic, not crypto
+    run = uuid.uuid4().hex[:6]
+    bodies: list[tuple[bytes, int]] = []
+    expected: set[tuple[str, str]] = set()
+    i = 0
+    while i < messages:
+        count = min(rng.randint(1, 3), messages - i)
+        pnid = PNIDS[rng.randrange(len(PNIDS))]
+        wamids = [f"wamid.{run}.{j:06d}" for j in range(i, i + count)]
+        expected |= {(pnid, w) for w in wamids}
+        bodies.append((_body(pnid, wamids, sender=f"1650555{rng.randrange(50):04d}"), count))
+        i += count
+    records: list[tuple[int, bytes]] = []
+    copies = 0
+    poison = 0
+    for n, (body, count) in enumerate(bodies):
+        home = rng.randrange(partitions)
+        records.append((home, body))
+        copies += count
+        if rng.random() < dup_ratio:
+            other = (home + rng.randrange(1, partitions)) % partitions
+            records.append((other if rng.random() < 0.5 else home, body))
+            copies += count
+        if n % poison_every == poison_every - 1:
+            records.append((home, POISON[poison % len(POISON)]))
+            poison += 1
+    # Redeliveries arrive later too: move some copies into later waves.
+    size = -(-len(records) // waves)
+    split = [records[k : k + size] for k in range(0, len(records), size)]
+    return Traffic(split, expected, poison, copies)
+
+
+POISON = (
+    b"not json",
+    b"\xff\xfe\xfd",
+    b'{"object": "whatsapp_business_account", "entry": 7}',
+    b'{"entry": [{"changes": [{"field": "messages", "value": {"messages": [{"from": "1"}]}}]}]}',
+)
+
+
+def _body(pnid: str, wamids: list[str], *, sender: str) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+        "contacts": [{"profile": {"name": "Fault Test"}, "wa_id": sender}],
+        "messages": [
+            {
+                "from": sender,
+                "id": w,
+                "timestamp": "1749416383",
+                "type": "text",
+                "text": {"body": "fault suite"},
+            }
+            for w in wamids
+        ],
+    }
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+@dataclass
+class Figures:
+    """One scenario's audit, as reported in docs/reliability.md."""
+
+    fault: str
+    profile: str
+    crash: bool
+    messages: int
+    records: int
+    duplicates_injected: int
+    poison: int
+    rows: int
+    events: int
+    duplicate_events: int
+    lost: int
+    phantom_events: int
+    dead_lettered: int
+    lock_conflicts: int
+    insert_conflicts: int
+    rebalances: int
+    relay_republished: int
+    drain_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FaultRun:
+    """One scenario: start consumers, send waves, inject, heal, drain, audit."""
+
+    def __init__(
+        self,
+        name: str,
+        group: ConsumerGroup,
+        *,
+        partitions: int = 4,
+        crash: bool = False,
+        profile: Profile | None = None,
+        seed: int = 7,
+    ) -> None:
+        self.name = name
+        self.group = group
+        self.profile = profile or Profile.current()
+        self.crash = crash
+        self.partitions = partitions
+        self.traffic = make_traffic(
+            self.profile.messages, partitions=partitions, waves=self.profile.waves, seed=seed
+        )
+        self.ends: dict[int, int] = {}
+        self.poison_coords: set[tuple[int, int]] = set()
+        self.dlq_coords: set[tuple[int, int]] = set()
+        self.healed_at: float | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.group.settings
+
+    def start(self, count: int = 1, **overrides: Any) -> list[ConsumerProc]:
+        return self.group.start(count, **overrides)
+
+    async def send_wave(self, index: int) -> None:
+        wave = self.traffic.waves[index]
+        sent = await kafka.send_each(self.settings, wave)
+        for (partition, value), offset in zip(wave, sent, strict=True):
+            self.ends[partition] = max(self.ends.get(partition, 0), offset + 1)
+            if value in POISON:
+                self.poison_coords.add((partition, offset))
+
+    async def send_all(self) -> None:
+        for i in range(len(self.traffic.waves)):
+            await self.send_wave(i)
+
+    def wait_batches(self, count: int, timeout_s: float = 60) -> None:
+        """Wait until the group finished `count` batches in all (the stream is flowing)."""
+        wait_until(
+            lambda: sum(len(p.named("batch.done")) for p in self.group.procs) >= count,
+            timeout_s,
+            self.group.logs,
+        )
+
+    def healed(self) -> None:
+        self.healed_at = time.monotonic()
+
+    async def drain(self, timeout_s: float = 120) -> float:
+        """Wait for lag zero; returns seconds from healing (or now) to drained."""
+        start = self.healed_at or time.monotonic()
+        await kafka.wait_committed(
+            self.settings, self.ends, timeout_s=timeout_s, explain=self.group.logs
+        )
+        return time.monotonic() - start
+
+    async def audit(self, drain_s: float, **extra: Any) -> Figures:
+        """Check the promise and return (and report) the figures."""
+        expected = self.traffic.expected
+        rows = await kafka.rows(self.settings)
+        events = await kafka.events(self.settings)
+        dead = await kafka.read_all(self.settings, self.settings.dlq_topic)
+        row_counts = collections.Counter(rows)
+        ids: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+        per_key = collections.Counter[tuple[str, str]]()
+        for e in events:
+            k = (e["phone_number_id"], e["message"]["source_id"])
+            ids[k].add(e["event_id"])
+            per_key[k] += 1
+        dlq_coords = {
+            (
+                int(dict(r.headers)["dlq.source.partition"]),
+                int(dict(r.headers)["dlq.source.offset"]),
+            )
+            for r in dead
+        }
+        self.dlq_coords = dlq_coords
+        figures = Figures(
+            fault=self.name,
+            profile=self.profile.name,
+            crash=self.crash,
+            messages=len(expected),
+            records=self.traffic.records,
+            duplicates_injected=self.traffic.copies - len(expected),
+            poison=self.traffic.poison,
+            rows=len(rows),
+            events=len(events),
+            duplicate_events=len(events) - len(per_key),
+            lost=len({k for k in expected if k not in row_counts or k not in per_key}),
+            phantom_events=len(set(per_key) - set(row_counts)),
+            dead_lettered=len(dlq_coords),
+            lock_conflicts=self.group.totals("held"),
+            insert_conflicts=self.group.totals("dup_database"),
+            rebalances=sum(len(p.named("partitions.revoked")) for p in self.group.procs),
+            relay_republished=sum(
+                int(e.get("count", 0))
+                for p in self.group.procs
+                for e in p.named("relay.republished")
+            ),
+            drain_s=round(drain_s, 2),
+            extra=extra,
+        )
+        _report(figures)
+        self._check(figures, row_counts, ids, per_key)
+        return figures
+
+    def _check(
+        self,
+        f: Figures,
+        row_counts: collections.Counter[tuple[str, str]],
+        ids: dict[tuple[str, str], set[str]],
+        per_key: collections.Counter[tuple[str, str]],
+    ) -> None:
+        expected = self.traffic.expected
+        assert set(row_counts) == expected, f"P1: rows differ from input ({f})"
+        assert max(row_counts.values()) == 1, f"P1: a message stored twice ({f})"
+        assert set(per_key) == expected, f"P3/P2: events differ from rows ({f})"
+        assert all(len(v) == 1 for v in ids.values()), f"P3: copies with two event_ids ({f})"
+        if not self.crash:
+            assert f.duplicate_events == 0, f"P3: duplicate events without a crash ({f})"
+        assert self.dlq_coords == self.poison_coords, f"P4: dead letters != poison ({f})"
+
+
+def _report(figures: Figures) -> None:
+    path = os.environ.get("FAULT_REPORT")
+    if path:
+        with Path(path).open("a") as out:
+            out.write(json.dumps(asdict(figures)) + "\n")
