@@ -74,6 +74,12 @@ class BatchReport:
         }
 
 
+def publish_claim(settings: Settings) -> dt.timedelta:
+    """How long whoever claims an outbox row may take to publish it before others may:
+    a lease's worth plus one full produce timeout."""
+    return dt.timedelta(seconds=settings.lease_ttl_s + settings.kafka_request_timeout_s)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -190,19 +196,23 @@ class Pipeline:
                 pending,
                 now,
                 worker_id=self._worker_id,
-                # Our claim on the new outbox rows: as long as our lease, the time we
-                # are trusted to publish them before anyone else may.
-                claim_for=dt.timedelta(seconds=self._settings.lease_ttl_s),
+                claim_for=publish_claim(self._settings),
                 before_commit=lambda: self._crash.hit("after_insert"),
             )
+        except DependencyError as exc:
+            return await self._failed(exc, keys, token, report, ())
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(keys, token))
+            raise
+        try:
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
             self._crash.hit("after_publish")
         except DependencyError as exc:
-            report.failure = f"{type(exc).__name__}: {exc}"
-            log.warning("batch.store_or_publish_failed", messages=len(batch), error=str(exc))
-            await self._release(keys, token)
-            return set()
+            return await self._failed(exc, keys, token, report, saved.to_publish)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(keys, token))
+            raise
         except asyncio.CancelledError:
             await asyncio.shield(self._release(keys, token))
             raise
@@ -244,6 +254,26 @@ class Pipeline:
             await self._leases.finish(keys, token)
         except LeaseStoreError as exc:
             log.warning("lease.finish_failed", count=len(keys), error=str(exc))
+
+    async def _failed(
+        self,
+        exc: DependencyError,
+        keys: list[MessageKey],
+        token: str,
+        report: BatchReport,
+        unpublished: Sequence[events.OutboundEvent],
+    ) -> set[MessageKey]:
+        """A step failed: give back our leases (rule 4) and our claims on outbox rows we
+        could not publish, so the retry is neither swallowed nor kept waiting."""
+        report.failure = f"{type(exc).__name__}: {exc}"
+        log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
+        await self._release(keys, token)
+        if unpublished:
+            try:
+                await self._store.release_claims([e.event_id for e in unpublished], self._worker_id)
+            except StoreError as claim_exc:
+                log.warning("outbox.release_claims_failed", error=str(claim_exc))
+        return set()
 
     async def _release(self, keys: list[MessageKey], token: str) -> None:
         try:

@@ -36,14 +36,17 @@ class Relay:
         *,
         worker_id: str,
         interval_s: float,
+        claim_for: dt.timedelta,
         batch: int = 200,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self._store = store
         self._publisher = publisher
-        self._worker_id = worker_id
+        # Its own claimer id: a pipeline of the same process must not take the relay's
+        # claim for its own (and publish the row a second time).
+        self._worker_id = f"{worker_id}/relay"
         self._interval_s = interval_s
-        self._claim_for = dt.timedelta(seconds=max(30.0, 4 * interval_s))
+        self._claim_for = claim_for
         self._batch = batch
         self._clock = clock
         self.republished = 0
@@ -73,7 +76,11 @@ class Relay:
         )
         if not claimed:
             return 0
-        await self._publisher.publish(claimed)
+        try:
+            await self._publisher.publish(claimed)
+        except DependencyError:
+            await self._store.release_claims([e.event_id for e in claimed], self._worker_id)
+            raise
         await self._store.mark_published([e.event_id for e in claimed], self._clock())
         self.republished += len(claimed)
         log.info(

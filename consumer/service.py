@@ -30,7 +30,7 @@ from consumer import dedup
 from consumer.crashpoints import CrashPoints
 from consumer.errors import BrokerError, LeaseStoreError, StoreError, WamidGuardError
 from consumer.offsets import OffsetLedger, Partition
-from consumer.pipeline import BatchReport, Pipeline
+from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord
 from consumer.relay import Relay
@@ -215,6 +215,7 @@ class Service:
             publisher,
             worker_id=self.worker_id,
             interval_s=s.relay_interval_s,
+            claim_for=publish_claim(s),
         )
         log.info(
             "service.started",

@@ -163,7 +163,7 @@ class Store:
                     await conn.execute(sa.insert(outbox), [_outbox_row(p, now, claim) for p in new])
                 conflicts = frozenset(by_key) - inserted
                 stale, busy = await self._unpublished(
-                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, now
+                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, now, claim_for
                 )
                 if before_commit is not None:
                     before_commit()
@@ -250,27 +250,63 @@ class Store:
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
     async def _unpublished(
-        self, conn: AsyncConnection, event_ids: list[str], worker_id: str, now: dt.datetime
+        self,
+        conn: AsyncConnection,
+        event_ids: list[str],
+        worker_id: str,
+        now: dt.datetime,
+        claim_for: dt.timedelta,
     ) -> tuple[tuple[OutboundEvent, ...], frozenset[str]]:
-        """Unpublished outbox rows of conflicting keys: (ours to publish, claimed by others)."""
+        """Unpublished outbox rows of conflicting keys: (claimed now by us, to publish;
+        claimed by someone else who is publishing them). The claim is one UPDATE, so of
+        two workers (or a worker and a relay) racing for a row exactly one gets it."""
         if not event_ids:
             return (), frozenset()
-        stmt = sa.select(
-            outbox.c.event_id,
-            outbox.c.topic,
-            outbox.c.key,
-            outbox.c.payload,
-            outbox.c.claimed_by,
-            outbox.c.claimed_until,
-        ).where(outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None))
-        ours, busy = [], set()
-        for r in (await conn.execute(stmt)).all():
-            until = _aware(r.claimed_until)
-            if until is None or until <= now or (worker_id and r.claimed_by == worker_id):
-                ours.append(OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)))
-            else:
-                busy.add(r.event_id)
-        return tuple(ours), frozenset(busy)
+        claim = (
+            sa.update(outbox)
+            .where(
+                outbox.c.event_id.in_(event_ids),
+                outbox.c.published_at.is_(None),
+                _free_or_mine(worker_id, now),
+            )
+            .values(claimed_by=worker_id or None, claimed_until=now + claim_for)
+            .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
+        )
+        ours = tuple(
+            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload))
+            for r in (await conn.execute(claim)).all()
+        )
+        unpublished = sa.select(outbox.c.event_id).where(
+            outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None)
+        )
+        mine = {e.event_id for e in ours}
+        busy = frozenset(r[0] for r in (await conn.execute(unpublished)).all()) - mine
+        return ours, busy
+
+    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+        """Give up our claim on rows we could not publish, so the next try (ours, another
+        worker's or the relay's) need not wait for the claim to run out."""
+        if not event_ids:
+            return
+        stmt = (
+            sa.update(outbox)
+            .where(
+                outbox.c.event_id.in_(list(event_ids)),
+                outbox.c.claimed_by == worker_id,
+                outbox.c.published_at.is_(None),
+            )
+            .values(claimed_by=None, claimed_until=None)
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"releasing {len(event_ids)} outbox claim(s) failed: {exc}") from exc
+
+
+def _free_or_mine(worker_id: str, now: dt.datetime) -> sa.ColumnElement[bool]:
+    free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now)
+    return sa.or_(free, outbox.c.claimed_by == worker_id) if worker_id else free
 
 
 def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
@@ -292,13 +328,6 @@ def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
         "source_offset": m.source.offset,
         "created_at": now,
     }
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; we only ever store UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
 
 
 def _outbox_row(

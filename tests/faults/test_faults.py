@@ -15,6 +15,7 @@ import pytest
 
 from tests.faults.conftest import FaultEnv
 from tests.faults.harness import Profile
+from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -82,3 +83,205 @@ async def test_sigkill_at_random(fault_env: FaultEnv, profile: Profile) -> None:
     run.healed()
     figures = await run.audit(await run.drain(), kills=kills)
     assert figures.rebalances >= 1
+
+
+async def test_sigstop_past_session_timeout(fault_env: FaultEnv) -> None:
+    """A member frozen (SIGSTOP) longer than its session and its leases, then thawed:
+    the group moves on without it, and its late work is fenced (no duplicate row)."""
+    run = await fault_env.run("SIGSTOP past the session timeout", crash=True)
+    victim, *_ = run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    wait_until(lambda: len(victim.named("batch.done")) >= 1, 60, run.group.logs)
+    victim.signal(signal.SIGSTOP)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    frozen_s = fault_env.settings.kafka_session_timeout_s * 2
+    await asyncio.sleep(frozen_s)  # the fault itself: frozen past session and lease
+    victim.signal(signal.SIGCONT)
+    run.healed()
+    figures = await run.audit(await run.drain(), frozen_s=frozen_s)
+    assert victim.proc.poll() is None, "the thawed member lives on"
+    assert figures.rebalances >= 1
+
+
+async def test_scale_out_and_in(fault_env: FaultEnv) -> None:
+    """Members join and one leaves (SIGTERM) mid-stream: in-flight work finished,
+    offsets committed on revocation, no stall, exactly one event per message."""
+    run = await fault_env.run("scale out 1->3, in 3->2")
+    (first,) = run.start(1)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    run.start(2)
+    await run.send_wave(1)
+    run.wait_batches(6)
+    first.signal(signal.SIGTERM)
+    for wave in range(2, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    assert first.wait(30) == 0, first.log_tail()
+    run.healed()
+    figures = await run.audit(await run.drain())
+    assert figures.rebalances >= 2
+
+
+async def test_redis_restart_without_persistence(fault_env: FaultEnv) -> None:
+    """Redis restarts empty mid-stream (done markers and leases gone): the database
+    fence catches the redeliveries; exactly one row and one event per message."""
+    fault_env.with_own_redis()
+    run = await fault_env.run("Redis restart without persistence")
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    await run.drain()
+    fault_env.restart_own_redis()
+    # Meta redelivers what was already stored: only the database can tell now.
+    await run.send_wave(0)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    run.healed()
+    figures = await run.audit(await run.drain())
+    assert figures.insert_conflicts > 0, "the fence, not Redis, caught the redeliveries"
+
+
+@pytest.mark.parametrize("policy", ["pause", "fence"])
+async def test_redis_outage(fault_env: FaultEnv, policy: str) -> None:
+    """Redis unreachable for a while: with `pause` the partitions wait and retry, with
+    `fence` consumption goes on on the database alone; either way nothing is lost and
+    processing resumes by itself."""
+    fault_env.settings = fault_env.settings.replace(redis_outage_policy=policy)
+    run = await fault_env.run(f"Redis outage (policy {policy})", crash=policy == "fence")
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    fault_env.redis.refuse(True)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    key = "batch.done" if policy == "pause" else "lease.unavailable_fence_only"
+    wait_until(
+        lambda: any(
+            e.get("failure", "").startswith("lease") if key == "batch.done" else True
+            for p in run.group.procs
+            for e in p.named(key)
+        ),
+        60,
+        run.group.logs,
+    )
+    await asyncio.sleep(3)  # the outage lasts a while
+    fault_env.redis.refuse(False)
+    run.healed()
+    await run.audit(await run.drain())
+
+
+async def test_lease_expires_under_a_slow_write(fault_env: FaultEnv) -> None:
+    """The database is slow enough that leases run out while writes are in flight:
+    another member takes the key, the unique constraint keeps one row."""
+    fault_env.settings = fault_env.settings.replace(lease_ttl_s=1.0, db_timeout_s=10.0)
+    run = await fault_env.run("lease expiry under a slow write", crash=True)
+    run.start(3)
+    run.group.wait_all_assigned()
+    fault_env.pg.set_delay(0.15)  # every round trip to PostgreSQL now costs 0.3 s
+    await run.send_all()
+    run.wait_batches(6, timeout_s=120)
+    fault_env.pg.set_delay(0)
+    run.healed()
+    figures = await run.audit(await run.drain())
+    assert figures.lock_conflicts + figures.insert_conflicts > 0
+
+
+async def test_database_outage(fault_env: FaultEnv) -> None:
+    """PostgreSQL unreachable (connections reset, new ones refused) for a while, as in
+    a restart: batches fail and retry with backoff, partitions pause, no offset passes
+    unstored work, and it all resumes by itself."""
+    run = await fault_env.run("PostgreSQL outage / restart")
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    fault_env.pg.refuse(True)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    wait_until(
+        lambda: any(
+            "StoreError" in str(e.get("failure", ""))
+            for p in run.group.procs
+            for e in p.named("batch.done")
+        ),
+        60,
+        run.group.logs,
+    )
+    await asyncio.sleep(3)  # the outage lasts a while
+    fault_env.pg.refuse(False)
+    run.healed()
+    figures = await run.audit(await run.drain())
+    assert any(p.named("partition.paused") for p in run.group.procs), "partitions paused"
+    assert figures.rows == figures.messages
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["commit-happened", "commit-lost"])
+async def test_connection_reset_during_commit(fault_env: FaultEnv, forward: bool) -> None:
+    """The connection drops during COMMIT: when the commit really happened the retry
+    finds the rows "already stored" (and publishes their outbox rows once); when it did
+    not, the retry stores them. No duplicate row, no duplicate event."""
+    run = await fault_env.run(
+        "connection reset during COMMIT (" + ("committed" if forward else "not committed") + ")"
+    )
+    run.start(3)
+    run.group.wait_all_assigned()
+    fault_env.pg.reset_after(b"COMMIT", forward=forward, times=3)
+    await run.send_all()
+    fault_env.pg.wait_triggered(3, timeout=60)
+    run.healed()
+    figures = await run.audit(await run.drain(), resets=fault_env.pg.triggered)
+    if forward:
+        assert figures.insert_conflicts > 0, "a committed batch came back as already stored"
+
+
+async def test_broker_frozen_then_resumed(fault_env: FaultEnv) -> None:
+    """The broker freezes (SIGSTOP) past the session timeout, then resumes: no loss, no
+    offset past unfinished work, recovery without a restart."""
+    fault_env.with_own_broker()
+    run = await fault_env.run("broker frozen (SIGSTOP) then resumed", crash=True)
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    assert fault_env.own_broker is not None
+    fault_env.own_broker.pause()
+    await asyncio.sleep(fault_env.settings.kafka_session_timeout_s + 2)
+    fault_env.own_broker.resume()
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    run.healed()
+    await run.audit(await run.drain(timeout_s=180))
+    assert all(p.proc.poll() is None for p in run.group.procs), "no member died"
+
+
+async def test_outbound_topic_failing(fault_env: FaultEnv) -> None:
+    """Every request naming the outbound topic is reset for a while (the topic is
+    unavailable; consuming still works): batches retry, nothing is acknowledged before
+    it is announced, and everything drains after healing."""
+    fault_env.with_own_broker()
+    run = await fault_env.run("outbound topic failing")
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    proxy = fault_env.broker_proxy
+    assert proxy is not None
+    proxy.reset_after(fault_env.settings.outbound_topic.encode(), forward=False, times=10_000)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    wait_until(
+        lambda: any(
+            "BrokerError" in str(e.get("failure", ""))
+            for p in run.group.procs
+            for e in p.named("batch.done")
+        ),
+        90,
+        run.group.logs,
+    )
+    proxy.clear_triggers()
+    run.healed()
+    await run.audit(await run.drain(timeout_s=180), resets=proxy.triggered)

@@ -38,7 +38,15 @@ class _Clock:
 
 
 def _relay(store: Store, publisher: Any, clock: _Clock, worker: str) -> Relay:
-    return Relay(store, publisher, worker_id=worker, interval_s=1.0, batch=7, clock=clock)
+    return Relay(
+        store,
+        publisher,
+        worker_id=worker,
+        interval_s=1.0,
+        claim_for=dt.timedelta(seconds=30),
+        batch=7,
+        clock=clock,
+    )
 
 
 CLAIM = dt.timedelta(seconds=60)

@@ -146,6 +146,9 @@ class FakeStore:
             raise StoreError("fake database: commit answer lost")
         return SaveResult(inserted, conflicts, tuple(p.event for p in new) + stale)
 
+    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+        """The fake keeps no claims: every unpublished row is anyone's to publish."""
+
     async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
         if self.fail_mark_published:
             raise StoreError("fake database: update failed")
