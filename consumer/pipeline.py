@@ -31,7 +31,7 @@ from consumer.errors import DependencyError, LeaseStoreError, StoreError
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
 from consumer.settings import Settings
-from consumer.store import PendingMessage, Store
+from consumer.store import PendingMessage, SaveResult, Store
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +52,7 @@ class BatchReport:
     dead_lettered: int = 0
     events: int = 0
     republished: int = 0
+    leases_lost: int = 0
     failure: str | None = None
     durable: list[InboundRecord] = field(default_factory=list)
     retry: list[InboundRecord] = field(default_factory=list)
@@ -70,6 +71,7 @@ class BatchReport:
             "dead_lettered": self.dead_lettered,
             "events": self.events,
             "republished": self.republished,
+            "leases_lost": self.leases_lost,
             "retry": len(self.retry),
         }
 
@@ -183,6 +185,7 @@ class Pipeline:
     async def _store_and_publish(
         self, batch: list[Message], token: str, report: BatchReport
     ) -> set[MessageKey]:
+        """Commit, then publish; on a failure give everything back for the retry."""
         if not batch:
             return set()
         keys = [m.key for m in batch]
@@ -191,6 +194,7 @@ class Pipeline:
             PendingMessage(m, events.build(m, topic=self._settings.outbound_topic, occurred_at=now))
             for m in batch
         ]
+        saved: SaveResult | None = None
         try:
             saved = await self._store.save(
                 pending,
@@ -199,23 +203,24 @@ class Pipeline:
                 claim_for=publish_claim(self._settings),
                 before_commit=lambda: self._crash.hit("after_insert"),
             )
-        except DependencyError as exc:
-            return await self._failed(exc, keys, token, report, ())
-        except asyncio.CancelledError:
-            await asyncio.shield(self._release(keys, token))
-            raise
-        try:
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
             self._crash.hit("after_publish")
         except DependencyError as exc:
-            return await self._failed(exc, keys, token, report, saved.to_publish)
+            return await self._failed(exc, keys, token, report, saved.to_publish if saved else ())
         except asyncio.CancelledError:
             await asyncio.shield(self._release(keys, token))
             raise
-        except asyncio.CancelledError:
-            await asyncio.shield(self._release(keys, token))
-            raise
+        self._account(saved, batch, report)
+        if saved.in_flight:
+            # Stored by another worker that is publishing it right now: not yet done, so
+            # the record is deferred (rule 5) and our lease goes back for the retry.
+            await self._release(list(saved.in_flight), token)
+        finished = [k for k in keys if k not in saved.in_flight]
+        await self._finish(saved.to_publish, finished, token, now, report)
+        return set(finished)
+
+    def _account(self, saved: SaveResult, batch: list[Message], report: BatchReport) -> None:
         report.stored = len(saved.inserted)
         report.dup_database = len(saved.conflicts) - len(saved.in_flight)
         report.held += len(saved.in_flight)
@@ -227,14 +232,7 @@ class Pipeline:
         for k in saved.conflicts - saved.in_flight:
             log.debug("message.duplicate", layer="database", **by_key[k].log_context())
         for k in saved.in_flight:
-            # Stored by another worker that is publishing it right now: not yet done,
-            # so defer the record (rule 5) and give our lease back for the retry.
             log.debug("message.deferred", reason="publish_in_flight", **by_key[k].log_context())
-        if saved.in_flight:
-            await self._release(list(saved.in_flight), token)
-        finished = [k for k in keys if k not in saved.in_flight]
-        await self._finish(saved.to_publish, finished, token, now)
-        return set(finished)
 
     async def _finish(
         self,
@@ -242,6 +240,7 @@ class Pipeline:
         keys: list[MessageKey],
         token: str,
         now: dt.datetime,
+        report: BatchReport,
     ) -> None:
         """Bookkeeping after the events are out. Failures here cost no correctness:
         an unmarked outbox row may be announced once more (same event_id), and a lease
@@ -251,9 +250,17 @@ class Pipeline:
         except StoreError as exc:
             log.warning("outbox.mark_failed", count=len(published), error=str(exc))
         try:
-            await self._leases.finish(keys, token)
+            finished = await self._leases.finish(keys, token)
         except LeaseStoreError as exc:
             log.warning("lease.finish_failed", count=len(keys), error=str(exc))
+            return
+        if finished < len(keys):
+            # Another worker took keys whose lease ran out while we worked: the database
+            # fenced it, but LEASE_TTL_S is shorter than our batches take.
+            report.leases_lost = len(keys) - finished
+            log.warning(
+                "lease.lost", count=report.leases_lost, lease_ttl_s=self._settings.lease_ttl_s
+            )
 
     async def _failed(
         self,
