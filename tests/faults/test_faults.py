@@ -286,3 +286,25 @@ async def test_outbound_topic_failing(fault_env: FaultEnv) -> None:
     proxy.clear_triggers()
     run.healed()
     await run.audit(await run.drain(timeout_s=180), resets=proxy.triggered)
+
+
+async def test_broker_unreachable(fault_env: FaultEnv) -> None:
+    """Every connection to the broker is cut and refused for a while (longer than the
+    session timeout): no loss, no offset past unfinished work, the members rejoin and
+    drain without a restart."""
+    fault_env.with_own_broker()
+    run = await fault_env.run("broker unreachable", crash=True)
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    proxy = fault_env.broker_proxy
+    assert proxy is not None
+    proxy.refuse(True)
+    await asyncio.sleep(fault_env.settings.kafka_session_timeout_s + 2)
+    proxy.refuse(False)
+    for wave in range(1, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    run.healed()
+    await run.audit(await run.drain(timeout_s=180))
+    assert all(p.proc.poll() is None for p in run.group.procs), "no member died"
