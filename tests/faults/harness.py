@@ -190,6 +190,8 @@ class FaultRun:
         )
         self.ends: dict[int, int] = {}
         self.poison_coords: set[tuple[int, int]] = set()
+        self.records_sent = 0
+        self.copies_sent = 0
         self.dlq_coords: set[tuple[int, int]] = set()
         self.healed_at: float | None = None
 
@@ -203,6 +205,8 @@ class FaultRun:
     async def send_wave(self, index: int) -> None:
         wave = self.traffic.waves[index]
         sent = await kafka.send_each(self.settings, wave)
+        self.records_sent += len(wave)
+        self.copies_sent += sum(value.count(b'"id":"wamid.') for _, value in wave)
         for (partition, value), offset in zip(wave, sent, strict=True):
             self.ends[partition] = max(self.ends.get(partition, 0), offset + 1)
             if value in POISON:
@@ -257,9 +261,9 @@ class FaultRun:
             profile=self.profile.name,
             crash=self.crash,
             messages=len(expected),
-            records=self.traffic.records,
-            duplicates_injected=self.traffic.copies - len(expected),
-            poison=self.traffic.poison,
+            records=self.records_sent,
+            duplicates_injected=self.copies_sent - len(expected),
+            poison=len(self.poison_coords),
             rows=len(rows),
             events=len(events),
             duplicate_events=len(events) - len(per_key),
