@@ -259,24 +259,28 @@ async def test_broker_frozen_then_resumed(fault_env: FaultEnv) -> None:
     assert all(p.proc.poll() is None for p in run.group.procs), "no member died"
 
 
-async def test_outbound_topic_failing(fault_env: FaultEnv) -> None:
-    """Every request naming the outbound topic is reset for a while (the topic is
-    unavailable; consuming still works): batches retry, nothing is acknowledged before
-    it is announced, and everything drains after healing."""
+@pytest.mark.parametrize("which", ["outbound", "dead-letter"])
+async def test_output_topic_failing(fault_env: FaultEnv, which: str) -> None:
+    """Every request naming the outbound (or the dead-letter) topic is reset for a while:
+    the topic is unavailable while consuming still works. Batches retry, nothing is
+    acknowledged before it is announced or dead-lettered, and everything drains."""
     fault_env.with_own_broker()
-    run = await fault_env.run("outbound topic failing")
+    run = await fault_env.run(f"{which} topic failing")
     run.start(3)
     run.group.wait_all_assigned()
     await run.send_wave(0)
     run.wait_batches(2)
     proxy = fault_env.broker_proxy
     assert proxy is not None
-    proxy.reset_after(fault_env.settings.outbound_topic.encode(), forward=False, times=10_000)
+    s = fault_env.settings
+    topic = s.outbound_topic if which == "outbound" else s.dlq_topic
+    proxy.reset_after(topic.encode(), forward=False, times=10_000)
     for wave in range(1, len(run.traffic.waves)):
         await run.send_wave(wave)
+    failed = "BrokerError" if which == "outbound" else "dead-letter"
     wait_until(
         lambda: any(
-            "BrokerError" in str(e.get("failure", ""))
+            failed in str(e.get("failure", ""))
             for p in run.group.procs
             for e in p.named("batch.done")
         ),
