@@ -107,6 +107,34 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--topic", help="topic (default: OUTBOUND_TOPIC)")
     tail.set_defaults(func=cmd_tail)
 
+    bench = sub.add_parser("bench", help="measure the pipeline against its reference modes")
+    bench.add_argument("--records", type=int, default=200_000, help="inbound records")
+    bench.add_argument("--dup-ratio", type=float, default=0.3, help="share of duplicates")
+    bench.add_argument("--partitions", type=int, default=4, help="inbound partitions")
+    bench.add_argument("--consumers", type=int, default=2, help="consumer processes")
+    bench.add_argument(
+        "--rate",
+        type=float,
+        help="produce at this many records/s while "
+        "consuming (latency); default: produce a backlog first, then drain",
+    )
+    bench.add_argument(
+        "--modes",
+        default="pipeline,per-message,pass-through",
+        help="comma-separated: pipeline, per-message, pass-through",
+    )
+    bench.add_argument(
+        "--per-message-records",
+        type=int,
+        default=5_000,
+        help="records for the (slow) per-message mode",
+    )
+    bench.add_argument("--batch-max-records", type=int, default=500)
+    bench.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
+    bench.add_argument("--timeout", type=float, default=900.0, help="per mode, seconds")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(func=cmd_bench)
+
     demo = sub.add_parser("demo", help="run the whole flow on embedded services")
     demo.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
     demo.add_argument("--partitions", type=int, default=4, help="inbound partitions (default 4)")
@@ -204,6 +232,28 @@ def format_event(partition: int, offset: int, value: bytes | None, as_json: bool
         )
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return f"{partition}:{offset} <not a message_created event: {len(value or b'')} bytes>"
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer import bench
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = set(modes) - set(bench.MODES)
+    if unknown:
+        raise ConfigError("--modes", f"unknown mode(s) {sorted(unknown)}; use {bench.MODES}")
+    cfg = bench.BenchConfig(
+        records=args.records,
+        dup_ratio=args.dup_ratio,
+        partitions=args.partitions,
+        consumers=args.consumers,
+        rate=args.rate,
+        modes=modes,
+        per_message_records=args.per_message_records,
+        batch_max_records=args.batch_max_records,
+        bootstrap=args.bootstrap,
+        timeout_s=args.timeout,
+    )
+    return bench.main(settings, cfg, as_json=args.json)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -74,6 +75,13 @@ class BatchReport:
             "leases_lost": self.leases_lost,
             "retry": len(self.retry),
         }
+
+
+class BatchProcessor(Protocol):
+    """What the service runs each batch through: the pipeline, or the bench's
+    pass-through reference."""
+
+    async def process(self, records: Sequence[InboundRecord]) -> BatchReport: ...
 
 
 def publish_claim(settings: Settings) -> dt.timedelta:

