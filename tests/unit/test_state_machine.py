@@ -1,0 +1,917 @@
+"""A stateful model of a consumer group: several workers over one Redis, DB and broker.
+
+Hypothesis drives 2-3 :class:`~consumer.pipeline.Pipeline` workers that share ONE lease
+store (with a clock, so leases run out), ONE store (with the outbox claims of the real
+``Store``) and ONE publisher, consuming a modelled multi-partition inbound log. Each worker
+keeps what ``Service`` keeps: an :class:`OffsetLedger`, a :class:`RetryQueue`, a fetch
+position per owned partition; after every batch it settles the report and commits
+``ledger.to_commit()`` to the modelled group offsets.
+
+Batches are coroutines driven by hand, one dependency call at a time (every call of the
+fakes pauses before and after it), so batches of different workers interleave at any
+await, a worker can stall past its lease, be killed at any await (SIGKILL: leases and
+claims stay until they run out) or be evicted from the group while its batch runs on as
+a zombie whose commits are rejected. No event loop, no real time: fully deterministic.
+
+Rules: produce (new bodies from a small wamid pool under two phone_number_ids, poison,
+statuses-only, or a redelivery of an earlier body to any partition); poll, retry,
+interleave, race and overtake (workers fetch, run, defer and commit; batches interleave
+await by await; a hung worker is overtaken); crash (SIGKILL, or eviction leaving a
+zombie); rebalance (on_revoked: finish, commit, drop, forget); advance_clock (past a
+lease, a claim, a done marker); inject_faults (one-shot failures of Redis, the database
+or Kafka, before or after the call took effect); relay (one outbox relay pass).
+
+Invariants, after every step:
+
+* P1  no key is ever inserted twice, and no row exists for a key nobody produced;
+* P2  every published event is byte for byte the outbox row of a stored message (no
+      phantom; every copy of a key's event is the same event);
+* P4  (DESIGN rule 8) the group's committed offset of a partition never passes a record
+      that is not durable (dead-lettered, or every message key stored AND published), and
+      never goes backwards;
+* a done marker only exists for a key that is stored and published; only poison records
+  are dead-lettered.
+
+At teardown the world heals (faults cleared, zombies and batches finished, leases and
+claims run out, every worker drains its partitions and retries) and then: exactly one row
+per valid key (P1), every row announced (P3), dead letters == the poison records, every
+outbox row eventually marked published (after a relay pass) and, when nothing disturbed
+the run (no crash, fault or lease running out under a live batch), exactly one event per
+key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+from consumer.dedup import DONE_PREFIX
+from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
+from consumer.events import OutboundEvent
+from consumer.offsets import OffsetLedger, Partition
+from consumer.pipeline import BatchReport, Pipeline, publish_claim
+from consumer.records import InboundRecord, MessageKey
+from consumer.relay import Relay
+from consumer.service import RetryQueue
+from consumer.settings import Settings
+from consumer.store import PendingMessage, SaveResult
+from tests.unit.fakes import (
+    PNID,
+    TOPIC,
+    FakeLeases,
+    FakePublisher,
+    FakeStore,
+    OutboxRow,
+    message,
+    record,
+    webhook,
+)
+
+EPOCH = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
+LEASE_TTL_S = 30.0
+DONE_TTL_S = 8 * 24 * 3600.0
+SETTINGS = Settings(lease_ttl_s=LEASE_TTL_S, done_ttl_s=DONE_TTL_S)
+CLAIM_S = publish_claim(SETTINGS).total_seconds()  # how long an outbox claim holds
+PARTITIONS = 3
+WAMIDS = ("wamid.A", "wamid.B", "wamid.C")
+PNIDS = (PNID, "106540352242999")  # the same wamid under two numbers is two messages
+FETCH_MAX = 500
+HEAL_ROUNDS = 6
+
+
+# -- a lease store with a clock, and a store with the real Store's outbox claims ----
+
+
+class ClockedLeases(FakeLeases):
+    """:class:`FakeLeases` whose values run out like ``SET ... PX``: a lease after the
+    lease TTL, a done marker after the done TTL. Time moves only by :meth:`advance`."""
+
+    def __init__(self, *, lease_ttl_s: float, done_ttl_s: float) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.expires_at: dict[MessageKey, float] = {}
+        self.lease_ttl_s = lease_ttl_s
+        self.done_ttl_s = done_ttl_s
+        self.expired_leases = 0  # processing leases (not done markers) that ran out
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for k, until in list(self.expires_at.items()):
+            if until <= self.now:
+                del self.expires_at[k]
+                value = self.values.pop(k, None)
+                if value is not None and not value.startswith(DONE_PREFIX):
+                    self.expired_leases += 1
+
+    def _stamp(self, before: dict[MessageKey, str]) -> None:
+        for k, v in self.values.items():
+            if before.get(k) != v:
+                ttl = self.done_ttl_s if v.startswith(DONE_PREFIX) else self.lease_ttl_s
+                self.expires_at[k] = self.now + ttl
+        for k in set(before) - set(self.values):
+            self.expires_at.pop(k, None)
+
+    async def acquire(self, keys: Sequence[MessageKey], token: str) -> Any:
+        before = dict(self.values)
+        try:
+            return await super().acquire(keys, token)
+        finally:
+            self._stamp(before)
+
+    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+        before = dict(self.values)
+        try:
+            return await super().release(keys, token)
+        finally:
+            self._stamp(before)
+
+    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+        before = dict(self.values)
+        try:
+            return await super().finish(keys, token)
+        finally:
+            self._stamp(before)
+
+
+@dataclass
+class ClaimingStore(FakeStore):
+    """:class:`FakeStore` with the outbox claims of :class:`consumer.store.Store`.
+
+    A new outbox row is claimed by its inserter for ``claim_for``. A conflicting save
+    claims the unpublished rows that are free (claim ran out) or already its own, and
+    hands them back in ``to_publish``; rows another worker still claims come back in
+    ``in_flight``. ``release_claims`` gives claims up; ``claim_unpublished`` is the
+    relay's claim. ``inserts`` counts real inserts per key (the fence keeps it <= 1).
+    """
+
+    claims: dict[str, tuple[str | None, dt.datetime | None]] = field(default_factory=dict)
+    created: dict[str, dt.datetime] = field(default_factory=dict)
+    inserts: Counter[MessageKey] = field(default_factory=Counter)
+
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        now: dt.datetime,
+        *,
+        worker_id: str = "",
+        claim_for: dt.timedelta = dt.timedelta(0),
+        before_commit: Callable[[], None] | None = None,
+    ) -> SaveResult:
+        self.saves.append([p.message.key for p in pending])
+        if not pending:
+            return SaveResult(frozenset(), frozenset(), ())
+        by_key = {p.message.key: p for p in pending}
+        inserted = frozenset(k for k in by_key if k not in self.rows)
+        conflicts = frozenset(by_key) - inserted
+        if before_commit is not None:
+            before_commit()  # nothing below has happened if it raises (rollback)
+        new = [by_key[k] for k in _ordered(inserted)]
+        claim = (worker_id or None, now + claim_for if claim_for else None)
+        for p in new:  # commit
+            self.rows[p.message.key] = p
+            self.outbox[p.event.event_id] = OutboxRow(p.event)
+            self.claims[p.event.event_id] = claim
+            self.created[p.event.event_id] = now
+            self.inserts[p.message.key] += 1
+        ours, busy = self._claim_conflicts(
+            [by_key[k].event.event_id for k in _ordered(conflicts)], worker_id, now, claim_for
+        )
+        in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
+        return SaveResult(inserted, conflicts, tuple(p.event for p in new) + ours, in_flight)
+
+    def _claim_conflicts(
+        self, event_ids: list[str], worker_id: str, now: dt.datetime, claim_for: dt.timedelta
+    ) -> tuple[tuple[OutboundEvent, ...], set[str]]:
+        ours: list[OutboundEvent] = []
+        busy: set[str] = set()
+        for event_id in event_ids:
+            row = self.outbox.get(event_id)
+            if row is None or row.published:
+                continue
+            by, until = self.claims.get(event_id, (None, None))
+            if until is None or until <= now or (worker_id and by == worker_id):
+                self.claims[event_id] = (worker_id or None, now + claim_for)
+                ours.append(row.event)
+            else:
+                busy.add(event_id)
+        return tuple(ours), busy
+
+    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+        for event_id in event_ids:
+            row = self.outbox.get(event_id)
+            if row and not row.published and self.claims[event_id][0] == worker_id:
+                self.claims[event_id] = (None, None)
+
+    async def claim_unpublished(
+        self, *, worker_id: str, now: dt.datetime, claim_for: dt.timedelta, limit: int
+    ) -> tuple[OutboundEvent, ...]:
+        free = [
+            event_id
+            for event_id, row in self.outbox.items()
+            if not row.published and _free(self.claims[event_id][1], now)
+        ]
+        chosen = sorted(free, key=lambda e: (self.created[e], e))[:limit]
+        for event_id in chosen:
+            self.claims[event_id] = (worker_id, now + claim_for)
+        return tuple(self.outbox[e].event for e in chosen)
+
+
+def _free(until: dt.datetime | None, now: dt.datetime) -> bool:
+    return until is None or until < now
+
+
+def _ordered(keys: frozenset[MessageKey]) -> list[MessageKey]:
+    return sorted(keys, key=lambda k: (k.phone_number_id, k.wamid))
+
+
+# -- driving coroutines by hand ------------------------------------------------------
+
+
+class _Pause:
+    """An await that hands control back to whoever drives the coroutine."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+Fault = tuple[str, str, str]  # (component, method, "before" | "after")
+_ERRORS: dict[str, type[DependencyError]] = {
+    "leases": LeaseStoreError,
+    "store": StoreError,
+    "publisher": BrokerError,
+}
+
+
+class Gated:
+    """A dependency proxy: pauses before and after every async call, and fails a call
+    when the machine has armed a one-shot fault for it (before it takes effect, or after
+    it took effect with the answer lost)."""
+
+    def __init__(self, inner: object, component: str, faults: list[Fault]) -> None:
+        self._inner = inner
+        self._component = component
+        self._faults = faults
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await _Pause()
+            self._trip(name, "before")
+            result = await attr(*args, **kwargs)
+            self._trip(name, "after")
+            await _Pause()
+            return result
+
+        return call
+
+    def _trip(self, method: str, when: str) -> None:
+        fault = (self._component, method, when)
+        if fault in self._faults:
+            self._faults.remove(fault)
+            raise _ERRORS[self._component](f"injected: {method} fails {when} taking effect")
+
+
+class Flight:
+    """One batch in flight: a coroutine advanced one pause at a time."""
+
+    def __init__(self, coro: Coroutine[Any, Any, BatchReport], records: list[InboundRecord]):
+        self.coro = coro
+        self.records = records
+        self.report: BatchReport | None = None
+
+    def step(self) -> bool:
+        """Run to the next pause; True once the batch has returned its report."""
+        try:
+            self.coro.send(None)
+        except StopIteration as stop:
+            self.report = stop.value
+            return True
+        return False
+
+    def finish(self) -> BatchReport:
+        while self.report is None:
+            self.step()
+        return self.report
+
+    def kill(self) -> None:
+        """SIGKILL at the current await: nothing after it runs, nothing is released."""
+        self.coro.close()
+
+
+def drive(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to its end, ignoring the pauses."""
+    while True:
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+# -- the modelled world --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Body:
+    """A record value and what it must become: its message keys, or None for poison."""
+
+    value: bytes
+    keys: frozenset[MessageKey] | None
+    label: str
+
+    def __repr__(self) -> str:
+        return f"Body({self.label})"
+
+
+def _valid_body(wamids: list[str], pnid_index: int) -> Body:
+    pnid = PNIDS[pnid_index]
+    value = record(webhook([message(w) for w in wamids], pnid=pnid)).value
+    assert value is not None
+    keys = frozenset(MessageKey(pnid, w) for w in wamids)
+    return Body(value, keys, f"{','.join(wamids)}@pn{pnid_index}")
+
+
+def _poison(kind: str) -> Body:
+    values: dict[str, bytes] = {
+        "empty": b"",
+        "not_json": b"{not json",
+        "not_utf8": b"\xff\xfe{}",
+        "bad_shape": b"[]",
+        "no_pnid": record(webhook([message("wamid.A")], pnid=None)).value or b"",
+        "no_id": record(webhook([{"from": "1", "type": "text", "timestamp": "1"}])).value or b"",
+    }
+    return Body(values[kind], None, f"poison:{kind}")
+
+
+STATUSES_ONLY = Body(
+    record(webhook(statuses=[{"id": "wamid.OUT", "status": "read"}])).value or b"",
+    frozenset(),
+    "statuses-only",
+)
+
+BODIES = st.one_of(
+    st.builds(
+        _valid_body,
+        st.lists(st.sampled_from(WAMIDS), min_size=1, max_size=3),
+        st.integers(0, len(PNIDS) - 1),
+    ),
+    st.sampled_from(["empty", "not_json", "not_utf8", "bad_shape", "no_pnid", "no_id"]).map(
+        _poison
+    ),
+    st.just(STATUSES_ONLY),
+)
+
+# A worker's turn: (who, awaits to advance, records to fetch per partition, run at once,
+# seconds that pass first: now and then a stall longer than a lease).
+MOVES = st.tuples(
+    st.integers(0, 5),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.booleans(),
+    st.sampled_from([0.0, 0.0, 0.0, LEASE_TTL_S + 1]),
+)
+
+FAULTS: list[Fault] = [
+    ("leases", "acquire", "before"),
+    ("leases", "acquire", "after"),
+    ("leases", "release", "before"),
+    ("leases", "finish", "before"),
+    ("store", "save", "before"),
+    ("store", "save", "after"),
+    ("store", "mark_published", "before"),
+    ("store", "release_claims", "before"),
+    ("store", "claim_unpublished", "after"),
+    ("publisher", "publish", "before"),
+    ("publisher", "publish", "after"),
+    ("publisher", "dead_letter", "before"),
+    ("publisher", "dead_letter", "after"),
+]
+
+
+def _part(r: InboundRecord) -> Partition:
+    return (r.topic, r.partition)
+
+
+@dataclass
+class Worker:
+    """One consumer-group member: what ``Service`` keeps in memory."""
+
+    worker_id: str
+    pipeline: Pipeline
+    relay: Relay
+    ledger: OffsetLedger = field(default_factory=OffsetLedger)
+    retries: RetryQueue = field(
+        default_factory=lambda: RetryQueue(SETTINGS.retry_backoff_s, SETTINGS.retry_backoff_max_s)
+    )
+    position: dict[Partition, int] = field(default_factory=dict)  # owned -> next fetch
+    flight: Flight | None = None
+
+    def __repr__(self) -> str:
+        return f"Worker({self.worker_id}, owns={sorted(p for _, p in self.position)})"
+
+
+class PipelineMachine(RuleBasedStateMachine):
+    """Workers sharing Redis, DB and broker, consuming a partitioned log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = SETTINGS
+        self.leases = ClockedLeases(lease_ttl_s=LEASE_TTL_S, done_ttl_s=DONE_TTL_S)
+        self.store = ClaimingStore()
+        self.publisher = FakePublisher()
+        self.faults: list[Fault] = []
+        self.log: dict[int, list[InboundRecord]] = {p: [] for p in range(PARTITIONS)}
+        self.expect: dict[tuple[str, int, int], frozenset[MessageKey] | None] = {}
+        self.committed: dict[int, int] = dict.fromkeys(range(PARTITIONS), 0)
+        self.workers: list[Worker] = []
+        self.incarnations: Counter[int] = Counter()
+        self.zombies: list[Flight] = []
+        self.sent: list[Body] = []
+        self.sent_as: dict[tuple[str, int, int], Body] = {}
+        self.disturbed = False  # a crash, a fault, or a live lease that ran out
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def now(self) -> dt.datetime:
+        return EPOCH + dt.timedelta(seconds=self.leases.now)
+
+    def _spawn(self, slot: int) -> Worker:
+        self.incarnations[slot] += 1
+        worker_id = f"w{slot}.{self.incarnations[slot]}"
+        leases = Gated(self.leases, "leases", self.faults)
+        store = Gated(self.store, "store", self.faults)
+        publisher = Gated(self.publisher, "publisher", self.faults)
+        pipeline = Pipeline(
+            self.settings,
+            leases,  # type: ignore[arg-type]
+            store,  # type: ignore[arg-type]
+            publisher,  # type: ignore[arg-type]
+            worker_id=worker_id,
+            clock=self.now,
+        )
+        relay = Relay(
+            store,  # type: ignore[arg-type]
+            publisher,  # type: ignore[arg-type]
+            worker_id=worker_id,
+            interval_s=self.settings.relay_interval_s,
+            claim_for=publish_claim(self.settings),
+            clock=self.now,
+        )
+        return Worker(worker_id, pipeline, relay)
+
+    def _owner(self, partition: int) -> Worker:
+        return next(w for w in self.workers if (TOPIC, partition) in w.position)
+
+    def _assign(self, worker: Worker, part: Partition) -> None:
+        """The new owner resumes from the group's committed offset (re-delivery)."""
+        worker.position[part] = self.committed[part[1]]
+
+    def _advance(self, seconds: float) -> None:
+        before = self.leases.expired_leases
+        self.leases.advance(seconds)
+        if self.leases.expired_leases != before:
+            self.disturbed = True  # a holder was slower than LEASE_TTL_S (or dead)
+
+    # -- what a worker does (Service._fetch / _settle / _commit / on_revoked) -------------
+
+    def _unfetched(self, worker: Worker) -> int:
+        return sum(len(self.log[p]) - pos for (_, p), pos in worker.position.items())
+
+    def _fetch(self, worker: Worker, k: int, only: int | None = None) -> list[InboundRecord]:
+        """Due retries first, then up to k new records of each owned partition (or of
+        the `only`-th one); the new ones are tracked in the ledger."""
+        due = worker.retries.pop_due(self.leases.now, FETCH_MAX)
+        owned = sorted(worker.position)
+        if only is not None and owned:
+            owned = [owned[only % len(owned)]]
+        new: list[InboundRecord] = []
+        for part in owned:
+            pos = worker.position[part]
+            got = self.log[part[1]][pos : pos + k]
+            worker.position[part] = pos + len(got)
+            new.extend(got)
+        for r in new:
+            worker.ledger.track(_part(r), r.offset)
+        return due + new
+
+    def _start(self, worker: Worker, records: list[InboundRecord], run: bool) -> None:
+        if not records:
+            return
+        worker.flight = Flight(worker.pipeline.process(records), records)
+        if run or worker.flight.step():
+            self._land(worker, worker.flight.finish())
+
+    def _land(self, worker: Worker, report: BatchReport) -> None:
+        """The batch returned: settle its report, then commit (the poll loop's tail)."""
+        assert worker.flight is not None
+        batch = worker.flight.records
+        worker.flight = None
+        reported = Counter(r.coordinates for r in [*report.durable, *report.retry])
+        assert reported == Counter(r.coordinates for r in batch), "each record reported once"
+        for r in report.durable:
+            worker.ledger.done(_part(r), r.offset)
+            worker.retries.settled(r)
+        for r in report.retry:
+            worker.retries.add(r, self.leases.now)
+        self._commit(worker)
+
+    def _commit(self, worker: Worker, parts: set[Partition] | None = None) -> None:
+        owned = set(worker.position)
+        chosen = owned if parts is None else owned & parts
+        offsets = worker.ledger.to_commit(chosen)
+        for (_, p), offset in offsets.items():
+            assert offset >= self.committed[p], (
+                f"commit of partition {p} goes back from {self.committed[p]} to {offset}"
+            )
+            self.committed[p] = offset
+        worker.ledger.committed(offsets)
+        self._check_committed()
+
+    def _revoke(self, worker: Worker, part: Partition) -> None:
+        """on_revoked: the batch in flight finishes first, then commit, drop, forget."""
+        if worker.flight is not None:
+            self._land(worker, worker.flight.finish())
+        self._commit(worker, {part})
+        worker.retries.drop({part})
+        worker.ledger.forget([part])
+        del worker.position[part]
+
+    # -- setup -----------------------------------------------------------------------
+
+    @initialize(
+        n_workers=st.integers(2, 3),
+        policy=st.sampled_from(["pause", "fence"]),
+        backlog=st.lists(st.tuples(st.integers(0, PARTITIONS - 1), BODIES), min_size=2, max_size=9),
+    )
+    def start_group(self, n_workers: int, policy: str, backlog: list[tuple[int, Body]]) -> None:
+        """A group of workers (partitions assigned round-robin) and a backlog to consume;
+        REDIS_OUTAGE_POLICY is "pause" or "fence"."""
+        self.settings = self.settings.replace(redis_outage_policy=policy)
+        self.workers = [self._spawn(slot) for slot in range(n_workers)]
+        for p in range(PARTITIONS):
+            self._assign(self.workers[p % n_workers], (TOPIC, p))
+        for partition, body in backlog:
+            self._append(partition, body)
+
+    # -- the inbound log -------------------------------------------------------------
+
+    def _append(self, partition: int, body: Body) -> None:
+        offset = len(self.log[partition])
+        r = record(body.value, partition=partition, offset=offset)
+        self.log[partition].append(r)
+        self.expect[r.coordinates] = body.keys
+        self.sent.append(body)
+        self.sent_as[r.coordinates] = body
+
+    @rule(partition=st.integers(0, PARTITIONS - 1), body=st.one_of(BODIES, st.integers(0, 99)))
+    def produce(self, partition: int, body: Body | int) -> None:
+        """Meta sends a webhook (or a poison record lands) on a partition; an integer
+        re-delivers an earlier body (``sent[i % len(sent)]``), maybe to another partition."""
+        if isinstance(body, int):
+            body = self.sent[body % len(self.sent)]
+        self._append(partition, body)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _tick(self, worker: Worker, n: int, k: int, run: bool) -> None:
+        """One turn of a worker's poll loop: advance its batch in flight by n awaits, or
+        fetch up to k new records per owned partition plus due retries (waiting for the
+        next retry when there is nothing new) and start the batch; `run` runs it to the
+        end at once, else it stays in flight for other workers to interleave with."""
+        if worker.flight is not None:
+            for _ in range(n):
+                if worker.flight.step():
+                    self._land(worker, worker.flight.finish())
+                    return
+            return
+        if not self._unfetched(worker):
+            if not len(worker.retries):
+                return
+            self._advance(worker.retries.next_due_in(self.leases.now) or 0.0)
+        self._start(worker, self._fetch(worker, k), run)
+
+    def _tick_zombie(self, zombie: Flight, n: int) -> None:
+        """An evicted worker's batch goes on; its report is lost (commits are rejected)."""
+        for _ in range(n):
+            if zombie.step():
+                self.zombies.remove(zombie)
+                return
+
+    def _turn(self, who: int, n: int, k: int, run: bool) -> None:
+        actors: list[Worker | Flight] = [*self.workers, *self.zombies]
+        actor = actors[who % len(actors)]
+        if isinstance(actor, Flight):
+            self._tick_zombie(actor, n)
+        else:
+            self._tick(actor, n, k, run)
+
+    # Five rules drive the workers: Hypothesis' swarm testing switches some rules off
+    # in each run, and with several ways to make progress few runs are left without.
+
+    @rule(
+        who=st.integers(0, 2),
+        k=st.integers(1, 4),
+        only=st.none() | st.integers(0, 2),
+        run=st.booleans(),
+    )
+    def poll(self, who: int, k: int, only: int | None, run: bool) -> None:
+        """An idle worker fetches up to k records of one owned partition (or of each)
+        plus due retries and runs them as one batch: to the end and commits, or leaves
+        it in flight. A busy worker gets one await further instead."""
+        worker = self.workers[who % len(self.workers)]
+        if worker.flight is not None:
+            self._tick(worker, 1, k, run)
+        else:
+            self._start(worker, self._fetch(worker, k, only), run)
+
+    @rule(who=st.integers(0, 2), run=st.booleans())
+    def retry(self, who: int, run: bool) -> None:
+        """An idle worker with deferred records waits for the first to be due (the clock
+        moves), then runs the due ones as a batch."""
+        worker = self.workers[who % len(self.workers)]
+        if worker.flight is not None or not len(worker.retries):
+            return
+        self._advance(worker.retries.next_due_in(self.leases.now) or 0.0)
+        self._start(worker, worker.retries.pop_due(self.leases.now, FETCH_MAX), run)
+
+    @rule(moves=st.lists(MOVES, min_size=1, max_size=6))
+    def interleave(self, moves: list[tuple[int, int, int, bool, float]]) -> None:
+        """Workers and zombies take turns: each move is (who, awaits, fetch size, run,
+        seconds to wait first), so batches can stall past their leases mid-flight."""
+        for who, n, k, run, wait in moves:
+            self._advance(wait)
+            self._turn(who, n, k, run)
+
+    @rule(
+        pair=st.tuples(st.integers(0, 2), st.integers(1, 2)),
+        k=st.integers(1, 3),
+        schedule=st.lists(st.integers(0, 1), min_size=1, max_size=24),
+        stall=st.none() | st.tuples(st.integers(0, 23), st.sampled_from([LEASE_TTL_S, CLAIM_S])),
+    )
+    def race(
+        self,
+        pair: tuple[int, int],
+        k: int,
+        schedule: list[int],
+        stall: tuple[int, float] | None,
+    ) -> None:
+        """Two workers run batches concurrently (idle ones start one), one await at a
+        time in the order of `schedule`; `stall` lets a lease's (or a claim's) worth of
+        time pass at one point, as if the one in front had hung. Unfinished batches stay
+        in flight."""
+        first = self.workers[pair[0] % len(self.workers)]
+        second = self.workers[(pair[0] + pair[1]) % len(self.workers)]
+        for worker in {id(first): first, id(second): second}.values():
+            if worker.flight is None and (self._unfetched(worker) or len(worker.retries)):
+                self._start(worker, self._fetch(worker, k), run=False)
+        for i, who in enumerate(schedule):
+            if stall is not None and stall[0] == i:
+                self._advance(stall[1] + 1)
+            worker = (first, second)[who]
+            if worker.flight is not None and worker.flight.step():
+                self._land(worker, worker.flight.finish())
+
+    @rule(
+        pair=st.tuples(st.integers(0, 2), st.integers(1, 2)),
+        k=st.integers(1, 3),
+        at=st.integers(1, 8),
+        hang=st.sampled_from([LEASE_TTL_S, CLAIM_S]),
+        redeliver=st.none() | st.integers(0, 9),
+        resume=st.booleans(),
+    )
+    def overtake(
+        self,
+        pair: tuple[int, int],
+        k: int,
+        at: int,
+        hang: float,
+        redeliver: int | None,
+        resume: bool,
+    ) -> None:
+        """A worker hangs `at` awaits into a batch for longer than its lease (or its
+        outbox claim); Meta, seeing no answer, may redeliver one of that batch's bodies to
+        a partition of another worker, which runs a batch meanwhile; then the hung worker
+        resumes (or stays hung)."""
+        slow = self.workers[pair[0] % len(self.workers)]
+        fast = self.workers[(pair[0] + pair[1]) % len(self.workers)]
+        if slow is fast:
+            return
+        self._tick(slow, 1, k, False)  # an idle one starts a batch
+        self._tick(slow, at, k, False)
+        self._advance(hang + 1)
+        if slow.flight is not None and redeliver is not None and fast.position:
+            again = slow.flight.records[redeliver % len(slow.flight.records)]
+            self._append(min(fast.position)[1], self.sent_as[again.coordinates])
+        if fast.flight is not None:
+            self._land(fast, fast.flight.finish())
+        self._start(fast, self._fetch(fast, FETCH_MAX), run=True)
+        if resume and slow.flight is not None:
+            self._land(slow, slow.flight.finish())
+
+    @rule(who=st.integers(0, 2), keep_running=st.booleans(), shift=st.integers(0, 2))
+    def crash(self, who: int, keep_running: bool, shift: int) -> None:
+        """A worker dies (SIGKILL at its current await) or is evicted from the group
+        while its batch runs on as a zombie. It loses ledger and retries; a new incarnation
+        joins; its partitions go to members and resume at the committed offset."""
+        slot = who % len(self.workers)
+        dead = self.workers[slot]
+        if dead.flight is not None:
+            if keep_running:
+                self.zombies.append(dead.flight)
+            else:
+                dead.flight.kill()
+        self.workers[slot] = self._spawn(slot)
+        for i, part in enumerate(sorted(dead.position)):
+            self._assign(self.workers[(slot + shift + i) % len(self.workers)], part)
+        self.disturbed = True
+
+    @rule(partition=st.integers(0, PARTITIONS - 1), to=st.integers(1, 2))
+    def rebalance(self, partition: int, to: int) -> None:
+        """A partition moves to another member after its owner committed (on_revoked)."""
+        part = (TOPIC, partition)
+        src = self._owner(partition)
+        dst = self.workers[(self.workers.index(src) + to) % len(self.workers)]
+        if dst is src:
+            return
+        self._revoke(src, part)
+        self._assign(dst, part)
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, LEASE_TTL_S + 1, CLAIM_S + 1, DONE_TTL_S + 1]))
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes: leases run out after LEASE_TTL_S, outbox claims after CLAIM_S,
+        and after DONE_TTL_S every done marker too (only the database fence is left)."""
+        self._advance(seconds)
+
+    @rule(faults=st.lists(st.sampled_from(FAULTS), min_size=1, max_size=3))
+    def inject_faults(self, faults: list[Fault]) -> None:
+        """The next call of each named dependency method (by anyone) fails, before or
+        after it took effect: one-shot faults."""
+        self.faults.extend(faults)
+        self.disturbed = True
+
+    @rule(who=st.integers(0, 2))
+    def relay(self, who: int) -> None:
+        """One outbox relay pass of a worker: re-publish unpublished rows whose claim ran
+        out."""
+        worker = self.workers[who % len(self.workers)]
+        try:
+            drive(worker.relay.relay_once())
+        except DependencyError:
+            self.disturbed = True  # Relay.run logs and retries later
+
+    # -- invariants ------------------------------------------------------------------
+
+    def _published_ids(self) -> set[str]:
+        return {e.event_id for e in self.publisher.published}
+
+    def _durable(self, r: InboundRecord, published: set[str], dead: set[Any]) -> bool:
+        keys = self.expect[r.coordinates]
+        if keys is None:
+            return r.coordinates in dead
+        return all(k in self.store.rows and k.event_id in published for k in keys)
+
+    def _check_committed(self) -> None:
+        published = self._published_ids()
+        dead = {i.record.coordinates for i in self.publisher.dead_letters}
+        for p, committed in self.committed.items():
+            for r in self.log[p][:committed]:
+                assert self._durable(r, published, dead), (
+                    f"offset {committed} of partition {p} committed past {r.coordinates} "
+                    f"(expects {self.expect[r.coordinates]}) which is not durable"
+                )
+
+    @invariant()
+    def p1_one_row_per_key(self) -> None:
+        """P1: no key is ever inserted twice; rows only for keys somebody produced."""
+        assert all(n == 1 for n in self.store.inserts.values()), self.store.inserts
+        produced = {k for keys in self.expect.values() if keys for k in keys}
+        assert set(self.store.rows) <= produced
+        for k, p in self.store.rows.items():
+            assert p.message.key == k
+            assert p.event.event_id == k.event_id
+
+    @invariant()
+    def p2_no_phantom_events(self) -> None:
+        """P2: every published event is exactly the outbox row of a stored message."""
+        stored = {p.event.event_id for p in self.store.rows.values()}
+        for event in self.publisher.published:
+            assert event.event_id in stored, f"phantom event {event.event_id}"
+            assert event == self.store.outbox[event.event_id].event, "bytes differ"
+
+    @invariant()
+    def p4_committed_offsets_only_cover_durable_records(self) -> None:
+        """P4 / rule 8: below every committed offset each record is durable."""
+        self._check_committed()
+
+    @invariant()
+    def done_markers_and_dead_letters_are_sound(self) -> None:
+        """A done marker means stored and published; only poison is dead-lettered;
+        an outbox row marked published was published."""
+        published = self._published_ids()
+        for k in self.leases.done_keys():
+            assert k in self.store.rows, f"done marker for unstored {k}"
+            assert k.event_id in published, f"done marker for unannounced {k}"
+        for i in self.publisher.dead_letters:
+            assert self.expect[i.record.coordinates] is None, f"valid {i.record} dead-lettered"
+        for event_id, row in self.store.outbox.items():
+            assert not row.published or event_id in published
+
+    # -- the end: heal, drain, check -------------------------------------------------
+
+    def teardown(self) -> None:
+        """Heal the world, drain every partition and check the end state (not when a
+        step already failed: that error is the report)."""
+        if sys.exc_info()[0] is not None or not self.workers:
+            return
+        clean = not self.disturbed
+        self._heal()
+        self._drain()
+        self._check_end(clean)
+        self._relay_everything()
+
+    def _heal(self) -> None:
+        self.faults.clear()
+        for zombie in self.zombies:
+            zombie.finish()
+        self.zombies.clear()
+        for worker in self.workers:
+            if worker.flight is not None:
+                self._land(worker, worker.flight.finish())
+
+    def _drained(self) -> bool:
+        return all(self.committed[p] == len(self.log[p]) for p in self.log) and not any(
+            len(w.retries) for w in self.workers
+        )
+
+    def _drain(self) -> None:
+        for _ in range(HEAL_ROUNDS):
+            if self._drained():
+                return
+            self._advance(CLAIM_S + 1)  # dead workers' leases and claims run out
+            for worker in self.workers:
+                self._start(worker, self._fetch(worker, FETCH_MAX), run=True)
+        assert self._drained(), (
+            f"not drained after {HEAL_ROUNDS} rounds: committed={self.committed}, "
+            f"log={ {p: len(rs) for p, rs in self.log.items()} }, "
+            f"retries={[len(w.retries) for w in self.workers]}, "
+            f"leases={self.leases.values}"
+        )
+
+    def _check_end(self, clean: bool) -> None:
+        valid = {k for keys in self.expect.values() if keys for k in keys}
+        assert set(self.store.rows) == valid, "P1: exactly one row per valid key"
+        published = Counter(e.event_id for e in self.publisher.published)
+        missing = {k for k in valid if published[k.event_id] == 0}
+        assert not missing, f"P3: rows never announced: {missing}"
+        poison = {c for c, keys in self.expect.items() if keys is None}
+        assert {i.record.coordinates for i in self.publisher.dead_letters} == poison
+        if clean:
+            assert all(n == 1 for n in published.values()), f"duplicates: {published}"
+            assert len(published) == len(valid)
+            assert self.store.unpublished() == set()
+
+    def _relay_everything(self) -> None:
+        """Whatever is still unmarked (a mark that failed after a good publish) is
+        re-published by the relay once the claims ran out; then every row is marked."""
+        self._advance(CLAIM_S + 1)
+        while drive(self.workers[0].relay.relay_once()):
+            pass
+        assert self.store.unpublished() == set()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    """Every batch logs; keep thousands of lines out of a failure report."""
+    with structlog.testing.capture_logs():
+        yield
+
+
+TestPipelineMachine = PipelineMachine.TestCase
+TestPipelineMachine.__doc__ = "Run the group model: random steps, invariants, healed end."
+TestPipelineMachine.settings = settings(
+    # ~2 s by default; a deeper hunt: STATE_MACHINE_EXAMPLES=2000 pytest this file.
+    max_examples=int(os.environ.get("STATE_MACHINE_EXAMPLES", "60")),
+    stateful_step_count=40,
+    deadline=None,
+    database=None,  # no example database: a failure is reported, not saved for replay
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
