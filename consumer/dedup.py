@@ -26,27 +26,47 @@ from consumer.records import MessageKey
 
 DONE_PREFIX = "done:"
 
-# KEYS[1] key; ARGV[1] token, ARGV[2] lease ms. -> 1 acquired, 0 held, 2 done.
+# Each script handles a whole batch of keys in one call (one round trip, one command
+# for redis-py to pack) and answers one number per key, in KEYS order. A script runs
+# atomically, so every per-key step below is as atomic as a single command.
+
+# ARGV[1] token, ARGV[2] lease ms. Per key: 1 acquired (SET NX PX), 0 held, 2 done.
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 5) == 'done:' then return 2 end
-return 0
-"""
-# Compare-and-delete: only the owner's token releases. -> 1 released, 0 not ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# Lease -> done marker, unless another worker owns the key now. -> 1 set, 0 left alone.
-_FINISH = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] or not v then
-  redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
-  return 1
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  else
+    local v = redis.call('GET', key)
+    if v and string.sub(v, 1, 5) == 'done:' then out[i] = 2 else out[i] = 0 end
+  end
 end
-return 0
+return out
 """
+# Compare-and-delete: only the owner's token releases. Per key: 1 released, 0 not ours.
+_RELEASE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then out[i] = redis.call('DEL', key) else out[i] = 0 end
+end
+return out
+"""
+# Lease -> done marker, unless another worker owns the key now. Per key: 1 set, 0 left.
+_FINISH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == ARGV[1] or not v then
+    redis.call('SET', key, 'done:' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+# Keys per script call: bounds how long one call holds Redis (about a millisecond).
+_CHUNK = 1000
 
 
 class LeaseState(enum.Enum):
@@ -96,11 +116,14 @@ class Leases:
         if not keys:
             return []
         argv = list(args)
+        names = [self.key(k) for k in keys]
         try:
+            if len(names) <= _CHUNK:
+                return list(await script(keys=names, args=argv))
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    await script(keys=[self.key(key)], args=argv, client=pipe)
-                return list(await pipe.execute())
+                for start in range(0, len(names), _CHUNK):
+                    await script(keys=names[start : start + _CHUNK], args=argv, client=pipe)
+                return [r for chunk in await pipe.execute() for r in chunk]
         except (RedisError, OSError) as exc:
             raise LeaseStoreError(f"Redis {what} of {len(keys)} lease(s) failed: {exc}") from exc
 

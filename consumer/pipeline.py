@@ -116,6 +116,7 @@ class Pipeline:
         self._crash = crash or CrashPoints("")
         self._clock = clock
         self._seq = itertools.count(1)
+        self._debug = settings.log_level.upper() == "DEBUG"
 
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
         """Run one batch. Never raises for a failing dependency: it reports retries."""
@@ -184,8 +185,9 @@ class Pipeline:
         mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
         report.dup_done_marker = len(done)
         report.held = len(states) - len(done) - len(mine)
-        for k in done:
-            log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
+        if self._debug:
+            for k in done:
+                log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
         self._crash.hit("after_lease")
         stored = await self._store_and_publish([first[k] for k in mine], token, report)
         return done | stored
@@ -234,6 +236,8 @@ class Pipeline:
         report.held += len(saved.in_flight)
         report.events = len(saved.to_publish)
         report.republished = len(saved.to_publish) - len(saved.inserted)
+        if not self._debug:  # per-message lines cost a dict each; build them only if read
+            return
         by_key = {m.key: m for m in batch}
         for k in saved.inserted:
             log.debug("message.stored", **by_key[k].log_context())

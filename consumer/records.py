@@ -7,6 +7,7 @@ Outcomes are values, not exceptions: a record decodes to a :class:`Webhook` or a
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +47,17 @@ class MessageKey:
 
     @property
     def event_id(self) -> str:
-        return str(uuid.uuid5(EVENT_NAMESPACE, f"{self.phone_number_id}\x1f{self.wamid}"))
+        return _derive(EVENT_NAMESPACE, self.phone_number_id, self.wamid)
 
     @property
     def message_id(self) -> str:
-        return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{self.phone_number_id}\x1f{self.wamid}"))
+        return _derive(MESSAGE_NAMESPACE, self.phone_number_id, self.wamid)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _derive(namespace: uuid.UUID, phone_number_id: str, wamid: str) -> str:
+    # uuid5 is a SHA-1: cached, since a batch asks for each id several times.
+    return str(uuid.uuid5(namespace, f"{phone_number_id}\x1f{wamid}"))
 
 
 @dataclass(frozen=True, slots=True)

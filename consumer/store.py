@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -96,7 +97,12 @@ class PendingMessage:
 def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
     """An engine for PostgreSQL (asyncpg) or the embedded SQLite (aiosqlite)."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": timeout_s})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": timeout_s},
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -104,9 +110,16 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
         pool_timeout=timeout_s,
         connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
     )
+
+
+def _json_dumps(value: Any) -> str:
+    # orjson instead of the stdlib: the raw message and profile of every row go through it.
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -239,14 +252,15 @@ class Store:
     ) -> frozenset[MessageKey]:
         stmt = (
             self._insert(messages)
-            .values([_message_row(p, now) for p in pending])
             # No conflict target: the primary key is derived from the same
             # (phone_number_id, source_id), so a concurrent insert may trip either
             # unique index first; both mean "this message is stored already".
             .on_conflict_do_nothing()
             .returning(messages.c.phone_number_id, messages.c.source_id)
         )
-        rows = (await conn.execute(stmt)).all()
+        # executemany + RETURNING: SQLAlchemy sends it as multi-row INSERTs of one cached
+        # statement ("insertmanyvalues"), instead of compiling a new statement per batch.
+        rows = (await conn.execute(stmt, [_message_row(p, now) for p in pending])).all()
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
     async def _unpublished(
