@@ -51,14 +51,16 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-# Lease -> done marker, unless another worker owns the key now. Per key: 1 set, 0 left.
+# Lease -> done marker, unless another worker owns the key now. Per key: 1 our lease
+# became the marker; 2 our lease had run out (the marker is set all the same); 0 another
+# worker holds the key now (left alone).
 _FINISH = """
 local out = {}
 for i, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
   if v == ARGV[1] or not v then
     redis.call('SET', key, 'done:' .. ARGV[1], 'PX', ARGV[2])
-    out[i] = 1
+    if v then out[i] = 1 else out[i] = 2 end
   else
     out[i] = 0
   end
@@ -106,9 +108,10 @@ class Leases:
         return sum(int(r) for r in results)
 
     async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
-        """Turn our leases into long-lived done markers. Returns how many."""
+        """Turn our leases into long-lived done markers. Returns how many of our leases
+        were still ours: fewer than `keys` means some ran out while we worked."""
         results = await self._run(self._finish, keys, [token, self._done_ms], "finish")
-        return sum(int(r) for r in results)
+        return sum(1 for r in results if int(r) == 1)
 
     async def _run(
         self, script: Any, keys: Sequence[MessageKey], args: Iterable[object], what: str

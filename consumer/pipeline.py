@@ -267,8 +267,8 @@ class Pipeline:
             log.warning("lease.finish_failed", count=len(keys), error=str(exc))
             return
         if finished < len(keys):
-            # Another worker took keys whose lease ran out while we worked: the database
-            # fenced it, but LEASE_TTL_S is shorter than our batches take.
+            # Leases ran out while we worked (and another worker may have taken the key):
+            # the database fenced it, but LEASE_TTL_S is shorter than our batches take.
             report.leases_lost = len(keys) - finished
             log.warning(
                 "lease.lost", count=report.leases_lost, lease_ttl_s=self._settings.lease_ttl_s

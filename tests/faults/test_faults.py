@@ -188,7 +188,7 @@ async def test_lease_expires_under_a_slow_write(fault_env: FaultEnv) -> None:
     run.healed()
     lost = run.group.totals("leases_lost")
     await run.audit(await run.drain(), leases_lost=lost)
-    assert lost > 0, "leases really ran out under in-flight writes and were taken over"
+    assert lost > 0, "leases really ran out while their writes were in flight"
 
 
 async def test_database_outage(fault_env: FaultEnv) -> None:
