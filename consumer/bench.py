@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,6 +61,7 @@ class BenchConfig:
     batch_max_records: int = 500
     bootstrap: str | None = None
     timeout_s: float = 900.0
+    profile_dir: Path | None = None  # py-spy each consumer into this folder
 
 
 @dataclass
@@ -79,6 +81,7 @@ class ModeResult:
     latency_ms: dict[str, float]
     consumers: list[ProcStats]
     counts: dict[str, int] = field(default_factory=dict)
+    profile: list[tuple[str, float]] = field(default_factory=list)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -292,6 +295,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
             settings.kafka_bootstrap_servers, settings.inbound_topic, records, None
         )
     procs, logs = _start_consumers(settings, work, tag, cfg.consumers)
+    spies = _profile(procs, cfg.profile_dir, tag) if cfg.profile_dir else []
     try:
         if cfg.rate is not None:
             await asyncio.sleep(8)  # let the group form before the clock starts
@@ -311,6 +315,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+    for spy in spies:
+        spy.wait(60)
     lines = _batch_lines(logs)
     seconds = _window(lines)
     counts = {
@@ -338,6 +344,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         latency_ms=await _latencies(settings, stamps),
         consumers=stats,
         counts=counts,
+        profile=top_functions(cfg.profile_dir, tag) if cfg.profile_dir else [],
     )
 
 
@@ -359,6 +366,50 @@ def _start_consumers(
             )
         logs.append(path)
     return procs, logs
+
+
+def _profile(
+    procs: list[subprocess.Popen[bytes]], folder: Path, tag: str
+) -> list[subprocess.Popen[bytes]]:
+    """Attach py-spy (sampling, from outside) to each consumer; it ends with them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [
+        subprocess.Popen(  # noqa: S603 - py-spy with arguments built here
+            [
+                spy,
+                "record",
+                "--pid",
+                str(p.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--output",
+                str(folder / f"{tag}-consumer-{i}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i, p in enumerate(procs)
+    ]
+
+
+def top_functions(folder: Path, tag: str, limit: int = 15) -> list[tuple[str, float]]:
+    """Share of samples per innermost function (self time), over every consumer."""
+    counts: dict[str, int] = {}
+    total = 0
+    for path in folder.glob(f"{tag}-consumer-*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            counts[leaf] = counts.get(leaf, 0) + int(n)
+            total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [(name, round(100 * n / total, 1)) for name, n in ranked] if total else []
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -443,4 +494,8 @@ def _text(report: dict[str, Any]) -> str:
     lines += [f"{m['mode']:<13}counts {m['counts']}" for m in report["modes"]]
     lines.append("")
     lines += [f"{k}: {v}" for k, v in report["ratios"].items()]
+    for m in report["modes"]:
+        if m["profile"]:
+            lines += ["", f"{m['mode']}: top functions by self time (% of samples)"]
+            lines += [f"  {share:5.1f}%  {name}" for name, share in m["profile"]]
     return "\n".join(lines)

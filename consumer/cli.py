@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 import structlog
@@ -132,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-max-records", type=int, default=500)
     bench.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
     bench.add_argument("--timeout", type=float, default=900.0, help="per mode, seconds")
+    bench.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample every consumer with py-spy into DIR (py-spy installed)",
+    )
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(func=cmd_bench)
 
@@ -252,6 +258,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         batch_max_records=args.batch_max_records,
         bootstrap=args.bootstrap,
         timeout_s=args.timeout,
+        profile_dir=Path(args.profile) if args.profile else None,
     )
     return bench.main(settings, cfg, as_json=args.json)
 
