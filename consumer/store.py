@@ -67,11 +67,10 @@ outbox = sa.Table(
     sa.Column("key", sa.LargeBinary, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
-    sa.Column("published_at", _TS),
     # The relay's claim: which instance re-publishes this row, and until when.
     sa.Column("claimed_by", sa.String(128)),
     sa.Column("claimed_until", _TS),
-    sa.Index("ix_outbox_unpublished", "published_at", "created_at"),
+    sa.Index("ix_outbox_created_at", "created_at"),
 )
 
 
@@ -187,14 +186,12 @@ class Store:
         return SaveResult(frozenset(inserted), conflicts, events, in_flight)
 
     async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
-        """Record that these events reached the outbound topic."""
+        """Record that these events reached the outbound topic: their outbox rows are
+        done, and leave the outbox (which so holds exactly the events not yet announced;
+        a delete is also cheaper for the database than an update of an indexed row)."""
         if not event_ids:
             return
-        stmt = (
-            sa.update(outbox)
-            .where(outbox.c.event_id.in_(list(event_ids)), outbox.c.published_at.is_(None))
-            .values(published_at=now)
-        )
+        stmt = sa.delete(outbox).where(outbox.c.event_id.in_(list(event_ids)))
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(stmt)
@@ -220,7 +217,7 @@ class Store:
         free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
         candidates = (
             sa.select(outbox.c.event_id)
-            .where(outbox.c.published_at.is_(None), free)
+            .where(free)
             .order_by(outbox.c.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -229,7 +226,6 @@ class Store:
             sa.update(outbox)
             .where(
                 outbox.c.event_id.in_(candidates.scalar_subquery()),
-                outbox.c.published_at.is_(None),
                 free,
             )
             .values(claimed_by=worker_id, claimed_until=now + claim_for)
@@ -280,7 +276,6 @@ class Store:
             sa.update(outbox)
             .where(
                 outbox.c.event_id.in_(event_ids),
-                outbox.c.published_at.is_(None),
                 _free_or_mine(worker_id, now),
             )
             .values(claimed_by=worker_id or None, claimed_until=now + claim_for)
@@ -290,9 +285,7 @@ class Store:
             OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload))
             for r in (await conn.execute(claim)).all()
         )
-        unpublished = sa.select(outbox.c.event_id).where(
-            outbox.c.event_id.in_(event_ids), outbox.c.published_at.is_(None)
-        )
+        unpublished = sa.select(outbox.c.event_id).where(outbox.c.event_id.in_(event_ids))
         mine = {e.event_id for e in ours}
         busy = frozenset(r[0] for r in (await conn.execute(unpublished)).all()) - mine
         return ours, busy
@@ -307,7 +300,6 @@ class Store:
             .where(
                 outbox.c.event_id.in_(list(event_ids)),
                 outbox.c.claimed_by == worker_id,
-                outbox.c.published_at.is_(None),
             )
             .values(claimed_by=None, claimed_until=None)
         )
@@ -356,7 +348,6 @@ def _outbox_row(
         "key": p.event.key,
         "payload": p.event.payload,
         "created_at": now,
-        "published_at": None,
         "claimed_by": claim[0],
         "claimed_until": claim[1],
     }

@@ -114,11 +114,8 @@ async def unpublished(settings: Settings) -> int:
     engine = create_engine(settings.database_url, pool_size=1, timeout_s=10)
     try:
         async with engine.connect() as conn:
-            result = await conn.execute(
-                sa.select(sa.func.count())
-                .select_from(outbox)
-                .where(outbox.c.published_at.is_(None))
-            )
+            # The outbox holds only events not yet announced.
+            result = await conn.execute(sa.select(sa.func.count()).select_from(outbox))
             return int(result.scalar_one())
     finally:
         await engine.dispose()

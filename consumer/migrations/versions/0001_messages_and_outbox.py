@@ -54,13 +54,13 @@ def upgrade() -> None:
         sa.Column("key", sa.LargeBinary(), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
-        sa.Column("published_at", _TS, nullable=True),
         sa.PrimaryKeyConstraint("event_id", name="pk_outbox"),
     )
-    op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "created_at"])
+    # The outbox holds only events not yet announced: a published row is deleted.
+    op.create_index("ix_outbox_created_at", "outbox", ["created_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_outbox_unpublished", table_name="outbox")
+    op.drop_index("ix_outbox_created_at", table_name="outbox")
     op.drop_table("outbox")
     op.drop_table("messages")
