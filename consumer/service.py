@@ -213,6 +213,9 @@ class Service:
             heartbeat_interval_ms=int(s.kafka_heartbeat_interval_s * 1000),
             max_poll_interval_ms=int(s.kafka_max_poll_interval_s * 1000),
             request_timeout_ms=int(s.kafka_request_timeout_s * 1000),
+            # A fetch returns after at most this long even with little data: bounds the
+            # latency a quiet partition adds (the default 500 ms dominated p99 at low rates).
+            fetch_max_wait_ms=int(s.kafka_fetch_max_wait_s * 1000),
         )
         try:
             await self._producer.start()

@@ -68,6 +68,7 @@ class Settings:
     kafka_heartbeat_interval_s: float = 3.0
     kafka_max_poll_interval_s: float = 300.0
     kafka_request_timeout_s: float = 30.0
+    kafka_fetch_max_wait_s: float = 0.05
     redis_timeout_s: float = 5.0
     db_pool_size: int = 5
     db_timeout_s: float = 30.0
@@ -194,6 +195,7 @@ def _validate(s: Settings) -> None:
         "kafka_heartbeat_interval_s",
         "kafka_max_poll_interval_s",
         "kafka_request_timeout_s",
+        "kafka_fetch_max_wait_s",
         "redis_timeout_s",
         "db_timeout_s",
         "shutdown_grace_s",
