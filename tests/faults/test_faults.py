@@ -292,7 +292,7 @@ async def test_output_topic_failing(fault_env: FaultEnv, which: str) -> None:
     await run.audit(await run.drain(timeout_s=180), resets=proxy.triggered)
 
 
-# In the long profile only, for now: one CI run (of 17 runs in all) lost 12 events here
+# In the long profile only, for now: one CI run (of ~30 runs in all) lost 12 events here
 # (rows stored, offsets committed, the events not on the outbound topic); not reproduced
 # since. Kept out of the CI profile until explained; see docs/reliability.md.
 @pytest.mark.long_profile
