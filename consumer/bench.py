@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from consumer import embedded, migrate, topics
 from consumer.demo import settings_env
@@ -170,22 +170,6 @@ def _proc_stats(pid: int) -> ProcStats:
     return ProcStats(round(hwm_kb / 1024, 1), round((int(fields[11]) + int(fields[12])) / ticks, 2))
 
 
-async def _committed(settings: Settings, partitions: int) -> dict[int, int]:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-    )
-    await client.start()
-    try:
-        return {
-            p: (await client.committed(TopicPartition(settings.inbound_topic, p))) or 0
-            for p in range(partitions)
-        }
-    finally:
-        await client.stop()
-
-
 async def _wait_drained(
     settings: Settings,
     ends: dict[int, int],
@@ -195,7 +179,12 @@ async def _wait_drained(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        seen = await _committed(settings, partitions)
+        seen = await topics.committed_offsets(
+            settings.kafka_bootstrap_servers,
+            settings.consumer_group,
+            settings.inbound_topic,
+            range(partitions),
+        )
         if all(seen.get(p, 0) >= end for p, end in ends.items()):
             return
         if any(p.poll() is not None for p in procs):

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer import embedded, intake, migrate, produce, topics
 from consumer.errors import EmbeddedServiceError
@@ -261,27 +260,20 @@ def _drive(
 
 
 async def _wait_committed(settings: Settings, ends: dict[int, int], timeout_s: float) -> None:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-    )
-    await client.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            behind = 0
-            for partition, end in ends.items():
-                committed = await client.committed(
-                    TopicPartition(settings.inbound_topic, partition)
-                )
-                behind += end - (committed or 0)
-            if behind <= 0:
-                return
-            await asyncio.sleep(0.25)
-        print(f"demo: offsets still {behind} behind after {timeout_s:g}s", flush=True)
-    finally:
-        await client.stop()
+    deadline = time.monotonic() + timeout_s
+    behind = sum(ends.values())
+    while time.monotonic() < deadline:
+        seen = await topics.committed_offsets(
+            settings.kafka_bootstrap_servers,
+            settings.consumer_group,
+            settings.inbound_topic,
+            ends,
+        )
+        behind = sum(end - seen[p] for p, end in ends.items())
+        if behind <= 0:
+            return
+        await asyncio.sleep(0.25)
+    print(f"demo: offsets still {behind} behind after {timeout_s:g}s", flush=True)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:

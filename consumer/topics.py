@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -38,6 +38,18 @@ async def partition_count(bootstrap: str, topic: str) -> int:
         raise BrokerError(f"reading the partitions of {topic!r} failed: {exc!r}") from exc
     finally:
         await producer.stop()
+
+
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """The group's committed offset of each partition (0 where nothing is committed)."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await client.start()
+    try:
+        return {p: (await client.committed(TopicPartition(topic, p))) or 0 for p in partitions}
+    finally:
+        await client.stop()
 
 
 async def read_topic(

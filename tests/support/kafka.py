@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from consumer import topics
 from consumer.settings import Settings
@@ -57,19 +57,12 @@ async def send_each(settings: Settings, records: Sequence[tuple[int, bytes]]) ->
 
 
 async def committed(settings: Settings, partitions: Sequence[int]) -> dict[int, int]:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
+    return await topics.committed_offsets(
+        settings.kafka_bootstrap_servers,
+        settings.consumer_group,
+        settings.inbound_topic,
+        partitions,
     )
-    await client.start()
-    try:
-        out = {}
-        for p in partitions:
-            out[p] = await client.committed(TopicPartition(settings.inbound_topic, p)) or 0
-        return out
-    finally:
-        await client.stop()
 
 
 async def wait_committed(
