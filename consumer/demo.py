@@ -183,7 +183,10 @@ def _wait_assigned(work: Path, procs: list[subprocess.Popen[bytes]], timeout_s: 
         held = 0
         for i, proc in enumerate(procs):
             if proc.poll() is not None:
-                raise EmbeddedServiceError(f"consumer {i} exited with {proc.returncode}")
+                tail = (work / f"consumer-{i}.log").read_text(errors="replace")[-2000:]
+                raise EmbeddedServiceError(
+                    f"consumer {i} exited with {proc.returncode}; its log ends:\n{tail}"
+                )
             lines = (work / f"consumer-{i}.log").read_bytes().splitlines()
             marks = [line for line in lines if b'"partitions.' in line]
             if (

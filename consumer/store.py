@@ -123,10 +123,12 @@ def _json_dumps(value: Any) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes several consumer
-    # processes on one file queue for the write lock instead of failing at once.
+    # processes on one file queue for the write lock instead of failing at once. The
+    # timeout comes first: switching to WAL takes a lock that a process starting at the
+    # same moment may hold.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
