@@ -270,6 +270,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         mode="passthrough" if mode == "pass-through" else "pipeline",
         log_format="json",
         log_level="INFO",
+        metrics_port=0,  # several consumers on one machine; the metrics still count
     )
     await topics.create_topics(
         settings.kafka_bootstrap_servers,

@@ -124,6 +124,7 @@ def _run(
             kafka_session_timeout_s=6.0,
             kafka_heartbeat_interval_s=1.0,
             log_format="json",
+            metrics_port=0,
         )
         print(
             f"demo: broker {settings.kafka_bootstrap_servers}, redis {redis_url}, sqlite in {work}",

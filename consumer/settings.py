@@ -77,6 +77,17 @@ class Settings:
     relay_interval_s: float = 5.0
 
     shutdown_grace_s: float = 20.0
+
+    # The HTTP endpoint for /metrics (Prometheus), /healthz and /readyz; port 0 turns it off.
+    # Loopback by default; a container sets METRICS_HOST=0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    # /healthz fails when the poll loop has not come round for this long (a stuck batch).
+    liveness_timeout_s: float = 120.0
+    # Meta's App Secret: when set, every inbound record must carry a valid
+    # X-Hub-Signature-256 header (HMAC-SHA256 of the raw body); others are dead-lettered.
+    app_secret: str = ""
+
     log_level: str = "INFO"
     log_format: str = "auto"
     # Test-only: SIGKILL this process at a step of the flow, e.g. "after_commit" or
@@ -111,7 +122,10 @@ class Settings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = mask_url(value) if f.name.endswith("_url") else value
+            if f.name in SECRET_FIELDS:
+                out[f.name] = "***" if value else ""
+            else:
+                out[f.name] = mask_url(value) if f.name.endswith("_url") else value
         return out
 
     def __repr__(self) -> str:
@@ -124,7 +138,11 @@ _ENV_NAMES = {
     "crash_point": "WAMID_GUARD_CRASH_POINT",
     "client_id": "KAFKA_CLIENT_ID",
     "mode": "WAMID_GUARD_MODE",
+    "app_secret": "WHATSAPP_APP_SECRET",
 }
+
+# Fields that hold a secret: never shown by public(), repr() or an error message.
+SECRET_FIELDS = frozenset({"app_secret"})
 
 
 def env_name(field_name: str) -> str:
@@ -200,6 +218,7 @@ def _validate(s: Settings) -> None:
         "db_timeout_s",
         "shutdown_grace_s",
         "relay_interval_s",
+        "liveness_timeout_s",
     ):
         value = getattr(s, name)
         _require(math.isfinite(value) and value > 0, name, "must be a finite number above 0")
@@ -233,6 +252,8 @@ def _validate(s: Settings) -> None:
         "redis_key_prefix",
         "must be non-empty and contain no ':'",
     )
+    _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be a TCP port (0 turns it off)")
+    _require(bool(s.metrics_host.strip()), "metrics_host", "must not be empty")
     _validate_crash_point(s.crash_point)
     _require(s.mode in MODES, "mode", f"must be one of {MODES}")
 

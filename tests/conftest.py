@@ -151,6 +151,7 @@ def settings(bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str)
         retry_backoff_max_s=1.0,
         shutdown_grace_s=10.0,
         log_format="json",
+        metrics_port=0,
         log_level="DEBUG",
     )
 

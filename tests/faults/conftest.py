@@ -122,6 +122,7 @@ def fault_env(
         relay_interval_s=1.0,
         shutdown_grace_s=10.0,
         log_format="json",
+        metrics_port=0,
         log_level="DEBUG",
     )
     env = FaultEnv(settings, tmp_path, pg, redis)
