@@ -1,6 +1,7 @@
 """`python -m consumer produce`: send webhook bodies to the inbound topic, the way Meta
 would: each body once, or with duplicates, optionally spread over partitions (a
-redelivery lands wherever the producer's partitioner puts it)."""
+redelivery lands wherever the producer's partitioner puts it). With WHATSAPP_APP_SECRET
+set, each record carries Meta's X-Hub-Signature-256 header over its value."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumer.errors import BrokerError
+from consumer.intake import SIGNATURE_HEADER, sign
 from consumer.topics import partition_count
 
 
@@ -80,9 +82,15 @@ async def produce(
     duplicates: int = 0,
     spread: bool = False,
     headers: Sequence[tuple[str, bytes]] = (),
+    app_secret: str = "",
 ) -> list[Sent]:
     """Send each body 1 + `duplicates` times. Copies go to different partitions when
-    `spread`, else all copies of a body go to one partition (chosen by its checksum)."""
+    `spread`, else all copies of a body go to one partition (chosen by its checksum).
+    With `app_secret`, each record is signed as Meta signs (replacing any signature
+    header in `headers`)."""
+    secret = app_secret.encode()
+    if secret:
+        headers = [(k, v) for k, v in headers if k.lower() != SIGNATURE_HEADER]
     partitions = await partition_count(bootstrap, topic)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
@@ -92,10 +100,11 @@ async def produce(
         futures = []
         for _name, body in bodies:
             home = zlib.crc32(body) % partitions
+            signed = [*headers, (SIGNATURE_HEADER, sign(secret, body))] if secret else headers
             for copy in range(1 + duplicates):
                 partition = (home + copy) % partitions if spread else home
                 futures.append(
-                    await producer.send(topic, body, partition=partition, headers=list(headers))
+                    await producer.send(topic, body, partition=partition, headers=list(signed))
                 )
         sent = [await f for f in futures]
     except KafkaError as exc:

@@ -107,6 +107,9 @@ class Reason(enum.StrEnum):
     BAD_SHAPE = "bad_shape"
     MESSAGE_WITHOUT_ID = "message_without_id"
     MISSING_PHONE_NUMBER_ID = "missing_phone_number_id"
+    # Only with WHATSAPP_APP_SECRET set: no X-Hub-Signature-256 header, or a bad one.
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_INVALID = "signature_invalid"
 
 
 @dataclass(frozen=True, slots=True)

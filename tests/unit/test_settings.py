@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
 import pytest
+import structlog
 
 from consumer import cli
 from consumer.errors import ConfigError
+from consumer.service import Service
 from consumer.settings import Settings, env_name, mask_url
 
 ENV_NAMES = [env_name(f.name) for f in dataclasses.fields(Settings)]
 SENSITIVE = "s3cr3t-Pw"
+MASKED = "***"
 
 
 @pytest.fixture
@@ -183,6 +187,78 @@ def test_bad_database_url_error_does_not_leak_password() -> None:
         Settings.from_env({"DATABASE_URL": f"mysql://app:{SENSITIVE}@db/wg"})
     assert "DATABASE_URL" in str(info.value)
     assert SENSITIVE not in str(info.value)
+
+
+# -- the app secret (WHATSAPP_APP_SECRET) ---------------------------------------------
+
+
+def test_app_secret_never_in_repr_str_or_public() -> None:
+    """WHATSAPP_APP_SECRET is read, kept for the signature check, and shown only as ***."""
+    s = Settings.from_env({"WHATSAPP_APP_SECRET": SENSITIVE})
+    assert s.app_secret == SENSITIVE  # the real value is still there for checking
+    assert SENSITIVE not in repr(s)
+    assert SENSITIVE not in str(s)
+    assert SENSITIVE not in str(s.public())
+    assert SENSITIVE not in repr(s.replace(lease_ttl_s=10.0))
+    assert s.public()["app_secret"] == MASKED
+    assert "app_secret='***'" in repr(s)
+
+
+def test_unset_app_secret_shows_empty() -> None:
+    """Without a secret public() says so (""), so the log shows no check is made."""
+    assert Settings().public()["app_secret"] == ""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LEASE_TTL_S": "abc"},
+        {"LEASE_TTL_S": "60", "DONE_TTL_S": "30"},
+        {"INBOUND_TOPIC": "same", "OUTBOUND_TOPIC": "same"},
+        {"LOG_FORMAT": "xml"},
+    ],
+)
+def test_config_error_never_mentions_app_secret(env: dict[str, str]) -> None:
+    """A ConfigError raised while WHATSAPP_APP_SECRET is set (str, repr and its args) does
+    not carry the secret."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"WHATSAPP_APP_SECRET": SENSITIVE, **env})
+    assert SENSITIVE not in str(info.value)
+    assert SENSITIVE not in repr(info.value)
+    assert SENSITIVE not in repr(info.value.args)
+
+
+def test_service_starting_log_line_masks_app_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `service.starting` line logs every setting, and the app secret only as ***."""
+
+    class Stop(Exception):
+        pass
+
+    async def stop_here() -> None:
+        raise Stop
+
+    service = Service(Settings(app_secret=SENSITIVE))
+    monkeypatch.setattr(service, "_start_backends", stop_here)
+    monkeypatch.setattr(service, "_start_kafka", stop_here)
+    with structlog.testing.capture_logs() as logs, pytest.raises(Stop):
+        asyncio.run(service.startup())
+    (starting,) = [e for e in logs if e["event"] == "service.starting"]
+    assert starting["app_secret"] == MASKED
+    assert starting["inbound_topic"] == Settings().inbound_topic  # the line does log settings
+    assert SENSITIVE not in repr(logs)
+
+
+def test_cli_bad_setting_with_app_secret_does_not_print_it(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad configuration stops the CLI; its message names the bad variable, not the
+    secret set beside it."""
+    clean_env.setenv("WHATSAPP_APP_SECRET", SENSITIVE)
+    clean_env.setenv("LEASE_TTL_S", "abc")
+    assert cli.main(["migrate"]) == 2
+    captured = capsys.readouterr()
+    assert "LEASE_TTL_S" in captured.err
+    assert SENSITIVE not in captured.err + captured.out
 
 
 # -- CLI -------------------------------------------------------------------------------
