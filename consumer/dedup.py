@@ -140,3 +140,11 @@ def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
         health_check_interval=30,
         decode_responses=False,
     )
+
+
+async def ping(client: aioredis.Redis) -> None:
+    """One round trip, for readiness."""
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise LeaseStoreError(f"Redis does not answer: {exc}") from exc

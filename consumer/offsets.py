@@ -45,6 +45,11 @@ class OffsetLedger:
         if ledger is not None:
             ledger.pending.discard(offset)
 
+    def committable(self, partition: Partition) -> int | None:
+        """The offset we would commit now (lowest not yet durable), if we saw any."""
+        ledger = self._parts.get(partition)
+        return ledger.committable() if ledger else None
+
     def pending_count(self, partition: Partition) -> int:
         ledger = self._parts.get(partition)
         return len(ledger.pending) if ledger else 0

@@ -29,6 +29,7 @@ from consumer import events, intake
 from consumer.crashpoints import CrashPoints
 from consumer.dedup import Leases, LeaseState
 from consumer.errors import DependencyError, LeaseStoreError, StoreError
+from consumer.metrics import Metrics
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
 from consumer.settings import Settings
@@ -107,6 +108,7 @@ class Pipeline:
         worker_id: str,
         crash: CrashPoints | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._leases = leases
@@ -117,12 +119,18 @@ class Pipeline:
         self._clock = clock
         self._seq = itertools.count(1)
         self._debug = settings.log_level.upper() == "DEBUG"
+        # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
+        self._app_secret = settings.app_secret.encode() or None
+        self.metrics = metrics or Metrics()
 
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
         """Run one batch. Never raises for a failing dependency: it reports retries."""
         started = time.monotonic()
         report = BatchReport(records=len(records))
-        decoded = [intake.decode(r, max_bytes=self._settings.max_record_bytes) for r in records]
+        decoded = [
+            intake.decode(r, max_bytes=self._settings.max_record_bytes, app_secret=self._app_secret)
+            for r in records
+        ]
         invalid = [d for d in decoded if isinstance(d, Invalid)]
         webhooks = [d for d in decoded if isinstance(d, Webhook)]
         await self._dead_letter(invalid, report)
@@ -134,13 +142,31 @@ class Pipeline:
                 report.durable.append(hook.record)
             else:
                 report.retry.append(hook.record)
+        duration_s = time.monotonic() - started
+        self._observe(report, duration_s)
         log.info(
             "batch.done",
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round(duration_s * 1000, 1),
             **report.counts(),
             **({"failure": report.failure} if report.failure else {}),
         )
         return report
+
+    def _observe(self, report: BatchReport, duration_s: float) -> None:
+        m = self.metrics
+        m.batch_duration.observe(duration_s)
+        m.batches.labels("failed" if report.failure else "ok").inc()
+        m.messages_stored.inc(report.stored)
+        m.duplicates.labels("in_batch").inc(report.dup_in_batch)
+        m.duplicates.labels("lease_held").inc(report.held)
+        m.duplicates.labels("done_marker").inc(report.dup_done_marker)
+        m.duplicates.labels("database").inc(report.dup_database)
+        m.events_published.labels("pipeline").inc(report.events)
+        m.statuses.inc(report.statuses)
+        m.leases_lost.inc(report.leases_lost)
+        if report.retry:
+            reason = "failure" if report.failure else "deferred"
+            m.records_retried.labels(reason).inc(len(report.retry))
 
     async def _dead_letter(self, invalid: list[Invalid], report: BatchReport) -> None:
         if not invalid:
@@ -148,12 +174,14 @@ class Pipeline:
         try:
             await self._publisher.dead_letter(invalid)
         except DependencyError as exc:
+            self.metrics.dependency_error(exc)
             report.failure = f"dead-letter: {exc}"
             report.retry.extend(i.record for i in invalid)
             log.warning("dlq.failed", count=len(invalid), error=str(exc))
             return
         for i in invalid:
             log.warning("record.dead_lettered", **i.log_context(), detail=i.detail)
+            self.metrics.dead_lettered.labels(str(i.reason)).inc()
         report.dead_lettered += len(invalid)
         report.durable.extend(i.record for i in invalid)
 
@@ -173,6 +201,7 @@ class Pipeline:
         try:
             states = await self._leases.acquire(list(first), token)
         except LeaseStoreError as exc:
+            self.metrics.dependency_error(exc)
             await self._release(list(first), token)  # whatever the failed pipeline did set
             if self._settings.redis_outage_policy == "pause":
                 report.failure = f"lease: {exc}"
@@ -215,6 +244,7 @@ class Pipeline:
             )
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
+            self._published(saved, batch)
             self._crash.hit("after_publish")
         except DependencyError as exc:
             return await self._failed(exc, keys, token, report, saved.to_publish if saved else ())
@@ -229,6 +259,12 @@ class Pipeline:
         finished = [k for k in keys if k not in saved.in_flight]
         await self._finish(saved.to_publish, finished, token, now, report)
         return set(finished)
+
+    def _published(self, saved: SaveResult, batch: list[Message]) -> None:
+        by_event = {m.key.event_id: m for m in batch}
+        self.metrics.published(
+            [by_event[e.event_id] for e in saved.to_publish if e.event_id in by_event]
+        )
 
     def _account(self, saved: SaveResult, batch: list[Message], report: BatchReport) -> None:
         report.stored = len(saved.inserted)
@@ -260,10 +296,12 @@ class Pipeline:
         try:
             await self._store.mark_published([e.event_id for e in published], now)
         except StoreError as exc:
+            self.metrics.dependency_error(exc)
             log.warning("outbox.mark_failed", count=len(published), error=str(exc))
         try:
             finished = await self._leases.finish(keys, token)
         except LeaseStoreError as exc:
+            self.metrics.dependency_error(exc)
             log.warning("lease.finish_failed", count=len(keys), error=str(exc))
             return
         if finished < len(keys):
@@ -285,12 +323,14 @@ class Pipeline:
         """A step failed: give back our leases (rule 4) and our claims on outbox rows we
         could not publish, so the retry is neither swallowed nor kept waiting."""
         report.failure = f"{type(exc).__name__}: {exc}"
+        self.metrics.dependency_error(exc)
         log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
         await self._release(keys, token)
         if unpublished:
             try:
                 await self._store.release_claims([e.event_id for e in unpublished], self._worker_id)
             except StoreError as claim_exc:
+                self.metrics.dependency_error(claim_exc)
                 log.warning("outbox.release_claims_failed", error=str(claim_exc))
         return set()
 
@@ -298,6 +338,7 @@ class Pipeline:
         try:
             released = await self._leases.release(keys, token)
         except LeaseStoreError as exc:
+            self.metrics.dependency_error(exc)
             # The leases run out by themselves after LEASE_TTL_S.
             log.warning("lease.release_failed", count=len(keys), error=str(exc))
         else:

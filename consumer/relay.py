@@ -18,6 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from consumer.errors import DependencyError
+from consumer.metrics import Metrics
 from consumer.publish import Publisher
 from consumer.store import Store
 
@@ -39,6 +40,7 @@ class Relay:
         claim_for: dt.timedelta,
         batch: int = 200,
         clock: Callable[[], dt.datetime] = _utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -50,6 +52,7 @@ class Relay:
         self._batch = batch
         self._clock = clock
         self.republished = 0
+        self.metrics = metrics or Metrics()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set. Dependency failures are logged and retried;
@@ -59,11 +62,24 @@ class Relay:
                 while await self.relay_once() == self._batch:
                     pass  # a full batch: there may be more right away
             except DependencyError as exc:
+                self.metrics.dependency_error(exc)
                 log.warning("relay.failed", error=str(exc))
+            await self._sample_outbox()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
             except TimeoutError:
                 continue
+
+    async def _sample_outbox(self) -> None:
+        """The backlog gauges, read each round (the relay is the one that looks anyway)."""
+        try:
+            count, oldest_s = await self._store.outbox_stats(self._clock())
+        except DependencyError as exc:
+            self.metrics.dependency_error(exc)
+            log.warning("outbox.stats_failed", error=str(exc))
+            return
+        self.metrics.outbox_backlog.set(count)
+        self.metrics.outbox_oldest_age.set(oldest_s)
 
     async def relay_once(self) -> int:
         """Claim, publish and mark one batch of stale outbox rows. Returns how many."""
@@ -83,6 +99,7 @@ class Relay:
             raise
         await self._store.mark_published([e.event_id for e in claimed], self._clock())
         self.republished += len(claimed)
+        self.metrics.events_published.labels("relay").inc(len(claimed))
         log.info(
             "relay.republished", count=len(claimed), event_ids=[e.event_id for e in claimed[:10]]
         )

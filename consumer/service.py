@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -28,7 +29,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumer import dedup
 from consumer.crashpoints import CrashPoints
-from consumer.errors import BrokerError, LeaseStoreError, StoreError, WamidGuardError
+from consumer.errors import (
+    BrokerError,
+    DependencyError,
+    LeaseStoreError,
+    StoreError,
+    WamidGuardError,
+)
+from consumer.http import HttpServer, Response
+from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger, Partition
 from consumer.passthrough import PassThrough
 from consumer.pipeline import BatchProcessor, BatchReport, Pipeline, publish_claim
@@ -111,6 +120,10 @@ class Service:
         self._store: Store | None = None
         self._pipeline: BatchProcessor | None = None
         self._relay: Relay | None = None
+        self.metrics = Metrics()
+        self._http: HttpServer | None = None
+        self._last_loop = time.monotonic()
+        self._assigned = False  # an assignment arrived (possibly empty) and stands
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -121,6 +134,7 @@ class Service:
         died: the service must not go on without it.
         """
         try:
+            await self._start_http()
             await self.startup()
             loop_task = asyncio.create_task(self._main_loop(), name="poll-loop")
             side_tasks = []
@@ -246,9 +260,16 @@ class Service:
             worker_id=self.worker_id,
             interval_s=s.relay_interval_s,
             claim_for=publish_claim(s),
+            metrics=self.metrics,
         )
         return Pipeline(
-            s, leases, self._store, publisher, worker_id=self.worker_id, crash=self.crash
+            s,
+            leases,
+            self._store,
+            publisher,
+            worker_id=self.worker_id,
+            crash=self.crash,
+            metrics=self.metrics,
         )
 
     async def shutdown(self) -> None:
@@ -263,6 +284,8 @@ class Service:
             await _quietly(self._redis.aclose(), "redis.close")
         if self._store is not None:
             await _quietly(self._store.close(), "store.close")
+        if self._http is not None:
+            await _quietly(self._http.stop(), "http.stop")
         republished = self._relay.republished if self._relay else 0
         log.info(
             "service.stopped",
@@ -304,6 +327,7 @@ class Service:
                     self._settle(report)
                 await self._commit()
             self._apply_backpressure()
+            self._sample()
 
     async def _fetch(self) -> list[InboundRecord]:
         assert self._consumer is not None  # noqa: S101 - set in startup
@@ -322,6 +346,7 @@ class Service:
             timeout_ms=int(timeout_s * 1000), max_records=max(room, 1) if room > 0 else 1
         )
         new = [_inbound(m) for batch in fetched.values() for m in batch]
+        self.metrics.records_consumed.inc(len(new))
         for r in new:
             self.ledger.track((r.topic, r.partition), r.offset)
         return due + new
@@ -353,11 +378,15 @@ class Service:
         try:
             await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
         except CommitFailedError as exc:
+            self.metrics.offset_commits.labels("rejected").inc()
             log.warning("offsets.commit_rejected", error=str(exc), partitions=len(offsets))
             return
         except KafkaError as exc:
+            self.metrics.offset_commits.labels("failed").inc()
+            self.metrics.dependency_errors.labels("kafka", type(exc).__name__).inc()
             log.warning("offsets.commit_failed", error=repr(exc), partitions=len(offsets))
             return
+        self.metrics.offset_commits.labels("ok").inc()
         self.ledger.committed(offsets)
         log.debug("offsets.committed", offsets={f"{t}:{p}": o for (t, p), o in offsets.items()})
         self.crash.hit("after_offset_commit")
@@ -384,6 +413,85 @@ class Service:
                 self._paused_for_backpressure.discard(tp)
                 log.info("partition.resumed", topic=tp.topic, partition=tp.partition)
 
+    def _sample(self) -> None:
+        """Liveness, and the gauges only the loop can see (assignment, pauses, lag)."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        self._last_loop = time.monotonic()
+        m = self.metrics
+        m.last_poll.set(time.time())
+        assignment = self._consumer.assignment()
+        m.assigned_partitions.set(len(assignment))
+        m.paused_partitions.set(len(self._paused_for_backpressure))
+        lags = []
+        for tp in assignment:
+            high = self._consumer.highwater(tp)
+            durable = self.ledger.committable((tp.topic, tp.partition))
+            if high is not None:
+                lags.append((tp.topic, tp.partition, max(0, high - (durable or high))))
+        m.set_lag(lags)
+
+    # -- health ----------------------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        if s.metrics_port == 0:
+            return
+        self._http = HttpServer(
+            s.metrics_host,
+            s.metrics_port,
+            {"/metrics": self._metrics_page, "/healthz": self._healthz, "/readyz": self._readyz},
+        )
+        await self._http.start()
+
+    async def _metrics_page(self) -> Response:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+
+    def liveness(self) -> dict[str, object]:
+        """Alive while the poll loop keeps coming round (startup counts as coming round)."""
+        since = time.monotonic() - self._last_loop
+        return {
+            "ok": since < self.settings.liveness_timeout_s,
+            "seconds_since_poll": round(since, 3),
+            "liveness_timeout_s": self.settings.liveness_timeout_s,
+        }
+
+    async def _healthz(self) -> Response:
+        return _json_response(self.liveness())
+
+    async def readiness(self) -> dict[str, object]:
+        """Ready when the member holds its assignment (possibly empty: more members than
+        partitions), knows its group coordinator, and Redis and the database answer."""
+        checks: dict[str, dict[str, object]] = {"kafka": self._kafka_check()}
+        timeout_s = min(2.0, self.settings.liveness_timeout_s)
+        if self._redis is not None:
+            checks["redis"] = await _probe(dedup.ping(self._redis), timeout_s)
+        if self._store is not None:
+            checks["database"] = await _probe(self._store.ping(), timeout_s)
+        ok = all(c["ok"] for c in checks.values()) and not self._stop.is_set()
+        return {"ok": ok, "stopping": self._stop.is_set(), "checks": checks}
+
+    def _kafka_check(self) -> dict[str, object]:
+        consumer = self._consumer
+        if consumer is None:
+            return {"ok": False, "error": "not started"}
+        # aiokafka has no public "connected" flag: its group coordinator forgets the
+        # coordinator node when heartbeats or commits cannot reach it.
+        coordinator = getattr(getattr(consumer, "_coordinator", None), "coordinator_id", None)
+        assigned = len(consumer.assignment())
+        out: dict[str, object] = {
+            "ok": self._assigned and coordinator is not None,
+            "assigned_partitions": assigned,
+            "coordinator": coordinator,
+        }
+        if not self._assigned:
+            out["error"] = "no partition assignment yet (joining the group)"
+        elif coordinator is None:
+            out["error"] = "group coordinator unreachable"
+        return out
+
+    async def _readyz(self) -> Response:
+        return _json_response(await self.readiness())
+
     # -- rebalance -------------------------------------------------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -393,9 +501,12 @@ class Service:
             self.retries.drop(parts)
             self.ledger.forget(parts)
             self._paused_for_backpressure -= set(revoked)
+            self._assigned = False
         log.info("partitions.revoked", partitions=sorted(f"{t}:{p}" for t, p in parts))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned = True
+        self.metrics.assigned_partitions.set(len(assigned))
         log.info(
             "partitions.assigned",
             partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
@@ -451,6 +562,22 @@ def _accumulate(total: BatchReport, report: BatchReport) -> None:
     for name in report.counts():
         if name != "retry":
             setattr(total, name, getattr(total, name) + getattr(report, name))
+
+
+def _json_response(state: dict[str, object]) -> Response:
+    body = (json.dumps(state, default=str) + "\n").encode()
+    return (200 if state["ok"] else 503), "application/json", body
+
+
+async def _probe(check: Awaitable[object], timeout_s: float) -> dict[str, object]:
+    """Run one dependency check for readiness: ok, or why not (never raises)."""
+    try:
+        await asyncio.wait_for(check, timeout_s)
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {timeout_s:g}s"}
+    except DependencyError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True}
 
 
 async def _quietly(awaitable: object, what: str) -> None:

@@ -242,6 +242,29 @@ class Store:
             OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
         )
 
+    async def outbox_stats(self, now: dt.datetime) -> tuple[int, float]:
+        """How many events are not yet announced, and the age in seconds of the oldest
+        (0 when none): the outbox holds exactly those rows, and created_at is indexed."""
+        stmt = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).select_from(outbox)
+        try:
+            async with self._engine.connect() as conn:
+                count, oldest = (await conn.execute(stmt)).one()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"reading the outbox backlog failed: {exc}") from exc
+        if oldest is None:
+            return int(count), 0.0
+        if oldest.tzinfo is None:  # SQLite keeps no zone; we write UTC
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        return int(count), max(0.0, (now - oldest).total_seconds())
+
+    async def ping(self) -> None:
+        """One round trip, for readiness."""
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"the database does not answer: {exc}") from exc
+
     async def close(self) -> None:
         await self._engine.dispose()
 

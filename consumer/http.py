@@ -1,0 +1,104 @@
+"""The member's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+A few GET routes on asyncio's own server, in the service's event loop (no thread, no
+framework): a handler sees the live state without locks. Each connection answers one
+request and closes, which is all Prometheus and container health checks need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from consumer.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+Response = tuple[int, str, bytes]  # status, content type, body
+Route = Callable[[], Awaitable[Response]]
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_READ_TIMEOUT_S = 5.0
+_MAX_HEADER_LINES = 100
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, routes: dict[str, Route]) -> None:
+        self._host = host
+        self._port = port
+        self._routes = routes
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the asked one, or the kernel's choice for port 0)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        except OSError as exc:
+            raise ConfigError(
+                "METRICS_PORT",
+                f"cannot listen on {self._host}:{self._port} ({exc.strerror or exc}); "
+                "choose a free port, or 0 to turn the endpoint off",
+            ) from exc
+        log.info("http.listening", host=self._host, port=self.port, paths=sorted(self._routes))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT_S)
+            status, ctype, body = await self._respond(method, path)
+            head = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            writer.write(head if method == "HEAD" else head + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            pass  # a client that went away or spoke nonsense: nothing to answer
+        finally:
+            writer.close()
+
+    async def _respond(self, method: str, path: str) -> Response:
+        route = self._routes.get(path.split("?", 1)[0])
+        if route is None:
+            return 404, "text/plain", b"not found\n"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET only\n"
+        return await route()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    line = (await reader.readline()).decode("latin-1").split()
+    if len(line) < 2:
+        raise ValueError("not an HTTP request")
+    for _ in range(_MAX_HEADER_LINES):
+        if (await reader.readline()) in (b"\r\n", b"\n", b""):
+            break
+    return line[0].upper(), line[1]
+
+
+def probe(url: str, timeout_s: float) -> tuple[bool, str]:
+    """GET a health URL: (healthy, what it said or why it could not be asked)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - operator's URL
+            return resp.status == 200, resp.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        return False, exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"cannot reach {url}: {reason}"

@@ -1,0 +1,217 @@
+"""Prometheus metrics: what happened to the records, and how healthy the member is.
+
+One :class:`Metrics` per service, on its own registry (tests and the bench run several
+in one process). The pipeline and the relay report into it; the service samples the
+gauges (assignment, lag, outbox) and serves it on ``/metrics`` (see :mod:`consumer.http`).
+Every name starts with ``wamid_guard_``; docs/operations.md explains each one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
+from consumer.records import Message
+
+# A batch takes milliseconds when healthy and up to the dependency timeouts when not.
+_BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Inbound-to-publish latency: tens of ms when caught up; minutes to hours under a backlog
+# or after an outage (Meta's clock adds its own delivery delay and 1-second resolution).
+_LATENCY_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+    6 * 3600,
+    24 * 3600,
+)
+
+_DEPENDENCY = {LeaseStoreError: "redis", StoreError: "database", BrokerError: "kafka"}
+
+
+def dependency_of(exc: DependencyError) -> str:
+    for kind, name in _DEPENDENCY.items():
+        if isinstance(exc, kind):
+            return name
+    return "other"
+
+
+class Metrics:
+    """Every metric of one consumer-group member."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.records_consumed = Counter(
+            "wamid_guard_records_consumed",
+            "Inbound records fetched from Kafka (first delivery to this member; retries "
+            "are counted in wamid_guard_records_retried_total).",
+            registry=r,
+        )
+        self.messages_stored = Counter(
+            "wamid_guard_messages_stored",
+            "Messages inserted into the messages table (one per (phone_number_id, wamid)).",
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "wamid_guard_duplicates",
+            "Duplicate message copies, by the layer that caught them: in_batch (same key "
+            "twice in one batch), lease_held (another worker holds the key: deferred), "
+            "done_marker (Redis knows it is stored), database (the unique constraint).",
+            ["layer"],
+            registry=r,
+        )
+        self.records_retried = Counter(
+            "wamid_guard_records_retried",
+            "Records sent back to this member's retry queue: deferred (a key held "
+            "elsewhere) or failure (a dependency failed).",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "wamid_guard_dead_lettered",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "wamid_guard_events_published",
+            "message_created events acknowledged by the broker, by path: pipeline (right "
+            "after the commit) or relay (an outbox row whose publish never happened).",
+            ["path"],
+            registry=r,
+        )
+        self.statuses = Counter(
+            "wamid_guard_statuses_ignored",
+            "Status updates (sent/delivered/read) seen in webhooks; they create no message.",
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "wamid_guard_leases_lost",
+            "Leases that ran out while their batch was still working (LEASE_TTL_S too "
+            "short); the database fence kept one row, an event may be announced twice.",
+            registry=r,
+        )
+        self.batches = Counter(
+            "wamid_guard_batches",
+            "Batches processed, by outcome (ok, or failed: a dependency failed and the "
+            "batch's unfinished records will be retried).",
+            ["outcome"],
+            registry=r,
+        )
+        self.dependency_errors = Counter(
+            "wamid_guard_dependency_errors",
+            "Errors talking to a dependency (redis, database, kafka), by the kind of the "
+            "underlying exception.",
+            ["dependency", "kind"],
+            registry=r,
+        )
+        self.offset_commits = Counter(
+            "wamid_guard_offset_commits",
+            "Offset commits, by outcome: ok, rejected (a rebalance took the partitions), "
+            "failed (the broker did not answer).",
+            ["outcome"],
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "wamid_guard_batch_duration_seconds",
+            "Time to run one batch through the pipeline (decode, lease, store, publish).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "wamid_guard_event_latency_seconds",
+            "End-to-end latency of a message_created event, from the inbound record's "
+            "Kafka timestamp (since=inbound_record) or Meta's message timestamp "
+            "(since=meta_timestamp, 1-second resolution) to the broker's ack of the event.",
+            ["since"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "wamid_guard_outbox_backlog",
+            "Outbox rows not yet published (stored messages whose event is not out yet).",
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "wamid_guard_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when the outbox is empty).",
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "wamid_guard_assigned_partitions",
+            "Inbound partitions assigned to this member.",
+            registry=r,
+        )
+        self.paused_partitions = Gauge(
+            "wamid_guard_paused_partitions",
+            "Assigned partitions paused for backpressure or a failing dependency.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "wamid_guard_consumer_lag",
+            "Records of an assigned partition not yet durable: the partition's high "
+            "watermark minus the offset this member would commit.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_poll = Gauge(
+            "wamid_guard_last_poll_timestamp_seconds",
+            "Unix time the poll loop last came round (liveness).",
+            registry=r,
+        )
+        self._lag_labels: set[tuple[str, str]] = set()
+        # Create the labelled series up front, so a dashboard shows 0 rather than nothing.
+        for layer in ("in_batch", "lease_held", "done_marker", "database"):
+            self.duplicates.labels(layer)
+        for path in ("pipeline", "relay"):
+            self.events_published.labels(path)
+        for reason in ("deferred", "failure"):
+            self.records_retried.labels(reason)
+        for outcome in ("ok", "failed"):
+            self.batches.labels(outcome)
+
+    def render(self) -> bytes:
+        """The text exposition format, for /metrics."""
+        return generate_latest(self.registry)
+
+    def dependency_error(self, exc: DependencyError) -> None:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        self.dependency_errors.labels(dependency_of(exc), type(cause).__name__).inc()
+
+    def published(self, messages: Sequence[Message], now_s: float | None = None) -> None:
+        """Latencies of events the broker just acknowledged, one pair per message."""
+        now = time.time() if now_s is None else now_s
+        inbound = self.event_latency.labels("inbound_record")
+        meta = self.event_latency.labels("meta_timestamp")
+        for m in messages:
+            inbound.observe(max(0.0, now - m.source.timestamp_ms / 1000))
+            try:
+                meta.observe(max(0.0, now - int(m.timestamp)))
+            except ValueError:
+                continue  # intake keeps Meta's string; a non-integer one is not a clock
+
+    def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
+        """Replace the lag series with the current assignment's."""
+        seen = set()
+        for topic, partition, lag in lags:
+            labels = (topic, str(partition))
+            seen.add(labels)
+            self.consumer_lag.labels(*labels).set(lag)
+        for labels in self._lag_labels - seen:
+            self.consumer_lag.remove(*labels)
+        self._lag_labels = seen
