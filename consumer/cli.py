@@ -5,6 +5,7 @@ python -m consumer migrate    create / upgrade the database schema
 python -m consumer produce    send webhook files to the inbound topic
 python -m consumer tail       follow the outbound topic
 python -m consumer demo       the whole flow on embedded services, with a summary
+python -m consumer health     ask a running member's /readyz (or /healthz): exit 0 or 1
 """
 
 from __future__ import annotations
@@ -154,6 +155,23 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic unique messages besides the samples (default 300)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    health = sub.add_parser(
+        "health",
+        help="check a running member over HTTP; exit 0 healthy, 1 not (for health checks)",
+    )
+    health.add_argument(
+        "--live",
+        action="store_true",
+        help="liveness (/healthz: the poll loop moves) instead of readiness (/readyz)",
+    )
+    health.add_argument(
+        "--url",
+        help="the member's base URL (default http://METRICS_HOST:METRICS_PORT, "
+        "with 127.0.0.1 for a wildcard host)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.set_defaults(func=cmd_health)
     return parser
 
 
@@ -193,6 +211,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
             bodies,
             duplicates=args.duplicates,
             spread=args.spread_partitions,
+            app_secret=settings.app_secret,
         )
     )
     print(
@@ -261,6 +280,23 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         profile_dir=Path(args.profile) if args.profile else None,
     )
     return bench.main(settings, cfg, as_json=args.json)
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.http import probe
+
+    base = args.url
+    if base is None:
+        if settings.metrics_port == 0:
+            print("health: the endpoint is off (METRICS_PORT=0); pass --url", file=sys.stderr)
+            return 1
+        host = settings.metrics_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a wildcard bind
+        base = f"http://{host}:{settings.metrics_port}"
+    url = base.rstrip("/") + ("/healthz" if args.live else "/readyz")
+    ok, detail = probe(url, args.timeout)
+    print(detail)
+    return 0 if ok else 1
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
