@@ -6,6 +6,7 @@ python -m consumer produce    send webhook files to the inbound topic
 python -m consumer tail       follow the outbound topic
 python -m consumer demo       the whole flow on embedded services, with a summary
 python -m consumer health     ask a running member's /readyz (or /healthz): exit 0 or 1
+python -m consumer dlq        list or replay dead letters (dlq list --help, dlq replay --help)
 """
 
 from __future__ import annotations
@@ -172,7 +173,84 @@ def _parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     health.set_defaults(func=cmd_health)
+    _add_dlq_parser(sub)
     return parser
+
+
+def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from consumer.records import Reason
+
+    dlq = sub.add_parser("dlq", help="list or replay dead letters (DLQ_TOPIC)")
+    dlq.set_defaults(func=cmd_dlq)
+    actions = dlq.add_subparsers(dest="dlq_command", required=True)
+    filters = argparse.ArgumentParser(add_help=False)
+    pick = filters.add_argument_group("filters (kinds combine with AND, repeats with OR)")
+    pick.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        choices=[str(r) for r in Reason],
+        help="why it was dead-lettered (the dlq.reason header)",
+    )
+    pick.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="dead-lettered at or after WHEN: ISO-8601 "
+        "(2026-05-09T03:00:00Z; UTC if no zone) or a duration ago (30m, 2h, 7d, 1h30m)",
+    )
+    pick.add_argument("--until", metavar="WHEN", help="dead-lettered before WHEN (same forms)")
+    pick.add_argument(
+        "--source-partition",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="came from this partition of the inbound topic",
+    )
+    pick.add_argument(
+        "--offset",
+        action="append",
+        default=[],
+        metavar="P:O",
+        help="the DLQ record at partition:offset (the first column of `dlq list`)",
+    )
+    pick.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="at most N (in read order: each partition oldest first)",
+    )
+    filters.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="stop reading after this long without a record (default 3)",
+    )
+    ls = actions.add_parser(
+        "list",
+        parents=[filters],
+        help="one line per dead letter, then a count per reason",
+        description="Read DLQ_TOPIC from the beginning (no consumer group, nothing committed) "
+        "and print one line per dead letter: DLQ partition:offset, reason, source "
+        "topic:partition:offset, age, size, detail. Bodies are personal data: never shown "
+        "unless --show-body.",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object a line (all headers)")
+    ls.add_argument("--show-body", action="store_true", help="also print the body (personal data)")
+    replay = actions.add_parser(
+        "replay",
+        parents=[filters],
+        help="re-send chosen dead letters to INBOUND_TOPIC",
+        description="Re-send the chosen dead letters to INBOUND_TOPIC with their original key, "
+        "value and headers (minus dlq.*, so x-hub-signature-256 is kept) plus "
+        "dlq.replayed_from=topic:partition:offset. Needs a filter or --all. Truncated dead "
+        "letters are refused. Safe to repeat: the pipeline dedups, a message already stored "
+        "is neither stored nor announced again. Exit 0 if all sent, 1 if a send failed, 2 on "
+        "bad arguments.",
+    )
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.add_argument("--dry-run", action="store_true", help="print what would be sent")
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -308,4 +386,40 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         partitions=args.partitions,
         duplicates=args.duplicates,
         messages=args.messages,
+    )
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer import dlq
+
+    try:
+        dlq.check_idle(args.idle)
+        selection = dlq.build_selection(
+            reasons=args.reason,
+            since=args.since,
+            until=args.until,
+            source_partitions=args.source_partition,
+            offsets=args.offset,
+            limit=args.limit,
+            now_ms=dlq.now_ms(),
+        )
+        if args.dlq_command == "replay":
+            dlq.require_filter(selection, replay_all=args.all)
+    except ConfigError as exc:
+        print(f"wamid-guard dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 2
+    if args.dlq_command == "list":
+        return asyncio.run(
+            dlq.list_letters(
+                settings,
+                selection,
+                out=sys.stdout,
+                err=sys.stderr,
+                as_json=args.json,
+                show_body=args.show_body,
+                idle_s=args.idle,
+            )
+        )
+    return asyncio.run(
+        dlq.replay(settings, selection, out=sys.stdout, dry_run=args.dry_run, idle_s=args.idle)
     )

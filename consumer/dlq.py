@@ -1,0 +1,670 @@
+"""`python -m consumer dlq list | replay`: the dead-letter topic, for the operator on call.
+
+``list`` prints one line per dead letter (where it sits, why it failed, where it came
+from, how old it is, how big); ``replay`` re-sends chosen dead letters to INBOUND_TOPIC
+exactly as they first arrived (key, value, headers), marked with ``dlq.replayed_from``.
+
+Why it is built this way:
+
+* The DLQ is read by partition assignment, without a consumer group (as ``tail`` does):
+  looking at it must not commit or move anybody's offsets.
+* Reading stops at what the topic held when the command started: a partition is done at
+  its first record written after that (a busy DLQ would otherwise never look idle), and
+  every partition is done after ``idle_s`` without a record (Tansu's end offsets are too
+  low to be trusted, see DESIGN).
+* Bodies are personal data: they are never printed unless ``--show-body`` is given.
+* Replay is safe to repeat: the pipeline dedups on (phone_number_id, wamid), so a
+  message that was stored already is not stored or announced twice.
+* A truncated dead letter (``dlq.original_size``) no longer holds the original body;
+  replaying it would turn a good webhook into a broken one, so it is refused.
+
+Pure parts (argument parsing, selection, rendering, replay planning) are separate from
+the two adapters that talk to Kafka (:class:`DlqReader`, :func:`send_replays`), which
+translate aiokafka errors into :class:`~consumer.errors.BrokerError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumer.errors import BrokerError, ConfigError
+from consumer.publish import producer_config
+from consumer.settings import Settings
+
+HEADER_PREFIX = "dlq."
+REPLAYED_FROM = "dlq.replayed_from"
+UNKNOWN_REASON = "unknown"
+
+# The service's producer allows 2 MiB a request, so every dead letter it writes that is
+# not truncated can be re-sent whole under the same limit.
+_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# Fetch more than that per partition: a record someone else wrote, however large, is
+# still listed (and its replay fails on its own, visibly, instead of stalling the read).
+_MAX_FETCH_BYTES = 4 * _MAX_REQUEST_BYTES
+# Records up to this much newer than the start still count: the service's clock and
+# ours may disagree a little; the bound only has to stop a busy DLQ from never ending.
+_HORIZON_SLACK_MS = 5_000
+_DETAIL_WIDTH = 80
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- one dead letter ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record of the dead-letter topic, with its ``dlq.*`` headers read out."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def from_record(cls, record: Any) -> DeadLetter:
+        """From an aiokafka ConsumerRecord."""
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=int(record.timestamp or 0),
+            key=record.key,
+            value=record.value,
+            headers=tuple((k, bytes(v or b"")) for k, v in record.headers or ()),
+        )
+
+    @property
+    def coordinates(self) -> str:
+        """``partition:offset``, the form ``--offset`` takes."""
+        return f"{self.partition}:{self.offset}"
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name, as text (the publisher writes ``dlq.*`` first)."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("utf-8", "replace")
+        return None
+
+    def int_header(self, name: str) -> int | None:
+        text = self.header(name)
+        try:
+            return int(text) if text is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def reason(self) -> str:
+        return self.header("dlq.reason") or UNKNOWN_REASON
+
+    @property
+    def detail(self) -> str:
+        return self.header("dlq.detail") or ""
+
+    @property
+    def source_partition(self) -> int | None:
+        return self.int_header("dlq.source.partition")
+
+    @property
+    def source(self) -> str:
+        """``topic:partition:offset`` of the inbound record that failed."""
+        parts = ("dlq.source.topic", "dlq.source.partition", "dlq.source.offset")
+        return ":".join(self.header(h) or "?" for h in parts)
+
+    @property
+    def failed_at_ms(self) -> int:
+        """When it was dead-lettered; the record's own timestamp if the header is missing."""
+        return self.int_header("dlq.failed_at_ms") or self.timestamp_ms
+
+    @property
+    def original_size(self) -> int | None:
+        """Set only when the publisher truncated the body to fit the DLQ."""
+        return self.int_header("dlq.original_size")
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"")
+
+    def original_headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The headers the inbound record had: everything but ``dlq.*``."""
+        return tuple((k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX))
+
+
+# --- choosing dead letters ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command acts on. Kinds combine with AND, repeats with OR."""
+
+    reasons: frozenset[str] = frozenset()
+    since_ms: int | None = None
+    until_ms: int | None = None
+    source_partitions: frozenset[int] = frozenset()
+    offsets: frozenset[tuple[int, int]] = frozenset()
+    limit: int | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """True if anything narrows the choice (``--limit`` alone does not count)."""
+        return bool(self.reasons or self.source_partitions or self.offsets) or (
+            self.since_ms is not None or self.until_ms is not None
+        )
+
+    def matches(self, letter: DeadLetter) -> bool:
+        failed = letter.failed_at_ms
+        return (
+            (not self.reasons or letter.reason in self.reasons)
+            and (self.since_ms is None or failed >= self.since_ms)
+            and (self.until_ms is None or failed < self.until_ms)
+            and (not self.source_partitions or letter.source_partition in self.source_partitions)
+            and (not self.offsets or (letter.partition, letter.offset) in self.offsets)
+        )
+
+
+def parse_duration_s(text: str) -> float | None:
+    """``90s``, ``30m``, ``2h``, ``7d``, ``1w`` or a sum like ``1h30m``; None otherwise."""
+    text = text.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_when_ms(text: str, *, now_ms: int, option: str) -> int:
+    """A point in time: a duration ago, or ISO-8601 (UTC when it names no zone, as
+    servers and Kafka timestamps are)."""
+    ago = parse_duration_s(text)
+    if ago is not None:
+        return now_ms - int(ago * 1000)
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            option,
+            f"{text!r} is neither an ISO-8601 time (2026-05-09T03:00:00Z) "
+            "nor a duration ago (30m, 2h, 7d)",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_offset(text: str) -> tuple[int, int]:
+    """``P:O`` as ``dlq list`` prints it in its first column."""
+    partition, sep, offset = text.strip().partition(":")
+    if sep and partition.isdigit() and offset.isdigit():
+        return int(partition), int(offset)
+    raise ConfigError("--offset", f"{text!r} is not PARTITION:OFFSET (e.g. 0:17)")
+
+
+def build_selection(
+    *,
+    reasons: Sequence[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+    source_partitions: Sequence[int] = (),
+    offsets: Sequence[str] = (),
+    limit: int | None = None,
+    now_ms: int,
+) -> Selection:
+    """The command-line filters as a Selection; a bad one raises ConfigError naming it."""
+    since_ms = parse_when_ms(since, now_ms=now_ms, option="--since") if since else None
+    until_ms = parse_when_ms(until, now_ms=now_ms, option="--until") if until else None
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise ConfigError("--since/--until", "--since must be earlier than --until")
+    if any(p < 0 for p in source_partitions):
+        raise ConfigError("--source-partition", "partitions are 0 or more")
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit", "must be 1 or more")
+    return Selection(
+        reasons=frozenset(reasons),
+        since_ms=since_ms,
+        until_ms=until_ms,
+        source_partitions=frozenset(source_partitions),
+        offsets=frozenset(parse_offset(o) for o in offsets),
+        limit=limit,
+    )
+
+
+def check_idle(idle_s: float) -> None:
+    if not idle_s > 0:
+        raise ConfigError("--idle", "must be more than 0 seconds")
+
+
+def require_filter(selection: Selection, *, replay_all: bool) -> None:
+    """Replaying the whole DLQ must be asked for by name, never happen by omission."""
+    if not (selection.filtered or replay_all):
+        raise ConfigError(
+            "filter",
+            "none given; name what to replay (--reason, --since, --until, --source-partition, "
+            "--offset) or pass --all to replay every dead letter",
+        )
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a pass over the DLQ matched, and which requested offsets it saw at all."""
+
+    selection: Selection
+    matched: int = 0
+    by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+    seen_offsets: set[tuple[int, int]] = field(default_factory=set)
+
+    def take(self, letter: DeadLetter) -> bool:
+        """Count `letter`; True if it is selected (matches and is within ``--limit``)."""
+        where = (letter.partition, letter.offset)
+        if where in self.selection.offsets:
+            self.seen_offsets.add(where)
+        if not self.selection.matches(letter):
+            return False
+        self.matched += 1
+        self.by_reason[letter.reason] += 1
+        return self.selection.limit is None or self.matched <= self.selection.limit
+
+    @property
+    def selected(self) -> int:
+        limit = self.selection.limit
+        return self.matched if limit is None else min(limit, self.matched)
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def humanise_age(seconds: float) -> str:
+    """``42s``, ``3m12s``, ``2h05m``, ``4d03h``: two units are enough at a glance."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def humanise_size(size: int) -> str:
+    if size < 1024:
+        return f"{size}B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f}KiB"
+    return f"{size / (1024 * 1024):.1f}MiB"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _body_text(value: bytes | None) -> str:
+    return (value or b"").decode("utf-8", "replace")
+
+
+def format_line(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> str:
+    """One readable line; no body unless asked (bodies are personal data)."""
+    size = humanise_size(letter.size)
+    if letter.original_size is not None:
+        size += f" (truncated from {humanise_size(letter.original_size)})"
+    line = (
+        f"{letter.coordinates} {letter.reason} source={letter.source} "
+        f"age={humanise_age((now_ms - letter.failed_at_ms) / 1000)} size={size} "
+        f"detail={orjson.dumps(_clip(letter.detail, _DETAIL_WIDTH)).decode()}"
+    )
+    replayed = letter.header(REPLAYED_FROM)
+    if replayed:
+        line += f" replayed_from={replayed}"
+    if show_body:
+        line += f"\n    body={orjson.dumps(_body_text(letter.value)).decode()}"
+    return line
+
+
+def as_dict(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> dict[str, Any]:
+    """Everything about a dead letter except its body (unless asked), for ``--json``."""
+    out: dict[str, Any] = {
+        "dlq": letter.coordinates,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "timestamp_ms": letter.timestamp_ms,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "source": letter.source,
+        "source_partition": letter.source_partition,
+        "failed_at_ms": letter.failed_at_ms,
+        "age_s": max(0, (now_ms - letter.failed_at_ms) // 1000),
+        "size": letter.size,
+        "original_size": letter.original_size,
+        "truncated": letter.original_size is not None,
+        "key": None if letter.key is None else letter.key.decode("utf-8", "backslashreplace"),
+        "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in letter.headers],
+    }
+    if show_body:
+        out["body"] = _body_text(letter.value)
+    return out
+
+
+def _counts(counter: Mapping[str, int]) -> str:
+    return " ".join(f"{k}={n}" for k, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def format_summary(topic: str, tally: Tally) -> str:
+    """The closing line: how many, and how many of each reason."""
+    if not tally.matched:
+        return f"no dead letters matched in {topic}"
+    shown = "" if tally.selected == tally.matched else f", showing {tally.selected} (--limit)"
+    return f"{tally.matched} dead letter(s) in {topic}{shown}: {_counts(tally.by_reason)}"
+
+
+# --- replay planning ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """One record to send to the inbound topic, as it first arrived plus its origin."""
+
+    letter: DeadLetter
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A selected (or requested) dead letter that will not be sent, and why."""
+
+    coordinates: str
+    kind: str
+    why: str
+
+
+def plan_replay(letter: DeadLetter, inbound_topic: str) -> Replay | Skip:
+    """Strip the ``dlq.*`` headers (keeping e.g. x-hub-signature-256) and mark the origin."""
+    if letter.original_size is not None:
+        return Skip(
+            letter.coordinates,
+            "truncated",
+            f"truncated to {humanise_size(letter.size)} of "
+            f"{humanise_size(letter.original_size)}; the DLQ no longer holds the original body",
+        )
+    origin = f"{letter.topic}:{letter.partition}:{letter.offset}"
+    return Replay(
+        letter=letter,
+        topic=inbound_topic,
+        key=letter.key,
+        value=letter.value,
+        headers=(*letter.original_headers(), (REPLAYED_FROM, origin.encode())),
+    )
+
+
+def missing_offsets(topic: str, tally: Tally, chosen: Iterable[DeadLetter]) -> list[Skip]:
+    """``--offset`` values that did not end up chosen, so the operator learns why."""
+    chosen_at = {(c.partition, c.offset) for c in chosen}
+    skips = []
+    for where in sorted(tally.selection.offsets - chosen_at):
+        coordinates = f"{where[0]}:{where[1]}"
+        if where in tally.seen_offsets:
+            skips.append(Skip(coordinates, "excluded", "excluded by the other filters or --limit"))
+        else:
+            skips.append(Skip(coordinates, "not found", f"no such record in {topic}"))
+    return skips
+
+
+# --- Kafka: reading the DLQ -----------------------------------------------------------
+
+
+class DlqReader:
+    """Reads the dead-letter topic from the beginning, without joining a group."""
+
+    def __init__(self, settings: Settings, *, idle_s: float) -> None:
+        self._settings = settings
+        self._idle_s = idle_s
+        self._topics: set[str] = set()
+        self._tps: list[TopicPartition] = []
+        self._horizon_ms = now_ms() + _HORIZON_SLACK_MS
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{settings.client_id}-dlq",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+            max_partition_fetch_bytes=_MAX_FETCH_BYTES,
+        )
+
+    async def __aenter__(self) -> DlqReader:
+        try:
+            await self._consumer.start()
+            self._topics = set(await self._consumer.topics())
+        except KafkaError as exc:
+            await self._consumer.stop()
+            raise BrokerError(_unreachable(self._settings, exc)) from exc
+        try:
+            self.require_topic("DLQ_TOPIC", self._settings.dlq_topic)
+            partitions = self._consumer.partitions_for_topic(self._settings.dlq_topic) or ()
+            self._tps = [TopicPartition(self._settings.dlq_topic, p) for p in sorted(partitions)]
+            self._consumer.assign(self._tps)
+            await self._consumer.seek_to_beginning(*self._tps)
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._consumer.stop()
+
+    def require_topic(self, setting: str, topic: str) -> None:
+        """Fail early, naming the setting, rather than wait on a topic that is not there."""
+        if topic not in self._topics:
+            raise BrokerError(
+                f"{setting}={topic} does not exist on KAFKA_BOOTSTRAP_SERVERS="
+                f"{self._settings.kafka_bootstrap_servers} (check the name)"
+            )
+
+    async def letters(self) -> AsyncIterator[DeadLetter]:
+        """Every dead letter the topic held when the command started, per partition in
+        offset order. A partition is done at its first newer record; all are done after
+        `idle_s` without any record."""
+        pending = set(self._tps)
+        last = time.monotonic()
+        while pending and time.monotonic() - last < self._idle_s:
+            batch = await self._fetch()
+            for tp, records in batch.items():
+                for record in records:
+                    last = time.monotonic()
+                    if (record.timestamp or 0) > self._horizon_ms:
+                        pending.discard(tp)
+                        self._consumer.pause(tp)
+                        break
+                    yield DeadLetter.from_record(record)
+
+    async def _fetch(self) -> dict[Any, list[Any]]:
+        try:
+            return dict(await self._consumer.getmany(timeout_ms=200))
+        except KafkaError as exc:
+            raise BrokerError(
+                f"reading DLQ_TOPIC={self._settings.dlq_topic} failed: {exc!r}"
+            ) from exc
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> str:
+    return f"cannot reach KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: {exc!r}"
+
+
+# --- Kafka: sending replays -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The outcome of one replay: where it landed, or the error."""
+
+    replay: Replay
+    partition: int | None = None
+    offset: int | None = None
+    error: str | None = None
+
+
+async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Sent]:
+    """Send every replay (acks=all) and report each outcome; one failure does not stop
+    the others, so the summary can say exactly what went through."""
+    producer = AIOKafkaProducer(
+        **producer_config(
+            settings.kafka_bootstrap_servers,
+            client_id=f"{settings.client_id}-dlq-replay",
+            request_timeout_s=settings.kafka_request_timeout_s,
+            max_request_bytes=_MAX_REQUEST_BYTES,
+        )
+    )
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerError(_unreachable(settings, exc)) from exc
+    try:
+        pending = [(r, await _start_send(producer, r)) for r in replays]
+        return [await _settle(r, future) for r, future in pending]
+    finally:
+        await producer.stop()
+
+
+async def _start_send(producer: AIOKafkaProducer, replay: Replay) -> Any:
+    """The delivery future, or the error if the send could not even be queued."""
+    try:
+        return await producer.send(
+            replay.topic, value=replay.value, key=replay.key, headers=list(replay.headers)
+        )
+    except KafkaError as exc:
+        return exc
+
+
+async def _settle(replay: Replay, future: Any) -> Sent:
+    if isinstance(future, KafkaError):
+        return Sent(replay, error=repr(future))
+    try:
+        meta = await future
+    except KafkaError as exc:
+        return Sent(replay, error=repr(exc))
+    return Sent(replay, partition=meta.partition, offset=meta.offset)
+
+
+# --- the two commands -----------------------------------------------------------------
+
+
+async def list_letters(
+    settings: Settings,
+    selection: Selection,
+    *,
+    out: TextIO,
+    err: TextIO,
+    as_json: bool = False,
+    show_body: bool = False,
+    idle_s: float = 3.0,
+) -> int:
+    """Print the selected dead letters and a per-reason summary (to stderr with
+    ``--json``, so stdout stays one JSON object a line)."""
+    tally = Tally(selection)
+    now = now_ms()
+    async with DlqReader(settings, idle_s=idle_s) as reader:
+        async for letter in reader.letters():
+            if not tally.take(letter):
+                continue
+            if as_json:
+                line = orjson.dumps(as_dict(letter, now_ms=now, show_body=show_body)).decode()
+            else:
+                line = format_line(letter, now_ms=now, show_body=show_body)
+            print(line, file=out, flush=True)
+    print(format_summary(settings.dlq_topic, tally), file=err if as_json else out)
+    return 0
+
+
+async def choose(
+    settings: Settings, selection: Selection, *, idle_s: float
+) -> tuple[list[DeadLetter], Tally]:
+    """Read the DLQ to the end and keep the selected letters, before anything is sent:
+    a replay that fails again must not be read back and replayed in the same run."""
+    tally = Tally(selection)
+    async with DlqReader(settings, idle_s=idle_s) as reader:
+        reader.require_topic("INBOUND_TOPIC", settings.inbound_topic)
+        chosen = [letter async for letter in reader.letters() if tally.take(letter)]
+    return chosen, tally
+
+
+async def replay(
+    settings: Settings,
+    selection: Selection,
+    *,
+    out: TextIO,
+    dry_run: bool = False,
+    idle_s: float = 3.0,
+) -> int:
+    """Re-send the selected dead letters to INBOUND_TOPIC; 1 if any send failed."""
+    chosen, tally = await choose(settings, selection, idle_s=idle_s)
+    plans = [plan_replay(letter, settings.inbound_topic) for letter in chosen]
+    replays = [p for p in plans if isinstance(p, Replay)]
+    skips = [p for p in plans if isinstance(p, Skip)]
+    skips += missing_offsets(settings.dlq_topic, tally, chosen)
+    for skip in skips:
+        print(f"skip {skip.coordinates}: {skip.why}", file=out)
+    if dry_run:
+        for r in replays:
+            print(_would_send(r), file=out)
+        print(f"dry run, nothing sent: would send {len(replays)}{_skipped(skips)}", file=out)
+        return 0
+    results = await send_replays(settings, replays)
+    for result in results:
+        print(_sent_line(result), file=out)
+    failed = sum(1 for r in results if r.error)
+    print(
+        f"replay to {settings.inbound_topic}: sent {len(results) - failed}, failed {failed}"
+        f"{_skipped(skips)}. Safe to repeat: the pipeline drops messages it already stored.",
+        file=out,
+    )
+    return 1 if failed else 0
+
+
+def _would_send(r: Replay) -> str:
+    names = ",".join(k for k, _ in r.headers) or "-"
+    return (
+        f"would send {r.letter.coordinates} -> {r.topic} ({r.letter.reason}, source="
+        f"{r.letter.source}, size={humanise_size(r.letter.size)}, headers={names})"
+    )
+
+
+def _sent_line(result: Sent) -> str:
+    letter = result.replay.letter
+    if result.error:
+        return f"FAILED {letter.coordinates} ({letter.reason}): {result.error}"
+    return (
+        f"sent {letter.coordinates} -> {result.replay.topic}:{result.partition}:"
+        f"{result.offset} ({letter.reason}, source={letter.source})"
+    )
+
+
+def _skipped(skips: Sequence[Skip]) -> str:
+    if not skips:
+        return ", skipped 0"
+    kinds = collections.Counter(s.kind for s in skips)
+    return f", skipped {len(skips)} ({', '.join(f'{k}: {n}' for k, n in kinds.most_common())})"

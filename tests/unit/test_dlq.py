@@ -1,0 +1,344 @@
+"""The dead-letter tools' pure parts: filters, selection, rendering, replay planning.
+
+Dead letters are built by the real :class:`Publisher` (over a recording producer), so
+these tests read exactly the headers the service writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from consumer import dlq
+from consumer.errors import ConfigError
+from consumer.publish import Publisher
+from consumer.records import InboundRecord, Invalid, Reason
+
+NOW_MS = int(dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC).timestamp() * 1000)
+SIGNATURE = ("x-hub-signature-256", b"sha256=0123abcd")
+PERSONAL = b'{"object": "whatsapp_business_account", "name": "Jane Doe"'
+
+
+class _RecordingProducer:
+    """Stands in for AIOKafkaProducer: keeps what was sent, acknowledges at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, **record: Any) -> asyncio.Future[None]:
+        self.sent.append({"topic": topic, **record})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _dead_letter(
+    reason: Reason = Reason.NOT_JSON,
+    *,
+    value: bytes = PERSONAL,
+    key: bytes | None = b"k1",
+    headers: tuple[tuple[str, bytes], ...] = (SIGNATURE,),
+    source_partition: int = 2,
+    source_offset: int = 455,
+    at: tuple[int, int] = (0, 17),
+    max_request_bytes: int = 1 << 20,
+) -> dlq.DeadLetter:
+    """A DeadLetter as the real Publisher would write it for one bad inbound record."""
+    record = InboundRecord(
+        "webhooks", source_partition, source_offset, key, value, headers, NOW_MS - 60_000
+    )
+    producer = _RecordingProducer()
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=max_request_bytes)  # type: ignore[arg-type]
+    asyncio.run(publisher.dead_letter([Invalid(record, reason, "Expecting value: line 1")]))
+    (sent,) = producer.sent
+    return dlq.DeadLetter(
+        topic=sent["topic"],
+        partition=at[0],
+        offset=at[1],
+        timestamp_ms=NOW_MS,
+        key=sent["key"],
+        value=sent["value"],
+        headers=tuple(sent["headers"]),
+    )
+
+
+# --- parsing the filters ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1h30m", 5400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Relative times use s/m/h/d/w and may be summed."""
+    assert dlq.parse_duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "m", "30x", "1h 30m", "h1", "-2h", ""])
+def test_not_durations(text: str) -> None:
+    """Anything else is not a duration (and is then tried as ISO-8601)."""
+    assert dlq.parse_duration_s(text) is None
+
+
+def test_when_relative_and_iso() -> None:
+    """A duration counts back from now; ISO-8601 without a zone is UTC."""
+    assert dlq.parse_when_ms("2h", now_ms=NOW_MS, option="--since") == NOW_MS - 7_200_000
+    utc = int(dt.datetime(2026, 11, 28, 22, 15, tzinfo=dt.UTC).timestamp() * 1000)
+    for text in ("2026-11-28T22:15:00Z", "2026-11-28T23:15:00+01:00", "2026-11-28 22:15"):
+        assert dlq.parse_when_ms(text, now_ms=NOW_MS, option="--since") == utc
+    midnight = int(dt.datetime(2026, 11, 28, tzinfo=dt.UTC).timestamp() * 1000)
+    assert dlq.parse_when_ms("2026-11-28", now_ms=NOW_MS, option="--until") == midnight
+
+
+def test_bad_when_names_the_option() -> None:
+    """A time that is neither form fails with the option's name and both accepted forms."""
+    with pytest.raises(ConfigError, match=r"--until: 'yesterday' is neither an ISO-8601"):
+        dlq.parse_when_ms("yesterday", now_ms=NOW_MS, option="--until")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"since": "1h", "until": "2h"}, "--since/--until"),
+        ({"source_partitions": [-1]}, "--source-partition"),
+        ({"limit": 0}, "--limit"),
+        ({"offsets": ["17"]}, "--offset"),
+        ({"offsets": ["0:x"]}, "--offset"),
+        ({"since": "soon"}, "--since"),
+    ],
+)
+def test_bad_filters_are_refused(kwargs: dict[str, Any], option: str) -> None:
+    """Every malformed filter is a ConfigError naming the option (the CLI exits 2)."""
+    with pytest.raises(ConfigError) as caught:
+        dlq.build_selection(now_ms=NOW_MS, **kwargs)
+    assert caught.value.setting == option
+
+
+def test_build_selection() -> None:
+    """The CLI's strings become a Selection of sets and epoch milliseconds."""
+    selection = dlq.build_selection(
+        reasons=["not_json", "bad_shape", "not_json"],
+        since="7d",
+        until="30m",
+        source_partitions=[1, 3],
+        offsets=["0:17", " 2:5 "],
+        limit=10,
+        now_ms=NOW_MS,
+    )
+    assert selection == dlq.Selection(
+        reasons=frozenset({"not_json", "bad_shape"}),
+        since_ms=NOW_MS - 7 * 86_400_000,
+        until_ms=NOW_MS - 1_800_000,
+        source_partitions=frozenset({1, 3}),
+        offsets=frozenset({(0, 17), (2, 5)}),
+        limit=10,
+    )
+
+
+def test_replay_needs_a_filter_or_all() -> None:
+    """Replaying everything must be asked for by name; --limit alone is not a filter."""
+    with pytest.raises(ConfigError, match="--all"):
+        dlq.require_filter(dlq.Selection(), replay_all=False)
+    with pytest.raises(ConfigError, match="--all"):
+        dlq.require_filter(dlq.Selection(limit=5), replay_all=False)
+    dlq.require_filter(dlq.Selection(), replay_all=True)
+    dlq.require_filter(dlq.Selection(reasons=frozenset({"not_json"})), replay_all=False)
+    dlq.require_filter(dlq.Selection(since_ms=0), replay_all=False)
+    dlq.require_filter(dlq.Selection(offsets=frozenset({(0, 1)})), replay_all=False)
+
+
+# --- reading a dead letter and choosing ---------------------------------------------
+
+
+def test_dead_letter_reads_the_publishers_headers() -> None:
+    """Everything the publisher writes is read back: reason, detail, source, failure time."""
+    letter = _dead_letter()
+    assert letter.reason == "not_json"
+    assert letter.detail == "Expecting value: line 1"
+    assert letter.source == "webhooks:2:455"
+    assert letter.source_partition == 2
+    assert abs(letter.failed_at_ms - time.time() * 1000) < 60_000, "stamped now"
+    assert letter.original_size is None
+    assert letter.coordinates == "0:17"
+    assert letter.size == len(PERSONAL)
+
+
+def test_missing_headers_fall_back() -> None:
+    """A record someone wrote by hand: unknown reason, record timestamp as failure time."""
+    letter = dlq.DeadLetter("dlq", 0, 3, NOW_MS - 5000, None, b"x", (("dlq.failed_at_ms", b"?"),))
+    assert letter.reason == dlq.UNKNOWN_REASON
+    assert letter.failed_at_ms == NOW_MS - 5000
+    assert letter.source == "?:?:?"
+    assert letter.source_partition is None
+
+
+def test_selection_combines_kinds_with_and_repeats_with_or() -> None:
+    """Each filter kind narrows; several values of one kind widen."""
+    json2 = _dead_letter(Reason.NOT_JSON, source_partition=2, at=(0, 1))
+    shape0 = _dead_letter(Reason.BAD_SHAPE, source_partition=0, at=(1, 4))
+    both = dlq.Selection(reasons=frozenset({"not_json", "bad_shape"}))
+    assert both.matches(json2)
+    assert both.matches(shape0)
+    narrow = dlq.Selection(reasons=frozenset({"not_json"}), source_partitions=frozenset({0}))
+    assert not narrow.matches(json2)
+    assert not narrow.matches(shape0)
+    assert dlq.Selection(offsets=frozenset({(1, 4)})).matches(shape0)
+    assert not dlq.Selection(offsets=frozenset({(1, 4)})).matches(json2)
+
+
+def test_selection_by_time_uses_the_failure_time() -> None:
+    """--since is inclusive, --until exclusive, both against dlq.failed_at_ms."""
+    letter = dlq.DeadLetter(
+        "dlq", 0, 0, NOW_MS, None, b"x", (("dlq.failed_at_ms", str(NOW_MS - 3_600_000).encode()),)
+    )
+    assert dlq.Selection(since_ms=NOW_MS - 3_600_000).matches(letter)
+    assert not dlq.Selection(since_ms=NOW_MS - 3_599_999).matches(letter)
+    assert dlq.Selection(until_ms=NOW_MS - 3_599_999).matches(letter)
+    assert not dlq.Selection(until_ms=NOW_MS - 3_600_000).matches(letter)
+
+
+def test_tally_counts_every_match_but_selects_up_to_the_limit() -> None:
+    """--limit caps what is acted on; the summary still counts every match per reason."""
+    tally = dlq.Tally(dlq.Selection(reasons=frozenset({"not_json", "oversize"}), limit=2))
+    letters = [
+        _dead_letter(Reason.NOT_JSON, at=(0, 0)),
+        _dead_letter(Reason.BAD_SHAPE, at=(0, 1)),
+        _dead_letter(Reason.NOT_JSON, at=(0, 2)),
+        _dead_letter(Reason.OVERSIZE, at=(0, 3)),
+    ]
+    assert [tally.take(letter) for letter in letters] == [True, False, True, False]
+    assert tally.matched == 3
+    assert tally.selected == 2
+    assert dict(tally.by_reason) == {"not_json": 2, "oversize": 1}
+    assert dlq.format_summary("dlq", tally) == (
+        "3 dead letter(s) in dlq, showing 2 (--limit): not_json=2 oversize=1"
+    )
+
+
+def test_summary_when_nothing_matched() -> None:
+    """An empty result says so and names the topic (a wrong DLQ_TOPIC shows here)."""
+    assert dlq.format_summary("dlq", dlq.Tally(dlq.Selection())) == "no dead letters matched in dlq"
+
+
+def test_requested_offsets_that_were_not_chosen_are_explained() -> None:
+    """An --offset that is not in the topic, or was filtered out, is reported, not ignored."""
+    selection = dlq.Selection(reasons=frozenset({"not_json"}), offsets=frozenset({(0, 1), (0, 2)}))
+    tally = dlq.Tally(selection)
+    shape = _dead_letter(Reason.BAD_SHAPE, at=(0, 1))
+    assert not tally.take(shape)
+    skips = dlq.missing_offsets("dlq", tally, [])
+    assert [(s.coordinates, s.kind) for s in skips] == [("0:1", "excluded"), ("0:2", "not found")]
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-3, "0s"), (42, "42s"), (192, "3m12s"), (7500, "2h05m"), (4 * 86400 + 3 * 3600, "4d03h")],
+)
+def test_humanised_age(seconds: float, text: str) -> None:
+    """Ages read at a glance, two units at most."""
+    assert dlq.humanise_age(seconds) == text
+
+
+def test_humanised_size() -> None:
+    """Sizes in B, KiB or MiB with one decimal."""
+    assert [dlq.humanise_size(n) for n in (812, 1536, 3 * 1024 * 1024)] == [
+        "812B",
+        "1.5KiB",
+        "3.0MiB",
+    ]
+
+
+def test_line_has_the_facts_and_no_body() -> None:
+    """The line names place, reason, source, age, size and detail; the body (personal
+    data) appears only with show_body."""
+    letter = _dead_letter()
+    line = dlq.format_line(letter, now_ms=letter.failed_at_ms + 192_000)
+    assert line == (
+        '0:17 not_json source=webhooks:2:455 age=3m12s size=58B detail="Expecting value: line 1"'
+    )
+    assert "Jane" not in line
+    shown = dlq.format_line(letter, now_ms=NOW_MS, show_body=True)
+    assert "Jane Doe" in shown.splitlines()[1]
+
+
+def test_line_shows_truncation_replays_and_clips_detail() -> None:
+    """Truncated bodies show both sizes; a re-dead-lettered replay shows its origin;
+    long details are cut to keep one line a record."""
+    big = _dead_letter(Reason.OVERSIZE, value=b"x" * 200_000, max_request_bytes=160 * 1024)
+    assert "size=96.0KiB (truncated from 195.3KiB)" in dlq.format_line(big, now_ms=NOW_MS)
+    replayed = _dead_letter(headers=(SIGNATURE, (dlq.REPLAYED_FROM, b"dlq:0:3")))
+    assert dlq.format_line(replayed, now_ms=NOW_MS).endswith(" replayed_from=dlq:0:3")
+    long = dlq.DeadLetter("dlq", 0, 0, NOW_MS, None, b"", (("dlq.detail", b"y" * 500),))
+    detail = dlq.format_line(long, now_ms=NOW_MS).split("detail=")[1]
+    assert len(orjson.loads(detail)) == 80
+
+
+def test_json_has_all_headers_and_no_body() -> None:
+    """--json is machine-readable: every header, the coordinates, no body unless asked."""
+    letter = _dead_letter()
+    out = dlq.as_dict(letter, now_ms=letter.failed_at_ms + 5000)
+    assert "body" not in out
+    assert orjson.dumps(out).find(b"Jane") == -1
+    assert out["dlq"] == "0:17"
+    assert out["reason"] == "not_json"
+    assert out["source"] == "webhooks:2:455"
+    assert out["age_s"] == 5
+    assert out["key"] == "k1"
+    assert out["truncated"] is False
+    names = [name for name, _ in out["headers"]]
+    assert names[:7] == [
+        "dlq.reason",
+        "dlq.detail",
+        "dlq.source.topic",
+        "dlq.source.partition",
+        "dlq.source.offset",
+        "dlq.source.timestamp_ms",
+        "dlq.failed_at_ms",
+    ]
+    assert ["x-hub-signature-256", "sha256=0123abcd"] in out["headers"]
+    assert dlq.as_dict(letter, now_ms=NOW_MS, show_body=True)["body"] == PERSONAL.decode()
+
+
+# --- replay planning ------------------------------------------------------------------
+
+
+def test_replay_restores_the_original_record() -> None:
+    """Original key, value and headers (dlq.* removed, the signature kept), plus where
+    it was replayed from."""
+    letter = _dead_letter()
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Replay)
+    assert (plan.topic, plan.key, plan.value) == ("webhooks", b"k1", PERSONAL)
+    assert plan.headers == (SIGNATURE, ("dlq.replayed_from", b"dlq:0:17"))
+
+
+def test_a_replay_dead_lettered_again_carries_one_origin() -> None:
+    """Replaying a dead letter that was itself a replay keeps one, current origin."""
+    again = _dead_letter(headers=(SIGNATURE, (dlq.REPLAYED_FROM, b"dlq:0:3")), at=(0, 9))
+    plan = dlq.plan_replay(again, "webhooks")
+    assert isinstance(plan, dlq.Replay)
+    assert plan.headers == (SIGNATURE, ("dlq.replayed_from", b"dlq:0:9"))
+
+
+def test_truncated_dead_letters_are_not_replayed() -> None:
+    """A truncated body is not the webhook Meta sent: refused, with both sizes."""
+    big = _dead_letter(Reason.OVERSIZE, value=b"x" * 200_000, max_request_bytes=160 * 1024)
+    plan = dlq.plan_replay(big, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert plan.kind == "truncated"
+    assert "195.3KiB" in plan.why
+
+
+def test_idle_must_be_positive() -> None:
+    """--idle 0 would stop before the first fetch and list nothing: refused."""
+    with pytest.raises(ConfigError, match="--idle"):
+        dlq.check_idle(0)
+    dlq.check_idle(0.5)
