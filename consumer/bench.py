@@ -305,6 +305,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
     for spy in spies:
         spy.wait(60)
     lines = _batch_lines(logs)

@@ -149,6 +149,7 @@ def _run(
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+            embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
     finally:
         for service in reversed(services):
             service.stop()

@@ -189,6 +189,29 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def delete_keys(url: str, prefix: str) -> int:
+    """Delete every key under `prefix:` (a run's leases and done markers, which would
+    otherwise sit in a shared Redis for DONE_TTL_S). Returns how many; 0 if unreachable."""
+    import redis  # the sync client: called from sync teardown code
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.unlink(*batch))
+    except (redis.RedisError, OSError):
+        return deleted
+    finally:
+        client.close()
+    return deleted
+
+
 @contextlib.contextmanager
 def workdir(prefix: str = "wamid-guard-") -> Iterator[Path]:
     """A temporary folder for logs and the SQLite file, removed afterwards."""

@@ -64,8 +64,12 @@ def redis_url(services_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def key_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key space of the test's own, emptied afterwards: the done markers live
+    for days, and the machine's Redis outlives the test run."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield prefix
+    embedded.delete_keys(redis_url, prefix)
 
 
 @pytest.fixture
