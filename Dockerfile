@@ -23,6 +23,16 @@ RUN pip install --no-cache-dir . \
 WORKDIR /app
 USER wamid
 
+# Liveness of a `run` container: GET /healthz on METRICS_HOST:METRICS_PORT (127.0.0.1 when
+# the host is a wildcard), healthy while the poll loop keeps coming round. Not readiness:
+# /readyz also fails while Redis or the database is down or a rebalance is in progress,
+# which restarting cannot fix (docs/operations.md, "Health"). `|| exit 1` because Docker
+# reserves exit code 2, which the CLI uses for a bad configuration. One-shot commands
+# (migrate, tail, produce, dlq) serve no endpoint: run them with --no-healthcheck, or
+# `healthcheck: disable: true` in compose; with METRICS_PORT=0 turn the check off too.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD python -m consumer health --live || exit 1
+
 # The CLI installs SIGTERM/SIGINT handlers itself (graceful drain within SHUTDOWN_GRACE_S).
 ENTRYPOINT ["python", "-m", "consumer"]
 CMD ["run"]
