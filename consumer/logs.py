@@ -19,14 +19,27 @@ def _json_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was set up:
+    loggers are cached on first use, and a replaced stderr (a test's capture, a
+    daemoniser) must not leave them writing to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog (and the stdlib loggers of our libraries) once, at the edge."""
-    out = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    out: Any = stream or _Stderr()
+    tty = (stream or sys.stderr).isatty()
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json_dumps)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=tty)
     )
     structlog.configure(
         processors=[

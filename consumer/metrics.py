@@ -11,10 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
-from consumer.records import Message
+from consumer.records import Message, Reason
 
 # A batch takes milliseconds when healthy and up to the dependency timeouts when not.
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -56,6 +64,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* (CPU, memory, open files, start time) and python_info, as usual.
+        ProcessCollector(registry=r)
+        r.register(PLATFORM_COLLECTOR)
         self.records_consumed = Counter(
             "wamid_guard_records_consumed",
             "Inbound records fetched from Kafka (first delivery to this member; retries "
@@ -184,6 +195,10 @@ class Metrics:
             self.records_retried.labels(reason)
         for outcome in ("ok", "failed"):
             self.batches.labels(outcome)
+        for outcome in ("ok", "rejected", "failed"):
+            self.offset_commits.labels(outcome)
+        for reason in Reason:
+            self.dead_lettered.labels(str(reason))
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""

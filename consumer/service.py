@@ -50,6 +50,7 @@ from consumer.store import Store, create_engine
 log = structlog.get_logger(__name__)
 
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+_ENDS_EVERY_S = 5.0
 
 
 @dataclass(order=True, slots=True)
@@ -124,6 +125,11 @@ class Service:
         self._http: HttpServer | None = None
         self._last_loop = time.monotonic()
         self._assigned = False  # an assignment arrived (possibly empty) and stands
+        # Log-end offsets of paused partitions (a paused partition is not fetched, so its
+        # high watermark would stand still while its lag grows), refreshed in the background.
+        self._ends: dict[TopicPartition, int] = {}
+        self._ends_task: asyncio.Task[None] | None = None
+        self._ends_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -284,6 +290,8 @@ class Service:
             await _quietly(self._redis.aclose(), "redis.close")
         if self._store is not None:
             await _quietly(self._store.close(), "store.close")
+        if self._ends_task is not None:
+            self._ends_task.cancel()
         if self._http is not None:
             await _quietly(self._http.stop(), "http.stop")
         republished = self._relay.republished if self._relay else 0
@@ -424,11 +432,40 @@ class Service:
         m.paused_partitions.set(len(self._paused_for_backpressure))
         lags = []
         for tp in assignment:
-            high = self._consumer.highwater(tp)
+            fetched = self._consumer.highwater(tp)
+            high = max(fetched or 0, self._ends.get(tp, 0))
             durable = self.ledger.committable((tp.topic, tp.partition))
-            if high is not None:
-                lags.append((tp.topic, tp.partition, max(0, high - (durable or high))))
+            if fetched is not None or tp in self._ends:
+                lags.append(
+                    (tp.topic, tp.partition, max(0, high - (high if durable is None else durable)))
+                )
         m.set_lag(lags)
+        self._refresh_paused_ends()
+
+    def _refresh_paused_ends(self) -> None:
+        """Ask the broker, now and then, how far the paused partitions have grown."""
+        now = time.monotonic()
+        paused = set(self._paused_for_backpressure)
+        self._ends = {tp: o for tp, o in self._ends.items() if tp in paused}
+        if not paused or now - self._ends_at < _ENDS_EVERY_S:
+            return
+        if self._ends_task is not None and not self._ends_task.done():
+            return
+        self._ends_at = now
+        self._ends_task = asyncio.create_task(self._fetch_ends(paused), name="lag-ends")
+
+    async def _fetch_ends(self, partitions: set[TopicPartition]) -> None:
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        try:
+            ends = await asyncio.wait_for(
+                self._consumer.end_offsets(list(partitions)), self.settings.kafka_request_timeout_s
+            )
+        except (KafkaError, TimeoutError) as exc:  # the broker may be the reason we paused
+            log.debug("lag.end_offsets_failed", error=repr(exc))
+            return
+        self._ends.update(
+            {tp: int(o) for tp, o in ends.items() if tp in self._paused_for_backpressure}
+        )
 
     # -- health ----------------------------------------------------------------------
 

@@ -219,13 +219,26 @@ async def _check_redis_outage(
     assert s.get("wamid_guard_paused_partitions") == 4, "paused while degraded"
     lag = s.get("wamid_guard_consumer_lag", topic=settings.inbound_topic, partition="0")
     assert lag == 1, "the record stuck behind Redis is counted as lag"
+    # A paused partition is not fetched; its lag still grows with what arrives meanwhile.
+    # (One produce each: Tansu's end offset is the last batch's base + 1, see DESIGN.)
+    late = [(await kafka.send_each(settings, [(1, _body(f"wamid.LATE{i}"))]))[0] for i in range(3)]
+
+    def lag_grew() -> bool:
+        p1 = _scrape(base).get(
+            "wamid_guard_consumer_lag", topic=settings.inbound_topic, partition="1"
+        )
+        return p1 == 3
+
+    wait_until(lag_grew, 20, lambda: "partition 1's lag did not grow:\n" + _page(base))
+    ends = {**ends, 1: max(late) + 1}
 
     proxy.refuse(False)
     await kafka.wait_committed(settings, ends, explain=group.logs)
     wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 15, lambda: _get(f"{base}/readyz")[1])
     s = _scrape(base)
-    assert s.get("wamid_guard_messages_stored_total") == 32
-    assert s.get("wamid_guard_events_published_total", path="pipeline") == 32
+    assert s.get("wamid_guard_messages_stored_total") == 35
+    assert s.get("wamid_guard_events_published_total", path="pipeline") == 35
+    assert s.get("process_resident_memory_bytes") > 0
 
 
 def _check_health_cli(settings: Settings, *, live: bool, ready: bool) -> None:
