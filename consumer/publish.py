@@ -12,12 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumer.errors import BrokerError
 from consumer.events import OutboundEvent
 from consumer.records import Invalid
+
+log = structlog.get_logger(__name__)
 
 # Room left for headers and framing when a dead letter carries a large value.
 _DLQ_HEADROOM = 64 * 1024
@@ -27,11 +30,19 @@ class Publisher:
     """Wraps one producer shared by the pipeline (and later the outbox relay)."""
 
     def __init__(
-        self, producer: AIOKafkaProducer, *, dlq_topic: str, max_request_bytes: int
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        dlq_topic: str,
+        max_request_bytes: int,
+        debug: bool = False,
     ) -> None:
         self._producer = producer
         self._dlq_topic = dlq_topic
         self._max_value = max_request_bytes - _DLQ_HEADROOM
+        # At DEBUG, one line per acknowledged record with where the broker put it: the
+        # fault suite checks that everything acknowledged can be read back.
+        self._debug = debug
 
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
         """Send events and wait until the broker has acknowledged all of them."""
@@ -82,6 +93,16 @@ class Publisher:
             results = await asyncio.gather(*futures, return_exceptions=True)
         except KafkaError as exc:
             raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
+        if self._debug:
+            for (topic, _key, _value, headers), r in zip(sends, results, strict=True):
+                if not isinstance(r, BaseException):
+                    log.debug(
+                        "record.acked",
+                        topic=topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        event_id=dict(headers).get("event_id", b"").decode(),
+                    )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise BrokerError(

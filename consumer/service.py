@@ -192,7 +192,10 @@ class Service:
         await self._start_kafka()
         assert self._producer is not None  # noqa: S101 - set just above
         publisher = Publisher(
-            self._producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES
+            self._producer,
+            dlq_topic=s.dlq_topic,
+            max_request_bytes=MAX_REQUEST_BYTES,
+            debug=s.log_level.upper() == "DEBUG",
         )
         self._pipeline = self._build_flow(publisher)
         log.info(

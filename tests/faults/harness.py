@@ -18,6 +18,7 @@ from which docs/reliability.md's table is made (``python -m tests.faults.report`
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -314,9 +315,42 @@ class FaultRun:
             f"per partition {dict(by_partition)}; logs:\n{self.group.logs()}"
         )
         assert all(len(v) == 1 for v in ids.values()), f"P3: copies with two event_ids ({f})"
+        self._check_broker_kept_what_it_acked()
         if not self.crash:
             assert f.duplicate_events == 0, f"P3: duplicate events without a crash ({f})"
         assert self.dlq_coords == self.poison_coords, f"P4: dead letters != poison ({f})"
+
+    def _check_broker_kept_what_it_acked(self) -> None:
+        """Every event the broker acknowledged (the members log where it put each one at
+        DEBUG) is readable where it was put, and each outbound partition reads back
+        without holes: a loss that a duplicate happens to hide still fails here, and a
+        failure says whether the broker or wamid-guard lost the event."""
+        topic = self.settings.outbound_topic
+        acked = {
+            (int(e["partition"]), int(e["offset"])): e.get("event_id")
+            for p in self.group.procs
+            for e in p.named("record.acked")
+            if e.get("topic") == topic
+        }
+        assert acked, "no record.acked lines: the members must log at DEBUG for this check"
+        read = set(self.outbound_offsets)
+        lost = sorted(set(acked) - read)
+        assert not lost, (
+            f"the broker acknowledged {len(lost)} event(s) it does not return: "
+            f"{[(p, o, acked[(p, o)]) for p, o in lost[:10]]}"
+        )
+        by_partition: dict[int, list[int]] = collections.defaultdict(list)
+        for p, o in sorted(read):
+            by_partition[p].append(o)
+        holes = [
+            (p, a, b)
+            for p, offsets in by_partition.items()
+            for a, b in itertools.pairwise(offsets)
+            if b != a + 1
+        ]
+        assert not holes, (
+            f"outbound partitions read back with holes (partition, before, after): {holes[:10]}"
+        )
 
 
 def _report(figures: Figures) -> None:
