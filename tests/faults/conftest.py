@@ -132,18 +132,6 @@ def fault_env(
         env.close()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Scenarios marked `long_profile` run only with FAULT_PROFILE=long (deselected, and
-    said so, in the CI profile)."""
-    if Profile.current().name == "long":
-        return
-    chosen = [i for i in items if i.get_closest_marker("long_profile") is None]
-    left = [i for i in items if i.get_closest_marker("long_profile") is not None]
-    if left:
-        config.hook.pytest_deselected(items=left)
-        items[:] = chosen
-
-
 @pytest.fixture
 def profile() -> Profile:
     return Profile.current()
