@@ -33,70 +33,32 @@ from consumer.errors import EmbeddedServiceError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.settings import Settings
 
+
+def _one_message_hook(wamid: str, metadata: dict[str, str] | None) -> bytes:
+    """A webhook with one bare text message; without `metadata` it is unusable."""
+    value: dict[str, Any] = {
+        "messages": [{"id": wamid, "from": "1", "timestamp": "1", "type": "text"}]
+    }
+    if metadata is not None:
+        value["metadata"] = metadata
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
 POISON = [
     ("not-json", b"this is not json"),
     ("not-utf8", b'\xff\xfe{"object": 1}'),
-    (
-        "no-phone-number-id",
-        orjson.dumps(
-            {
-                "object": "whatsapp_business_account",
-                "entry": [
-                    {
-                        "id": "1",
-                        "changes": [
-                            {
-                                "field": "messages",
-                                "value": {
-                                    "messages": [
-                                        {
-                                            "id": "wamid.POISON",
-                                            "from": "1",
-                                            "timestamp": "1",
-                                            "type": "text",
-                                        }
-                                    ]
-                                },
-                            }
-                        ],
-                    }
-                ],
-            }
-        ),
-    ),
+    ("no-phone-number-id", _one_message_hook("wamid.POISON", None)),
 ]
-
-
 # A well-formed webhook that arrives without Meta's signature: dead-lettered as
 # signature_missing while WHATSAPP_APP_SECRET is set.
 UNSIGNED = (
     "unsigned",
-    orjson.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "1",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "metadata": {"phone_number_id": "106540352242922"},
-                                "messages": [
-                                    {
-                                        "id": "wamid.UNSIGNED",
-                                        "from": "1",
-                                        "timestamp": "1",
-                                        "type": "text",
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    ),
+    _one_message_hook("wamid.UNSIGNED", {"phone_number_id": "106540352242922"}),
 )
 EXPECTED_DEAD = len(POISON) + 1
 

@@ -32,6 +32,7 @@ import orjson
 
 from consumer.settings import Settings
 from tests.support import kafka
+from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, ConsumerProc, wait_until
 
 PNIDS = ("106540352242922", "106540352249999")
@@ -89,7 +90,8 @@ def make_traffic(
         pnid = PNIDS[rng.randrange(len(PNIDS))]
         wamids = [f"wamid.{run}.{j:06d}" for j in range(i, i + count)]
         expected |= {(pnid, w) for w in wamids}
-        bodies.append((_body(pnid, wamids, sender=f"1650555{rng.randrange(50):04d}"), count))
+        sender = f"1650555{rng.randrange(50):04d}"
+        bodies.append((text_webhook(pnid, *wamids, sender=sender, text="fault suite"), count))
         i += count
     records: list[tuple[int, bytes]] = []
     copies = 0
@@ -117,30 +119,6 @@ POISON = (
     b'{"object": "whatsapp_business_account", "entry": 7}',
     b'{"entry": [{"changes": [{"field": "messages", "value": {"messages": [{"from": "1"}]}}]}]}',
 )
-
-
-def _body(pnid: str, wamids: list[str], *, sender: str) -> bytes:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
-        "contacts": [{"profile": {"name": "Fault Test"}, "wa_id": sender}],
-        "messages": [
-            {
-                "from": sender,
-                "id": w,
-                "timestamp": "1749416383",
-                "type": "text",
-                "text": {"body": "fault suite"},
-            }
-            for w in wamids
-        ],
-    }
-    return orjson.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
-        }
-    )
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import time
 import types
 import uuid
@@ -27,6 +26,7 @@ from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, Invalid, Reason
 from consumer.settings import Settings
 from tests.support import kafka
+from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup
 
 pytestmark = pytest.mark.integration
@@ -418,29 +418,6 @@ async def test_a_busy_dlq_does_not_keep_list_running(
     assert written > elapsed * 3, "the DLQ was really busy the whole time"
 
 
-def _webhook(pnid: str, wamid: str) -> bytes:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "1555", "phone_number_id": pnid},
-        "contacts": [{"profile": {"name": "Test"}, "wa_id": "16505551234"}],
-        "messages": [
-            {
-                "from": "16505551234",
-                "id": wamid,
-                "timestamp": "1749416383",
-                "type": "text",
-                "text": {"body": "hello"},
-            }
-        ],
-    }
-    return json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
-        }
-    ).encode()
-
-
 async def _wait_inbound_committed(settings: Settings, group: ConsumerGroup) -> None:
     ends: dict[int, int] = collections.defaultdict(int)
     for r in await kafka.read_all(settings, settings.inbound_topic, idle_s=1.0):
@@ -458,7 +435,7 @@ async def test_round_trip_through_the_pipeline(
     still carries its signature and its origin."""
     s = group.settings
     _use_env(monkeypatch, s)
-    good = Letter("bad_shape", 3, 70, None, _webhook("111", "wamid.REPLAYED"), (SIGNATURE,))
+    good = Letter("bad_shape", 3, 70, None, text_webhook("111", "wamid.REPLAYED"), (SIGNATURE,))
     await _dead_letter(s, [good])
     group.start(1)
     group.wait_all_assigned()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import signal
 
 import pytest
@@ -11,46 +10,10 @@ import pytest
 from consumer.settings import Settings
 from tests.conftest import fixture_body
 from tests.support import kafka
+from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _body(pnid: str, *wamids: str, sender: str = "16505551234") -> bytes:
-    """A webhook with one change holding the given messages."""
-    return json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "1",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "1555",
-                                    "phone_number_id": pnid,
-                                },
-                                "contacts": [{"profile": {"name": "Test"}, "wa_id": sender}],
-                                "messages": [
-                                    {
-                                        "from": sender,
-                                        "id": w,
-                                        "timestamp": "1749416383",
-                                        "type": "text",
-                                        "text": {"body": f"hello {w}"},
-                                    }
-                                    for w in wamids
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    ).encode()
 
 
 def _assert_once_each(
@@ -91,7 +54,7 @@ async def test_same_wamid_two_numbers_is_two_messages(group: ConsumerGroup) -> N
     group.start(1)
     group.wait_all_assigned()
     ends = await kafka.send(
-        settings, [(0, _body("111", "wamid.SAME")), (1, _body("222", "wamid.SAME"))]
+        settings, [(0, text_webhook("111", "wamid.SAME")), (1, text_webhook("222", "wamid.SAME"))]
     )
     await kafka.wait_committed(settings, ends, explain=group.logs)
     _assert_once_each(
@@ -108,7 +71,11 @@ async def test_batch_then_resend_of_one(group: ConsumerGroup) -> None:
     group.start(1)
     group.wait_all_assigned()
     ends = await kafka.send(
-        settings, [(0, _body("111", "wamid.A", "wamid.B", "wamid.C")), (2, _body("111", "wamid.B"))]
+        settings,
+        [
+            (0, text_webhook("111", "wamid.A", "wamid.B", "wamid.C")),
+            (2, text_webhook("111", "wamid.B")),
+        ],
     )
     await kafka.wait_committed(settings, ends, explain=group.logs)
     _assert_once_each(
@@ -127,10 +94,10 @@ async def test_poison_goes_to_dlq_and_neighbours_are_processed(group: ConsumerGr
     ends = await kafka.send(
         settings,
         [
-            (0, _body("111", "wamid.BEFORE")),
+            (0, text_webhook("111", "wamid.BEFORE")),
             (0, b"not json at all"),
             (0, b"\xff\xfe\xfa"),
-            (0, _body("111", "wamid.AFTER")),
+            (0, text_webhook("111", "wamid.AFTER")),
         ],
     )
     await kafka.wait_committed(settings, ends, explain=group.logs)
@@ -160,7 +127,9 @@ async def test_sigterm_exits_zero_with_offsets_committed(group: ConsumerGroup) -
     settings = group.settings
     (proc,) = group.start(1)
     group.wait_all_assigned()
-    ends = await kafka.send(settings, [(p % 4, _body("111", f"wamid.T{p}")) for p in range(40)])
+    ends = await kafka.send(
+        settings, [(p % 4, text_webhook("111", f"wamid.T{p}")) for p in range(40)]
+    )
     await kafka.wait_committed(settings, ends, explain=group.logs)
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.log_tail()
@@ -203,10 +172,12 @@ async def test_sigkill_mid_stream(group: ConsumerGroup, how: str) -> None:
     group.wait_all_assigned()
     expected = {("111", f"wamid.K{i}") for i in range(240)}
     records = [
-        (i % 4, _body("111", f"wamid.K{i}", f"wamid.K{(i + 1) % 240}")) for i in range(0, 240, 2)
+        (i % 4, text_webhook("111", f"wamid.K{i}", f"wamid.K{(i + 1) % 240}"))
+        for i in range(0, 240, 2)
     ]
     records += [
-        (i % 4 + 1 if i % 4 < 3 else 0, _body("111", f"wamid.K{i}")) for i in range(0, 240, 3)
+        (i % 4 + 1 if i % 4 < 3 else 0, text_webhook("111", f"wamid.K{i}"))
+        for i in range(0, 240, 3)
     ]  # redeliveries on other partitions
     ends = await kafka.send(settings, records)
     if how == "sigkill":
@@ -226,8 +197,8 @@ async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> 
     (first,) = group.start(1, batch_max_records=5)
     group.wait_all_assigned()
     expected = {("111", f"wamid.S{i}") for i in range(300)}
-    records = [(i % 4, _body("111", f"wamid.S{i}")) for i in range(300)]
-    records += [((i + 1) % 4, _body("111", f"wamid.S{i}")) for i in range(0, 300, 4)]
+    records = [(i % 4, text_webhook("111", f"wamid.S{i}")) for i in range(300)]
+    records += [((i + 1) % 4, text_webhook("111", f"wamid.S{i}")) for i in range(0, 300, 4)]
     ends = await kafka.send(settings, records)
     wait_until(lambda: len(first.named("batch.done")) >= 2, 45, group.logs)
     group.start(1, batch_max_records=5)

@@ -26,35 +26,13 @@ from consumer.demo import settings_env
 from consumer.settings import Settings
 from tests.conftest import fixture_body
 from tests.support import kafka
+from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, wait_until
 from tests.support.proxy import ThreadedProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PNID = "106540352242922"
-
-
-def _body(*wamids: str, sender: str = "16505551234") -> bytes:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "1555", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Test"}, "wa_id": sender}],
-        "messages": [
-            {
-                "from": sender,
-                "id": w,
-                "timestamp": "1749416383",
-                "type": "text",
-                "text": {"body": "hi"},
-            }
-            for w in wamids
-        ],
-    }
-    hook = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
-    }
-    return json.dumps(hook).encode()
 
 
 class Scrape:
@@ -122,9 +100,12 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
         for e in json.loads(status_body)["entry"]
         for c in e["changes"]
     )
-    first = [(i % 4, _body(f"wamid.M{i}")) for i in range(30)]
+    first = [(i % 4, text_webhook(PNID, f"wamid.M{i}")) for i in range(30)]
     first += [
-        (1, _body("wamid.X", "wamid.X")),  # the same key twice in one webhook: in_batch
+        (
+            1,
+            text_webhook(PNID, "wamid.X", "wamid.X"),
+        ),  # the same key twice in one webhook: in_batch
         (2, b"not json"),
         (3, b"\xff\xfe"),
         (0, status_body),
@@ -134,7 +115,7 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
     # Redeliveries after the fact: 10 found by their done marker; one whose done marker
     # is gone (as after a Redis restart) found by the database's unique constraint.
     await _forget_done_marker(settings, "wamid.M0")
-    again = [((i + 1) % 4, _body(f"wamid.M{i}")) for i in range(10)]
+    again = [((i + 1) % 4, text_webhook(PNID, f"wamid.M{i}")) for i in range(10)]
     ends = await kafka.send(settings, again)
     await kafka.wait_committed(settings, ends, explain=group.logs)
 
@@ -203,7 +184,7 @@ async def _check_redis_outage(
     assert _get(f"{base}/healthz")[0] == 200, "an outage is not death: the loop goes on"
     _check_health_cli(settings, live=True, ready=False)
 
-    ends = await kafka.send(settings, [(0, _body("wamid.DURING"))])
+    ends = await kafka.send(settings, [(0, text_webhook(PNID, "wamid.DURING"))])
 
     def failing() -> bool:
         s = _scrape(base)
@@ -221,7 +202,10 @@ async def _check_redis_outage(
     assert lag == 1, "the record stuck behind Redis is counted as lag"
     # A paused partition is not fetched; its lag still grows with what arrives meanwhile.
     # (One produce each: Tansu's end offset is the last batch's base + 1, see DESIGN.)
-    late = [(await kafka.send_each(settings, [(1, _body(f"wamid.LATE{i}"))]))[0] for i in range(3)]
+    late = [
+        (await kafka.send_each(settings, [(1, text_webhook(PNID, f"wamid.LATE{i}"))]))[0]
+        for i in range(3)
+    ]
 
     def lag_grew() -> bool:
         p1 = _scrape(base).get(

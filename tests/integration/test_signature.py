@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,35 +20,13 @@ from consumer.records import InboundRecord, MessageKey, Reason
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
 from tests.support import kafka
+from tests.support.bodies import text_webhook
 
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-app-secret-4f2a"  # noqa: S105 - a made-up secret for the test
 PNID = "106540352242922"
 MAX_REQUEST_BYTES = 1024 * 1024
-
-
-def _body(wamid: str) -> bytes:
-    """A webhook with one text message."""
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Test"}, "wa_id": "16505551234"}],
-        "messages": [
-            {
-                "from": "16505551234",
-                "id": wamid,
-                "timestamp": "1749416383",
-                "type": "text",
-                "text": {"body": f"hello {wamid}"},
-            }
-        ],
-    }
-    body = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
-    }
-    return json.dumps(body).encode()
 
 
 def _signature(value: bytes, secret: str = SECRET) -> bytes:
@@ -113,7 +90,7 @@ async def test_signed_records_stored_others_dead_lettered(
     signature_missing / signature_invalid, their source coordinates, and no secret."""
     s = signed_settings
     bootstrap, topic = s.kafka_bootstrap_servers, s.inbound_topic
-    signed = {w: _body(w) for w in ("wamid.SIGNED.1", "wamid.SIGNED.2")}
+    signed = {w: text_webhook(PNID, w) for w in ("wamid.SIGNED.1", "wamid.SIGNED.2")}
     await produce.produce(
         bootstrap,
         topic,
@@ -123,13 +100,13 @@ async def test_signed_records_stored_others_dead_lettered(
         headers=[("X-Hub-Signature-256", b"sha256=stale"), ("trace", b"t-1")],
         app_secret=SECRET,
     )
-    upper = _body("wamid.SIGNED.UPPER")
+    upper = text_webhook(PNID, "wamid.SIGNED.UPPER")
     await kafka.send(s, [(1, upper)], headers=[("X-Hub-Signature-256", _signature(upper))])
-    unsigned = _body("wamid.UNSIGNED")
+    unsigned = text_webhook(PNID, "wamid.UNSIGNED")
     await produce.produce(bootstrap, topic, [("unsigned", unsigned)])  # no WHATSAPP_APP_SECRET
-    other_secret = _body("wamid.OTHER_SECRET")
-    other_bytes = _body("wamid.OTHER_BYTES")
-    malformed = _body("wamid.MALFORMED")
+    other_secret = text_webhook(PNID, "wamid.OTHER_SECRET")
+    other_bytes = text_webhook(PNID, "wamid.OTHER_BYTES")
+    malformed = text_webhook(PNID, "wamid.MALFORMED")
     bad = [
         (other_secret, _signature(other_secret, "not-the-app-secret")),
         (other_bytes, _signature(upper)),
