@@ -65,12 +65,18 @@ async def test_relay_publishes_abandoned_rows_once(database_url: str) -> None:
         relay = _relay(store, publisher, clock, "w1")
         assert await relay.relay_once() == 0, "rows still claimed by the inserter are not taken"
         clock.now = T0 + dt.timedelta(seconds=61)
+        assert await store.outbox_stats(clock.now) == (20, 61.0), "backlog and its age"
         while await relay.relay_once():
             pass
         sent = {e.event_id: e.payload for e in publisher.published}
         assert sent == {p.event.event_id: p.event.payload for p in pending}
         assert len(publisher.published) == 20
         assert await relay.relay_once() == 0, "published rows are not taken again"
+        assert await store.outbox_stats(clock.now) == (0, 0.0)
+        counted = relay.metrics.registry.get_sample_value(
+            "wamid_guard_events_published_total", {"path": "relay"}
+        )
+        assert counted == 20
     finally:
         await store.close()
 
