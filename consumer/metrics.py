@@ -163,6 +163,12 @@ class Metrics:
             "Age of the oldest unpublished outbox row (0 when the outbox is empty).",
             registry=r,
         )
+        self.outbox_unmarked = Gauge(
+            "wamid_guard_outbox_unmarked",
+            "Events this member published whose outbox rows it could not delete yet (the "
+            "database failed right after the publish); retried every loop.",
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "wamid_guard_assigned_partitions",
             "Inbound partitions assigned to this member.",

@@ -28,6 +28,9 @@ class PassThrough:
         self._settings = settings
         self._publisher = publisher
 
+    async def housekeeping(self) -> None:
+        """Nothing kept between batches."""
+
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
         started = time.monotonic()
         report = BatchReport(records=len(records))

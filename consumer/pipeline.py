@@ -33,7 +33,7 @@ from consumer.metrics import Metrics
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
 from consumer.settings import Settings
-from consumer.store import PendingMessage, SaveResult, Store
+from consumer.store import MarkQueue, PendingMessage, SaveResult, Store
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +84,9 @@ class BatchProcessor(Protocol):
 
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport: ...
 
+    async def housekeeping(self) -> None:
+        """Work between batches (never raises for a failing dependency)."""
+
 
 def publish_claim(settings: Settings) -> dt.timedelta:
     """How long whoever claims an outbox row may take to publish it before others may:
@@ -109,6 +112,7 @@ class Pipeline:
         crash: CrashPoints | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
         metrics: Metrics | None = None,
+        marks: MarkQueue | None = None,
     ) -> None:
         self._settings = settings
         self._leases = leases
@@ -122,6 +126,19 @@ class Pipeline:
         # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
         self._app_secret = settings.app_secret.encode() or None
         self.metrics = metrics or Metrics()
+        self.marks = marks or MarkQueue(store)
+
+    async def housekeeping(self) -> None:
+        """Between batches: retry outbox deletes that failed after a publish."""
+        if not self.marks:
+            return
+        try:
+            done = await self.marks.flush(self._clock())
+        except StoreError as exc:
+            self.metrics.dependency_error(exc)
+            log.debug("outbox.mark_retry_failed", pending=len(self.marks), error=str(exc))
+            return
+        log.info("outbox.marked_after_retry", count=done)
 
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
         """Run one batch. Never raises for a failing dependency: it reports retries."""
@@ -290,14 +307,17 @@ class Pipeline:
         now: dt.datetime,
         report: BatchReport,
     ) -> None:
-        """Bookkeeping after the events are out. Failures here cost no correctness:
-        an unmarked outbox row may be announced once more (same event_id), and a lease
-        that did not become a done marker expires, leaving the database fence."""
+        """Bookkeeping after the events are out. Failures here cost no correctness: a
+        row we could not mark is retried (MarkQueue) while our claim on it stands, and
+        announced once more (same event_id) only if the database stays away longer; a
+        lease that did not become a done marker expires, leaving the database fence."""
         try:
-            await self._store.mark_published([e.event_id for e in published], now)
+            await self.marks.mark([e.event_id for e in published], now)
         except StoreError as exc:
             self.metrics.dependency_error(exc)
-            log.warning("outbox.mark_failed", count=len(published), error=str(exc))
+            log.warning(
+                "outbox.mark_failed", count=len(published), pending=len(self.marks), error=str(exc)
+            )
         try:
             finished = await self._leases.finish(keys, token)
         except LeaseStoreError as exc:

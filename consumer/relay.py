@@ -20,7 +20,7 @@ import structlog
 from consumer.errors import DependencyError
 from consumer.metrics import Metrics
 from consumer.publish import Publisher
-from consumer.store import Store
+from consumer.store import MarkQueue, Store
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,7 @@ class Relay:
         batch: int = 200,
         clock: Callable[[], dt.datetime] = _utcnow,
         metrics: Metrics | None = None,
+        marks: MarkQueue | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -53,6 +54,7 @@ class Relay:
         self._clock = clock
         self.republished = 0
         self.metrics = metrics or Metrics()
+        self._marks = marks or MarkQueue(store)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set. Dependency failures are logged and retried;
@@ -84,6 +86,7 @@ class Relay:
     async def relay_once(self) -> int:
         """Claim, publish and mark one batch of stale outbox rows. Returns how many."""
         now = self._clock()
+        await self._marks.flush(now)  # our own earlier publishes first: never announce twice
         claimed = await self._store.claim_unpublished(
             worker_id=self._worker_id,
             now=now,
@@ -97,9 +100,9 @@ class Relay:
         except DependencyError:
             await self._store.release_claims([e.event_id for e in claimed], self._worker_id)
             raise
-        await self._store.mark_published([e.event_id for e in claimed], self._clock())
         self.republished += len(claimed)
         self.metrics.events_published.labels("relay").inc(len(claimed))
+        await self._marks.mark([e.event_id for e in claimed], self._clock())
         log.info(
             "relay.republished", count=len(claimed), event_ids=[e.event_id for e in claimed[:10]]
         )

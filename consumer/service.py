@@ -45,7 +45,7 @@ from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
-from consumer.store import Store, create_engine
+from consumer.store import MarkQueue, Store, create_engine
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +121,7 @@ class Service:
         self._store: Store | None = None
         self._pipeline: BatchProcessor | None = None
         self._relay: Relay | None = None
+        self._marks: MarkQueue | None = None
         self.metrics = Metrics()
         self._http: HttpServer | None = None
         self._last_loop = time.monotonic()
@@ -263,6 +264,7 @@ class Service:
             lease_ttl_s=s.lease_ttl_s,
             done_ttl_s=s.done_ttl_s,
         )
+        marks = self._marks = MarkQueue(self._store)
         self._relay = Relay(
             self._store,
             publisher,
@@ -270,6 +272,7 @@ class Service:
             interval_s=s.relay_interval_s,
             claim_for=publish_claim(s),
             metrics=self.metrics,
+            marks=marks,
         )
         return Pipeline(
             s,
@@ -279,6 +282,7 @@ class Service:
             worker_id=self.worker_id,
             crash=self.crash,
             metrics=self.metrics,
+            marks=marks,
         )
 
     async def shutdown(self) -> None:
@@ -331,9 +335,10 @@ class Service:
         while not self._stop.is_set():
             records = await self._fetch()
             async with self._batch_lock:
+                assert self._pipeline is not None  # noqa: S101 - set in startup
+                await self._pipeline.housekeeping()
                 records = self._owned(records)
                 if records:
-                    assert self._pipeline is not None  # noqa: S101 - set in startup
                     report = await self._pipeline.process(records)
                     self._settle(report)
                 await self._commit()
@@ -433,6 +438,7 @@ class Service:
         assignment = self._consumer.assignment()
         m.assigned_partitions.set(len(assignment))
         m.paused_partitions.set(len(self._paused_for_backpressure))
+        m.outbox_unmarked.set(len(self._marks) if self._marks is not None else 0)
         lags = []
         for tp in assignment:
             fetched = self._consumer.highwater(tp)

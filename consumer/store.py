@@ -376,3 +376,35 @@ def _outbox_row(
         "claimed_by": claim[0],
         "claimed_until": claim[1],
     }
+
+
+class MarkQueue:
+    """Events this process published whose outbox rows it could not delete yet (the
+    database failed right after the publish), retried until the delete works.
+
+    Our claim on those rows stands for LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S, and nobody
+    else republishes a claimed row; retrying as soon as the database answers again keeps
+    such an event announced once instead of leaving it to the relay to announce again.
+    Shared by the pipeline and the relay of one process.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def mark(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+        """Delete these rows (and any still pending); on failure keep them all and raise."""
+        self._pending.update(event_ids)
+        await self.flush(now)
+
+    async def flush(self, now: dt.datetime) -> int:
+        """Retry the pending deletes; returns how many went through. Raises StoreError."""
+        if not self._pending:
+            return 0
+        ids = sorted(self._pending)
+        await self._store.mark_published(ids, now)
+        self._pending.difference_update(ids)
+        return len(ids)

@@ -17,7 +17,9 @@ from which docs/reliability.md's table is made (``python -m tests.faults.report`
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import datetime as dt
 import itertools
 import json
 import os
@@ -173,6 +175,7 @@ class FaultRun:
         self.copies_sent = 0
         self.dlq_coords: set[tuple[int, int]] = set()
         self.outbound_offsets: list[tuple[int, int]] = []
+        self.read_started = dt.datetime.max.replace(tzinfo=dt.UTC)  # set by the audit's read
         self.healed_at: float | None = None
 
     @property
@@ -208,11 +211,20 @@ class FaultRun:
         self.healed_at = time.monotonic()
 
     async def drain(self, timeout_s: float = 120) -> float:
-        """Wait for lag zero; returns seconds from healing (or now) to drained."""
+        """Wait for lag zero and an empty outbox (no re-announcement still to come, so
+        nothing is written while the audit reads); returns seconds from healing (or
+        now) to drained."""
         start = self.healed_at or time.monotonic()
+        deadline = time.monotonic() + timeout_s
         await kafka.wait_committed(
             self.settings, self.ends, timeout_s=timeout_s, explain=self.group.logs
         )
+        while (left := await kafka.unpublished(self.settings)) > 0:
+            assert time.monotonic() < deadline, (
+                f"{left} outbox row(s) still unpublished after {timeout_s:g}s:\n"
+                + self.group.logs()
+            )
+            await asyncio.sleep(0.25)
         return time.monotonic() - start
 
     async def audit(self, drain_s: float, **extra: Any) -> Figures:
@@ -270,6 +282,7 @@ class FaultRun:
         consumers, and merged by (partition, offset), so that a slow fetch right after a
         fault cannot make an announced event look lost."""
         seen: dict[tuple[int, int], bytes] = {}
+        self.read_started = dt.datetime.now(dt.UTC)
         for _ in range(2):
             for r in await kafka.read_all(self.settings, self.settings.outbound_topic, 2.0):
                 seen[(r.partition, r.offset)] = r.value
@@ -304,11 +317,13 @@ class FaultRun:
         without holes: a loss that a duplicate happens to hide still fails here, and a
         failure says whether the broker or wamid-guard lost the event."""
         topic = self.settings.outbound_topic
+        # Only what was acknowledged before the audit began to read must be there.
         acked = {
             (int(e["partition"]), int(e["offset"])): e.get("event_id")
             for p in self.group.procs
             for e in p.named("record.acked")
             if e.get("topic") == topic
+            and dt.datetime.fromisoformat(e["timestamp"]) < self.read_started
         }
         assert acked, "no record.acked lines: the members must log at DEBUG for this check"
         read = set(self.outbound_offsets)

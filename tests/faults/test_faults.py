@@ -239,6 +239,22 @@ async def test_connection_reset_during_commit(fault_env: FaultEnv, forward: bool
         assert figures.insert_conflicts > 0, "a committed batch came back as already stored"
 
 
+async def test_outbox_delete_lost_after_publish(fault_env: FaultEnv) -> None:
+    """The database connection drops as a member deletes the outbox rows of events it
+    has just published: the deletes are retried while its claim on the rows stands, so
+    each event is still announced exactly once (not left for the relay to repeat)."""
+    run = await fault_env.run("outbox delete lost after publish")
+    run.start(3)
+    run.group.wait_all_assigned()
+    fault_env.pg.reset_after(b"DELETE FROM outbox", forward=False, times=3)
+    await run.send_all()
+    fault_env.pg.wait_triggered(3, timeout=60)
+    run.healed()
+    await run.audit(await run.drain(), resets=fault_env.pg.triggered)
+    retried = sum(len(p.named("outbox.marked_after_retry")) for p in run.group.procs)
+    assert retried > 0, "the lost deletes were retried"
+
+
 async def test_broker_frozen_then_resumed(fault_env: FaultEnv) -> None:
     """The broker freezes (SIGSTOP) past the session timeout, then resumes: no loss, no
     offset past unfinished work, recovery without a restart."""

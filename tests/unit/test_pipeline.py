@@ -277,6 +277,23 @@ async def test_bookkeeping_failures_after_publish_keep_records_durable(world: Wo
     assert world.published_ids() == [key("wamid.A").event_id]
 
 
+async def test_a_failed_outbox_delete_is_retried_between_batches(world: World) -> None:
+    """The database fails right after a good publish: the row's delete is kept and
+    retried between batches (while our claim keeps others off it), so the event is not
+    left for the relay to announce a second time."""
+    world.store.fail_mark_published = True
+    await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    assert world.store.unpublished() == {key("wamid.A").event_id}
+    assert len(world.pipeline.marks) == 1
+    await world.pipeline.housekeeping()  # still down: kept, no exception
+    assert len(world.pipeline.marks) == 1
+    world.store.fail_mark_published = False
+    await world.pipeline.housekeeping()
+    assert len(world.pipeline.marks) == 0
+    assert world.store.unpublished() == set()
+    assert world.published_ids() == [key("wamid.A").event_id], "announced once"
+
+
 # -- invalid input and statuses ------------------------------------------------------
 
 
