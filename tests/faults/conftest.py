@@ -4,7 +4,6 @@ their own to restart or freeze."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -89,41 +88,27 @@ class FaultEnv:
 
 @pytest.fixture
 def fault_env(
-    bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+    settings: Settings, redis_url: str, postgres_url: str, tmp_path: Path
 ) -> Iterator[FaultEnv]:
+    """The test's settings, with PostgreSQL and Redis reached through fault proxies and
+    timings short enough for faults to bite within seconds."""
     db = make_url(postgres_url)
     pg = ThreadedProxy(db.host or embedded.LOOPBACK, db.port or 5432)
     pg.start()
     r = urlsplit(redis_url)
     redis = ThreadedProxy(r.hostname or embedded.LOOPBACK, r.port or 6379)
     redis.start()
-    run = uuid.uuid4().hex[:10]
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
+    settings = settings.replace(
         redis_url=f"redis://{embedded.LOOPBACK}:{redis.port}{r.path or '/0'}",
         database_url=db.set(host=embedded.LOOPBACK, port=pg.port).render_as_string(
             hide_password=False
         ),
-        inbound_topic=f"in-{run}",
-        outbound_topic=f"out-{run}",
-        dlq_topic=f"dlq-{run}",
-        consumer_group=f"g-{run}",
-        redis_key_prefix=key_prefix,
         batch_max_records=20,
         lease_ttl_s=3.0,
-        kafka_session_timeout_s=6.0,
-        kafka_heartbeat_interval_s=1.0,
         kafka_request_timeout_s=5.0,
-        poll_timeout_s=0.2,
-        retry_backoff_s=0.1,
-        retry_backoff_max_s=1.0,
         db_timeout_s=3.0,
         redis_timeout_s=1.0,
         relay_interval_s=1.0,
-        shutdown_grace_s=10.0,
-        log_format="json",
-        metrics_port=0,
-        log_level="DEBUG",
     )
     env = FaultEnv(settings, tmp_path, pg, redis)
     try:

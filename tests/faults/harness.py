@@ -26,6 +26,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,18 @@ class FaultRun:
         """Wait until the group finished `count` batches in all (the stream is flowing)."""
         wait_until(
             lambda: sum(len(p.named("batch.done")) for p in self.group.procs) >= count,
+            timeout_s,
+            self.group.logs,
+        )
+
+    def wait_failed_batch(self, matches: Callable[[str], bool], timeout_s: float = 60) -> None:
+        """Wait until some member reports a batch whose failure `matches` (the fault bit)."""
+        wait_until(
+            lambda: any(
+                matches(str(e.get("failure", "")))
+                for p in self.group.procs
+                for e in p.named("batch.done")
+            ),
             timeout_s,
             self.group.logs,
         )

@@ -158,16 +158,14 @@ async def test_redis_outage(fault_env: FaultEnv, policy: str) -> None:
     fault_env.redis.refuse(True)
     for wave in range(1, len(run.traffic.waves)):
         await run.send_wave(wave)
-    key = "batch.done" if policy == "pause" else "lease.unavailable_fence_only"
-    wait_until(
-        lambda: any(
-            e.get("failure", "").startswith("lease") if key == "batch.done" else True
-            for p in run.group.procs
-            for e in p.named(key)
-        ),
-        60,
-        run.group.logs,
-    )
+    if policy == "pause":
+        run.wait_failed_batch(lambda failure: failure.startswith("lease"))
+    else:
+        wait_until(
+            lambda: any(p.named("lease.unavailable_fence_only") for p in run.group.procs),
+            60,
+            run.group.logs,
+        )
     await asyncio.sleep(3)  # the outage lasts a while
     fault_env.redis.refuse(False)
     run.healed()
@@ -203,15 +201,7 @@ async def test_database_outage(fault_env: FaultEnv) -> None:
     fault_env.pg.refuse(True)
     for wave in range(1, len(run.traffic.waves)):
         await run.send_wave(wave)
-    wait_until(
-        lambda: any(
-            "StoreError" in str(e.get("failure", ""))
-            for p in run.group.procs
-            for e in p.named("batch.done")
-        ),
-        60,
-        run.group.logs,
-    )
+    run.wait_failed_batch(lambda failure: "StoreError" in failure)
     await asyncio.sleep(3)  # the outage lasts a while
     fault_env.pg.refuse(False)
     run.healed()
@@ -294,15 +284,7 @@ async def test_output_topic_failing(fault_env: FaultEnv, which: str) -> None:
     for wave in range(1, len(run.traffic.waves)):
         await run.send_wave(wave)
     failed = "BrokerError" if which == "outbound" else "dead-letter"
-    wait_until(
-        lambda: any(
-            failed in str(e.get("failure", ""))
-            for p in run.group.procs
-            for e in p.named("batch.done")
-        ),
-        90,
-        run.group.logs,
-    )
+    run.wait_failed_batch(lambda failure: failed in failure, timeout_s=90)
     proxy.clear_triggers()
     run.healed()
     await run.audit(await run.drain(timeout_s=180), resets=proxy.triggered)
