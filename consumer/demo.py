@@ -327,7 +327,9 @@ def _operate(settings: Settings, ports: list[int]) -> Operator:
             f"{parts} partition(s))"
         )
     op.healthy = healthy
-    dead_before = len(asyncio.run(_read(settings, settings.dlq_topic)))
+    dead_before = len(
+        asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic))
+    )
     env = {**os.environ, **settings_env(settings.replace(metrics_port=0))}
     op.dlq_list = _tool(["dlq", "list"], env)
     op.replay = _tool(["dlq", "replay", "--reason", "not_json"], env)
@@ -356,7 +358,9 @@ def _replayed_back(settings: Settings, want: int, timeout_s: float) -> bool:
     marked as a replay."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        dead = asyncio.run(_read(settings, settings.dlq_topic, idle_s=1.0))
+        dead = asyncio.run(
+            topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic, idle_s=1.0)
+        )
         if len(dead) >= want:
             return any("dlq.replayed_from" in dict(r.headers) for r in dead)
     return False
@@ -382,12 +386,6 @@ def _scrape_totals(ports: list[int]) -> dict[str, float]:
                 if sample.name in wanted:
                     totals[wanted[sample.name]] += sample.value
     return dict(totals)
-
-
-async def _read(settings: Settings, topic: str, idle_s: float = 1.5) -> list[Any]:
-    return [
-        r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
-    ]
 
 
 async def _wait_committed(settings: Settings, ends: dict[int, int], timeout_s: float) -> None:
@@ -416,10 +414,10 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
 
 
 def _count_outputs(settings: Settings, summary: Summary) -> None:
-    events = asyncio.run(_read(settings, settings.outbound_topic))
+    events = asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.outbound_topic))
     summary.events = len(events)
     summary.unique_event_ids = len({orjson.loads(r.value)["event_id"] for r in events})
-    dead = asyncio.run(_read(settings, settings.dlq_topic))
+    dead = asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic))
     summary.dead_lettered = len(dead)
     reasons = collections.Counter(dict(r.headers).get("dlq.reason", b"?").decode() for r in dead)
     summary.dlq_reasons = dict(reasons)

@@ -39,19 +39,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.errors import BrokerError, ConfigError
-from consumer.publish import producer_config
+from consumer.publish import MAX_REQUEST_BYTES, producer_config
 from consumer.settings import Settings
 
 HEADER_PREFIX = "dlq."
 REPLAYED_FROM = "dlq.replayed_from"
 UNKNOWN_REASON = "unknown"
 
-# The service's producer allows 2 MiB a request, so every dead letter it writes that is
-# not truncated can be re-sent whole under the same limit.
-_MAX_REQUEST_BYTES = 2 * 1024 * 1024
-# Fetch more than that per partition: a record someone else wrote, however large, is
-# still listed (and its replay fails on its own, visibly, instead of stalling the read).
-_MAX_FETCH_BYTES = 4 * _MAX_REQUEST_BYTES
+# Fetch more than the service's request limit per partition: a record someone else
+# wrote, however large, is still listed (and its replay fails on its own, visibly,
+# instead of stalling the read).
+_MAX_FETCH_BYTES = 4 * MAX_REQUEST_BYTES
 # Records up to this much newer than the start still count: the service's clock and
 # ours may disagree a little; the bound only has to stop a busy DLQ from never ending.
 _HORIZON_SLACK_MS = 5_000
@@ -535,7 +533,7 @@ async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Se
             settings.kafka_bootstrap_servers,
             client_id=f"{settings.client_id}-dlq-replay",
             request_timeout_s=settings.kafka_request_timeout_s,
-            max_request_bytes=_MAX_REQUEST_BYTES,
+            max_request_bytes=MAX_REQUEST_BYTES,
         )
     )
     try:

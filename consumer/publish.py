@@ -22,6 +22,9 @@ from consumer.records import Invalid
 
 log = structlog.get_logger(__name__)
 
+# The largest produce request any of our producers sends (service, relay, DLQ replay):
+# a dead letter is cut to fit it, so a replay of one that is not truncated fits too.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
 # Room left for headers and framing when a dead letter carries a large value.
 _DLQ_HEADROOM = 64 * 1024
 

@@ -23,7 +23,6 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -41,7 +40,7 @@ from consumer.metrics import Metrics
 from consumer.offsets import OffsetLedger, Partition
 from consumer.passthrough import PassThrough
 from consumer.pipeline import BatchProcessor, BatchReport, Pipeline, publish_claim
-from consumer.publish import Publisher, producer_config
+from consumer.publish import MAX_REQUEST_BYTES, Publisher, producer_config
 from consumer.records import InboundRecord
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
@@ -49,7 +48,6 @@ from consumer.store import MarkQueue, Store, create_engine
 
 log = structlog.get_logger(__name__)
 
-MAX_REQUEST_BYTES = 2 * 1024 * 1024
 _ENDS_EVERY_S = 5.0
 
 
@@ -552,7 +550,6 @@ class Service:
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned = True
-        self.metrics.assigned_partitions.set(len(assigned))
         log.info(
             "partitions.assigned",
             partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
@@ -562,11 +559,12 @@ class Service:
 
     async def _check_redis(self, client: Redis) -> None:
         try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
+            await dedup.ping(client)
+        except LeaseStoreError as exc:
+            cause = exc.__cause__
             raise LeaseStoreError(
-                f"cannot reach Redis at REDIS_URL={mask_url(self.settings.redis_url)}: {exc}"
-            ) from exc
+                f"cannot reach Redis at REDIS_URL={mask_url(self.settings.redis_url)}: {cause}"
+            ) from cause
 
     async def _check_database(self, store: Store) -> None:
         url = mask_url(self.settings.database_url)

@@ -83,3 +83,8 @@ async def read_topic(
                     yield record
     finally:
         await consumer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[ConsumerRecord]:
+    """Every record of `topic`, read until idle (see read_topic)."""
+    return [r async for r in read_topic(bootstrap, topic, idle_s=idle_s)]

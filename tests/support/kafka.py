@@ -81,9 +81,7 @@ async def wait_committed(
 
 
 async def read_all(settings: Settings, topic: str, idle_s: float = 1.5) -> list[Any]:
-    return [
-        r async for r in topics.read_topic(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
-    ]
+    return await topics.read_all(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
 
 
 async def events(settings: Settings, idle_s: float = 1.5) -> list[dict[str, Any]]:
