@@ -122,7 +122,7 @@ class Pipeline:
         self._crash = crash or CrashPoints("")
         self._clock = clock
         self._seq = itertools.count(1)
-        self._debug = settings.log_level.upper() == "DEBUG"
+        self._debug = settings.debug
         # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
         self._app_secret = settings.app_secret.encode() or None
         self.metrics = metrics or Metrics()

@@ -194,7 +194,7 @@ class Service:
             self._producer,
             dlq_topic=s.dlq_topic,
             max_request_bytes=MAX_REQUEST_BYTES,
-            debug=s.log_level.upper() == "DEBUG",
+            debug=s.debug,
         )
         self._pipeline = self._build_flow(publisher)
         log.info(

@@ -113,6 +113,11 @@ class Settings:
             values[f.name] = _parse(name, raw.strip(), _kind(f.default))
         return cls(**values)
 
+    @property
+    def debug(self) -> bool:
+        """LOG_LEVEL=DEBUG: the per-message and per-ack lines are only built then."""
+        return self.log_level.upper() == "DEBUG"
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (and validated again)."""
         return dataclasses.replace(self, **changes)
