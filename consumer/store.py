@@ -11,6 +11,8 @@ published again with the same ``event_id``.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,14 +125,32 @@ def _json_dumps(value: Any) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes several consumer
-    # processes on one file queue for the write lock instead of failing at once. The
-    # timeout comes first: switching to WAL takes a lock that a process starting at the
-    # same moment may hold.
+    # processes on one file queue for the write lock instead of failing at once.
+    # `migrate` leaves the file in WAL mode (the mode is stored in the file), so a
+    # consumer only reads it here. Switching a file that is not yet in WAL mode needs an
+    # exclusive lock, and two processes switching at once deadlock: SQLite answers one of
+    # them "database is locked" at once, without waiting out busy_timeout. Hence the
+    # read first, and a few tries with a pause for a file someone else is switching.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA busy_timeout=30000")
+        for attempt in range(_WAL_SWITCH_TRIES):
+            try:
+                cursor.execute("PRAGMA journal_mode")
+                if str(cursor.fetchone()[0]).lower() in ("wal", "memory"):
+                    break
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt + 1 == _WAL_SWITCH_TRIES:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+_WAL_SWITCH_TRIES = 20
 
 
 class Store:

@@ -6,9 +6,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from consumer.store import metadata
+from consumer.store import create_engine, metadata
 
 config = context.config
 
@@ -20,7 +19,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url)
+    # The service's own engine: on SQLite its connect hook leaves the file in WAL mode,
+    # so consumers that start together never have to switch it (see store.py).
+    engine = create_engine(url, pool_size=1, timeout_s=30.0)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
