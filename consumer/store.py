@@ -236,7 +236,7 @@ class Store:
         outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
         A claim that is not followed by `mark_published` runs out after `claim_for`.
         """
-        free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        free = _free(now)
         candidates = (
             sa.select(outbox.c.event_id)
             .where(free)
@@ -355,8 +355,14 @@ class Store:
             raise StoreError(f"releasing {len(event_ids)} outbox claim(s) failed: {exc}") from exc
 
 
+def _free(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """An outbox row nobody holds: never claimed, or its claim ran out. A claim holds
+    while `now < claimed_until`, for the relay and for a conflicting worker alike."""
+    return sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now)
+
+
 def _free_or_mine(worker_id: str, now: dt.datetime) -> sa.ColumnElement[bool]:
-    free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now)
+    free = _free(now)
     return sa.or_(free, outbox.c.claimed_by == worker_id) if worker_id else free
 
 

@@ -124,6 +124,32 @@ async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: St
     assert await _row_counts(store) == {("111", "wamid.A"): 1, ("111", "wamid.B"): 1}
 
 
+async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(store: Store) -> None:
+    """The inserter's claim on its outbox rows holds while now < claimed_until and is free
+    from that instant on, by the same rule for the relay and for a conflicting worker."""
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ttl = dt.timedelta(seconds=30)
+    first = _pending("111", "wamid.A", "wamid.B")
+    await store.save(first, t0, worker_id="w1", claim_for=ttl)
+    event_a, event_b = (p.event for p in first)
+    end, just_before = t0 + ttl, t0 + ttl - dt.timedelta(microseconds=1)
+    again_b = _pending("111", "wamid.B", offset=9)
+
+    relay = await store.claim_unpublished(
+        worker_id="relay", now=just_before, claim_for=ttl, limit=10
+    )
+    assert relay == ()
+    worker = await store.save(again_b, just_before, worker_id="w2", claim_for=ttl)
+    assert worker.to_publish == ()
+    assert worker.in_flight == {MessageKey("111", "wamid.B")}
+
+    worker = await store.save(again_b, end, worker_id="w2", claim_for=ttl)
+    assert worker.to_publish == (event_b,)
+    assert worker.in_flight == frozenset()
+    relay = await store.claim_unpublished(worker_id="relay", now=end, claim_for=ttl, limit=10)
+    assert relay == (event_a,), "B is w2's now; only A is free"
+
+
 async def test_mixed_batch_inserts_new_and_reports_conflicts(store: Store) -> None:
     """A batch with one stored and one new key inserts only the new one; same wamid under
     another number is a new message."""

@@ -206,7 +206,7 @@ class ClaimingStore(FakeStore):
             if row is None or row.published:
                 continue
             by, until = self.claims.get(event_id, (None, None))
-            if until is None or until <= now or (worker_id and by == worker_id):
+            if _free(until, now) or (worker_id and by == worker_id):
                 self.claims[event_id] = (worker_id or None, now + claim_for)
                 ours.append(row.event)
             else:
@@ -234,7 +234,8 @@ class ClaimingStore(FakeStore):
 
 
 def _free(until: dt.datetime | None, now: dt.datetime) -> bool:
-    return until is None or until < now
+    # store._free: a claim holds while now < claimed_until.
+    return until is None or until <= now
 
 
 def _ordered(keys: frozenset[MessageKey]) -> list[MessageKey]:
