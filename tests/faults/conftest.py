@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from consumer import embedded
 from consumer.settings import Settings
 from tests.faults.harness import FaultRun, Profile
+from tests.support.pgserver import PostgresServer
 from tests.support.procs import ConsumerGroup
 from tests.support.proxy import ThreadedProxy
 
@@ -30,6 +31,7 @@ class FaultEnv:
         self.redis = redis
         self.own_redis: embedded.ServiceProcess | None = None
         self.own_broker: embedded.ServiceProcess | None = None
+        self.own_pg: PostgresServer | None = None
         self.broker_proxy: ThreadedProxy | None = None
         self.group: ConsumerGroup | None = None
 
@@ -50,6 +52,20 @@ class FaultEnv:
         self.own_redis.proc.kill()
         self.own_redis.proc.wait(10)
         self.own_redis = embedded.start_redis(self.workdir, port=port)
+
+    def with_own_postgres(self) -> None:
+        """A PostgreSQL server of this scenario's own, so it can really be restarted or
+        crashed. Still reached through the proxy, which passes the server's own goodbye
+        (its error message, then FIN) on as it is, and can add latency."""
+        self.own_pg = PostgresServer()
+        self.own_pg.start()
+        url = make_url(self.own_pg.create_database("wamid_guard"))
+        self.pg.stop()
+        self.pg = ThreadedProxy(embedded.LOOPBACK, self.own_pg.port)
+        self.pg.start()
+        self.settings = self.settings.replace(
+            database_url=url.set(port=self.pg.port).render_as_string(hide_password=False)
+        )
 
     def with_own_broker(self) -> None:
         """A Tansu of this scenario's own, advertised through a proxy, so it can be
@@ -84,6 +100,8 @@ class FaultEnv:
         for service in (self.own_redis, self.own_broker):
             if service is not None:
                 service.stop()
+        if self.own_pg is not None:
+            self.own_pg.close()
 
 
 @pytest.fixture

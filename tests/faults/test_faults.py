@@ -210,6 +210,53 @@ async def test_database_outage(fault_env: FaultEnv) -> None:
     assert figures.rows == figures.messages
 
 
+@pytest.mark.parametrize("mode", ["fast", "immediate"], ids=["clean-restart", "crash-recovery"])
+async def test_postgres_restarted(fault_env: FaultEnv, mode: str) -> None:
+    """A real PostgreSQL server restarted mid-stream, while batches are writing: `fast`
+    ends every session (what a restart by an operator or a failover does), `immediate`
+    crashes it (transactions in flight are lost; the WAL is replayed at the next start).
+    Batches fail and retry, partitions pause, nothing is lost or doubled, and it all
+    resumes by itself on the same connection settings."""
+    fault_env.with_own_postgres()
+    assert fault_env.own_pg is not None
+    name = "PostgreSQL restart" if mode == "fast" else "PostgreSQL crash and recovery"
+    run = await fault_env.run(name)
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    # 50 ms each way on every round trip: a batch's transaction lasts long enough that
+    # the stop lands in the middle of some, and their sessions die mid-transaction.
+    fault_env.pg.set_delay(0.05)
+    await run.send_wave(1)
+    run.wait_batches(sum(len(p.named("batch.done")) for p in run.group.procs) + 1)
+    fault_env.own_pg.stop(mode)
+    for wave in range(2, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    run.wait_failed_batch(lambda failure: "StoreError" in failure)
+    await asyncio.sleep(2)  # down a while: retries meet a refused port
+    fault_env.pg.set_delay(0)
+    fault_env.own_pg.start()
+    run.healed()
+    drain_s = await run.drain()
+    killed = [
+        failure
+        for p in run.group.procs
+        for e in p.named("batch.done")
+        if "StoreError" in (failure := str(e.get("failure", "")))
+        and "Connect call failed" not in failure
+    ]
+    figures = await run.audit(drain_s, batches_killed_mid_write=len(killed))
+    assert killed, "no session died while a batch was writing"
+    assert any(p.named("partition.paused") for p in run.group.procs), "partitions paused"
+    assert figures.rows == figures.messages
+    server_log = fault_env.own_pg.log_path.read_text(errors="replace")
+    if mode == "immediate":
+        assert "automatic recovery in progress" in server_log, "the restart was a crash"
+    else:
+        assert "database system was shut down at" in server_log, "the restart was clean"
+
+
 @pytest.mark.parametrize("forward", [True, False], ids=["commit-happened", "commit-lost"])
 async def test_connection_reset_during_commit(fault_env: FaultEnv, forward: bool) -> None:
     """The connection drops during COMMIT: when the commit really happened the retry
