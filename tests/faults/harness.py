@@ -200,24 +200,27 @@ class FaultRun:
         for i in range(len(self.traffic.waves)):
             await self.send_wave(i)
 
+    def batches_done(self) -> int:
+        """Batches the group has finished so far (failed ones included)."""
+        return sum(len(p.named("batch.done")) for p in self.group.procs)
+
+    def batch_failures(self) -> list[str]:
+        """The `failure` of every failed batch so far, across the group."""
+        return [
+            str(e["failure"])
+            for p in self.group.procs
+            for e in p.named("batch.done")
+            if e.get("failure")
+        ]
+
     def wait_batches(self, count: int, timeout_s: float = 60) -> None:
         """Wait until the group finished `count` batches in all (the stream is flowing)."""
-        wait_until(
-            lambda: sum(len(p.named("batch.done")) for p in self.group.procs) >= count,
-            timeout_s,
-            self.group.logs,
-        )
+        wait_until(lambda: self.batches_done() >= count, timeout_s, self.group.logs)
 
     def wait_failed_batch(self, matches: Callable[[str], bool], timeout_s: float = 60) -> None:
         """Wait until some member reports a batch whose failure `matches` (the fault bit)."""
         wait_until(
-            lambda: any(
-                matches(str(e.get("failure", "")))
-                for p in self.group.procs
-                for e in p.named("batch.done")
-            ),
-            timeout_s,
-            self.group.logs,
+            lambda: any(matches(f) for f in self.batch_failures()), timeout_s, self.group.logs
         )
 
     def healed(self) -> None:

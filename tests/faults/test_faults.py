@@ -229,7 +229,7 @@ async def test_postgres_restarted(fault_env: FaultEnv, mode: str) -> None:
     # the stop lands in the middle of some, and their sessions die mid-transaction.
     fault_env.pg.set_delay(0.05)
     await run.send_wave(1)
-    run.wait_batches(sum(len(p.named("batch.done")) for p in run.group.procs) + 1)
+    run.wait_batches(run.batches_done() + 1)
     fault_env.own_pg.stop(mode)
     for wave in range(2, len(run.traffic.waves)):
         await run.send_wave(wave)
@@ -240,11 +240,7 @@ async def test_postgres_restarted(fault_env: FaultEnv, mode: str) -> None:
     run.healed()
     drain_s = await run.drain()
     killed = [
-        failure
-        for p in run.group.procs
-        for e in p.named("batch.done")
-        if "StoreError" in (failure := str(e.get("failure", "")))
-        and "Connect call failed" not in failure
+        f for f in run.batch_failures() if "StoreError" in f and "Connect call failed" not in f
     ]
     figures = await run.audit(drain_s, batches_killed_mid_write=len(killed))
     assert killed, "no session died while a batch was writing"
