@@ -213,7 +213,7 @@ class Store:
         a delete is also cheaper for the database than an update of an indexed row)."""
         if not event_ids:
             return
-        stmt = sa.delete(outbox).where(outbox.c.event_id.in_(list(event_ids)))
+        stmt = sa.delete(outbox).where(outbox.c.event_id.in_(_locked_in_order(event_ids)))
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(stmt)
@@ -317,10 +317,20 @@ class Store:
         two workers (or a worker and a relay) racing for a row exactly one gets it."""
         if not event_ids:
             return (), frozenset()
+        # A row another transaction has locked (a relay claiming it, a worker claiming or
+        # deleting it) is skipped, not waited for: it comes back busy, "not yet". So a
+        # save never waits on an outbox row while it holds others, and two batches that
+        # conflict on the same rows cannot deadlock (each would lock them in its own
+        # scan order). SQLite has no row locks; it serialises writers instead.
+        claimable = (
+            sa.select(outbox.c.event_id)
+            .where(outbox.c.event_id.in_(event_ids), _free_or_mine(worker_id, now))
+            .with_for_update(skip_locked=True)
+        )
         claim = (
             sa.update(outbox)
             .where(
-                outbox.c.event_id.in_(event_ids),
+                outbox.c.event_id.in_(claimable.scalar_subquery()),
                 _free_or_mine(worker_id, now),
             )
             .values(claimed_by=worker_id or None, claimed_until=now + claim_for)
@@ -343,7 +353,7 @@ class Store:
         stmt = (
             sa.update(outbox)
             .where(
-                outbox.c.event_id.in_(list(event_ids)),
+                outbox.c.event_id.in_(_locked_in_order(event_ids)),
                 outbox.c.claimed_by == worker_id,
             )
             .values(claimed_by=None, claimed_until=None)
@@ -353,6 +363,24 @@ class Store:
                 await conn.execute(stmt)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"releasing {len(event_ids)} outbox claim(s) failed: {exc}") from exc
+
+
+def _locked_in_order(event_ids: Sequence[str]) -> sa.ScalarSelect[str]:
+    """These outbox rows, locked in event_id order before a statement changes them.
+
+    A plain ``WHERE event_id IN (...)`` locks rows in whatever order its plan scans them,
+    which differs between two transactions (seq scan, index scan, a row version moved by
+    an update in between); two deletes or releases of overlapping rows could so deadlock.
+    Locking in one global order cannot. (PostgreSQL locks the rows in the sorted order
+    the subquery returns them; on SQLite this is a plain subquery.)
+    """
+    return (
+        sa.select(outbox.c.event_id)
+        .where(outbox.c.event_id.in_(list(event_ids)))
+        .order_by(outbox.c.event_id)
+        .with_for_update()
+        .scalar_subquery()
+    )
 
 
 def _free(now: dt.datetime) -> sa.ColumnElement[bool]:

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer import events, intake, migrate
 from consumer.errors import StoreError
@@ -272,3 +273,162 @@ async def _race_round(stores: list[Store], rnd: int, wamids: list[str]) -> None:
     inserted = [k for _, r in results for k in r.inserted]
     assert len(inserted) == len(set(inserted)), "a key was inserted by two callers"
     assert set(inserted) == {MessageKey("111", w) for w in wamids}
+
+
+async def _hold_row_lock(store: Store, event_id: str) -> AsyncConnection:
+    """Another transaction holding the row lock of one outbox row, until rolled back."""
+    conn = await store.engine.connect()
+    await conn.begin()
+    stmt = sa.select(outbox.c.event_id).where(outbox.c.event_id == event_id).with_for_update()
+    assert (await conn.execute(stmt)).scalar_one() == event_id
+    return conn
+
+
+async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
+    postgres_url: str,
+) -> None:
+    """A conflicting save does not wait on an unpublished row that another transaction has
+    locked (a relay or worker claiming it): it hands that key back in flight, "not yet", and
+    claims the rest. A save that waited while holding its other claims could deadlock with
+    another save doing the same in a different order."""
+    store = Store(create_engine(postgres_url, pool_size=2, timeout_s=10))
+    try:
+        now = dt.datetime.now(dt.UTC)
+        pending = _pending("111", "wamid.A", "wamid.B", occurred_at=now)
+        await store.save(pending, now)  # stored, never published, claimed by nobody
+        locked, free = pending
+        holder = await _hold_row_lock(store, locked.event.event_id)
+        try:
+            async with asyncio.timeout(5):
+                saved = await store.save(
+                    pending, now, worker_id="w1", claim_for=dt.timedelta(seconds=60)
+                )
+        finally:
+            await holder.rollback()
+            await holder.close()
+        assert saved.conflicts == _keys(pending)
+        assert saved.to_publish == (free.event,)
+        assert saved.in_flight == {locked.message.key}
+        # Once the lock is gone the row is free again, and the other row is still ours.
+        again = await store.save(pending, now, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        assert {e.event_id for e in again.to_publish} == {p.event.event_id for p in pending}
+        assert again.in_flight == frozenset()
+    finally:
+        await store.close()
+
+
+async def _lock_waiters(store: Store) -> int:
+    stmt = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+@pytest.mark.parametrize("operation", ["mark_published", "release_claims"])
+async def test_outbox_rows_are_locked_in_event_id_order(postgres_url: str, operation: str) -> None:
+    """Deleting or releasing a set of outbox rows locks them in event_id order, whatever
+    order the rows lie in on disk: two such statements over overlapping rows then cannot
+    deadlock. The rows are written in descending event_id order, so a statement that locks
+    in scan order takes the last id first; with the smallest id held elsewhere it must
+    instead block before it locks anything else."""
+    store = Store(create_engine(postgres_url, pool_size=4, timeout_s=10))
+    try:
+        now = dt.datetime.now(dt.UTC)
+        pending = _pending("111", *(f"wamid.L{k}" for k in range(6)), occurred_at=now)
+        pending.sort(key=lambda p: p.event.event_id, reverse=True)
+        for p in pending:  # one transaction each: rows land on disk in descending order
+            await store.save([p], now, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        ids = [p.event.event_id for p in pending]
+        smallest, largest = min(ids), max(ids)
+        holder = await _hold_row_lock(store, smallest)
+        if operation == "mark_published":
+            blocked = asyncio.create_task(store.mark_published(ids, now))
+        else:
+            blocked = asyncio.create_task(store.release_claims(ids, "w1"))
+        try:
+            async with asyncio.timeout(10):
+                while await _lock_waiters(store) == 0:
+                    assert not blocked.done(), "the statement did not wait for the held row"
+                    await asyncio.sleep(0.02)
+            async with store.engine.connect() as conn:  # NOWAIT: fails if it is locked
+                probe = sa.select(outbox.c.event_id).where(outbox.c.event_id == largest)
+                await conn.execute(probe.with_for_update(nowait=True))
+                await conn.rollback()
+        finally:
+            await holder.rollback()
+            await holder.close()
+            async with asyncio.timeout(10):
+                await blocked
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(outbox.c.event_id, outbox.c.claimed_by))).all()
+        if operation == "mark_published":
+            assert rows == []
+        else:
+            assert sorted(rows) == [(i, None) for i in sorted(ids)]
+    finally:
+        await store.close()
+
+
+CLAIM_ROUNDS = 12
+
+
+async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
+    postgres_url: str,
+) -> None:
+    """8 workers re-saving overlapping sets of stored keys whose events were never published
+    (a crash after COMMIT, or Redis down so only the fence is left) race to claim the same
+    outbox rows. None may fail (a deadlock is a failed batch) and each event goes to exactly
+    one of them to publish; the others are told it is in flight."""
+    stores = [Store(create_engine(postgres_url, pool_size=1, timeout_s=30)) for _ in range(CALLERS)]
+    try:
+        for s in stores:
+            async with s.engine.connect():
+                pass
+        for rnd in range(CLAIM_ROUNDS):
+            await _claim_round(stores, rnd)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def _claim_round(stores: list[Store], rnd: int) -> None:
+    wamids = [f"wamid.c{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
+    now = dt.datetime.now(dt.UTC)
+    first = await stores[0].save(_pending("111", *wamids, occurred_at=now), now)
+    assert len(first.inserted) == KEYS_PER_ROUND  # unclaimed: free for anyone
+    barrier = asyncio.Barrier(len(stores))
+
+    async def caller(i: int) -> tuple[list[PendingMessage], SaveResult | StoreError]:
+        mine = wamids[3 * i : 3 * i + BATCH]
+        random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each its own order
+        pending = _pending("111", *mine, offset=i, occurred_at=now)
+        await barrier.wait()
+        try:
+            claim_for = dt.timedelta(seconds=60)
+            return pending, await stores[i].save(
+                pending, now, worker_id=f"w{i}", claim_for=claim_for
+            )
+        except StoreError as exc:
+            return pending, exc
+
+    async with asyncio.timeout(60):
+        outcomes = await asyncio.gather(*(caller(i) for i in range(len(stores))))
+    failed = [
+        f"caller {i}: {str(r).splitlines()[0]}"
+        for i, (_, r) in enumerate(outcomes)
+        if isinstance(r, StoreError)
+    ]
+    assert not failed, f"round {rnd}: a conflicting save failed: {failed}"
+    handed: collections.Counter[str] = collections.Counter()
+    for pending, r in outcomes:
+        assert isinstance(r, SaveResult)
+        assert r.conflicts == _keys(pending)
+        assert not r.inserted
+        ids = {e.event_id for e in r.to_publish}
+        handed.update(ids)
+        for p in pending:  # each key: ours to publish, or in flight elsewhere
+            assert (p.event.event_id in ids) != (p.message.key in r.in_flight)
+    assert set(handed) == {e.event_id for e in first.to_publish}
+    assert set(handed.values()) == {1}, "an event was handed to two workers"
