@@ -202,7 +202,9 @@ class FaultProxy:
         self.connections_total = 0
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
+        # One relay task per accepted connection, with its client side, from the moment
+        # the connection is accepted (see _accepted).
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._triggers: list[_Trigger] = []
         self._waiters: set[asyncio.Event] = set()
         self._generation = 0  # bumped by cut(): connections still dialing upstream die too
@@ -229,7 +231,7 @@ class FaultProxy:
         if self._server is not None:
             raise RuntimeError("proxy already started")
         self._stopping = False
-        self._server = await asyncio.start_server(self._handle, LOOPBACK, self.listen_port)
+        self._server = await asyncio.start_server(self._accepted, LOOPBACK, self.listen_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -237,8 +239,16 @@ class FaultProxy:
         self._stopping = True
         server, self._server = self._server, None
         if server is not None:
+            # Stop accepting before closing the listener, and let what was accepted reach
+            # _accepted (which now turns it away; two loop iterations, a third for the
+            # sockets to close): on 3.11 a connection accepted in the iteration before
+            # Server.close() fails an assertion in Server._attach, and its socket leaks.
+            loop = asyncio.get_running_loop()
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+            for _ in range(3):
+                await asyncio.sleep(0)
             server.close()
-        await asyncio.sleep(0)  # let handlers of just-accepted connections begin
         while self._handlers:
             for conn in list(self._conns):
                 conn.reset()
@@ -246,6 +256,7 @@ class FaultProxy:
             for task in handlers:
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
+            await asyncio.sleep(0)  # the sockets just reset close on the next iteration
         if server is not None:
             await server.wait_closed()
 
@@ -328,20 +339,27 @@ class FaultProxy:
                 return trigger
         return None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """start_server's callback, called inside connection_made: tracks the connection
+        from its first moment. (Not a coroutine: start_server would run it as a task of
+        its own, and a task cancelled before its first step - by stop(), or by the
+        shutdown of a ThreadedProxy's loop - never runs, so nothing closed its socket.)"""
+        if self._stopping:
+            _rst(writer)
+            return
         self.connections_total += 1
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # Only stop() cancels handlers. End quietly: on 3.11 start_server's done
-            # callback calls task.exception() on a cancelled task and logs an error.
-            if not self._stopping:
-                raise
-        finally:
-            self._handlers.discard(task)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._handlers[task] = writer
+        task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        writer = self._handlers.pop(task)
+        if not writer.transport.is_closing():  # cancelled before it could start
+            _rst(writer)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            task.get_loop().call_exception_handler(
+                {"message": f"{self!r}: relaying a connection failed", "exception": exc}
+            )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing or self._stopping:
