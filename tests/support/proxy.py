@@ -50,11 +50,16 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close ``writer``'s connection politely (FIN), ignoring a peer that already left."""
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+async def _close(*writers: asyncio.StreamWriter) -> None:
+    """Close connections politely (FIN), ignoring peers that already left. Every close()
+    happens before the first await: a caller cancelled while waiting (stop() cancels
+    relays) must not leave a socket open, as a gather of one _close task per writer did
+    when the cancel came before those tasks started."""
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @dataclass
@@ -97,7 +102,7 @@ class _Conn:
             await asyncio.gather(*self.tasks, return_exceptions=True)
             if not self.dead:
                 self.dead = True
-                await asyncio.gather(_close(self.client_writer), _close(self.upstream_writer))
+                await _close(self.client_writer, self.upstream_writer)
 
     def reset(self) -> None:
         """RST both sides and stop relaying."""

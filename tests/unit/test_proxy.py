@@ -364,3 +364,23 @@ def test_stopping_while_clients_arrive_leaves_no_socket_open(thread_echo_port: i
             gc.collect()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert not leaks, f"{len(leaks)} connection(s) left open, e.g. {leaks[:2]}"
+
+
+async def test_stop_closes_connections_that_are_just_ending(echo: Upstream) -> None:
+    """stop() lands at every moment of connections that are ending by themselves (client
+    gone, server gone, the relay tidying up): each one is closed, none left open. A stop()
+    that cancelled a relay while it was closing its two sockets used to leave both open."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for spins in range(60):
+            proxy = FaultProxy(LOOPBACK, echo.port)
+            await proxy.start()
+            for _ in range(4):
+                _, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+                writer.close()  # the client leaves at once: the relay ends by itself
+            for _ in range(spins % 30):  # stop() after a different number of loop steps
+                await asyncio.sleep(0)
+            await proxy.stop()
+            gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, f"{len(leaks)} socket(s) left open, e.g. {leaks[:2]}"
