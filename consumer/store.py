@@ -322,17 +322,15 @@ class Store:
         # save never waits on an outbox row while it holds others, and two batches that
         # conflict on the same rows cannot deadlock (each would lock them in its own
         # scan order). SQLite has no row locks; it serialises writers instead.
-        claimable = (
+        claimable = _free_or_mine(worker_id, now)
+        unlocked = (
             sa.select(outbox.c.event_id)
-            .where(outbox.c.event_id.in_(event_ids), _free_or_mine(worker_id, now))
+            .where(outbox.c.event_id.in_(event_ids), claimable)
             .with_for_update(skip_locked=True)
         )
         claim = (
             sa.update(outbox)
-            .where(
-                outbox.c.event_id.in_(claimable.scalar_subquery()),
-                _free_or_mine(worker_id, now),
-            )
+            .where(outbox.c.event_id.in_(unlocked.scalar_subquery()), claimable)
             .values(claimed_by=worker_id or None, claimed_until=now + claim_for)
             .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
         )

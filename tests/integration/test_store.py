@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import json
 import random
@@ -223,40 +224,37 @@ KEYS_PER_ROUND = 40
 BATCH = 19  # caller i saves keys [3i, 3i + BATCH): neighbours overlap, together they cover all
 
 
-async def test_concurrent_overlapping_saves_one_row_per_key(postgres_url: str) -> None:
-    """8 engines saving overlapping batches (in different orders) at once on PostgreSQL all
-    succeed, and each key is inserted exactly once: the fence holds without Redis."""
-    stores = [Store(create_engine(postgres_url, pool_size=1, timeout_s=30)) for _ in range(CALLERS)]
+@contextlib.asynccontextmanager
+async def _racers(url: str) -> AsyncIterator[list[Store]]:
+    """CALLERS stores of one connection each, every connection open before a race starts."""
+    stores = [Store(create_engine(url, pool_size=1, timeout_s=30)) for _ in range(CALLERS)]
     try:
-        for s in stores:  # open every connection before the race starts
+        for s in stores:
             async with s.engine.connect():
                 pass
-        expected: set[tuple[str, str]] = set()
-        for rnd in range(ROUNDS):
-            wamids = [f"wamid.r{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
-            expected |= {("111", w) for w in wamids}
-            await _race_round(stores, rnd, wamids)
-        counts = await _row_counts(stores[0])
-        assert counts == dict.fromkeys(expected, 1)
-        assert len(await _outbox(stores[0])) == len(expected)
+        yield stores
     finally:
         for s in stores:
             await s.close()
 
 
-async def _race_round(stores: list[Store], rnd: int, wamids: list[str]) -> None:
+async def _race(
+    stores: list[Store], rnd: int, wamids: list[str], now: dt.datetime, *, claim: bool = False
+) -> list[tuple[list[PendingMessage], SaveResult]]:
+    """Caller i saves keys [3i, 3i + BATCH) of `wamids`, in an order of its own, all at once
+    behind a barrier (with `claim`, as worker w<i> claiming for 60 s); none may fail."""
     barrier = asyncio.Barrier(len(stores))
-    now = dt.datetime.now(dt.UTC)
 
-    async def caller(i: int) -> tuple[frozenset[MessageKey], SaveResult | StoreError]:
+    async def caller(i: int) -> tuple[list[PendingMessage], SaveResult | StoreError]:
         mine = wamids[3 * i : 3 * i + BATCH]
         random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each caller its own order
         pending = _pending("111", *mine, offset=i, occurred_at=now)
+        worker = {"worker_id": f"w{i}", "claim_for": dt.timedelta(seconds=60)} if claim else {}
         await barrier.wait()
         try:
-            return _keys(pending), await stores[i].save(pending, now)
+            return pending, await stores[i].save(pending, now, **worker)
         except StoreError as exc:
-            return _keys(pending), exc
+            return pending, exc
 
     async with asyncio.timeout(60):
         outcomes = await asyncio.gather(*(caller(i) for i in range(len(stores))))
@@ -265,14 +263,28 @@ async def _race_round(stores: list[Store], rnd: int, wamids: list[str]) -> None:
         for i, (_, r) in enumerate(outcomes)
         if isinstance(r, StoreError)
     ]
-    assert not failed, f"round {rnd}: concurrent save failed instead of conflicting: {failed}"
-    results = [(keys, r) for keys, r in outcomes if isinstance(r, SaveResult)]
-    for keys, r in results:
-        assert r.inserted | r.conflicts == keys
-        assert not r.inserted & r.conflicts
-    inserted = [k for _, r in results for k in r.inserted]
-    assert len(inserted) == len(set(inserted)), "a key was inserted by two callers"
-    assert set(inserted) == {MessageKey("111", w) for w in wamids}
+    assert not failed, f"round {rnd}: a concurrent save failed: {failed}"
+    return [(pending, r) for pending, r in outcomes if isinstance(r, SaveResult)]
+
+
+async def test_concurrent_overlapping_saves_one_row_per_key(postgres_url: str) -> None:
+    """8 engines saving overlapping batches (in different orders) at once on PostgreSQL all
+    succeed, and each key is inserted exactly once: the fence holds without Redis."""
+    async with _racers(postgres_url) as stores:
+        expected: set[tuple[str, str]] = set()
+        for rnd in range(ROUNDS):
+            wamids = [f"wamid.r{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
+            expected |= {("111", w) for w in wamids}
+            results = await _race(stores, rnd, wamids, dt.datetime.now(dt.UTC))
+            for pending, r in results:
+                assert r.inserted | r.conflicts == _keys(pending)
+                assert not r.inserted & r.conflicts
+            inserted = [k for _, r in results for k in r.inserted]
+            assert len(inserted) == len(set(inserted)), "a key was inserted by two callers"
+            assert set(inserted) == {MessageKey("111", w) for w in wamids}
+        counts = await _row_counts(stores[0])
+        assert counts == dict.fromkeys(expected, 1)
+        assert len(await _outbox(stores[0])) == len(expected)
 
 
 async def _hold_row_lock(store: Store, event_id: str) -> AsyncConnection:
@@ -381,54 +393,19 @@ async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
     (a crash after COMMIT, or Redis down so only the fence is left) race to claim the same
     outbox rows. None may fail (a deadlock is a failed batch) and each event goes to exactly
     one of them to publish; the others are told it is in flight."""
-    stores = [Store(create_engine(postgres_url, pool_size=1, timeout_s=30)) for _ in range(CALLERS)]
-    try:
-        for s in stores:
-            async with s.engine.connect():
-                pass
+    async with _racers(postgres_url) as stores:
         for rnd in range(CLAIM_ROUNDS):
-            await _claim_round(stores, rnd)
-    finally:
-        for s in stores:
-            await s.close()
-
-
-async def _claim_round(stores: list[Store], rnd: int) -> None:
-    wamids = [f"wamid.c{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
-    now = dt.datetime.now(dt.UTC)
-    first = await stores[0].save(_pending("111", *wamids, occurred_at=now), now)
-    assert len(first.inserted) == KEYS_PER_ROUND  # unclaimed: free for anyone
-    barrier = asyncio.Barrier(len(stores))
-
-    async def caller(i: int) -> tuple[list[PendingMessage], SaveResult | StoreError]:
-        mine = wamids[3 * i : 3 * i + BATCH]
-        random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each its own order
-        pending = _pending("111", *mine, offset=i, occurred_at=now)
-        await barrier.wait()
-        try:
-            claim_for = dt.timedelta(seconds=60)
-            return pending, await stores[i].save(
-                pending, now, worker_id=f"w{i}", claim_for=claim_for
-            )
-        except StoreError as exc:
-            return pending, exc
-
-    async with asyncio.timeout(60):
-        outcomes = await asyncio.gather(*(caller(i) for i in range(len(stores))))
-    failed = [
-        f"caller {i}: {str(r).splitlines()[0]}"
-        for i, (_, r) in enumerate(outcomes)
-        if isinstance(r, StoreError)
-    ]
-    assert not failed, f"round {rnd}: a conflicting save failed: {failed}"
-    handed: collections.Counter[str] = collections.Counter()
-    for pending, r in outcomes:
-        assert isinstance(r, SaveResult)
-        assert r.conflicts == _keys(pending)
-        assert not r.inserted
-        ids = {e.event_id for e in r.to_publish}
-        handed.update(ids)
-        for p in pending:  # each key: ours to publish, or in flight elsewhere
-            assert (p.event.event_id in ids) != (p.message.key in r.in_flight)
-    assert set(handed) == {e.event_id for e in first.to_publish}
-    assert set(handed.values()) == {1}, "an event was handed to two workers"
+            wamids = [f"wamid.c{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
+            now = dt.datetime.now(dt.UTC)
+            first = await stores[0].save(_pending("111", *wamids, occurred_at=now), now)
+            assert len(first.inserted) == KEYS_PER_ROUND  # unclaimed: free for anyone
+            handed: collections.Counter[str] = collections.Counter()
+            for pending, r in await _race(stores, rnd, wamids, now, claim=True):
+                assert r.conflicts == _keys(pending)
+                assert not r.inserted
+                ids = {e.event_id for e in r.to_publish}
+                handed.update(ids)
+                for p in pending:  # each key: ours to publish, or in flight elsewhere
+                    assert (p.event.event_id in ids) != (p.message.key in r.in_flight)
+            assert set(handed) == {e.event_id for e in first.to_publish}
+            assert set(handed.values()) == {1}, "an event was handed to two workers"

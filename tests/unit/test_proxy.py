@@ -347,13 +347,24 @@ def test_threaded_proxy_from_sync_code(thread_echo_port: int) -> None:
     assert proxy.live_connections == 0
 
 
+@contextlib.contextmanager
+def _no_socket_left_open() -> Iterator[None]:
+    """Fail if a socket, transport or stream writer was left for the garbage collector
+    to close (each warns ResourceWarning) while the block ran; collects at the end."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, f"{len(leaks)} socket(s) left open, e.g. {leaks[:2]}"
+
+
 def test_stopping_while_clients_arrive_leaves_no_socket_open(thread_echo_port: int) -> None:
     """Connections that arrive as a ThreadedProxy stops (a consumer killed while it was
     reconnecting, say) are all closed by the proxy, none left to the garbage collector: on
     3.11 one accepted just before Server.close(), or one whose relay task was cancelled
     before it ran, kept its socket open, and the ResourceWarning failed a fault scenario."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
+    with _no_socket_left_open():
         for _ in range(5):
             proxy = ThreadedProxy(LOOPBACK, thread_echo_port)
             proxy.start()
@@ -362,16 +373,13 @@ def test_stopping_while_clients_arrive_leaves_no_socket_open(thread_echo_port: i
                     pass
             proxy.stop()
             gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaks, f"{len(leaks)} connection(s) left open, e.g. {leaks[:2]}"
 
 
 async def test_stop_closes_connections_that_are_just_ending(echo: Upstream) -> None:
     """stop() lands at every moment of connections that are ending by themselves (client
     gone, server gone, the relay tidying up): each one is closed, none left open. A stop()
     that cancelled a relay while it was closing its two sockets used to leave both open."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
+    with _no_socket_left_open():
         for spins in range(60):
             proxy = FaultProxy(LOOPBACK, echo.port)
             await proxy.start()
@@ -382,5 +390,3 @@ async def test_stop_closes_connections_that_are_just_ending(echo: Upstream) -> N
                 await asyncio.sleep(0)
             await proxy.stop()
             gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaks, f"{len(leaks)} socket(s) left open, e.g. {leaks[:2]}"
