@@ -110,6 +110,15 @@ class Reason(enum.StrEnum):
     # Only with WHATSAPP_APP_SECRET set: no X-Hub-Signature-256 header, or a bad one.
     SIGNATURE_MISSING = "signature_missing"
     SIGNATURE_INVALID = "signature_invalid"
+    # Nested deeper than limits.MAX_JSON_DEPTH.
+    TOO_DEEP = "too_deep"
+    # A field breaks the storage contract (limits.py): too long, a control character.
+    INVALID_FIELD = "invalid_field"
+    # Intake accepted it, but the database or the event encoder refused its data: the
+    # record was isolated from its batch and the refusal's message is the detail.
+    UNSTORABLE = "unstorable"
+    # An unexpected exception while processing it; the detail names the exception type.
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,52 @@
+"""The storage contract: what intake accepts is what Redis, the database and the event
+can hold (docs/design.md, rule 9). One place for every limit; the table definition
+(``store.py``), the migrations and the JSON Schemas in ``schemas/`` are checked against
+these numbers by ``tests/unit/test_contract.py``.
+
+Why these numbers (Meta's documentation and real payloads, with room for change):
+
+* ``phone_number_id`` is a Graph API object id, a decimal string of 15-16 digits today.
+* ``wamid`` is an opaque base64 string of about 60 characters today
+  (``wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDEzNDdFODU3MUMxMAA=``). Meta may change
+  its format, so the column holds eight times that. With ``phone_number_id`` the unique
+  index entry stays under PostgreSQL's B-tree limit (2704 bytes) even if every character
+  took four UTF-8 bytes: (64 + 512) * 4 = 2304.
+* ``from`` and a contact's ``wa_id`` are phone numbers (at most 15 digits, E.164) or
+  business-scoped user ids such as ``US.13491208655302741918``.
+* ``type`` is a word such as ``text``, ``interactive`` or ``request_welcome`` (15).
+* ``timestamp`` is Unix seconds as a decimal string (10 digits until the year 2286).
+* Free text (a text body, a contact's name) is not limited beyond the record's size, and
+  may hold any character Meta can send, NUL included: it is stored faithfully in JSON
+  columns (PostgreSQL ``json``, which keeps ``\\u0000``; ``jsonb`` refuses it).
+* Identifiers may hold no control character (Unicode category Cc, NUL included): the
+  database's text columns refuse NUL, and the derived ids rely on ``\\x1f`` never being
+  part of a ``phone_number_id`` (``records.MessageKey``).
+* Nesting: Meta's deepest documented message (an order, an interactive reply) nests
+  about twelve levels below the body. The event re-encodes the content two levels deeper
+  than the message sits in the body; orjson re-encodes at most 254 levels.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Identifier columns, in characters (VARCHAR(n) on PostgreSQL).
+PHONE_NUMBER_ID_MAX: Final = 64
+WAMID_MAX: Final = 512
+SENDER_MAX: Final = 64
+CONTACT_WA_ID_MAX: Final = 64
+MESSAGE_TYPE_MAX: Final = 32
+TIMESTAMP_MAX: Final = 20
+
+# Deepest nesting of arrays and objects a body may have (the body itself is level 1).
+MAX_JSON_DEPTH: Final = 64
+
+# The largest produce request any of our producers sends (service, relay, DLQ replay):
+# Apache Kafka's default for both the producer's max.request.size and the broker's
+# message.max.bytes (1048588). Events and dead letters are built to fit it.
+MAX_REQUEST_BYTES: Final = 1024 * 1024
+# What an event adds to the message it copies from a record (ids, envelope, source
+# coordinates, framing): a record of MAX_RECORD_BYTES must leave this much room.
+EVENT_HEADROOM_BYTES: Final = 64 * 1024
+# The largest MAX_RECORD_BYTES that still lets every event fit one produce request.
+MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES
