@@ -1,9 +1,9 @@
-"""Kafka administration the tools need: create topics, read records until idle."""
+"""Kafka administration the tools need: create topics, read topics from offset 0, completely."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -52,18 +52,44 @@ async def committed_offsets(
         await client.stop()
 
 
+# Reading a topic completely on the embedded broker (Tansu 0.6) needs two precautions:
+#
+# * From offset 0, not from "earliest": when several producers write the first batches of
+#   an empty partition at once, a later batch can be stored before the one at offset 0,
+#   and ListOffsets(EARLIEST) then names that batch's offset (5, 80...), so
+#   seek_to_beginning and auto_offset_reset="earliest" start past records that are there.
+#   On Apache Kafka an offset below the log start is answered OffsetOutOfRange, and then
+#   auto_offset_reset="earliest" applies: seek(tp, 0) is right on both.
+# * Long enough: Tansu caches a partition's end for about 5 s, so the newest records can
+#   stay invisible that long even to a reader at offset 0. A read that stops after a
+#   shorter silence can miss acknowledged records.
+COMPLETE_IDLE_S = 6.0
+"""Silence after which a read that must be complete gives up waiting (> the 5 s cache)."""
+SETTLE_S = 1.0
+"""Silence after which a read stops once everything it was told to wait for arrived."""
+
+
 async def read_topic(
-    bootstrap: str, topic: str, *, from_beginning: bool = True, idle_s: float | None = 2.0
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    idle_s: float | None = COMPLETE_IDLE_S,
+    until: Callable[[], bool] | None = None,
+    settle_s: float = SETTLE_S,
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield records of every partition of `topic`, without joining a group.
 
-    With `idle_s`, stop after that long without a new record ("read until idle": Tansu's
-    end offsets are unreliable, see DESIGN); with None, follow forever.
+    `from_beginning` positions every partition at offset 0 (see above), else at its end.
+    Stops after `idle_s` without a new record ("read until idle"; None: follow forever),
+    or, once `until()` holds (it sees the records yielded so far), after `settle_s`
+    without one.
     """
     count = await partition_count(bootstrap, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        # Only where offset 0 is below the log start (Apache Kafka after retention).
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
     await consumer.start()
@@ -71,11 +97,17 @@ async def read_topic(
         tps = [TopicPartition(topic, p) for p in range(count)]
         consumer.assign(tps)
         if from_beginning:
-            await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                consumer.seek(tp, 0)
         else:
             await consumer.seek_to_end(*tps)
         last = time.monotonic()
-        while idle_s is None or time.monotonic() - last < idle_s:
+        while True:
+            quiet = time.monotonic() - last
+            if until is not None and quiet >= settle_s and until():
+                return
+            if idle_s is not None and quiet >= idle_s:
+                return
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 for record in records:
@@ -85,6 +117,56 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[ConsumerRecord]:
-    """Every record of `topic`, read until idle (see read_topic)."""
-    return [r async for r in read_topic(bootstrap, topic, idle_s=idle_s)]
+class _Expected:
+    """What a complete read waits for, crossed off as records arrive."""
+
+    def __init__(
+        self, want: Iterable[tuple[int, int]], ends: Mapping[int, int] | None, at_least: int
+    ) -> None:
+        self.missing = set(want)
+        self.behind = {p: end for p, end in (ends or {}).items() if end > 0}
+        self.at_least = at_least
+        self.count = 0
+        self.asked = bool(self.missing or self.behind or at_least)
+
+    def arrived(self, record: ConsumerRecord) -> None:
+        self.count += 1
+        self.missing.discard((record.partition, record.offset))
+        if self.behind.get(record.partition, 0) <= record.offset + 1:
+            self.behind.pop(record.partition, None)
+
+    def complete(self) -> bool:
+        return not self.missing and not self.behind and self.count >= self.at_least
+
+
+async def read_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    idle_s: float = COMPLETE_IDLE_S,
+    want: Iterable[tuple[int, int]] = (),
+    ends: Mapping[int, int] | None = None,
+    at_least: int = 0,
+    settle_s: float = SETTLE_S,
+) -> list[ConsumerRecord]:
+    """Every record of `topic`, each partition read from offset 0.
+
+    Told what must be there (every (partition, offset) in `want`, every partition up to
+    its end offset in `ends`, at least `at_least` records: what the broker acknowledged),
+    the read stops `settle_s` after the last record once all of it arrived. Either way
+    it stops after `idle_s` without a record (the default outlasts the broker's end
+    cache); what it read by then is all there is, and a caller that knew what to expect
+    checks it.
+    """
+    expected = _Expected(want, ends, at_least)
+    out: list[ConsumerRecord] = []
+    async for record in read_topic(
+        bootstrap,
+        topic,
+        idle_s=idle_s,
+        until=expected.complete if expected.asked else None,
+        settle_s=settle_s,
+    ):
+        expected.arrived(record)
+        out.append(record)
+    return out
