@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer import topics
 from consumer.settings import Settings
@@ -80,14 +80,43 @@ async def wait_committed(
     raise AssertionError(f"offsets not committed: want {ends}, have {seen}\n{detail}")
 
 
-async def read_all(settings: Settings, topic: str, idle_s: float = 1.5) -> list[Any]:
-    return await topics.read_all(settings.kafka_bootstrap_servers, topic, idle_s=idle_s)
+async def commit(settings: Settings, offsets: dict[int, int]) -> None:
+    """Commit inbound offsets for the group from outside (as a member that left would)."""
+    client = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await client.start()
+    try:
+        tps = {TopicPartition(settings.inbound_topic, p): o for p, o in offsets.items()}
+        client.assign(list(tps))
+        await client.commit(tps)
+    finally:
+        await client.stop()
 
 
-async def events(settings: Settings, idle_s: float = 1.5) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(r.value) for r in await read_all(settings, settings.outbound_topic, idle_s)
-    ]
+async def read_all(
+    settings: Settings,
+    topic: str,
+    idle_s: float = topics.COMPLETE_IDLE_S,
+    *,
+    want: Iterable[tuple[int, int]] = (),
+) -> list[Any]:
+    """Every record of `topic` from offset 0; complete once every (partition, offset) in
+    `want` arrived, else after `idle_s` of silence (see topics.read_all)."""
+    return await topics.read_all(settings.kafka_bootstrap_servers, topic, idle_s=idle_s, want=want)
+
+
+async def events(
+    settings: Settings,
+    idle_s: float = topics.COMPLETE_IDLE_S,
+    *,
+    want: Iterable[tuple[int, int]] = (),
+) -> list[dict[str, Any]]:
+    """The outbound topic's events, read as read_all reads."""
+    records = await read_all(settings, settings.outbound_topic, idle_s, want=want)
+    return [orjson.loads(r.value) for r in records]
 
 
 async def rows(settings: Settings) -> list[tuple[str, str]]:
