@@ -548,12 +548,80 @@ class Service:
             self._assigned = False
         log.info("partitions.revoked", partitions=sorted(f"{t}:{p}" for t, p in parts))
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._batch_lock:  # no batch may commit before the positions are set
+            await self._start_uncommitted_at_zero(assigned)
         self._assigned = True
         log.info(
             "partitions.assigned",
             partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
         )
+
+    async def _start_uncommitted_at_zero(self, assigned: set[TopicPartition]) -> None:
+        """Position each assigned partition the group committed nothing for at offset 0.
+
+        That is what the reset policy (auto_offset_reset="earliest", see _start_kafka)
+        means, but aiokafka applies it by asking the broker where the log starts, and the
+        embedded broker can name an offset past records it holds (docs/reliability.md).
+        Where offset 0 is below the log start (Apache Kafka after retention), the broker
+        answers OffsetOutOfRange and the reset policy applies. If the committed offsets
+        cannot be read, the reset policy decides alone (with a warning).
+        """
+        consumer = self._consumer
+        if consumer is None or not assigned:
+            return
+        try:
+            committed = await self._committed(assigned)
+        except BrokerError as exc:
+            log.warning(
+                "partitions.committed_unknown",
+                error=str(exc),
+                fallback="auto_offset_reset=earliest",
+                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+            )
+            return
+        fresh = []
+        for tp in sorted(tp for tp, offset in committed.items() if offset is None):
+            try:
+                consumer.seek(tp, 0)
+            except KafkaError as exc:  # IllegalStateError: no longer ours (rebalancing)
+                log.warning(
+                    "partition.seek_failed", partition=f"{tp.topic}:{tp.partition}", error=repr(exc)
+                )
+                continue
+            fresh.append(tp)
+        if not fresh:
+            return
+        # Records fetched from where the broker's "earliest" pointed, before the seek, are
+        # fetched again from 0: their offsets must not count towards a commit.
+        self.ledger.forget({(tp.topic, tp.partition) for tp in fresh})
+        log.info(
+            "partitions.start_at_zero",
+            partitions=[f"{tp.topic}:{tp.partition}" for tp in fresh],
+        )
+
+    async def _committed(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None: nothing committed)."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        consumer = self._consumer
+
+        async def one(tp: TopicPartition) -> tuple[TopicPartition, int | None]:
+            offset = await consumer.committed(tp)
+            return tp, None if offset is None else int(offset)
+
+        try:
+            # aiokafka retries a retriable failure without end: bound it.
+            found = await asyncio.wait_for(
+                asyncio.gather(*(one(tp) for tp in partitions)),
+                self.settings.kafka_request_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise BrokerError(
+                f"reading committed offsets took over {self.settings.kafka_request_timeout_s:g}s"
+            ) from exc
+        except KafkaError as exc:
+            raise BrokerError(f"reading committed offsets failed: {exc!r}") from exc
+        return dict(found)
 
     # -- startup checks --------------------------------------------------------------
 
@@ -587,7 +655,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc] # aiokafka is
         await self._service.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._service.on_assigned(assigned)
+        await self._service.on_assigned(assigned)
 
 
 def _inbound(m: object) -> InboundRecord:

@@ -121,6 +121,27 @@ async def test_poison_goes_to_dlq_and_neighbours_are_processed(group: ConsumerGr
     assert group.procs[0].proc.poll() is None, "a bad record must not crash the process"
 
 
+async def test_fresh_member_starts_uncommitted_partitions_at_offset_zero(
+    group: ConsumerGroup,
+) -> None:
+    """A member joining a group that committed nothing for a partition positions it at
+    offset 0 itself (not where the broker says the log starts, which the embedded broker
+    can get wrong), so the records already there are all stored; a partition the group
+    committed starts at its committed offset."""
+    settings = group.settings
+    records = [(p, text_webhook("111", f"wamid.Z{p}.{i}")) for p in range(4) for i in range(3)]
+    ends = await kafka.send(settings, records)  # before any member exists
+    await kafka.commit(settings, {0: 2})  # partition 0: offsets 0 and 1 count as done
+    (member,) = group.start(1)
+    await kafka.wait_committed(settings, ends, explain=group.logs)
+    topic = settings.inbound_topic
+    starts = [p for e in member.named("partitions.start_at_zero") for p in e["partitions"]]
+    assert starts == [f"{topic}:1", f"{topic}:2", f"{topic}:3"], group.logs()
+    expected = {("111", f"wamid.Z{p}.{i}") for p in range(4) for i in range(3)}
+    expected -= {("111", "wamid.Z0.0"), ("111", "wamid.Z0.1")}
+    assert collections.Counter(await kafka.rows(settings)) == collections.Counter(expected)
+
+
 async def test_sigterm_exits_zero_with_offsets_committed(group: ConsumerGroup) -> None:
     """SIGTERM: the member finishes, commits and exits 0; nothing is left half done
     (no unpublished outbox row)."""
