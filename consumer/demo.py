@@ -327,8 +327,13 @@ def _operate(settings: Settings, ports: list[int]) -> Operator:
             f"{parts} partition(s))"
         )
     op.healthy = healthy
+    # Every poison record's dead letter was acknowledged before its offset was committed.
     dead_before = len(
-        asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic))
+        asyncio.run(
+            topics.read_all(
+                settings.kafka_bootstrap_servers, settings.dlq_topic, at_least=EXPECTED_DEAD
+            )
+        )
     )
     env = {**os.environ, **settings_env(settings.replace(metrics_port=0))}
     op.dlq_list = _tool(["dlq", "list"], env)
@@ -359,7 +364,7 @@ def _replayed_back(settings: Settings, want: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         dead = asyncio.run(
-            topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic, idle_s=1.0)
+            topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic, at_least=want)
         )
         if len(dead) >= want:
             return any("dlq.replayed_from" in dict(r.headers) for r in dead)
@@ -414,10 +419,17 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> int | None:
 
 
 def _count_outputs(settings: Settings, summary: Summary) -> None:
-    events = asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.outbound_topic))
+    """Count the events and dead letters, each topic read from offset 0 until as many
+    records as were acknowledged have arrived (what the members' metrics counted, and at
+    least what the run expects), or 6 s of silence (topics.read_all)."""
+    bootstrap = settings.kafka_bootstrap_servers
+    metrics = summary.operator.metrics
+    published = max(summary.unique_expected, int(metrics.get("published", 0)))
+    events = asyncio.run(topics.read_all(bootstrap, settings.outbound_topic, at_least=published))
     summary.events = len(events)
     summary.unique_event_ids = len({orjson.loads(r.value)["event_id"] for r in events})
-    dead = asyncio.run(topics.read_all(settings.kafka_bootstrap_servers, settings.dlq_topic))
+    dead_lettered = max(EXPECTED_DEAD, int(metrics.get("dead_lettered", 0)))
+    dead = asyncio.run(topics.read_all(bootstrap, settings.dlq_topic, at_least=dead_lettered))
     summary.dead_lettered = len(dead)
     reasons = collections.Counter(dict(r.headers).get("dlq.reason", b"?").decode() for r in dead)
     summary.dlq_reasons = dict(reasons)
