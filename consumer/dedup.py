@@ -1,6 +1,7 @@
 """The Redis lease that keeps concurrent duplicates from doing the work twice.
 
-Each message has one key, ``{prefix}:{phone_number_id}:{wamid}``, in one of two states:
+Each message has one key, ``{prefix}#{len(phone_number_id)}:{phone_number_id}:{wamid}``,
+in one of two states:
 
     <token>        a processing lease, short TTL (LEASE_TTL_S), owned by one worker batch
     done:<token>   a done marker, long TTL (DONE_TTL_S), set after commit and publish
@@ -9,7 +10,13 @@ Taking a lease is one atomic ``SET key token NX PX ttl`` (inside a script that a
 reports *why* it failed: held by someone else, or already done). Release and the
 switch to done are compare-and-set scripts, so a worker never touches a key that
 another worker owns now. Redis is the fast path only: the database's unique
-constraint is the authority (DESIGN rule 1).
+constraint is the authority (docs/design.md, rule 1).
+
+The key cannot collide (rule 11): the length of the phone_number_id says where it ends,
+so ``("1:2", "3")`` and ``("1", "2:3")`` are two keys. The ``#`` after the prefix (which
+may hold neither ``#`` nor ``:``) keeps these keys apart from the ``{prefix}:{pnid}:{wamid}``
+keys of versions before 0.2, whose done markers are so never misread; they run out after
+DONE_TTL_S, and meanwhile the database fence catches a redelivery of their messages.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from consumer.errors import LeaseStoreError
 from consumer.records import MessageKey
 
 DONE_PREFIX = "done:"
+# Between REDIS_KEY_PREFIX and the rest of a key; the prefix may not contain it.
+KEY_SEPARATOR = "#"
 
 # Each script handles a whole batch of keys in one call (one round trip, one command
 # for redis-py to pack) and answers one number per key, in KEYS order. A script runs
@@ -95,7 +104,7 @@ class Leases:
         self._finish = client.register_script(_FINISH)
 
     def key(self, message: MessageKey) -> str:
-        return f"{self._prefix}:{message.phone_number_id}:{message.wamid}"
+        return lease_key(self._prefix, message)
 
     async def acquire(self, keys: Sequence[MessageKey], token: str) -> dict[MessageKey, LeaseState]:
         """Try to take a lease on every key at once."""
@@ -129,6 +138,12 @@ class Leases:
                 return [r for chunk in await pipe.execute() for r in chunk]
         except (RedisError, OSError) as exc:
             raise LeaseStoreError(f"Redis {what} of {len(keys)} lease(s) failed: {exc}") from exc
+
+
+def lease_key(prefix: str, message: MessageKey) -> str:
+    """The Redis key of one message (see the module docstring)."""
+    pnid = message.phone_number_id
+    return f"{prefix}{KEY_SEPARATOR}{len(pnid)}:{pnid}:{message.wamid}"
 
 
 def connect(url: str, *, timeout_s: float) -> aioredis.Redis:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -190,15 +191,17 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
 
 
 def delete_keys(url: str, prefix: str) -> int:
-    """Delete every key under `prefix:` (a run's leases and done markers, which would
-    otherwise sit in a shared Redis for DONE_TTL_S). Returns how many; 0 if unreachable."""
+    """Delete every key of `prefix` (a run's leases and done markers, which would
+    otherwise sit in a shared Redis for DONE_TTL_S), in the current format
+    (``prefix#...``) and the one before 0.2 (``prefix:...``). Returns how many; 0 if
+    unreachable."""
     import redis  # the sync client: called from sync teardown code
 
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
     deleted = 0
     try:
         batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        for key in client.scan_iter(match=key_pattern(prefix), count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += int(client.unlink(*batch))
@@ -210,6 +213,12 @@ def delete_keys(url: str, prefix: str) -> int:
     finally:
         client.close()
     return deleted
+
+
+def key_pattern(prefix: str) -> str:
+    """A Redis SCAN pattern for every lease and done marker under `prefix`."""
+    escaped = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+    return f"{escaped}[#:]*"
 
 
 @contextlib.contextmanager

@@ -6,7 +6,13 @@
     │   ├── LeaseStoreError    Redis (the lease / done-marker store)
     │   ├── StoreError         the SQL database
     │   └── BrokerError        Kafka: produce, commit, admin
+    ├── UnstorableError        a record's data was refused (by the database, or the event
+    │                          encoder): retrying cannot help; isolate it and dead-letter it
     └── EmbeddedServiceError   a service the demo or tests start themselves would not start
+
+The two failure classes of docs/design.md, rule 10: a DependencyError is an outage (wait,
+retry without limit, pause, never dead-letter); an UnstorableError is one record's data
+(find the record, dead-letter it, let its neighbours go on).
 
 Only the adapter modules (dedup, store, publish, service) see redis, SQLAlchemy or
 aiokafka exceptions; they translate them here with ``raise ... from exc`` so the cause
@@ -46,6 +52,12 @@ class StoreError(DependencyError):
 
 class BrokerError(DependencyError):
     """Kafka failed to take a record we produced or an offset we committed."""
+
+
+class UnstorableError(WamidGuardError):
+    """The data of one of the records in a write was refused: a value the database will
+    not take, an event that cannot be encoded. The message is the refusal's own (the
+    database's message, without the statement or its parameters)."""
 
 
 class EmbeddedServiceError(WamidGuardError):

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from consumer import limits
+from consumer.errors import UnstorableError
 from consumer.records import Message
 
 EVENT_TYPE = "message_created"
@@ -29,7 +31,15 @@ class OutboundEvent:
 
 
 def conversation_key(phone_number_id: str, sender: str) -> bytes:
-    """Kafka key: one contact's events of one number stay in order on one partition."""
+    """Kafka key: one contact's events of one number stay in order on one partition.
+
+    ``{phone_number_id}:{from}``; Meta's phone_number_ids are numeric, so the first ``:``
+    splits it. A phone_number_id holding a ``:`` would make two conversations share a key
+    (``("1:2", "3")`` and ``("1", "2:3")``), so it takes a form no plain key can have:
+    ``:{len}:{phone_number_id}:{from}`` (docs/design.md, rule 11).
+    """
+    if ":" in phone_number_id:
+        return f":{len(phone_number_id)}:{phone_number_id}:{sender}".encode()
     return f"{phone_number_id}:{sender}".encode()
 
 
@@ -59,9 +69,15 @@ def build(message: Message, *, topic: str, occurred_at: dt.datetime) -> Outbound
             "offset": message.source.offset,
         },
     }
-    return OutboundEvent(
-        event_id=key.event_id,
-        topic=topic,
-        key=conversation_key(key.phone_number_id, message.sender),
-        payload=orjson.dumps(body),
-    )
+    try:
+        payload = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        # Intake's limits make this unreachable; if it happens, it is this record's data.
+        raise UnstorableError(f"the event cannot be encoded: {exc}") from exc
+    event_key = conversation_key(key.phone_number_id, message.sender)
+    if len(payload) + len(event_key) > limits.MAX_EVENT_BYTES:
+        raise UnstorableError(
+            f"the event would be {len(payload) + len(event_key)} bytes, "
+            f"more than the {limits.MAX_EVENT_BYTES} a produce request holds"
+        )
+    return OutboundEvent(event_id=key.event_id, topic=topic, key=event_key, payload=payload)

@@ -4,6 +4,16 @@ Meta batches: one body may hold several entries, each with several changes, each
 several messages. Every message of every change is returned, not just the first.
 Statuses and value-level ``errors`` are valid webhooks that create no message.
 
+Intake is the one gate of the storage contract (docs/design.md, rule 9): every field that
+reaches Redis, the database or the event is checked here against ``limits.py`` (length,
+control characters, nesting depth, type), so that what is accepted can be stored and
+announced on every supported database. A record that breaks a limit is dead-lettered with
+the field named. Details never quote the record's values: they are personal data, and may
+be hostile (huge, deeply nested, full of terminal escapes).
+
+The work per record is linear in its size: one parse, at most one walk of the tree (only
+when the body has more brackets than the depth limit), contacts matched through a dict.
+
 With Meta's App Secret configured, a record must first prove it comes from Meta: its
 ``X-Hub-Signature-256`` header (any case) must be ``sha256=`` and the hex HMAC-SHA256 of
 the raw value under the secret, checked on the bytes as received, before any parsing.
@@ -12,11 +22,14 @@ the raw value under the secret, checked on the bytes as received, before any par
 from __future__ import annotations
 
 import hmac
+import re
 import string
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from consumer import limits
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
 
 
@@ -48,6 +61,8 @@ def decode(
         return _webhook(record, body)
     except _Reject as rejected:
         return Invalid(record, rejected.reason, rejected.detail)
+    except Exception as exc:  # noqa: BLE001 - one record's surprise must not stop the partition
+        return Invalid(record, Reason.INTERNAL_ERROR, f"intake raised {type(exc).__name__}")
 
 
 def sign(app_secret: bytes, value: bytes) -> bytes:
@@ -88,6 +103,11 @@ def _check_signature(record: InboundRecord, app_secret: bytes) -> None:
         )
 
 
+# Unicode category Cc: C0 controls (NUL included), DEL and the C1 controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_BRACKETS = (b"{", b"[")
+
+
 def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     if not value:
         raise _Reject(Reason.EMPTY, "record has no value")
@@ -100,16 +120,37 @@ def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit (1024) is far above ours
+            raise _Reject(Reason.TOO_DEEP, _too_deep()) from None
         raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
     if not isinstance(body, dict):
-        raise _Reject(Reason.BAD_SHAPE, f"top level is {type(body).__name__}, not an object")
+        raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(body)}, not an object")
+    _check_depth(value, body)
     return body
+
+
+def _check_depth(value: bytes, body: dict[str, Any]) -> None:
+    """No deeper than MAX_JSON_DEPTH. Depth is at most the number of opening brackets,
+    so a real webhook (a dozen or two) is let through without walking the tree."""
+    if sum(value.count(b) for b in _BRACKETS) <= limits.MAX_JSON_DEPTH:
+        return
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.MAX_JSON_DEPTH:
+            raise _Reject(Reason.TOO_DEEP, _too_deep())
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+
+def _too_deep() -> str:
+    return f"nested deeper than {limits.MAX_JSON_DEPTH} levels of objects and arrays"
 
 
 def _webhook(record: InboundRecord, body: dict[str, Any]) -> Webhook:
     obj = body.get("object", "whatsapp_business_account")
     if obj != "whatsapp_business_account":
-        raise _Reject(Reason.BAD_SHAPE, f"object is {obj!r}, not 'whatsapp_business_account'")
+        raise _Reject(Reason.BAD_SHAPE, f"object is {_kind(obj)}, not 'whatsapp_business_account'")
     entries = _list(body, "entry", "body")
     if not entries:
         raise _Reject(Reason.BAD_SHAPE, "entry is empty")
@@ -143,24 +184,27 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
     if not isinstance(pnid, str) or not pnid:
         raise _Reject(Reason.MISSING_PHONE_NUMBER_ID, f"{where}.value.metadata.phone_number_id")
     assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
+    _check_id(pnid, f"{where}.value.metadata.phone_number_id", limits.PHONE_NUMBER_ID_MAX)
     display = metadata.get("display_phone_number")
-    contacts = [c for c in _optional_list(value, "contacts", where) if isinstance(c, dict)]
+    by_wa_id, lone = _contacts(_optional_list(value, "contacts", where), where)
     out = []
     for k, raw in enumerate(raw_messages):
-        raw = _obj(raw, f"{where}.value.messages[{k}]")
+        at = f"{where}.value.messages[{k}]"
+        raw = _obj(raw, at)
         wamid = raw.get("id")
         if not isinstance(wamid, str) or not wamid:
-            raise _Reject(Reason.MESSAGE_WITHOUT_ID, f"{where}.value.messages[{k}].id")
-        sender = _str(raw, "from", f"{where}.value.messages[{k}]")
-        contact = _contact_for(sender, contacts)
-        profile = contact.get("profile") if contact else None
+            raise _Reject(Reason.MESSAGE_WITHOUT_ID, f"{at}.id")
+        _check_id(wamid, f"{at}.id", limits.WAMID_MAX)
+        sender = _id(raw, "from", at, limits.SENDER_MAX)
+        contact = by_wa_id.get(sender, lone)
+        profile = contact.entry.get("profile") if contact else None
         out.append(
             Message(
                 key=MessageKey(pnid, wamid),
                 sender=sender,
-                type=_str(raw, "type", f"{where}.value.messages[{k}]"),
-                timestamp=_str(raw, "timestamp", f"{where}.value.messages[{k}]"),
-                contact_wa_id=_opt_str(contact.get("wa_id")) if contact else None,
+                type=_id(raw, "type", at, limits.MESSAGE_TYPE_MAX),
+                timestamp=_id(raw, "timestamp", at, limits.TIMESTAMP_MAX),
+                contact_wa_id=_contact_wa_id(contact),
                 contact_name=_opt_str(profile.get("name")) if isinstance(profile, dict) else None,
                 contact_profile=profile if isinstance(profile, dict) else None,
                 display_phone_number=_opt_str(display),
@@ -171,13 +215,60 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
     return out
 
 
-def _contact_for(sender: str, contacts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The sender's contact entry; a lone entry is the sender's even without a wa_id match
-    (username-only senders), but with several we never guess another person's name."""
-    for contact in contacts:
-        if contact.get("wa_id") == sender:
-            return contact
-    return contacts[0] if len(contacts) == 1 else None
+@dataclass(frozen=True, slots=True)
+class _Contact:
+    entry: dict[str, Any]
+    where: str  # its path, to name its wa_id in a dead letter
+
+
+def _contacts(raw: list[Any], where: str) -> tuple[dict[str, _Contact], _Contact | None]:
+    """A change's contacts by wa_id (the first of each), and the lone contact: a single
+    entry is the sender's even without a wa_id match (username-only senders), but with
+    several we never guess another person's name. One pass: a record with thousands of
+    messages and contacts costs no more than its size."""
+    entries = [
+        _Contact(c, f"{where}.value.contacts[{n}]")
+        for n, c in enumerate(raw)
+        if isinstance(c, dict)
+    ]
+    by_wa_id: dict[str, _Contact] = {}
+    for contact in entries:
+        wa_id = contact.entry.get("wa_id")
+        if isinstance(wa_id, str):
+            by_wa_id.setdefault(wa_id, contact)
+    return by_wa_id, (entries[0] if len(entries) == 1 else None)
+
+
+def _contact_wa_id(contact: _Contact | None) -> str | None:
+    wa_id = contact.entry.get("wa_id") if contact else None
+    if not isinstance(wa_id, str):
+        return None
+    assert contact is not None  # noqa: S101 - narrowed above; for mypy
+    _check_id(wa_id, f"{contact.where}.wa_id", limits.CONTACT_WA_ID_MAX)
+    return wa_id
+
+
+def _check_id(value: str, where: str, max_chars: int) -> None:
+    """An identifier the database keeps in a VARCHAR and the lease key is built from."""
+    if len(value) > max_chars:
+        raise _Reject(
+            Reason.INVALID_FIELD, f"{where} has {len(value)} characters, at most {max_chars}"
+        )
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise _Reject(
+            Reason.INVALID_FIELD,
+            f"{where} holds a control character (U+{ord(bad.group()):04X}) at {bad.start()}",
+        )
+
+
+def _kind(value: object) -> str:
+    """What a value is, without quoting it (it may be huge, deep or hostile)."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -199,10 +290,11 @@ def _optional_list(parent: dict[str, Any], name: str, where: str) -> list[Any]:
     return _list(parent, name, f"{where}.value")
 
 
-def _str(parent: dict[str, Any], name: str, where: str) -> str:
+def _id(parent: dict[str, Any], name: str, where: str, max_chars: int) -> str:
     value = parent.get(name)
     if not isinstance(value, str) or not value:
         raise _Reject(Reason.BAD_SHAPE, f"{where}.{name} is missing or not a string")
+    _check_id(value, f"{where}.{name}", max_chars)
     return value
 
 

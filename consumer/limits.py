@@ -48,5 +48,8 @@ MAX_REQUEST_BYTES: Final = 1024 * 1024
 # What an event adds to the message it copies from a record (ids, envelope, source
 # coordinates, framing): a record of MAX_RECORD_BYTES must leave this much room.
 EVENT_HEADROOM_BYTES: Final = 64 * 1024
+# An event's key and value together: what one produce request holds, less its framing
+# and the event_id header.
+MAX_EVENT_BYTES: Final = MAX_REQUEST_BYTES - 4096
 # The largest MAX_RECORD_BYTES that still lets every event fit one produce request.
 MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES

@@ -1,21 +1,29 @@
 """One batch of inbound records through every stage of the flow, in a page.
 
-    decode -> dead-letter the invalid
-           -> lease every message key (one Redis round trip)
+    decode -> lease every message key (one Redis round trip)
            -> one transaction: messages ON CONFLICT DO NOTHING + outbox rows
            -> publish message_created (new rows, and unpublished rows of conflicts)
            -> mark outbox rows published -> leases become done markers
+           -> dead-letter what is not a usable webhook, or what was refused
            -> report which records are durable and which must be retried
 
 A record is durable when it was dead-lettered, or when every message key in it is
 stored and announced (by us now, or found done). A key another worker holds defers
-its record (DESIGN rule 5); a failed step releases our leases (rule 4) and retries the
-records. Nothing here commits offsets: the service does, from the report.
+its record (docs/design.md, rule 5); a failed step releases our leases (rule 4) and
+retries the records. Nothing here commits offsets: the service does, from the report.
+
+Failures come in two kinds (rule 10). A dependency that fails (Redis, the database, the
+broker) fails the batch: every record is retried, nothing is dead-lettered. A record
+whose data is refused (the database will not take a value, the event cannot be encoded)
+or that raises something unexpected is isolated: the batch is split in halves until the
+record is alone, then it is dead-lettered (``unstorable`` / ``internal_error``) and its
+neighbours are stored as usual. So no record, however crafted, stops a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
 import time
@@ -28,14 +36,17 @@ import structlog
 from consumer import events, intake
 from consumer.crashpoints import CrashPoints
 from consumer.dedup import Leases, LeaseState
-from consumer.errors import DependencyError, LeaseStoreError, StoreError
+from consumer.errors import DependencyError, LeaseStoreError, StoreError, UnstorableError
 from consumer.metrics import Metrics
 from consumer.publish import Publisher
-from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
+from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
 from consumer.settings import Settings
 from consumer.store import MarkQueue, PendingMessage, SaveResult, Store
 
 log = structlog.get_logger(__name__)
+
+# A dead letter's detail in a log line: enough to tell what was wrong, bounded.
+_LOG_DETAIL_CHARS = 200
 
 
 @dataclass(slots=True)
@@ -52,6 +63,7 @@ class BatchReport:
     statuses: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    isolated: int = 0  # records refused by the database or the encoder, or that raised
     events: int = 0
     republished: int = 0
     leases_lost: int = 0
@@ -60,22 +72,26 @@ class BatchReport:
     retry: list[InboundRecord] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return {
-            "records": self.records,
-            "messages": self.messages,
-            "stored": self.stored,
-            "dup_done_marker": self.dup_done_marker,
-            "dup_database": self.dup_database,
-            "dup_in_batch": self.dup_in_batch,
-            "held": self.held,
-            "statuses": self.statuses,
-            "errors": self.errors,
-            "dead_lettered": self.dead_lettered,
-            "events": self.events,
-            "republished": self.republished,
-            "leases_lost": self.leases_lost,
-            "retry": len(self.retry),
-        }
+        """Every count, by its field name, and how many records are to be retried."""
+        out = {f.name: getattr(self, f.name) for f in _COUNT_FIELDS}
+        out["retry"] = len(self.retry)
+        return out
+
+    def add(self, other: BatchReport) -> None:
+        """Add another report's counts (not its records or failure) to these."""
+        for f in _COUNT_FIELDS:
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+_COUNT_FIELDS = tuple(f for f in dataclasses.fields(BatchReport) if f.type == "int")
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A sub-batch that holds a record whose data was refused, or that raised."""
+
+    reason: Reason
+    detail: str
 
 
 class BatchProcessor(Protocol):
@@ -133,7 +149,7 @@ class Pipeline:
         if not self.marks:
             return
         try:
-            done = await self.marks.flush(self._clock())
+            done = await self.marks.flush()
         except StoreError as exc:
             self.metrics.dependency_error(exc)
             log.debug("outbox.mark_retry_failed", pending=len(self.marks), error=str(exc))
@@ -141,24 +157,14 @@ class Pipeline:
         log.info("outbox.marked_after_retry", count=done)
 
     async def process(self, records: Sequence[InboundRecord]) -> BatchReport:
-        """Run one batch. Never raises for a failing dependency: it reports retries."""
+        """Run one batch. Never raises for a failing dependency or a record's data: it
+        reports retries and dead letters."""
         started = time.monotonic()
         report = BatchReport(records=len(records))
-        decoded = [
-            intake.decode(r, max_bytes=self._settings.max_record_bytes, app_secret=self._app_secret)
-            for r in records
-        ]
-        invalid = [d for d in decoded if isinstance(d, Invalid)]
-        webhooks = [d for d in decoded if isinstance(d, Webhook)]
-        await self._dead_letter(invalid, report)
-        resolved = await self._guard_and_store(webhooks, report)
-        for hook in webhooks:
-            report.statuses += hook.statuses
-            report.errors += hook.errors
-            if all(m.key in resolved for m in hook.messages):
-                report.durable.append(hook.record)
-            else:
-                report.retry.append(hook.record)
+        try:
+            await self._process(records, report)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug must not kill the member
+            self._unexpected(exc, records, report)
         duration_s = time.monotonic() - started
         self._observe(report, duration_s)
         log.info(
@@ -168,6 +174,31 @@ class Pipeline:
             **({"failure": report.failure} if report.failure else {}),
         )
         return report
+
+    async def _process(self, records: Sequence[InboundRecord], report: BatchReport) -> None:
+        decoded = [self._decode(r) for r in records]
+        invalid = [d for d in decoded if isinstance(d, Invalid)]
+        webhooks = [d for d in decoded if isinstance(d, Webhook)]
+        report.messages = sum(len(h.messages) for h in webhooks)
+        for hook in webhooks:
+            report.statuses += hook.statuses
+            report.errors += hook.errors
+        await self._store_isolating(webhooks, report, invalid)
+        await self._dead_letter(invalid, report)
+
+    def _decode(self, record: InboundRecord) -> Webhook | Invalid:
+        return intake.decode(
+            record, max_bytes=self._settings.max_record_bytes, app_secret=self._app_secret
+        )
+
+    def _unexpected(
+        self, exc: Exception, records: Sequence[InboundRecord], report: BatchReport
+    ) -> None:
+        """A bug outside any one record's processing: retry what is not yet durable."""
+        log.error("batch.internal_error", error=type(exc).__name__, exc_info=exc)
+        report.failure = f"internal error: {type(exc).__name__}"
+        done = {r.coordinates for r in report.durable}
+        report.retry = [r for r in records if r.coordinates not in done]
 
     def _observe(self, report: BatchReport, duration_s: float) -> None:
         m = self.metrics
@@ -192,41 +223,83 @@ class Pipeline:
             await self._publisher.dead_letter(invalid)
         except DependencyError as exc:
             self.metrics.dependency_error(exc)
-            report.failure = f"dead-letter: {exc}"
+            report.failure = report.failure or f"dead-letter: {exc}"
             report.retry.extend(i.record for i in invalid)
             log.warning("dlq.failed", count=len(invalid), error=str(exc))
             return
         for i in invalid:
-            log.warning("record.dead_lettered", **i.log_context(), detail=i.detail)
+            log.warning(
+                "record.dead_lettered", **i.log_context(), detail=i.detail[:_LOG_DETAIL_CHARS]
+            )
             self.metrics.dead_lettered.labels(str(i.reason)).inc()
         report.dead_lettered += len(invalid)
         report.durable.extend(i.record for i in invalid)
 
+    # -- isolation: a refused record must not hold up its neighbours --------------------
+
+    async def _store_isolating(
+        self, webhooks: list[Webhook], report: BatchReport, refused: list[Invalid]
+    ) -> None:
+        """Store these webhooks; if the write is refused, split them in halves and try
+        each, until the record that causes it is alone and goes to `refused`. A
+        dependency failure stops the search: what is left is retried as a whole."""
+        part = BatchReport()
+        outcome = await self._guard_and_store(webhooks, part)
+        if isinstance(outcome, _Refused):
+            if len(webhooks) == 1:
+                self._isolated(webhooks[0], outcome, report, refused)
+                return
+            middle = len(webhooks) // 2
+            for half in (webhooks[:middle], webhooks[middle:]):
+                if report.failure is not None:
+                    report.retry.extend(h.record for h in half)
+                else:
+                    await self._store_isolating(half, report, refused)
+            return
+        report.add(part)
+        if outcome is None:  # a dependency failed: only records without messages are done
+            report.failure = part.failure
+            outcome = set()
+        for hook in webhooks:
+            if all(m.key in outcome for m in hook.messages):
+                report.durable.append(hook.record)
+            else:
+                report.retry.append(hook.record)
+
+    def _isolated(
+        self, hook: Webhook, refused: _Refused, report: BatchReport, out: list[Invalid]
+    ) -> None:
+        report.isolated += 1
+        log.warning(
+            "record.isolated",
+            **hook.log_context(),
+            reason=str(refused.reason),
+            detail=refused.detail[:_LOG_DETAIL_CHARS],
+        )
+        out.append(Invalid(hook.record, refused.reason, refused.detail))
+
+    # -- lease, store, publish -------------------------------------------------------
+
     async def _guard_and_store(
         self, webhooks: list[Webhook], report: BatchReport
-    ) -> set[MessageKey]:
-        """Lease, store, publish. Returns the keys that are stored and announced."""
+    ) -> set[MessageKey] | _Refused | None:
+        """Lease, store, publish. Returns the keys that are stored and announced; a
+        refusal of the data; or None when a dependency failed (`report.failure`)."""
         first: dict[MessageKey, Message] = {}
         for hook in webhooks:
             for m in hook.messages:
                 first.setdefault(m.key, m)
-        report.messages = sum(len(h.messages) for h in webhooks)
-        report.dup_in_batch = report.messages - len(first)
+        report.dup_in_batch = sum(len(h.messages) for h in webhooks) - len(first)
         if not first:
             return set()
         token = f"{self._worker_id}:{next(self._seq)}"
         try:
-            states = await self._leases.acquire(list(first), token)
-        except LeaseStoreError as exc:
-            self.metrics.dependency_error(exc)
-            await self._release(list(first), token)  # whatever the failed pipeline did set
-            if self._settings.redis_outage_policy == "pause":
-                report.failure = f"lease: {exc}"
-                return set()
-            # "fence": go on with the database's unique constraint as the only guard.
-            # Still exactly one row; concurrent duplicates may announce twice (same event_id).
-            log.warning("lease.unavailable_fence_only", messages=len(first), error=str(exc))
-            states = dict.fromkeys(first, LeaseState.ACQUIRED)
+            states = await self._acquire(list(first), token, report)
+        except Exception as exc:  # noqa: BLE001 - a surprise from one record's keys: isolate it
+            await self._release(list(first), token)
+            return _internal(exc)
+        if states is None:
+            return None
         done = {k for k, s in states.items() if s is LeaseState.DONE}
         mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
         report.dup_done_marker = len(done)
@@ -236,25 +309,38 @@ class Pipeline:
                 log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
         self._crash.hit("after_lease")
         stored = await self._store_and_publish([first[k] for k in mine], token, report)
+        if stored is None or isinstance(stored, _Refused):
+            return stored
         return done | stored
+
+    async def _acquire(
+        self, keys: list[MessageKey], token: str, report: BatchReport
+    ) -> dict[MessageKey, LeaseState] | None:
+        """Take the leases; None when Redis failed and the policy is to pause."""
+        try:
+            return await self._leases.acquire(keys, token)
+        except LeaseStoreError as exc:
+            self.metrics.dependency_error(exc)
+            await self._release(keys, token)  # whatever the failed pipeline did set
+            if self._settings.redis_outage_policy == "pause":
+                report.failure = f"lease: {exc}"
+                return None
+            # "fence": go on with the database's unique constraint as the only guard.
+            # Still exactly one row; concurrent duplicates may announce twice (same event_id).
+            log.warning("lease.unavailable_fence_only", messages=len(keys), error=str(exc))
+            return dict.fromkeys(keys, LeaseState.ACQUIRED)
 
     async def _store_and_publish(
         self, batch: list[Message], token: str, report: BatchReport
-    ) -> set[MessageKey]:
+    ) -> set[MessageKey] | _Refused | None:
         """Commit, then publish; on a failure give everything back for the retry."""
         if not batch:
             return set()
         keys = [m.key for m in batch]
-        now = self._clock()
-        pending = [
-            PendingMessage(m, events.build(m, topic=self._settings.outbound_topic, occurred_at=now))
-            for m in batch
-        ]
         saved: SaveResult | None = None
         try:
             saved = await self._store.save(
-                pending,
-                now,
+                self._pending(batch),
                 worker_id=self._worker_id,
                 claim_for=publish_claim(self._settings),
                 before_commit=lambda: self._crash.hit("after_insert"),
@@ -264,18 +350,38 @@ class Pipeline:
             self._published(saved, batch)
             self._crash.hit("after_publish")
         except DependencyError as exc:
-            return await self._failed(exc, keys, token, report, saved.to_publish if saved else ())
+            await self._failed(exc, keys, token, report, saved.to_publish if saved else ())
+            return None
+        except UnstorableError as exc:  # from building or saving: nothing was committed
+            await self._release(keys, token)
+            return _Refused(Reason.UNSTORABLE, str(exc))
         except asyncio.CancelledError:
             await asyncio.shield(self._release(keys, token))
             raise
+        except Exception as exc:  # one record's surprise must not stop the partition
+            if saved is None:  # nothing committed: find the record and dead-letter it
+                await self._release(keys, token)
+                return _internal(exc)
+            # Committed: the rows stand, so the records are retried, never dead-lettered
+            # (the retry finds them stored and announces what is unannounced).
+            log.exception("batch.publish_internal_error", error=type(exc).__name__)
+            await self._failed(exc, keys, token, report, saved.to_publish)
+            return None
         self._account(saved, batch, report)
         if saved.in_flight:
             # Stored by another worker that is publishing it right now: not yet done, so
             # the record is deferred (rule 5) and our lease goes back for the retry.
             await self._release(list(saved.in_flight), token)
         finished = [k for k in keys if k not in saved.in_flight]
-        await self._finish(saved.to_publish, finished, token, now, report)
+        await self._finish(saved.to_publish, finished, token, report)
         return set(finished)
+
+    def _pending(self, batch: list[Message]) -> list[PendingMessage]:
+        """Each message with the event that announces it (built before the commit, so
+        the outbox holds the exact bytes)."""
+        now = self._clock()
+        topic = self._settings.outbound_topic
+        return [PendingMessage(m, events.build(m, topic=topic, occurred_at=now)) for m in batch]
 
     def _published(self, saved: SaveResult, batch: list[Message]) -> None:
         by_event = {m.key.event_id: m for m in batch}
@@ -304,7 +410,6 @@ class Pipeline:
         published: Sequence[events.OutboundEvent],
         keys: list[MessageKey],
         token: str,
-        now: dt.datetime,
         report: BatchReport,
     ) -> None:
         """Bookkeeping after the events are out. Failures here cost no correctness: a
@@ -312,7 +417,7 @@ class Pipeline:
         announced once more (same event_id) only if the database stays away longer; a
         lease that did not become a done marker expires, leaving the database fence."""
         try:
-            await self.marks.mark([e.event_id for e in published], now)
+            await self.marks.mark([e.event_id for e in published])
         except StoreError as exc:
             self.metrics.dependency_error(exc)
             log.warning(
@@ -334,16 +439,17 @@ class Pipeline:
 
     async def _failed(
         self,
-        exc: DependencyError,
+        exc: Exception,
         keys: list[MessageKey],
         token: str,
         report: BatchReport,
         unpublished: Sequence[events.OutboundEvent],
-    ) -> set[MessageKey]:
+    ) -> None:
         """A step failed: give back our leases (rule 4) and our claims on outbox rows we
         could not publish, so the retry is neither swallowed nor kept waiting."""
         report.failure = f"{type(exc).__name__}: {exc}"
-        self.metrics.dependency_error(exc)
+        if isinstance(exc, DependencyError):
+            self.metrics.dependency_error(exc)
         log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
         await self._release(keys, token)
         if unpublished:
@@ -352,7 +458,6 @@ class Pipeline:
             except StoreError as claim_exc:
                 self.metrics.dependency_error(claim_exc)
                 log.warning("outbox.release_claims_failed", error=str(claim_exc))
-        return set()
 
     async def _release(self, keys: list[MessageKey], token: str) -> None:
         try:
@@ -363,3 +468,10 @@ class Pipeline:
             log.warning("lease.release_failed", count=len(keys), error=str(exc))
         else:
             log.debug("lease.released", count=released)
+
+
+def _internal(exc: Exception) -> _Refused:
+    """An unexpected exception, as a dead-letter reason: its type, and a bounded message
+    (which may quote a value: it goes to the dead-letter topic, not to the logs)."""
+    log.error("record.internal_error", error=type(exc).__name__, exc_info=exc)
+    return _Refused(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")

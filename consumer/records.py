@@ -56,7 +56,11 @@ class MessageKey:
 
 @functools.lru_cache(maxsize=65_536)
 def _derive(namespace: uuid.UUID, phone_number_id: str, wamid: str) -> str:
-    # uuid5 is a SHA-1: cached, since a batch asks for each id several times.
+    """uuid5 of ``phone_number_id \x1f wamid``: two different keys never share a name,
+    because intake admits no control character (\x1f included) in a phone_number_id, so
+    the first \x1f splits the name back into its two parts (docs/design.md, rule 11).
+    The formula is part of the outbound contract and never changes. Cached: uuid5 is a
+    SHA-1, and a batch asks for each id several times."""
     return str(uuid.uuid5(namespace, f"{phone_number_id}\x1f{wamid}"))
 
 

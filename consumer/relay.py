@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
 
 import structlog
 
@@ -23,10 +22,6 @@ from consumer.publish import Publisher
 from consumer.store import MarkQueue, Store
 
 log = structlog.get_logger(__name__)
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Relay:
@@ -39,7 +34,6 @@ class Relay:
         interval_s: float,
         claim_for: dt.timedelta,
         batch: int = 200,
-        clock: Callable[[], dt.datetime] = _utcnow,
         metrics: Metrics | None = None,
         marks: MarkQueue | None = None,
     ) -> None:
@@ -51,7 +45,6 @@ class Relay:
         self._interval_s = interval_s
         self._claim_for = claim_for
         self._batch = batch
-        self._clock = clock
         self.republished = 0
         self.metrics = metrics or Metrics()
         self._marks = marks or MarkQueue(store)
@@ -75,7 +68,7 @@ class Relay:
     async def _sample_outbox(self) -> None:
         """The backlog gauges, read each round (the relay is the one that looks anyway)."""
         try:
-            count, oldest_s = await self._store.outbox_stats(self._clock())
+            count, oldest_s = await self._store.outbox_stats()
         except DependencyError as exc:
             self.metrics.dependency_error(exc)
             log.warning("outbox.stats_failed", error=str(exc))
@@ -85,13 +78,9 @@ class Relay:
 
     async def relay_once(self) -> int:
         """Claim, publish and mark one batch of stale outbox rows. Returns how many."""
-        now = self._clock()
-        await self._marks.flush(now)  # our own earlier publishes first: never announce twice
+        await self._marks.flush()  # our own earlier publishes first: never announce twice
         claimed = await self._store.claim_unpublished(
-            worker_id=self._worker_id,
-            now=now,
-            claim_for=self._claim_for,
-            limit=self._batch,
+            worker_id=self._worker_id, claim_for=self._claim_for, limit=self._batch
         )
         if not claimed:
             return 0
@@ -102,7 +91,7 @@ class Relay:
             raise
         self.republished += len(claimed)
         self.metrics.events_published.labels("relay").inc(len(claimed))
-        await self._marks.mark([e.event_id for e in claimed], self._clock())
+        await self._marks.mark([e.event_id for e in claimed])
         log.info(
             "relay.republished", count=len(claimed), event_ids=[e.event_id for e in claimed[:10]]
         )

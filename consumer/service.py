@@ -379,7 +379,7 @@ class Service:
         for r in report.retry:
             self.retries.add(r, now)
         self._degraded = report.failure is not None
-        _accumulate(self.totals, report)
+        self.totals.add(report)
 
     async def _commit(self, partitions: Iterable[Partition] | None = None) -> None:
         """Commit `lowest not-yet-durable offset` of each owned partition that moved."""
@@ -668,12 +668,6 @@ def _inbound(m: object) -> InboundRecord:
         headers=tuple(m.headers or ()),  # type: ignore[attr-defined]
         timestamp_ms=m.timestamp,  # type: ignore[attr-defined]
     )
-
-
-def _accumulate(total: BatchReport, report: BatchReport) -> None:
-    for name in report.counts():
-        if name != "retry":
-            setattr(total, name, getattr(total, name) + getattr(report, name))
 
 
 def _json_response(state: dict[str, object]) -> Response:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from consumer import limits
 from consumer.errors import ConfigError
 
 T = TypeVar("T")
@@ -108,7 +109,12 @@ class Settings:
         for f in dataclasses.fields(cls):
             name = env_name(f.name)
             raw = env.get(name)
-            if raw is None or raw.strip() == "":
+            if raw is None or raw == "":
+                continue
+            if raw.strip() == "" and f.name in SECRET_FIELDS:
+                # Set, but to nothing usable: refusing beats silently turning the check off.
+                raise ConfigError(name, "is only whitespace; unset it or give the real secret")
+            if raw.strip() == "":
                 continue
             values[f.name] = _parse(name, raw.strip(), _kind(f.default))
         return cls(**values)
@@ -253,9 +259,20 @@ def _validate(s: Settings) -> None:
         f"must be one of {REDIS_OUTAGE_POLICIES}",
     )
     _require(
-        bool(s.redis_key_prefix) and ":" not in s.redis_key_prefix,
+        bool(s.redis_key_prefix) and not set(s.redis_key_prefix) & {":", "#"},
         "redis_key_prefix",
-        "must be non-empty and contain no ':'",
+        "must be non-empty and contain neither ':' nor '#' (they separate the key's parts)",
+    )
+    _require(
+        s.app_secret == "" or s.app_secret.strip() != "",
+        "app_secret",
+        "is only whitespace; unset it or give the real secret",
+    )
+    _require(
+        s.max_record_bytes <= limits.MAX_RECORD_BYTES_LIMIT,
+        "max_record_bytes",
+        f"must be at most {limits.MAX_RECORD_BYTES_LIMIT}: an event copies its message, and "
+        f"every event must fit one produce request of {limits.MAX_REQUEST_BYTES} bytes",
     )
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be a TCP port (0 turns it off)")
     _require(bool(s.metrics_host.strip()), "metrics_host", "must not be empty")

@@ -1,4 +1,4 @@
-"""The database: the authority on "stored exactly once" (DESIGN rule 1).
+"""The database: the authority on "stored exactly once" (docs/design.md, rule 1).
 
 One transaction per batch writes the messages with ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING`` (the fence: ``UNIQUE (phone_number_id, source_id)``) and, for the rows it
@@ -6,11 +6,22 @@ really inserted, outbox rows holding the exact ``message_created`` bytes to publ
 A conflicting key is a duplicate; if its outbox row was never published (a crash
 between commit and publish, or a commit whose answer was lost), it is handed back to be
 published again with the same ``event_id``.
+
+Failures come out in two classes (rule 10): :class:`UnstorableError` when the database
+refused the data (SQLSTATE classes 22 data exception, 23 integrity, 54 program limit; a
+value the driver or a column encoder would not take), which retrying cannot help; and
+:class:`StoreError` for everything else (connection, timeout, shutdown, lock), which
+waiting can. Neither message carries the statement or its parameters: they hold message
+bodies and phone numbers, and end up in logs.
+
+Every time compared across workers (outbox claims, the age of the oldest unpublished
+event) is the database's own (rule 12): a worker's clock never meets another's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +30,13 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from consumer.errors import StoreError
+from consumer import limits
+from consumer.errors import StoreError, UnstorableError
 from consumer.events import OutboundEvent
 from consumer.records import Message, MessageKey
 
@@ -34,19 +47,24 @@ metadata = sa.MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# PostgreSQL's json, not jsonb: it keeps the text as Meta sent it, \u0000 included (jsonb
+# refuses it, and a text body may hold one).
+_JSON = sa.JSON().with_variant(postgresql.JSON(), "postgresql")
 _TS = sa.DateTime(timezone=True)
+_SOURCE_ID = sa.String(limits.WAMID_MAX)
 
 messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("phone_number_id", sa.String(64), nullable=False),
-    sa.Column("source_id", sa.String(255), nullable=False),
-    sa.Column("sender", sa.String(64), nullable=False),
-    sa.Column("message_type", sa.String(32), nullable=False),
-    sa.Column("message_timestamp", sa.String(20), nullable=False),
-    sa.Column("contact_wa_id", sa.String(64)),
+    sa.Column("phone_number_id", sa.String(limits.PHONE_NUMBER_ID_MAX), nullable=False),
+    sa.Column("source_id", _SOURCE_ID, nullable=False),
+    sa.Column("sender", sa.String(limits.SENDER_MAX), nullable=False),
+    sa.Column("message_type", sa.String(limits.MESSAGE_TYPE_MAX), nullable=False),
+    sa.Column("message_timestamp", sa.String(limits.TIMESTAMP_MAX), nullable=False),
+    sa.Column("contact_wa_id", sa.String(limits.CONTACT_WA_ID_MAX)),
+    # A copy for queries and display; NUL (which text columns refuse) is U+FFFD here, and
+    # the name as sent is in contact_profile and raw.
     sa.Column("contact_name", sa.Text),
     sa.Column("contact_profile", _JSON),
     sa.Column("raw", _JSON, nullable=False),
@@ -63,13 +81,13 @@ outbox = sa.Table(
     metadata,
     sa.Column("event_id", sa.String(36), primary_key=True),
     sa.Column("message_id", sa.String(36), nullable=False),
-    sa.Column("phone_number_id", sa.String(64), nullable=False),
-    sa.Column("source_id", sa.String(255), nullable=False),
+    sa.Column("phone_number_id", sa.String(limits.PHONE_NUMBER_ID_MAX), nullable=False),
+    sa.Column("source_id", _SOURCE_ID, nullable=False),
     sa.Column("topic", sa.String(255), nullable=False),
     sa.Column("key", sa.LargeBinary, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
-    # The relay's claim: which instance re-publishes this row, and until when.
+    # The claim: who publishes this row, and until when (the database's clock).
     sa.Column("claimed_by", sa.String(128)),
     sa.Column("claimed_until", _TS),
     sa.Index("ix_outbox_created_at", "created_at"),
@@ -103,6 +121,7 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
             connect_args={"timeout": timeout_s},
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
+            hide_parameters=True,
         )
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -115,6 +134,8 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
         json_deserializer=orjson.loads,
         pool_timeout=timeout_s,
         connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
+        # Error texts must not carry message bodies and phone numbers into the logs.
+        hide_parameters=True,
     )
 
 
@@ -158,7 +179,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._insert = sqlite.insert if self._sqlite else postgresql.insert
 
     @property
     def engine(self) -> AsyncEngine:
@@ -167,7 +189,6 @@ class Store:
     async def save(
         self,
         pending: Sequence[PendingMessage],
-        now: dt.datetime,
         *,
         worker_id: str = "",
         claim_for: dt.timedelta = dt.timedelta(0),
@@ -178,9 +199,12 @@ class Store:
         New outbox rows are claimed by `worker_id` for `claim_for`: the inserter is about
         to publish them, so neither the relay nor another worker's conflicting insert
         publishes them meanwhile. A conflict whose unpublished row is still claimed by
-        another worker comes back in `in_flight` ("not yet", DESIGN rule 5); one whose claim
+        another worker comes back in `in_flight` ("not yet", rule 5); one whose claim
         ran out (the inserter died) or is ours comes back in `to_publish`.
         ``before_commit`` runs inside the transaction after the writes (crash tests).
+
+        Raises :class:`UnstorableError` if the database refused the data (nothing is
+        committed), :class:`StoreError` if it failed otherwise.
         """
         if not pending:
             return SaveResult(frozenset(), frozenset(), ())
@@ -190,24 +214,29 @@ class Store:
         by_key = {k: by_key[k] for k in sorted(by_key, key=lambda k: (k.phone_number_id, k.wamid))}
         try:
             async with self._engine.begin() as conn:
-                inserted = await self._insert_messages(conn, list(by_key.values()), now)
+                inserted = await self._insert_messages(conn, list(by_key.values()))
                 new = [by_key[k] for k in by_key if k in inserted]
                 if new:
-                    claim = (worker_id or None, now + claim_for if claim_for else None)
-                    await conn.execute(sa.insert(outbox), [_outbox_row(p, now, claim) for p in new])
+                    await conn.execute(
+                        sa.insert(outbox).values(
+                            created_at=self._now(),
+                            claimed_until=self._later(claim_for) if claim_for else None,
+                        ),
+                        [_outbox_row(p, worker_id or None) for p in new],
+                    )
                 conflicts = frozenset(by_key) - inserted
                 stale, busy = await self._unpublished(
-                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, now, claim_for
+                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, claim_for
                 )
                 if before_commit is not None:
                     before_commit()
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"storing {len(by_key)} message(s) failed: {exc}") from exc
+            raise _translate(exc, f"storing {len(by_key)} message(s)") from exc
         events = tuple(p.event for p in new) + stale
         in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
         return SaveResult(frozenset(inserted), conflicts, events, in_flight)
 
-    async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
         """Record that these events reached the outbound topic: their outbox rows are
         done, and leave the outbox (which so holds exactly the events not yet announced;
         a delete is also cheaper for the database than an update of an indexed row)."""
@@ -218,15 +247,10 @@ class Store:
             async with self._engine.begin() as conn:
                 await conn.execute(stmt)
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"marking {len(event_ids)} event(s) published failed: {exc}") from exc
+            raise _failed(exc, f"marking {len(event_ids)} event(s) published") from exc
 
     async def claim_unpublished(
-        self,
-        *,
-        worker_id: str,
-        now: dt.datetime,
-        claim_for: dt.timedelta,
-        limit: int,
+        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
     ) -> tuple[OutboundEvent, ...]:
         """Claim outbox rows that were committed but never marked published, and whose
         inserter's claim ran out (it had LEASE_TTL_S to publish them and did not).
@@ -236,7 +260,7 @@ class Store:
         outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
         A claim that is not followed by `mark_published` runs out after `claim_for`.
         """
-        free = _free(now)
+        free = self._free()
         candidates = (
             sa.select(outbox.c.event_id)
             .where(free)
@@ -246,36 +270,35 @@ class Store:
         )
         stmt = (
             sa.update(outbox)
-            .where(
-                outbox.c.event_id.in_(candidates.scalar_subquery()),
-                free,
-            )
-            .values(claimed_by=worker_id, claimed_until=now + claim_for)
+            .where(outbox.c.event_id.in_(candidates.scalar_subquery()), free)
+            .values(claimed_by=worker_id, claimed_until=self._later(claim_for))
             .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
         )
         try:
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"claiming unpublished outbox rows failed: {exc}") from exc
+            raise _failed(exc, "claiming unpublished outbox rows") from exc
         return tuple(
             OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
         )
 
-    async def outbox_stats(self, now: dt.datetime) -> tuple[int, float]:
+    async def outbox_stats(self) -> tuple[int, float]:
         """How many events are not yet announced, and the age in seconds of the oldest
-        (0 when none): the outbox holds exactly those rows, and created_at is indexed."""
-        stmt = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).select_from(outbox)
+        (0 when none), both by the database's clock: the outbox holds exactly those rows,
+        and created_at is indexed."""
+        oldest = sa.func.min(outbox.c.created_at)
+        if self._sqlite:
+            age = (sa.func.julianday("now") - sa.func.julianday(oldest)) * 86400.0
+        else:
+            age = sa.extract("epoch", sa.func.now() - oldest)
+        stmt = sa.select(sa.func.count(), age).select_from(outbox)
         try:
             async with self._engine.connect() as conn:
-                count, oldest = (await conn.execute(stmt)).one()
+                count, age_s = (await conn.execute(stmt)).one()
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"reading the outbox backlog failed: {exc}") from exc
-        if oldest is None:
-            return int(count), 0.0
-        if oldest.tzinfo is None:  # SQLite keeps no zone; we write UTC
-            oldest = oldest.replace(tzinfo=dt.UTC)
-        return int(count), max(0.0, (now - oldest).total_seconds())
+            raise _failed(exc, "reading the outbox backlog") from exc
+        return int(count), max(0.0, float(age_s or 0.0))
 
     async def ping(self) -> None:
         """One round trip, for readiness."""
@@ -283,16 +306,46 @@ class Store:
             async with self._engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"the database does not answer: {exc}") from exc
+            raise _failed(exc, "asking the database") from exc
 
     async def close(self) -> None:
         await self._engine.dispose()
 
+    # -- the database's clock ------------------------------------------------------
+
+    def _now(self) -> sa.ColumnElement[dt.datetime]:
+        """The database's time now (PostgreSQL: the transaction's start)."""
+        if self._sqlite:
+            # The format SQLAlchemy reads back, at millisecond resolution; comparisons on
+            # SQLite are between strings of this shape.
+            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now"), _TS)
+        return sa.type_coerce(sa.func.now(), _TS)
+
+    def _later(self, delta: dt.timedelta) -> sa.ColumnElement[dt.datetime]:
+        """The database's time `delta` from now."""
+        if self._sqlite:
+            shift = f"{delta.total_seconds():+.3f} seconds"
+            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now", shift), _TS)
+        return sa.type_coerce(sa.func.now() + delta, _TS)
+
+    def _free(self) -> sa.ColumnElement[bool]:
+        """An outbox row nobody holds: never claimed, or its claim ran out. A claim holds
+        while `now < claimed_until`, for the relay and for a conflicting worker alike."""
+        until = outbox.c.claimed_until
+        return sa.or_(until.is_(None), until <= self._now())
+
+    def _free_or_mine(self, worker_id: str) -> sa.ColumnElement[bool]:
+        free = self._free()
+        return sa.or_(free, outbox.c.claimed_by == worker_id) if worker_id else free
+
+    # -- the statements of a save --------------------------------------------------
+
     async def _insert_messages(
-        self, conn: AsyncConnection, pending: list[PendingMessage], now: dt.datetime
+        self, conn: AsyncConnection, pending: list[PendingMessage]
     ) -> frozenset[MessageKey]:
         stmt = (
             self._insert(messages)
+            .values(created_at=self._now())
             # No conflict target: the primary key is derived from the same
             # (phone_number_id, source_id), so a concurrent insert may trip either
             # unique index first; both mean "this message is stored already".
@@ -301,7 +354,7 @@ class Store:
         )
         # executemany + RETURNING: SQLAlchemy sends it as multi-row INSERTs of one cached
         # statement ("insertmanyvalues"), instead of compiling a new statement per batch.
-        rows = (await conn.execute(stmt, [_message_row(p, now) for p in pending])).all()
+        rows = (await conn.execute(stmt, [_message_row(p) for p in pending])).all()
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
     async def _unpublished(
@@ -309,7 +362,6 @@ class Store:
         conn: AsyncConnection,
         event_ids: list[str],
         worker_id: str,
-        now: dt.datetime,
         claim_for: dt.timedelta,
     ) -> tuple[tuple[OutboundEvent, ...], frozenset[str]]:
         """Unpublished outbox rows of conflicting keys: (claimed now by us, to publish;
@@ -322,7 +374,7 @@ class Store:
         # save never waits on an outbox row while it holds others, and two batches that
         # conflict on the same rows cannot deadlock (each would lock them in its own
         # scan order). SQLite has no row locks; it serialises writers instead.
-        claimable = _free_or_mine(worker_id, now)
+        claimable = self._free_or_mine(worker_id)
         unlocked = (
             sa.select(outbox.c.event_id)
             .where(outbox.c.event_id.in_(event_ids), claimable)
@@ -331,7 +383,7 @@ class Store:
         claim = (
             sa.update(outbox)
             .where(outbox.c.event_id.in_(unlocked.scalar_subquery()), claimable)
-            .values(claimed_by=worker_id or None, claimed_until=now + claim_for)
+            .values(claimed_by=worker_id or None, claimed_until=self._later(claim_for))
             .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
         )
         ours = tuple(
@@ -360,7 +412,65 @@ class Store:
             async with self._engine.begin() as conn:
                 await conn.execute(stmt)
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"releasing {len(event_ids)} outbox claim(s) failed: {exc}") from exc
+            raise _failed(exc, f"releasing {len(event_ids)} outbox claim(s)") from exc
+
+
+# strftime's %f is SS.SSS: with it, SQLite writes what SQLAlchemy's DateTime reads.
+_SQLITE_TS = "%Y-%m-%d %H:%M:%f"
+
+
+# -- failures: data or dependency (rule 10) --------------------------------------------
+
+# SQLSTATE classes that mean "this data": 22 data exception (a value too long, a character
+# the encoding refuses, bad JSON), 23 integrity constraint violation (a CHECK, a NOT NULL),
+# 54 program limit exceeded (an index entry too large). Everything else (08 connection,
+# 40 rollback, 53 resources, 57 shutdown or timeout, 42 a schema that is not migrated...)
+# is the database's state, which waiting or an operator can change.
+_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _translate(exc: BaseException, what: str) -> StoreError | UnstorableError:
+    """The project's error for a failed write: the data, or the database."""
+    if _refused_data(exc):
+        return UnstorableError(f"the database refused the data: {_describe(exc)}")
+    return _failed(exc, what)
+
+
+def _failed(exc: BaseException, what: str) -> StoreError:
+    return StoreError(f"{what} failed: {_describe(exc)}")
+
+
+def _refused_data(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(state, str):
+            return state[:2] in _DATA_SQLSTATE_CLASSES
+        cause = getattr(exc.orig, "__cause__", None)
+        # The driver refused a value before sending it (asyncpg's DataError is a
+        # ValueError; sqlite3 says InterfaceError when it cannot bind one).
+        return isinstance(cause, ValueError) or isinstance(exc.orig, sqlite3.InterfaceError)
+    # Not from the driver at all: encoding a parameter (a JSON column) failed.
+    return isinstance(exc, sa_exc.StatementError)
+
+
+def _describe(exc: BaseException) -> str:
+    """The failure in one line: the driver's own message and its SQLSTATE, never
+    SQLAlchemy's rendering (the statement, its parameters, a link)."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, sa_exc.StatementError) else None
+    inner: BaseException = orig if isinstance(orig, BaseException) else exc
+    cause = inner.__cause__ if inner.__cause__ is not None else inner
+    text = (str(inner).strip().splitlines() or [""])[0]
+    if isinstance(inner, sa_exc.SQLAlchemyError):
+        text = _SQLA_TAIL.split(text, maxsplit=1)[0].strip()
+    state = getattr(inner, "sqlstate", None)
+    prefix = f"{type(cause).__name__}" + (f" [{state}]" if isinstance(state, str) else "")
+    return f"{prefix}: {text[:300]}" if text else prefix
+
+
+# Where SQLAlchemy's own message starts its appendix ("[SQL: ...]", "(Background on...").
+_SQLA_TAIL = re.compile(r"\s(?:\[SQL:|\(Background on this error)")
 
 
 def _locked_in_order(event_ids: Sequence[str]) -> sa.ScalarSelect[str]:
@@ -381,18 +491,7 @@ def _locked_in_order(event_ids: Sequence[str]) -> sa.ScalarSelect[str]:
     )
 
 
-def _free(now: dt.datetime) -> sa.ColumnElement[bool]:
-    """An outbox row nobody holds: never claimed, or its claim ran out. A claim holds
-    while `now < claimed_until`, for the relay and for a conflicting worker alike."""
-    return sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now)
-
-
-def _free_or_mine(worker_id: str, now: dt.datetime) -> sa.ColumnElement[bool]:
-    free = _free(now)
-    return sa.or_(free, outbox.c.claimed_by == worker_id) if worker_id else free
-
-
-def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
+def _message_row(p: PendingMessage) -> dict[str, Any]:
     m = p.message
     return {
         "id": m.key.message_id,
@@ -402,20 +501,23 @@ def _message_row(p: PendingMessage, now: dt.datetime) -> dict[str, Any]:
         "message_type": m.type,
         "message_timestamp": m.timestamp,
         "contact_wa_id": m.contact_wa_id,
-        "contact_name": m.contact_name,
+        "contact_name": _text_column(m.contact_name),
         "contact_profile": m.contact_profile,
         "raw": m.raw,
         "event_id": m.key.event_id,
         "source_topic": m.source.topic,
         "source_partition": m.source.partition,
         "source_offset": m.source.offset,
-        "created_at": now,
     }
 
 
-def _outbox_row(
-    p: PendingMessage, now: dt.datetime, claim: tuple[str | None, dt.datetime | None]
-) -> dict[str, Any]:
+def _text_column(value: str | None) -> str | None:
+    """Free text for a text column, which cannot hold NUL: U+FFFD stands in for it (the
+    value as sent stays in the JSON columns)."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
+def _outbox_row(p: PendingMessage, claimed_by: str | None) -> dict[str, Any]:
     return {
         "event_id": p.event.event_id,
         "message_id": p.message.key.message_id,
@@ -424,9 +526,7 @@ def _outbox_row(
         "topic": p.event.topic,
         "key": p.event.key,
         "payload": p.event.payload,
-        "created_at": now,
-        "claimed_by": claim[0],
-        "claimed_until": claim[1],
+        "claimed_by": claimed_by,
     }
 
 
@@ -447,16 +547,16 @@ class MarkQueue:
     def __len__(self) -> int:
         return len(self._pending)
 
-    async def mark(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+    async def mark(self, event_ids: Sequence[str]) -> None:
         """Delete these rows (and any still pending); on failure keep them all and raise."""
         self._pending.update(event_ids)
-        await self.flush(now)
+        await self.flush()
 
-    async def flush(self, now: dt.datetime) -> int:
+    async def flush(self) -> int:
         """Retry the pending deletes; returns how many went through. Raises StoreError."""
         if not self._pending:
             return 0
         ids = sorted(self._pending)
-        await self._store.mark_published(ids, now)
+        await self._store.mark_published(ids)
         self._pending.difference_update(ids)
         return len(ids)

@@ -78,7 +78,7 @@ async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredi
     try:
         yield client
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*")]
+        keys = [k async for k in client.scan_iter(match=embedded.key_pattern(key_prefix))]
         if keys:
             await client.delete(*keys)
         await client.aclose()

@@ -3,7 +3,6 @@ duplicate (nor swallow it). Real Pipeline, real Redis leases, real Store; fake p
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
@@ -94,14 +93,13 @@ class FailingFirstSave(Store):
     async def save(
         self,
         pending: Sequence[PendingMessage],
-        now: dt.datetime,
         *,
         before_commit: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> SaveResult:
         self.calls += 1
         if self.calls > 1:
-            return await super().save(pending, now, before_commit=before_commit, **kwargs)
+            return await super().save(pending, before_commit=before_commit, **kwargs)
 
         def fail() -> None:
             if before_commit is not None:
@@ -113,7 +111,7 @@ class FailingFirstSave(Store):
                     )
             raise OSError("connection reset by peer (injected before commit)")
 
-        return await super().save(pending, now, before_commit=fail, **kwargs)
+        return await super().save(pending, before_commit=fail, **kwargs)
 
 
 class LostCommitAnswer(Store):
@@ -126,13 +124,12 @@ class LostCommitAnswer(Store):
     async def save(
         self,
         pending: Sequence[PendingMessage],
-        now: dt.datetime,
         *,
         before_commit: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> SaveResult:
         self.calls += 1
-        result = await super().save(pending, now, before_commit=before_commit, **kwargs)
+        result = await super().save(pending, before_commit=before_commit, **kwargs)
         if self.calls == 1:
             raise StoreError("connection lost while waiting for COMMIT's answer (injected)")
         return result

@@ -159,10 +159,12 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
 
 async def _forget_done_marker(settings: Settings, wamid: str) -> None:
     from consumer import dedup
+    from consumer.records import MessageKey
 
     client = dedup.connect(settings.redis_url, timeout_s=5)
     try:
-        assert await client.delete(f"{settings.redis_key_prefix}:{PNID}:{wamid}") == 1
+        key = dedup.lease_key(settings.redis_key_prefix, MessageKey(PNID, wamid))
+        assert await client.delete(key) == 1
     finally:
         await client.aclose()
 

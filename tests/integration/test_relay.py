@@ -12,6 +12,7 @@ import pytest
 from consumer import events, intake
 from consumer.relay import Relay
 from consumer.store import PendingMessage, Store, create_engine
+from tests.support.dbclock import pass_time
 from tests.unit.fakes import FakePublisher, record, webhook
 from tests.unit.fakes import message as meta_message
 
@@ -29,15 +30,7 @@ def _pending(count: int) -> list[PendingMessage]:
     ]
 
 
-class _Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-def _relay(store: Store, publisher: Any, clock: _Clock, worker: str) -> Relay:
+def _relay(store: Store, publisher: Any, worker: str) -> Relay:
     return Relay(
         store,
         publisher,
@@ -45,7 +38,6 @@ def _relay(store: Store, publisher: Any, clock: _Clock, worker: str) -> Relay:
         interval_s=1.0,
         claim_for=dt.timedelta(seconds=30),
         batch=7,
-        clock=clock,
     )
 
 
@@ -59,20 +51,22 @@ async def test_relay_publishes_abandoned_rows_once(database_url: str) -> None:
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
         pending = _pending(20)
-        await store.save(pending, T0, worker_id="inserter", claim_for=CLAIM)
-        clock = _Clock(T0 + dt.timedelta(seconds=30))
+        await store.save(pending, worker_id="inserter", claim_for=CLAIM)
+        await pass_time(store, 30)
         publisher = FakePublisher()
-        relay = _relay(store, publisher, clock, "w1")
+        relay = _relay(store, publisher, "w1")
         assert await relay.relay_once() == 0, "rows still claimed by the inserter are not taken"
-        clock.now = T0 + dt.timedelta(seconds=61)
-        assert await store.outbox_stats(clock.now) == (20, 61.0), "backlog and its age"
+        await pass_time(store, 31)
+        count, age_s = await store.outbox_stats()
+        assert count == 20, "backlog"
+        assert 61 <= age_s < 71, f"age of the oldest, by the database's clock: {age_s}"
         while await relay.relay_once():
             pass
         sent = {e.event_id: e.payload for e in publisher.published}
         assert sent == {p.event.event_id: p.event.payload for p in pending}
         assert len(publisher.published) == 20
         assert await relay.relay_once() == 0, "published rows are not taken again"
-        assert await store.outbox_stats(clock.now) == (0, 0.0)
+        assert await store.outbox_stats() == (0, 0.0)
         counted = relay.metrics.registry.get_sample_value(
             "wamid_guard_events_published_total", {"path": "relay"}
         )
@@ -86,19 +80,16 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
     claim runs out; then another relay publishes them."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
-        await store.save(_pending(3), T0, worker_id="inserter", claim_for=CLAIM)
-        clock = _Clock(T0 + dt.timedelta(minutes=2))
+        await store.save(_pending(3), worker_id="inserter", claim_for=CLAIM)
+        await pass_time(store, 120)
         claimed = await store.claim_unpublished(
-            worker_id="dead",
-            now=clock.now,
-            claim_for=dt.timedelta(seconds=30),
-            limit=10,
+            worker_id="dead", claim_for=dt.timedelta(seconds=30), limit=10
         )
         assert len(claimed) == 3
         publisher = FakePublisher()
-        other = _relay(store, publisher, clock, "w2")
+        other = _relay(store, publisher, "w2")
         assert await other.relay_once() == 0, "claimed rows are not taken while claimed"
-        clock.now += dt.timedelta(seconds=31)
+        await pass_time(store, 31)
         assert await other.relay_once() == 3
     finally:
         await store.close()
@@ -113,17 +104,17 @@ async def test_conflict_on_a_row_another_worker_is_publishing_is_deferred(
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
         pending = _pending(2)
-        await store.save(pending, T0, worker_id="a", claim_for=CLAIM)
+        await store.save(pending, worker_id="a", claim_for=CLAIM)
         keys = {p.message.key for p in pending}
-        later = T0 + dt.timedelta(seconds=1)
-        other = await store.save(pending, later, worker_id="b", claim_for=CLAIM)
+        await pass_time(store, 1)
+        other = await store.save(pending, worker_id="b", claim_for=CLAIM)
         assert other.in_flight == keys
         assert other.to_publish == ()
-        mine = await store.save(pending, later, worker_id="a", claim_for=CLAIM)
+        mine = await store.save(pending, worker_id="a", claim_for=CLAIM)
         assert mine.in_flight == frozenset()
         assert {e.event_id for e in mine.to_publish} == {p.event.event_id for p in pending}
-        expired = T0 + dt.timedelta(seconds=61)
-        late = await store.save(pending, expired, worker_id="b", claim_for=CLAIM)
+        await pass_time(store, 61)
+        late = await store.save(pending, worker_id="b", claim_for=CLAIM)
         assert late.in_flight == frozenset()
         assert len(late.to_publish) == 2
     finally:
@@ -134,14 +125,12 @@ async def test_concurrent_relays_do_not_fight(postgres_url: str) -> None:
     """Eight relays of eight instances, each with its own engine, racing over the same
     backlog on PostgreSQL: every row is published exactly once."""
     seed = Store(create_engine(postgres_url, pool_size=2, timeout_s=10))
-    await seed.save(_pending(300), T0)
+    await seed.save(_pending(300))
     await seed.close()
     stores = [Store(create_engine(postgres_url, pool_size=2, timeout_s=10)) for _ in range(8)]
     publishers = [FakePublisher() for _ in stores]
-    clock = _Clock(T0 + dt.timedelta(minutes=5))
     relays = [
-        _relay(s, p, clock, f"w{i}")
-        for i, (s, p) in enumerate(zip(stores, publishers, strict=True))
+        _relay(s, p, f"w{i}") for i, (s, p) in enumerate(zip(stores, publishers, strict=True))
     ]
     gate = asyncio.Barrier(len(relays))
 

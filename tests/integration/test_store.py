@@ -20,6 +20,7 @@ from consumer import events, intake, migrate
 from consumer.errors import StoreError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.store import PendingMessage, SaveResult, Store, create_engine, messages, outbox
+from tests.support.dbclock import pass_time
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ async def _outbox(store: Store) -> dict[str, tuple[bytes, bool]]:
 async def test_save_inserts_and_returns_new_events(store: Store) -> None:
     """save() inserts every new message with an outbox row and returns their events."""
     pending = _pending("111", "wamid.A", "wamid.B", "wamid.C")
-    result = await store.save(pending, dt.datetime.now(dt.UTC))
+    result = await store.save(pending)
     assert result.inserted == _keys(pending)
     assert result.conflicts == frozenset()
     assert result.to_publish == tuple(p.event for p in pending)
@@ -101,12 +102,12 @@ async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: St
     until mark_published."""
     first_at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     first = _pending("111", "wamid.A", "wamid.B", occurred_at=first_at)
-    await store.save(first, first_at)
+    await store.save(first)
 
     # The redelivery builds its events anew (another occurred_at, other bytes)...
     again = _pending("111", "wamid.A", "wamid.B", offset=9)
     assert [p.event.payload for p in again] != [p.event.payload for p in first]
-    result = await store.save(again, dt.datetime.now(dt.UTC))
+    result = await store.save(again)
     assert result.inserted == frozenset()
     assert result.conflicts == _keys(first)
     # ... but what is re-published is the outbox's copy: same event_id, same bytes.
@@ -114,12 +115,12 @@ async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: St
     assert by_id == {p.event.event_id: p.event for p in first}
     assert await _row_counts(store) == {("111", "wamid.A"): 1, ("111", "wamid.B"): 1}
 
-    await store.mark_published([first[0].event.event_id], dt.datetime.now(dt.UTC))
-    result = await store.save(again, dt.datetime.now(dt.UTC))
+    await store.mark_published([first[0].event.event_id])
+    result = await store.save(again)
     assert [e.event_id for e in result.to_publish] == [first[1].event.event_id]
 
-    await store.mark_published([first[1].event.event_id], dt.datetime.now(dt.UTC))
-    result = await store.save(again, dt.datetime.now(dt.UTC))
+    await store.mark_published([first[1].event.event_id])
+    result = await store.save(again)
     assert result.conflicts == _keys(first)
     assert result.to_publish == ()
     assert await _outbox(store) == {}, "published rows leave the outbox"
@@ -127,37 +128,62 @@ async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: St
 
 
 async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(store: Store) -> None:
-    """The inserter's claim on its outbox rows holds while now < claimed_until and is free
-    from that instant on, by the same rule for the relay and for a conflicting worker."""
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    """The inserter's claim on its outbox rows holds until claimed_until on the database's
+    clock, and is free after it, by the same rule for the relay and for a conflicting
+    worker."""
     ttl = dt.timedelta(seconds=30)
     first = _pending("111", "wamid.A", "wamid.B")
-    await store.save(first, t0, worker_id="w1", claim_for=ttl)
+    await store.save(first, worker_id="w1", claim_for=ttl)
     event_a, event_b = (p.event for p in first)
-    end, just_before = t0 + ttl, t0 + ttl - dt.timedelta(microseconds=1)
     again_b = _pending("111", "wamid.B", offset=9)
 
-    relay = await store.claim_unpublished(
-        worker_id="relay", now=just_before, claim_for=ttl, limit=10
-    )
+    await pass_time(store, 25)  # 5 s of the claim left
+    relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
     assert relay == ()
-    worker = await store.save(again_b, just_before, worker_id="w2", claim_for=ttl)
+    worker = await store.save(again_b, worker_id="w2", claim_for=ttl)
     assert worker.to_publish == ()
     assert worker.in_flight == {MessageKey("111", "wamid.B")}
 
-    worker = await store.save(again_b, end, worker_id="w2", claim_for=ttl)
+    await pass_time(store, 5)  # the claim's end
+    worker = await store.save(again_b, worker_id="w2", claim_for=ttl)
     assert worker.to_publish == (event_b,)
     assert worker.in_flight == frozenset()
-    relay = await store.claim_unpublished(worker_id="relay", now=end, claim_for=ttl, limit=10)
+    relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
     assert relay == (event_a,), "B is w2's now; only A is free"
+
+
+async def test_claims_and_ages_are_the_databases_time(store: Store) -> None:
+    """An outbox row's created_at and claimed_until come from the database's clock
+    (claimed_until is exactly created_at + the claim on PostgreSQL, where both are the
+    transaction's now()); the backlog's age is measured by that clock too (rule 12)."""
+    ttl = dt.timedelta(seconds=45)
+    await store.save(_pending("111", "wamid.A"), worker_id="w1", claim_for=ttl)
+    async with store.engine.connect() as conn:
+        created, until = (
+            await conn.execute(sa.select(outbox.c.created_at, outbox.c.claimed_until))
+        ).one()
+        db_now = (await conn.execute(sa.select(store._now()))).scalar_one()
+    if store.engine.dialect.name == "postgresql":
+        assert until - created == ttl
+    else:  # SQLite: two strftime('now') calls, milliseconds apart at most
+        assert abs((until - created) - ttl) < dt.timedelta(seconds=1)
+    assert abs(_naive(db_now) - _naive(created)) < dt.timedelta(seconds=5)
+    count, age_s = await store.outbox_stats()
+    assert count == 1
+    assert 0 <= age_s < 5
+
+
+def _naive(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive UTC; PostgreSQL aware UTC."""
+    return moment.replace(tzinfo=None) if moment.tzinfo else moment
 
 
 async def test_mixed_batch_inserts_new_and_reports_conflicts(store: Store) -> None:
     """A batch with one stored and one new key inserts only the new one; same wamid under
     another number is a new message."""
-    await store.save(_pending("111", "wamid.A"), dt.datetime.now(dt.UTC))
+    await store.save(_pending("111", "wamid.A"))
     batch = _pending("111", "wamid.A", "wamid.N") + _pending("222", "wamid.A")
-    result = await store.save(batch, dt.datetime.now(dt.UTC))
+    result = await store.save(batch)
     assert result.inserted == {MessageKey("111", "wamid.N"), MessageKey("222", "wamid.A")}
     assert result.conflicts == {MessageKey("111", "wamid.A")}
     assert await _row_counts(store) == {
@@ -177,7 +203,7 @@ async def test_fence_constraint_exists_and_rejects_a_plain_duplicate(store: Stor
     ]
 
     (p,) = _pending("111", "wamid.A")
-    await store.save([p], dt.datetime.now(dt.UTC))
+    await store.save([p])
     async with store.engine.connect() as conn:
         (row,) = (await conn.execute(sa.select(messages))).mappings().all()
         twin = {**row, "id": "00000000-0000-0000-0000-000000000000"}
@@ -212,8 +238,8 @@ async def test_alembic_upgrade_downgrade_upgrade(database_url: str) -> None:
             )
         assert FENCE in {u["name"] for u in uniques}
         pending = _pending("111", "wamid.A")
-        assert (await s.save(pending, dt.datetime.now(dt.UTC))).inserted == _keys(pending)
-        assert (await s.save(pending, dt.datetime.now(dt.UTC))).conflicts == _keys(pending)
+        assert (await s.save(pending)).inserted == _keys(pending)
+        assert (await s.save(pending)).conflicts == _keys(pending)
     finally:
         await s.close()
 
@@ -252,7 +278,7 @@ async def _race(
         worker = {"worker_id": f"w{i}", "claim_for": dt.timedelta(seconds=60)} if claim else {}
         await barrier.wait()
         try:
-            return pending, await stores[i].save(pending, now, **worker)
+            return pending, await stores[i].save(pending, **worker)
         except StoreError as exc:
             return pending, exc
 
@@ -307,13 +333,13 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
     try:
         now = dt.datetime.now(dt.UTC)
         pending = _pending("111", "wamid.A", "wamid.B", occurred_at=now)
-        await store.save(pending, now)  # stored, never published, claimed by nobody
+        await store.save(pending)  # stored, never published, claimed by nobody
         locked, free = pending
         holder = await _hold_row_lock(store, locked.event.event_id)
         try:
             async with asyncio.timeout(5):
                 saved = await store.save(
-                    pending, now, worker_id="w1", claim_for=dt.timedelta(seconds=60)
+                    pending, worker_id="w1", claim_for=dt.timedelta(seconds=60)
                 )
         finally:
             await holder.rollback()
@@ -322,7 +348,7 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
         assert saved.to_publish == (free.event,)
         assert saved.in_flight == {locked.message.key}
         # Once the lock is gone the row is free again, and the other row is still ours.
-        again = await store.save(pending, now, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        again = await store.save(pending, worker_id="w1", claim_for=dt.timedelta(seconds=60))
         assert {e.event_id for e in again.to_publish} == {p.event.event_id for p in pending}
         assert again.in_flight == frozenset()
     finally:
@@ -351,12 +377,12 @@ async def test_outbox_rows_are_locked_in_event_id_order(postgres_url: str, opera
         pending = _pending("111", *(f"wamid.L{k}" for k in range(6)), occurred_at=now)
         pending.sort(key=lambda p: p.event.event_id, reverse=True)
         for p in pending:  # one transaction each: rows land on disk in descending order
-            await store.save([p], now, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+            await store.save([p], worker_id="w1", claim_for=dt.timedelta(seconds=60))
         ids = [p.event.event_id for p in pending]
         smallest, largest = min(ids), max(ids)
         holder = await _hold_row_lock(store, smallest)
         if operation == "mark_published":
-            blocked = asyncio.create_task(store.mark_published(ids, now))
+            blocked = asyncio.create_task(store.mark_published(ids))
         else:
             blocked = asyncio.create_task(store.release_claims(ids, "w1"))
         try:
@@ -397,7 +423,7 @@ async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
         for rnd in range(CLAIM_ROUNDS):
             wamids = [f"wamid.c{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
             now = dt.datetime.now(dt.UTC)
-            first = await stores[0].save(_pending("111", *wamids, occurred_at=now), now)
+            first = await stores[0].save(_pending("111", *wamids, occurred_at=now))
             assert len(first.inserted) == KEYS_PER_ROUND  # unclaimed: free for anyone
             handed: collections.Counter[str] = collections.Counter()
             for pending, r in await _race(stores, rnd, wamids, now, claim=True):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumer.dedup import DONE_PREFIX, LeaseState
-from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.errors import BrokerError, LeaseStoreError, StoreError, UnstorableError
 from consumer.events import OutboundEvent
 from consumer.records import InboundRecord, Invalid, MessageKey
 from consumer.store import PendingMessage, SaveResult
@@ -110,12 +110,15 @@ class FakeStore:
     fail_next_save: bool = False  # raise before anything is committed
     fail_next_save_after_commit: bool = False  # commit, then lose the answer
     fail_mark_published: bool = False
+    # A save holding one of these wamids is refused like a CHECK constraint refuses it
+    # (nothing of it is committed); one holding a wamid of `explode` raises a surprise.
+    refuse: set[str] = field(default_factory=set)
+    explode: set[str] = field(default_factory=set)
     saves: list[list[MessageKey]] = field(default_factory=list)
 
     async def save(
         self,
         pending: Sequence[PendingMessage],
-        now: dt.datetime,
         *,
         worker_id: str = "",
         claim_for: dt.timedelta = dt.timedelta(0),
@@ -125,6 +128,11 @@ class FakeStore:
         if self.fail_next_save:
             self.fail_next_save = False
             raise StoreError("fake database: connection lost before commit")
+        wamids = {p.message.key.wamid for p in pending}
+        if wamids & self.refuse:
+            raise UnstorableError("the database refused the data: fake CHECK constraint")
+        if wamids & self.explode:
+            raise RuntimeError("fake surprise in the database adapter")
         by_key = {p.message.key: p for p in pending}
         inserted = frozenset(k for k in by_key if k not in self.rows)
         conflicts = frozenset(by_key) - inserted
@@ -149,7 +157,7 @@ class FakeStore:
     async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
         """The fake keeps no claims: every unpublished row is anyone's to publish."""
 
-    async def mark_published(self, event_ids: Sequence[str], now: dt.datetime) -> None:
+    async def mark_published(self, event_ids: Sequence[str]) -> None:
         if self.fail_mark_published:
             raise StoreError("fake database: update failed")
         for event_id in event_ids:

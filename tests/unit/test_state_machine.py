@@ -164,16 +164,18 @@ class ClaimingStore(FakeStore):
     claims: dict[str, tuple[str | None, dt.datetime | None]] = field(default_factory=dict)
     created: dict[str, dt.datetime] = field(default_factory=dict)
     inserts: Counter[MessageKey] = field(default_factory=Counter)
+    # The database's clock: claims are set and compared with it, never a worker's.
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
     async def save(
         self,
         pending: Sequence[PendingMessage],
-        now: dt.datetime,
         *,
         worker_id: str = "",
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
+        now = self.clock()
         self.saves.append([p.message.key for p in pending])
         if not pending:
             return SaveResult(frozenset(), frozenset(), ())
@@ -220,8 +222,9 @@ class ClaimingStore(FakeStore):
                 self.claims[event_id] = (None, None)
 
     async def claim_unpublished(
-        self, *, worker_id: str, now: dt.datetime, claim_for: dt.timedelta, limit: int
+        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
     ) -> tuple[OutboundEvent, ...]:
+        now = self.clock()
         free = [
             event_id
             for event_id, row in self.outbox.items()
@@ -437,7 +440,7 @@ class PipelineMachine(RuleBasedStateMachine):
         super().__init__()
         self.settings = SETTINGS
         self.leases = ClockedLeases(lease_ttl_s=LEASE_TTL_S, done_ttl_s=DONE_TTL_S)
-        self.store = ClaimingStore()
+        self.store = ClaimingStore(clock=self.now)
         self.publisher = FakePublisher()
         self.faults: list[Fault] = []
         self.log: dict[int, list[InboundRecord]] = {p: [] for p in range(PARTITIONS)}
@@ -475,7 +478,6 @@ class PipelineMachine(RuleBasedStateMachine):
             worker_id=worker_id,
             interval_s=self.settings.relay_interval_s,
             claim_for=publish_claim(self.settings),
-            clock=self.now,
         )
         return Worker(worker_id, pipeline, relay)
 
