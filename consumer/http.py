@@ -3,11 +3,17 @@
 A few GET routes on asyncio's own server, in the service's event loop (no thread, no
 framework): a handler sees the live state without locks. Each connection answers one
 request and closes, which is all Prometheus and container health checks need.
+
+The endpoint may face anything that reaches its port, so what a client can hold is
+bounded: at most ``max_connections`` at once (one more is answered 503 and closed at
+once, without reading it), each with ``read_timeout_s`` to send its request, a request
+line and header lines of at most 64 KiB each (asyncio's line limit), at most 100 headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -24,13 +30,35 @@ Route = Callable[[], Awaitable[Response]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _READ_TIMEOUT_S = 5.0
 _MAX_HEADER_LINES = 100
+# Health checks and scrapes are a handful a minute; far more at once is not a monitor.
+MAX_CONNECTIONS = 32
+_REFUSE_READ_S = 0.1
+_REFUSE_READ_BYTES = 64 * 1024
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, routes: dict[str, Route]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: dict[str, Route],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout_s: float = _READ_TIMEOUT_S,
+    ) -> None:
         self._host = host
         self._port = port
         self._routes = routes
+        self._max_connections = max_connections
+        self._read_timeout_s = read_timeout_s
+        self._open = 0
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.refused = 0  # connections turned away at the limit, for tests and logs
         self._server: asyncio.Server | None = None
 
     @property
@@ -52,14 +80,55 @@ class HttpServer:
         log.info("http.listening", host=self._host, port=self.port, paths=sorted(self._routes))
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Stop listening and end the connections in flight. Their handlers are not
+        cancelled (on Python 3.11 asyncio logs a cancelled connection handler as an
+        error): their sockets are closed, and each handler ends at its next read."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        handlers = [t for t in self._handlers if not t.done()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=self._read_timeout_s)
+        await self._server.wait_closed()
+        self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self._max_connections:
+            await self._refuse(reader, writer)
+            return
+        self._open += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self._writers.add(writer)
         try:
-            method, path = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT_S)
+            await self._answer(reader, writer)
+        finally:
+            self._open -= 1
+            self._writers.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Over the limit: say 503 without waiting for the request. What the client sent
+        already is read (briefly) first: closing a socket with unread data resets it, and
+        the client would see a reset instead of the answer."""
+        self.refused += 1
+        with contextlib.suppress(TimeoutError, ConnectionError, ValueError):
+            await asyncio.wait_for(reader.read(_REFUSE_READ_BYTES), _REFUSE_READ_S)
+        try:
+            writer.write(_BUSY)
+            await asyncio.wait_for(writer.drain(), _REFUSE_READ_S)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path = await asyncio.wait_for(_read_request(reader), self._read_timeout_s)
             status, ctype, body = await self._respond(method, path)
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -54,6 +55,60 @@ async def test_routes_methods_and_garbage() -> None:
         assert (healthy, said) == (False, '{"ok": false}')
     finally:
         await server.stop()
+
+
+async def test_connections_are_bounded_and_the_endpoint_recovers() -> None:
+    """Clients that connect and send nothing hold at most `max_connections` slots: one
+    more is answered 503 at once, without waiting for it; once the idle ones time out,
+    the endpoint answers again. An overlong request line is refused, not buffered."""
+    server = HttpServer(
+        embedded.LOOPBACK, 0, {"/healthz": _ok}, max_connections=4, read_timeout_s=0.5
+    )
+    await server.start()
+    idle = []
+    try:
+        idle.extend(
+            [await asyncio.open_connection(embedded.LOOPBACK, server.port) for _ in range(4)]
+        )
+        await _wait_until(lambda: server._open == 4)
+        busy = await asyncio.wait_for(_raw(server.port, b"GET /healthz HTTP/1.1\r\n\r\n"), 2)
+        assert busy.startswith(b"HTTP/1.1 503"), busy
+        assert server.refused == 1
+        await _wait_until(lambda: server._open == 0)  # the idle ones ran out of time
+        ok = await _raw(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200"), ok
+        huge = b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\n\r\n"
+        assert await _raw(server.port, huge) == b""
+        assert server._open == 0
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.stop()
+
+
+async def test_stop_ends_connections_in_flight_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """stop() with clients connected that never send a request: it returns at once, and
+    asyncio logs no error about a cancelled connection handler (Python 3.11 does for
+    handlers that are cancelled rather than ended)."""
+    server = HttpServer(embedded.LOOPBACK, 0, {"/healthz": _ok}, read_timeout_s=30)
+    await server.start()
+    idle = [await asyncio.open_connection(embedded.LOOPBACK, server.port) for _ in range(3)]
+    await _wait_until(lambda: server._open == 3)
+    started = asyncio.get_running_loop().time()
+    await server.stop()
+    assert asyncio.get_running_loop().time() - started < 5
+    assert server._open == 0
+    for reader, writer in idle:
+        assert await reader.read() == b"", "the server closed the connection"
+        writer.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def _wait_until(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_taken_port_fails_naming_the_setting() -> None:
