@@ -1,0 +1,163 @@
+"""safetext: what a record carries never reaches a terminal raw, and JSON stays JSON."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import orjson
+import pytest
+
+from consumer import safetext
+
+ANSI = "\x1b[2J\x1b[31mred\x1b]0;title\x07"
+BIDI = "".join(map(chr, [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+HOSTILE = f"a{ANSI}\x00nul\x7fdel\x9bcsi\x85nel{BIDI}\u200b\ufeff\u2028\u2029\U000e0001z\n\t\r"
+
+
+def _raw_unsafe(text: str) -> list[str]:
+    """Every character a terminal must not get raw, by the module's own definition."""
+    return [c for c in text if safetext.is_unsafe(c)]
+
+
+@pytest.mark.parametrize(
+    "char",
+    [
+        "\x00",
+        "\x1b",
+        "\n",
+        "\t",
+        "\r",
+        "\x7f",
+        "\x80",
+        "\x9b",
+        "\x9f",
+        *BIDI,
+        "\u200b",
+        "\u200d",
+        "\u2060",
+        "\ufeff",
+        "\u00ad",
+        "\u2028",
+        "\u2029",
+        "\U000e0001",
+        "\U000e007f",
+        "\u3164",
+        "\ud800",
+    ],
+)
+def test_unsafe_characters(char: str) -> None:
+    """C0, DEL, C1, every bidi control, format and invisible characters are unsafe."""
+    assert safetext.is_unsafe(char)
+
+
+@pytest.mark.parametrize("char", ["a", " ", "~", "é", "€", "中", "😀", "\u00a0", "\\", '"'])
+def test_safe_characters(char: str) -> None:
+    """Printable text (any script, emoji, spaces) is left alone."""
+    assert not safetext.is_unsafe(char)
+
+
+def test_every_cf_character_is_unsafe() -> None:
+    """All of Unicode category Cf is escaped, not only the bidi controls."""
+    cf = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    assert len(cf) > 150
+    assert all(safetext.is_unsafe(c) for c in cf)
+
+
+def test_escape_shows_each_character_visibly() -> None:
+    """Free text: \\x for the first 256 code points, \\u and \\U above; the rest stays."""
+    assert safetext.escape("\x1b[31mred") == "\\x1b[31mred"
+    assert safetext.escape("a\x00b") == "a\\x00b"
+    assert safetext.escape("\x7f\x9b") == "\\x7f\\x9b"
+    assert safetext.escape("evil\u202etxt.exe") == "evil\\u202etxt.exe"
+    assert safetext.escape("\U000e0041") == "\\U000e0041"
+    assert safetext.escape("café 中 😀 \\n") == "café 中 😀 \\n"
+    assert _raw_unsafe(safetext.escape(HOSTILE)) == []
+
+
+def test_quote_is_valid_json_with_nothing_raw() -> None:
+    """A quoted value is a JSON string literal holding exactly the text, with every unsafe
+    character as \\uXXXX (orjson alone writes DEL, C1 and U+202E raw)."""
+    quoted = safetext.quote(HOSTILE)
+    assert _raw_unsafe(quoted) == []
+    assert orjson.loads(quoted) == HOSTILE
+    assert "\\u202e" in quoted
+    assert "\\u007f" in quoted
+    assert "\\u009b" in quoted
+    assert "\\udb40\\udc01" in quoted, "above U+FFFF as a surrogate pair"
+    assert safetext.quote('say "hi" \\') == '"say \\"hi\\" \\\\"'
+
+
+def test_quote_spells_out_lone_surrogates() -> None:
+    """A lone surrogate (no UTF-8 for it) is shown, not a crash."""
+    quoted = safetext.quote("a\udc80b")
+    assert orjson.loads(quoted) == "a\\udc80b"
+
+
+def test_token_keeps_plain_words_and_quotes_the_rest() -> None:
+    """A plain word stays bare; anything that could shift or fake a column is quoted."""
+    assert safetext.token("not_json") == "not_json"
+    assert safetext.token("in-topic:0:17") == "in-topic:0:17"
+    assert safetext.token("café") == "café"
+    assert safetext.token("") == '""'
+    assert safetext.token("a b") == '"a b"'
+    assert safetext.token('a"b') == '"a\\"b"'
+    assert safetext.token("a\\b") == '"a\\\\b"'
+    assert safetext.token("x\u202ey") == '"x\\u202ey"'
+    assert safetext.token("\x1b[2J") == '"\\u001b[2J"'
+    assert safetext.token("a\u00a0b") == '"a\u00a0b"'
+
+
+def test_json_line_is_one_valid_line() -> None:
+    """An object with hostile strings in keys and values: one line, valid JSON, the same
+    data back, no unsafe character raw."""
+    obj = {"k" + BIDI: [HOSTILE, {"n": 1, "x": None}], "b": True}
+    line = safetext.json_line(obj)
+    assert "\n" not in line
+    assert _raw_unsafe(line) == []
+    assert orjson.loads(line) == obj
+
+
+def test_json_line_survives_lone_surrogates() -> None:
+    """orjson refuses lone surrogates; json_line spells them out instead of failing."""
+    line = safetext.json_line({"h": ["a\ud800"]})
+    assert orjson.loads(line) == {"h": ["a\\ud800"]}
+
+
+def test_clip_bounds_long_values() -> None:
+    """clip keeps at most `width` characters and marks the cut."""
+    assert safetext.clip("abc", 3) == "abc"
+    assert safetext.clip("abcd", 3) == "ab…"
+    assert len(safetext.clip("y" * 1_000_000, 80)) == 80
+
+
+def test_long_hostile_values_stay_bounded() -> None:
+    """A long value of escapes grows at most by the escape's width per character."""
+    shown = safetext.quote(safetext.clip("\u202e" * 100_000, 80))
+    assert len(shown) <= 2 + 80 * 6
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "cut"),
+    [
+        ("abc", 10, b"abc"),
+        ("aé", 2, b"a"),
+        ("aé", 3, "aé".encode()),
+        ("€€", 4, "€".encode()),
+        ("€€", 5, "€".encode()),
+        ("😀x", 3, b""),
+        ("😀x", 4, "😀".encode()),
+        ("😀x", 5, "😀x".encode()),
+    ],
+)
+def test_cut_utf8_never_splits_a_character(text: str, limit: int, cut: bytes) -> None:
+    """The cut is at most `limit` bytes and ends between two characters."""
+    got = safetext.cut_utf8(text, limit)
+    assert got == cut
+    got.decode("utf-8")
+
+
+def test_cut_utf8_of_a_long_detail() -> None:
+    """A 1 MB detail of three-byte characters becomes valid UTF-8 of at most 1024 bytes."""
+    got = safetext.cut_utf8("€" * 400_000, 1024)
+    assert len(got) == 1023
+    assert got.decode() == "€" * 341
