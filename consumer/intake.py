@@ -22,9 +22,9 @@ the raw value under the secret, checked on the bytes as received, before any par
 from __future__ import annotations
 
 import hmac
+import itertools
 import re
 import string
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -125,22 +125,30 @@ def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
     if not isinstance(body, dict):
         raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(body)}, not an object")
-    _check_depth(value, body)
+    _check_depth(value)
     return body
 
 
-def _check_depth(value: bytes, body: dict[str, Any]) -> None:
+def _check_depth(value: bytes) -> None:
     """No deeper than MAX_JSON_DEPTH. Depth is at most the number of opening brackets,
-    so a real webhook (a dozen or two) is let through without walking the tree."""
+    so a real webhook (a dozen or two) passes at the cost of two byte counts."""
     if sum(value.count(b) for b in _BRACKETS) <= limits.MAX_JSON_DEPTH:
         return
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(body, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limits.MAX_JSON_DEPTH:
-            raise _Reject(Reason.TOO_DEEP, _too_deep())
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    if _depth(value) > limits.MAX_JSON_DEPTH:
+        raise _Reject(Reason.TOO_DEEP, _too_deep())
+
+
+def _depth(value: bytes) -> int:
+    """The nesting depth of a valid JSON text, without recursion and at C speed for the
+    most part: drop the strings, keep the brackets, and take the highest running sum."""
+    brackets = _JSON_STRING.sub(b"", value).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(_STEP[b] for b in brackets), default=0)
+
+
+# A JSON string, escapes included (the "unrolled loop" form: linear, no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 def _too_deep() -> str:
@@ -186,7 +194,7 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
     assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
     _check_id(pnid, f"{where}.value.metadata.phone_number_id", limits.PHONE_NUMBER_ID_MAX)
     display = metadata.get("display_phone_number")
-    by_wa_id, lone = _contacts(_optional_list(value, "contacts", where), where)
+    by_wa_id, lone = _contacts(_optional_list(value, "contacts", where))
     out = []
     for k, raw in enumerate(raw_messages):
         at = f"{where}.value.messages[{k}]"
@@ -197,14 +205,14 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
         _check_id(wamid, f"{at}.id", limits.WAMID_MAX)
         sender = _id(raw, "from", at, limits.SENDER_MAX)
         contact = by_wa_id.get(sender, lone)
-        profile = contact.entry.get("profile") if contact else None
+        profile = contact[1].get("profile") if contact else None
         out.append(
             Message(
                 key=MessageKey(pnid, wamid),
                 sender=sender,
                 type=_id(raw, "type", at, limits.MESSAGE_TYPE_MAX),
                 timestamp=_id(raw, "timestamp", at, limits.TIMESTAMP_MAX),
-                contact_wa_id=_contact_wa_id(contact),
+                contact_wa_id=_contact_wa_id(contact, where),
                 contact_name=_opt_str(profile.get("name")) if isinstance(profile, dict) else None,
                 contact_profile=profile if isinstance(profile, dict) else None,
                 display_phone_number=_opt_str(display),
@@ -215,36 +223,37 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class _Contact:
-    entry: dict[str, Any]
-    where: str  # its path, to name its wa_id in a dead letter
+# A contact entry and its index in the change's contacts (to name it in a dead letter).
+_Contact = tuple[int, dict[str, Any]]
 
 
-def _contacts(raw: list[Any], where: str) -> tuple[dict[str, _Contact], _Contact | None]:
+def _contacts(raw: list[Any]) -> tuple[dict[str, _Contact], _Contact | None]:
     """A change's contacts by wa_id (the first of each), and the lone contact: a single
     entry is the sender's even without a wa_id match (username-only senders), but with
     several we never guess another person's name. One pass: a record with thousands of
     messages and contacts costs no more than its size."""
-    entries = [
-        _Contact(c, f"{where}.value.contacts[{n}]")
-        for n, c in enumerate(raw)
-        if isinstance(c, dict)
-    ]
     by_wa_id: dict[str, _Contact] = {}
-    for contact in entries:
-        wa_id = contact.entry.get("wa_id")
-        if isinstance(wa_id, str):
-            by_wa_id.setdefault(wa_id, contact)
-    return by_wa_id, (entries[0] if len(entries) == 1 else None)
+    lone: _Contact | None = None
+    entries = 0
+    for n, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            continue
+        entries += 1
+        lone = (n, entry)
+        wa_id = entry.get("wa_id")
+        if isinstance(wa_id, str) and wa_id not in by_wa_id:
+            by_wa_id[wa_id] = lone
+    return by_wa_id, (lone if entries == 1 else None)
 
 
-def _contact_wa_id(contact: _Contact | None) -> str | None:
-    wa_id = contact.entry.get("wa_id") if contact else None
+def _contact_wa_id(contact: _Contact | None, where: str) -> str | None:
+    if contact is None:
+        return None
+    n, entry = contact
+    wa_id = entry.get("wa_id")
     if not isinstance(wa_id, str):
         return None
-    assert contact is not None  # noqa: S101 - narrowed above; for mypy
-    _check_id(wa_id, f"{contact.where}.wa_id", limits.CONTACT_WA_ID_MAX)
+    _check_id(wa_id, f"{where}.value.contacts[{n}].wa_id", limits.CONTACT_WA_ID_MAX)
     return wa_id
 
 
