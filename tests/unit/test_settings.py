@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from consumer import cli
+from consumer import cli, limits
 from consumer.errors import ConfigError
 from consumer.service import Service
 from consumer.settings import Settings, env_name, mask_url
@@ -106,6 +106,10 @@ def test_unrelated_environment_is_ignored() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"REDIS_KEY_PREFIX": "a:b"}, "REDIS_KEY_PREFIX"),
+        ({"REDIS_KEY_PREFIX": "a#b"}, "REDIS_KEY_PREFIX"),
+        ({"MAX_RECORD_BYTES": str(limits.MAX_RECORD_BYTES_LIMIT + 1)}, "MAX_RECORD_BYTES"),
+        ({"WHATSAPP_APP_SECRET": "   "}, "WHATSAPP_APP_SECRET"),
+        ({"WHATSAPP_APP_SECRET": "\t\n"}, "WHATSAPP_APP_SECRET"),
         ({"KAFKA_HEARTBEAT_INTERVAL_S": "10"}, "KAFKA_HEARTBEAT_INTERVAL_S"),
     ],
 )
@@ -202,6 +206,26 @@ def test_app_secret_never_in_repr_str_or_public() -> None:
     assert SENSITIVE not in repr(s.replace(lease_ttl_s=10.0))
     assert s.public()["app_secret"] == MASKED
     assert "app_secret='***'" in repr(s)
+
+
+def test_smallest_and_largest_legal_values_are_accepted() -> None:
+    """Every limit at its edge is a working configuration: MAX_RECORD_BYTES from 1 to the
+    largest an event can carry, one record a batch, one pending record."""
+    Settings.from_env({"MAX_RECORD_BYTES": "1", "BATCH_MAX_RECORDS": "1"})
+    Settings.from_env({"MAX_RECORD_BYTES": str(limits.MAX_RECORD_BYTES_LIMIT)})
+    Settings.from_env({"MAX_PENDING_RECORDS": "1", "BATCH_MAX_RECORDS": "1"})
+
+
+def test_whitespace_only_app_secret_is_refused_not_ignored() -> None:
+    """WHATSAPP_APP_SECRET set to blanks would silently turn the signature check off: it
+    is refused at start, naming the variable and never the value; an empty one is
+    unset (no check), a real one keeps its characters."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"WHATSAPP_APP_SECRET": "  "})
+    assert info.value.setting == "WHATSAPP_APP_SECRET"
+    with pytest.raises(ConfigError):
+        Settings(app_secret=" \t ")  # noqa: S106 - blanks, the point of the test
+    assert Settings.from_env({"WHATSAPP_APP_SECRET": ""}).app_secret == ""
 
 
 def test_unset_app_secret_shows_empty() -> None:
