@@ -1,0 +1,138 @@
+"""The storage contract in one place (consumer/limits.py) and everything that must agree
+with it: the table definition, the JSON Schemas of both topics, and intake itself at the
+boundaries. (The migrations are compared with the table definition on real databases in
+tests/integration/test_contract_db.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from jsonschema import Draft202012Validator
+
+from consumer import intake, limits
+from consumer.records import Reason, Webhook
+from consumer.store import messages, outbox
+from tests.unit.fakes import message, record, webhook
+
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+# (table, column) -> the limit its VARCHAR length must be.
+COLUMNS = {
+    (messages, "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
+    (messages, "source_id"): limits.WAMID_MAX,
+    (messages, "sender"): limits.SENDER_MAX,
+    (messages, "message_type"): limits.MESSAGE_TYPE_MAX,
+    (messages, "message_timestamp"): limits.TIMESTAMP_MAX,
+    (messages, "contact_wa_id"): limits.CONTACT_WA_ID_MAX,
+    (outbox, "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
+    (outbox, "source_id"): limits.WAMID_MAX,
+}
+
+
+def _schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((SCHEMAS / name).read_text())
+    return loaded
+
+
+def _at(schema: dict[str, Any], *path: str) -> dict[str, Any]:
+    node: Any = schema
+    for part in path:
+        node = node[part]
+    assert isinstance(node, dict)
+    return node
+
+
+WEBHOOK_FIELDS = {
+    ("$defs", "metadata", "properties", "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
+    ("$defs", "message", "properties", "id"): limits.WAMID_MAX,
+    ("$defs", "message", "properties", "from"): limits.SENDER_MAX,
+    ("$defs", "message", "properties", "type"): limits.MESSAGE_TYPE_MAX,
+    ("$defs", "message", "properties", "timestamp"): limits.TIMESTAMP_MAX,
+    ("$defs", "contact", "properties", "wa_id"): limits.CONTACT_WA_ID_MAX,
+}
+EVENT_FIELDS = {
+    ("properties", "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
+    ("$defs", "message", "properties", "source_id"): limits.WAMID_MAX,
+    ("$defs", "message", "properties", "from"): limits.SENDER_MAX,
+    ("$defs", "message", "properties", "type"): limits.MESSAGE_TYPE_MAX,
+    ("$defs", "message", "properties", "timestamp"): limits.TIMESTAMP_MAX,
+    ("$defs", "contact", "properties", "wa_id"): limits.CONTACT_WA_ID_MAX,
+}
+
+
+@pytest.mark.parametrize(
+    ("column", "limit"), [(f"{t.name}.{c}", n) for (t, c), n in COLUMNS.items()]
+)
+def test_table_definition_has_the_limits(column: str, limit: int) -> None:
+    """Each identifier column is a VARCHAR of exactly its limit."""
+    table, name = column.split(".")
+    col = (messages if table == "messages" else outbox).c[name]
+    assert isinstance(col.type, sa.String)
+    assert col.type.length == limit
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields"),
+    [("webhook.v1.json", WEBHOOK_FIELDS), ("message_created.v1.json", EVENT_FIELDS)],
+)
+def test_schemas_have_the_limits(schema: str, fields: dict[tuple[str, ...], int]) -> None:
+    """Both topics' contracts give each identifier its limit and forbid control
+    characters in it, and the webhook's states the depth and size limits."""
+    loaded = _schema(schema)
+    for path, limit in fields.items():
+        node = _at(loaded, *path)
+        assert node["maxLength"] == limit, path
+        assert node["pattern"] == CONTROL, path
+    if schema == "webhook.v1.json":
+        assert f"nests at most {limits.MAX_JSON_DEPTH} levels" in loaded["description"]
+
+
+def _body_with(field: str, value: str) -> dict[str, Any]:
+    msg = message("wamid.A")
+    msg[field] = value
+    return webhook([msg])
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        ("id", limits.WAMID_MAX),
+        ("from", limits.SENDER_MAX),
+        ("type", limits.MESSAGE_TYPE_MAX),
+        ("timestamp", limits.TIMESTAMP_MAX),
+    ],
+)
+@pytest.mark.parametrize("extra", [0, 1])
+def test_intake_and_the_webhook_schema_agree_at_the_boundary(
+    field: str, limit: int, extra: int
+) -> None:
+    """At the limit both the schema and intake accept; one character over, both refuse
+    (intake as invalid_field); and likewise for a control character."""
+    validator = Draft202012Validator(_schema("webhook.v1.json"))
+    body = _body_with(field, "9" * (limit + extra))
+    decoded = intake.decode(record(body), max_bytes=1 << 20)
+    assert validator.is_valid(body) == (extra == 0)
+    assert isinstance(decoded, Webhook) == (extra == 0)
+    with_control = _body_with(field, "9\x1b")
+    assert not validator.is_valid(with_control)
+    refused = intake.decode(record(with_control), max_bytes=1 << 20)
+    assert not isinstance(refused, Webhook)
+    assert refused.reason is Reason.INVALID_FIELD
+
+
+def test_an_event_of_the_largest_record_fits_a_produce_request() -> None:
+    """MAX_RECORD_BYTES may not exceed what lets its largest event fit: the headroom
+    covers what an event adds to the message it copies."""
+    assert limits.MAX_RECORD_BYTES_LIMIT + limits.EVENT_HEADROOM_BYTES == limits.MAX_REQUEST_BYTES
+    assert limits.MAX_EVENT_BYTES > limits.MAX_RECORD_BYTES_LIMIT
+
+
+def test_the_unique_index_entry_fits_a_postgresql_btree_page() -> None:
+    """(phone_number_id, source_id) at their limits, every character four UTF-8 bytes,
+    stay under PostgreSQL's B-tree entry limit (2704 bytes)."""
+    assert (limits.PHONE_NUMBER_ID_MAX + limits.WAMID_MAX) * 4 + 64 < 2704
