@@ -33,7 +33,7 @@ from typing import Protocol
 
 import structlog
 
-from consumer import events, intake
+from consumer import events, intake, safetext
 from consumer.crashpoints import CrashPoints
 from consumer.dedup import Leases, LeaseState
 from consumer.errors import DependencyError, LeaseStoreError, StoreError, UnstorableError
@@ -228,9 +228,7 @@ class Pipeline:
             log.warning("dlq.failed", count=len(invalid), error=str(exc))
             return
         for i in invalid:
-            log.warning(
-                "record.dead_lettered", **i.log_context(), detail=i.detail[:_LOG_DETAIL_CHARS]
-            )
+            log.warning("record.dead_lettered", **i.log_context(), detail=_loggable(i.detail))
             self.metrics.dead_lettered.labels(str(i.reason)).inc()
         report.dead_lettered += len(invalid)
         report.durable.extend(i.record for i in invalid)
@@ -274,7 +272,7 @@ class Pipeline:
             "record.isolated",
             **hook.log_context(),
             reason=str(refused.reason),
-            detail=refused.detail[:_LOG_DETAIL_CHARS],
+            detail=_loggable(refused.detail),
         )
         out.append(Invalid(hook.record, refused.reason, refused.detail))
 
@@ -471,7 +469,14 @@ class Pipeline:
 
 
 def _internal(exc: Exception) -> _Refused:
-    """An unexpected exception, as a dead-letter reason: its type, and a bounded message
-    (which may quote a value: it goes to the dead-letter topic, not to the logs)."""
+    """An unexpected exception, as a dead-letter reason: its type only. Its message may
+    quote a value of the record (personal data), and the detail is logged; the traceback
+    goes to the ERROR line for whoever fixes the bug."""
     log.error("record.internal_error", error=type(exc).__name__, exc_info=exc)
-    return _Refused(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
+    return _Refused(Reason.INTERNAL_ERROR, f"{type(exc).__name__} while storing the record")
+
+
+def _loggable(detail: str) -> str:
+    """A dead letter's detail for a log line: bounded, and with no character that could
+    rewrite a terminal (details are ours, but quote the database's or a parser's words)."""
+    return safetext.escape(safetext.clip(detail, _LOG_DETAIL_CHARS))
