@@ -1,0 +1,417 @@
+"""The hostile-input cases, one line each, and what each must become.
+
+Every case is one or more inbound records (usually one) and the outcome the promise
+gives it:
+
+* ``STORED``: every message in it ends in exactly one row and exactly one
+  ``message_created`` event per (phone_number_id, wamid), with the values as sent;
+* ``STATUS``: a valid webhook that creates no message (statuses only): no row, no event,
+  no dead letter;
+* a dead-letter reason (``Reason``): each copy of each record ends on the dead-letter
+  topic, once, at its own source (partition, offset), with that ``dlq.reason``; none of
+  its messages is stored or announced.
+
+The harness sends every record of every case twice, on two different partitions
+(``Case.copies``), interleaved with good traffic. Values are built from small helpers so
+that a case is one line; ``deep(n)`` stands for ``n`` levels of nesting, written into the
+JSON text when the body is encoded (orjson itself cannot write more than 254 levels).
+
+The markers (``NAME_MARK``, ``TEXT_MARK``, ``SENDER_MARK``) are personal data by
+construction: they are in contact names, text bodies and senders, and must never appear
+in a member's log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from consumer import limits
+from consumer.records import Reason
+
+PNID = "106540352242922"
+PNID_B = "106540352249999"
+TIMESTAMP = "1749416383"
+SENDER = "16505551234"
+OBJECT = "whatsapp_business_account"
+
+# Personal data that must never reach a log line (searched for as plain substrings).
+NAME_MARK = "Qx7NameMark"
+TEXT_MARK = "Qx7TextMark"
+SENDER_MARK = "99137700424242"
+MARKERS = (NAME_MARK, TEXT_MARK, SENDER_MARK)
+
+STORED = "stored"
+STATUS = "status"
+# In a case's `detail`: the database's own refusal (the constraint's name on PostgreSQL,
+# the trigger's message on SQLite); the run knows which.
+REFUSAL = "<the database's refusal>"
+# What makes the database refuse a message (a CHECK constraint or a trigger the suite
+# adds before the members start).
+REFUSE_MARK = "refuse-me"
+
+MAX_DEPTH = limits.MAX_JSON_DEPTH
+# Where things sit in a body of one entry and one change (the body is level 1):
+# body 1 > entry[] 2 > entry 3 > changes[] 4 > change 5 > value 6 > messages[] 7 >
+# message 8 > text 9. A value nested n levels inside a container at level d reaches d + n.
+MESSAGE_DEPTH = 8
+TEXT_DEPTH = 9
+STATUS_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Record:
+    """One inbound record as the harness produces it."""
+
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Case:
+    """A hostile input and its promised outcome."""
+
+    name: str
+    expect: str  # STORED, STATUS, or a dead-letter reason (Reason value)
+    records: tuple[Record, ...]
+    detail: str | None = None  # a dead letter's dlq.detail must contain this (or REFUSAL)
+    depth: int | None = None  # the nesting the body is built to have (self-checked)
+    copies: int = 2  # each record is sent this many times, each on another partition
+    note: str = field(default="", compare=False)
+
+    @property
+    def dead(self) -> bool:
+        return self.expect not in (STORED, STATUS)
+
+
+# -- building bodies ---------------------------------------------------------------------
+
+_DEEP = re.compile(rb'"@@deep:(\d+):(array|object)@@"')
+
+
+def deep(levels: int, kind: str = "array") -> str:
+    """A placeholder for `levels` nested arrays (or objects) around one string."""
+    return f"@@deep:{levels}:{kind}@@"
+
+
+def _nested(levels: int, kind: bytes) -> bytes:
+    if kind == b"array":
+        return b"[" * levels + b'"x"' + b"]" * levels
+    return b'{"d":' * levels + b'"x"' + b"}" * levels
+
+
+def encode(body: Any) -> bytes:
+    """JSON text of `body`, with every ``deep(n)`` placeholder written out."""
+    return _DEEP.sub(lambda m: _nested(int(m.group(1)), m.group(2)), orjson.dumps(body))
+
+
+def message(
+    wamid: Any,
+    *,
+    sender: Any = SENDER,
+    type_: Any = "text",
+    timestamp: Any = TIMESTAMP,
+    text: Any = f"{TEXT_MARK} hello",
+    **content: Any,
+) -> dict[str, Any]:
+    """One inbound message (a text message unless `text` is None), plus extra content."""
+    m: dict[str, Any] = {"from": sender, "id": wamid, "timestamp": timestamp, "type": type_}
+    if text is not None:
+        m["text"] = {"body": text}
+    m.update(content)
+    return m
+
+
+def value(
+    *messages: dict[str, Any],
+    pnid: Any = PNID,
+    name: str = f"{NAME_MARK} Test",
+    contacts: list[Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One change's value: metadata, the sender's contact (named `name`), the messages."""
+    if contacts is None:
+        sender = messages[0].get("from") if messages else None
+        contact: dict[str, Any] = {"profile": {"name": name}}
+        if isinstance(sender, str):
+            contact["wa_id"] = sender
+        contacts = [contact]
+    v: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+        "contacts": contacts,
+    }
+    if messages:
+        v["messages"] = list(messages)
+    v.update(extra)
+    return v
+
+
+def body(*values: dict[str, Any], obj: Any = OBJECT) -> dict[str, Any]:
+    """A webhook body: one entry, one change per value."""
+    changes = [{"field": "messages", "value": v} for v in values]
+    return {"object": obj, "entry": [{"id": "1", "changes": changes}]}
+
+
+def hook(*messages: dict[str, Any], obj: Any = OBJECT, **value_args: Any) -> dict[str, Any]:
+    """A webhook body of one change holding `messages`."""
+    return body(value(*messages, **value_args), obj=obj)
+
+
+def wamid_of(length: int, tag: str) -> str:
+    """A wamid of exactly `length` characters, unique by `tag`."""
+    head = f"wamid.hostile.{tag}."
+    return head + "A" * (length - len(head))
+
+
+def padded(prefix: str, length: int, fill: str = "7") -> str:
+    return prefix + fill * (length - len(prefix))
+
+
+# -- the two big records -----------------------------------------------------------------
+
+BIG_MESSAGES = 1800
+BIG_CONTACTS = 35_000
+OVERSIZE_HEADER_BYTES = 1_900_000
+
+
+def big_record() -> dict[str, Any]:
+    """About 250 KB: 1,800 messages of three senders and 35,000 contacts (empty ones,
+    then the three senders' own at the end, so that matching a sender to its contact
+    by a scan would cost messages x contacts). No text: the messages are as small as
+    Meta's envelope allows, to fit that many under MAX_RECORD_BYTES."""
+    senders = [SENDER_MARK, "16505550001", "16505550002"]
+    msgs = [
+        message(f"w.big.{i:04d}", sender=senders[i % 3], text=None) for i in range(BIG_MESSAGES)
+    ]
+    contacts: list[Any] = [{} for _ in range(BIG_CONTACTS - len(senders))]
+    contacts += [{"profile": {"name": f"{NAME_MARK} big {s[-1]}"}, "wa_id": s} for s in senders]
+    return hook(*msgs, contacts=contacts)
+
+
+def oversize_record() -> Record:
+    """A body over MAX_RECORD_BYTES (about 300 KB) carrying a 1.9 MB header."""
+    text = TEXT_MARK + "o" * 300_000
+    return Record(
+        encode(hook(message("wamid.hostile.oversize", text=text))),
+        (("x-hostile-padding", b"h" * OVERSIZE_HEADER_BYTES),),
+    )
+
+
+FORGED_HEADERS = (
+    ("dlq.reason", b"forged"),
+    ("dlq.source.offset", b"999999"),
+    ("dlq.source.partition", b"9"),
+)
+
+
+def statuses_only() -> dict[str, Any]:
+    """Statuses with odd content: a NUL in a field, nested deep but within the limit."""
+    status = {
+        "id": "wamid.hostile.status",
+        "status": "read\x00",
+        "timestamp": TIMESTAMP,
+        "recipient_id": SENDER_MARK,
+        "odd": deep(MAX_DEPTH - 4 - STATUS_DEPTH),
+    }
+    return body(value(statuses=[status], contacts=[]))
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+def _records(items: tuple[Any, ...]) -> tuple[Record, ...]:
+    out = []
+    for item in items:
+        if isinstance(item, Record):
+            out.append(item)
+        elif isinstance(item, bytes | None):
+            out.append(Record(item))
+        else:
+            out.append(Record(encode(item)))
+    return tuple(out)
+
+
+def stored(name: str, *items: Any, **kw: Any) -> Case:
+    return Case(name, STORED, _records(items), **kw)
+
+
+def status(name: str, *items: Any, **kw: Any) -> Case:
+    return Case(name, STATUS, _records(items), **kw)
+
+
+def dead(name: str, reason: Reason, *items: Any, **kw: Any) -> Case:
+    return Case(name, str(reason), _records(items), **kw)
+
+
+TOO_DEEP = Reason.TOO_DEEP
+INVALID = Reason.INVALID_FIELD
+W = "wamid.hostile."
+
+CASES: tuple[Case, ...] = (
+    # nesting: the body is level 1, each object or array inside adds one
+    dead("text.body nested to depth 300", TOO_DEEP, hook(message(W + "deep300.text", text=deep(300 - TEXT_DEPTH))), depth=300),  # noqa: E501
+    dead("extra field nested to depth 300", TOO_DEEP, hook(message(W + "deep300.field", extra=deep(300 - MESSAGE_DEPTH, "object"))), depth=300),  # noqa: E501
+    dead("`object` nested 1000 levels", TOO_DEEP, hook(message(W + "deep1000.object"), obj=deep(999)), depth=1000),  # noqa: E501
+    dead("body nested 1100 levels (orjson stops at 1024)", TOO_DEEP, hook(message(W + "deep1100", extra=deep(1100 - MESSAGE_DEPTH))), depth=1100),  # noqa: E501
+    stored("depth exactly MAX_JSON_DEPTH", hook(message(W + "depth.max", extra=deep(MAX_DEPTH - MESSAGE_DEPTH))), depth=MAX_DEPTH),  # noqa: E501
+    dead("depth MAX_JSON_DEPTH + 1", TOO_DEEP, hook(message(W + "depth.max1", extra=deep(MAX_DEPTH + 1 - MESSAGE_DEPTH))), depth=MAX_DEPTH + 1),  # noqa: E501
+    # identifier lengths (limits.py)
+    stored("wamid of 300 characters", hook(message(wamid_of(300, "w300")))),
+    stored("wamid of WAMID_MAX characters", hook(message(wamid_of(limits.WAMID_MAX, "wmax")))),
+    dead("wamid of WAMID_MAX + 1 characters", INVALID, hook(message(wamid_of(limits.WAMID_MAX + 1, "wmax1")))),  # noqa: E501
+    stored("phone_number_id of PHONE_NUMBER_ID_MAX", hook(message(W + "pnid.max"), pnid=padded("1065", limits.PHONE_NUMBER_ID_MAX))),  # noqa: E501
+    dead("phone_number_id of PHONE_NUMBER_ID_MAX + 1", INVALID, hook(message(W + "pnid.max1"), pnid=padded("1065", limits.PHONE_NUMBER_ID_MAX + 1))),  # noqa: E501
+    stored("phone_number_id as a JSON integer", hook(message(W + "pnid.int"), pnid=106540352240001)),  # noqa: E501
+    stored("from of SENDER_MAX", hook(message(W + "from.max", sender=padded(SENDER_MARK, limits.SENDER_MAX)))),  # noqa: E501
+    dead("from of SENDER_MAX + 1", INVALID, hook(message(W + "from.max1", sender=padded(SENDER_MARK, limits.SENDER_MAX + 1)))),  # noqa: E501
+    stored("type of MESSAGE_TYPE_MAX", hook(message(W + "type.max", type_="t" * limits.MESSAGE_TYPE_MAX))),  # noqa: E501
+    dead("type of MESSAGE_TYPE_MAX + 1", INVALID, hook(message(W + "type.max1", type_="t" * (limits.MESSAGE_TYPE_MAX + 1)))),  # noqa: E501
+    stored("timestamp of TIMESTAMP_MAX", hook(message(W + "ts.max", timestamp="1" * limits.TIMESTAMP_MAX))),  # noqa: E501
+    dead("timestamp of TIMESTAMP_MAX + 1", INVALID, hook(message(W + "ts.max1", timestamp="1" * (limits.TIMESTAMP_MAX + 1)))),  # noqa: E501
+    # control characters: never in an identifier, kept as sent in free text
+    dead("NUL in the wamid", INVALID, hook(message(W + "nul\x00wamid"))),
+    dead("NUL in the phone_number_id", INVALID, hook(message(W + "nul.pnid"), pnid="10654\x0003522")),  # noqa: E501
+    dead("NUL in from", INVALID, hook(message(W + "nul.from", sender=SENDER_MARK[:6] + "\x00" + SENDER_MARK[6:]))),  # noqa: E501
+    dead("ESC in the wamid", INVALID, hook(message(W + "esc\x1b[31m"))),
+    dead("DEL in the wamid", INVALID, hook(message(W + "del\x7f"))),
+    dead("U+001F in the wamid", INVALID, hook(message(W + "us\x1fx"))),
+    stored("NUL inside a text body", hook(message(W + "nul.text", text=f"{TEXT_MARK} a\x00b"))),
+    stored("NUL in a contact's name", hook(message(W + "nul.name"), name=f"{NAME_MARK}\x00nul")),
+    stored("bidi override in a contact's name", hook(message(W + "bidi.name"), name=f"{NAME_MARK}\u202eevil")),  # noqa: E501
+    stored("wamid with emoji, U+202E, #, : and /", hook(message(W + "\U0001f600\u202e#:/x"))),
+    # separators: keys built by joining two fields must not collide
+    stored("':' collision in one record", body(value(message("3"), pnid="1:2"), value(message("2:3"), pnid="1"))),  # noqa: E501
+    stored("':' collision in two records", hook(message("6"), pnid="4:5"), hook(message("5:6"), pnid="4")),  # noqa: E501
+    stored("'#' collision in one record", body(value(message("3"), pnid="1#2"), value(message("2#3"), pnid="1"))),  # noqa: E501
+    stored("'#' collision in two records", hook(message("6"), pnid="4#5"), hook(message("5#6"), pnid="4")),  # noqa: E501
+    stored("same wamid under two phone_number_ids", body(value(message(W + "shared"), pnid=PNID), value(message(W + "shared"), pnid=PNID_B))),  # noqa: E501
+    # size
+    stored("1,800 messages and 35,000 contacts in one 250 KB record", big_record()),
+    dead("over MAX_RECORD_BYTES with a 1.9 MB header", Reason.OVERSIZE, oversize_record()),
+    # content the event and the row must carry exactly
+    stored("large numbers and floats", hook(message(W + "numbers", numbers={"u64": 18446744073709551615, "big": 1e308, "negzero": -0.0}))),  # noqa: E501
+    # shape
+    dead("not JSON, with forged dlq.* headers", Reason.NOT_JSON, Record(b"{not json " + TEXT_MARK.encode(), FORGED_HEADERS)),  # noqa: E501
+    dead("id given as a number", Reason.MESSAGE_WITHOUT_ID, hook(message(12345))),
+    dead("from given as an object", Reason.BAD_SHAPE, hook(message(W + "from.object", sender={"n": SENDER_MARK}))),  # noqa: E501
+    dead("empty value", Reason.EMPTY, b""),
+    dead("invalid UTF-8", Reason.NOT_UTF8, b'{"object": "\xff\xfe ' + TEXT_MARK.encode() + b'"}'),
+    dead("not JSON", Reason.NOT_JSON, b"this is not json " + TEXT_MARK.encode()),
+    status("statuses only: NUL in a field, nested deep within the limit", statuses_only(), depth=MAX_DEPTH - 4),  # noqa: E501
+    # intake accepts, the database refuses (a CHECK constraint / trigger the suite adds)
+    dead("refused by the database", Reason.UNSTORABLE, hook(message(W + REFUSE_MARK + ".alone")), detail=REFUSAL),  # noqa: E501
+    dead("refused message beside a good one in one record", Reason.UNSTORABLE, hook(message(W + "refusal.neighbour"), message(W + REFUSE_MARK + ".mixed")), detail=REFUSAL),  # noqa: E501
+)  # fmt: skip
+
+BY_NAME = {c.name: c for c in CASES}
+
+
+def chosen(spec: str | None = None) -> tuple[Case, ...]:
+    """The cases a run sends: all, or (``HOSTILE_CASES=deep,NUL``, to work on a few)
+    those whose name holds one of the comma-separated words (any case)."""
+    words = [w.strip().lower() for w in (spec or "").split(",") if w.strip()]
+    if not words:
+        return CASES
+    return tuple(c for c in CASES if any(w in c.name.lower() for w in words))
+
+
+# -- what a body holds (a reference reading, independent of consumer.intake) -------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A message as sent: what its row and its event must say."""
+
+    key: tuple[str, str]
+    sender: Any
+    type: Any
+    timestamp: Any
+    contact_name: str | None
+    contact_wa_id: str | None
+    raw: dict[str, Any]
+
+    @property
+    def content(self) -> dict[str, Any]:
+        """What the event copies from the message besides the envelope."""
+        return {k: v for k, v in self.raw.items() if k not in ("id", "from", "timestamp", "type")}
+
+
+def messages_in(value_bytes: bytes | None) -> list[Expected]:
+    """Every message a body holds, read leniently (nothing if it does not parse)."""
+    try:
+        parsed = orjson.loads(value_bytes or b"")
+    except orjson.JSONDecodeError:
+        return []
+    return list(_walk(parsed))
+
+
+def _walk(parsed: Any) -> Iterator[Expected]:
+    entries = parsed.get("entry") if isinstance(parsed, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            v = change.get("value") if isinstance(change, dict) else None
+            if isinstance(v, dict):
+                yield from _value_messages(v)
+
+
+def _value_messages(v: dict[str, Any]) -> Iterator[Expected]:
+    metadata = v.get("metadata")
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if isinstance(pnid, int) and not isinstance(pnid, bool):
+        pnid = str(pnid)
+    contacts = [c for c in v.get("contacts") or [] if isinstance(c, dict)]
+    by_wa_id: dict[Any, dict[str, Any]] = {}
+    for c in contacts:
+        if isinstance(c.get("wa_id"), str):
+            by_wa_id.setdefault(c["wa_id"], c)
+    lone = contacts[0] if len(contacts) == 1 else None
+    raw_messages = v.get("messages")
+    for raw in raw_messages if isinstance(raw_messages, list) else []:
+        if not isinstance(raw, dict) or not isinstance(pnid, str):
+            continue
+        wamid = raw.get("id")
+        if not isinstance(wamid, str):
+            continue
+        sender = raw.get("from")
+        contact = by_wa_id.get(sender, lone) if isinstance(sender, str) else lone
+        profile = contact.get("profile") if contact else None
+        name = profile.get("name") if isinstance(profile, dict) else None
+        wa_id = contact.get("wa_id") if contact else None
+        yield Expected(
+            key=(pnid, wamid),
+            sender=sender,
+            type=raw.get("type"),
+            timestamp=raw.get("timestamp"),
+            contact_name=name if isinstance(name, str) else None,
+            contact_wa_id=wa_id if isinstance(wa_id, str) else None,
+            raw=raw,
+        )
+
+
+def json_depth(text: bytes) -> int:
+    """The deepest nesting of objects and arrays in JSON text (the top level is 1),
+    counted on the text itself, so any depth can be measured."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
