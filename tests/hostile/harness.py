@@ -1,0 +1,833 @@
+"""The hostile suite's driver: real members, good traffic with the cases interleaved,
+and an audit of the promise per case.
+
+A :class:`HostileRun` owns one run: its topics, group, database and key prefix (from the
+settings it is given), the member processes (each with its own metrics port), the
+traffic, and the audit. The audit never stops at the first problem: it collects every
+case that did not end as promised, with what was expected and what was found, plus the
+run-level problems (lag, outbox, members, health, logs), and reports them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from consumer import embedded, http, topics
+from consumer.settings import Settings
+from consumer.store import create_engine
+from tests.hostile.cases import (
+    CASES,
+    MARKERS,
+    NAME_MARK,
+    PNID,
+    PNID_B,
+    REFUSAL,
+    SENDER_MARK,
+    STATUS,
+    STORED,
+    TEXT_MARK,
+    Case,
+    Expected,
+    Record,
+    messages_in,
+)
+from tests.support import kafka
+from tests.support.bodies import text_webhook
+from tests.support.procs import ConsumerGroup, ConsumerProc
+
+PARTITIONS = 4
+# A producer and readers that handle the 2.2 MB record (value + the 1.9 MB header).
+MAX_REQUEST = 8 * 1024 * 1024
+MAX_FETCH = 32 * 1024 * 1024
+# Reading a topic from offset 0 ends after this long without a record (Tansu answers a
+# partition's end from a cache of about 5 s), or as soon as everything expected is in.
+READ_IDLE_S = 6.0
+GOOD = "good traffic"
+
+
+# -- traffic -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One record to send: a copy of a case's record, or a good webhook."""
+
+    partition: int
+    record: Record
+    case: Case | None = None  # None: good traffic
+    index: int = 0  # which record of the case
+    copy: int = 0
+
+
+@dataclass(frozen=True)
+class Sent:
+    item: Item
+    offset: int
+
+    @property
+    def coords(self) -> tuple[int, int]:
+        return (self.item.partition, self.offset)
+
+
+def good_webhooks(count: int, seed: int) -> list[bytes]:
+    """Meta-shaped webhooks of 1-3 messages, as in the fault suite, with the personal-data
+    markers in every contact name and text body and one sender in five."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test traffic, not crypto
+    out = []
+    for i in range(count):
+        wamids = [f"wamid.good.{i:04d}.{j}" for j in range(rng.randint(1, 3))]
+        sender = SENDER_MARK if i % 5 == 0 else f"1650555{rng.randrange(50):04d}"
+        out.append(
+            text_webhook(
+                (PNID, PNID_B)[rng.randrange(2)],
+                *wamids,
+                sender=sender,
+                name=f"{NAME_MARK} {i}",
+                text=f"{TEXT_MARK} good {i}",
+            )
+        )
+    return out
+
+
+def plan(good: int, seed: int, cases: Sequence[Case] = CASES) -> tuple[list[Item], list[Item]]:
+    """The two halves of the traffic: good webhooks (a third of them delivered again on
+    another partition) with every case's first copies interleaved in the first half and
+    its second copies, each on another partition, in the second."""
+    rng = random.Random(seed)  # noqa: S311
+    halves: list[list[Item]] = [[], []]
+    bodies = good_webhooks(good, seed)
+    for n, value in enumerate(bodies):
+        home = rng.randrange(PARTITIONS)
+        half = halves[0 if n < len(bodies) // 2 else 1]
+        half.append(Item(home, Record(value)))
+        if rng.random() < 0.35:
+            half.append(Item((home + rng.randrange(1, PARTITIONS)) % PARTITIONS, Record(value)))
+    for c, case in enumerate(cases):
+        for i, record in enumerate(case.records):
+            home = (c + i) % PARTITIONS
+            step = 1 + c % (PARTITIONS - 1)
+            for copy in range(case.copies):
+                partition = (home + copy * step) % PARTITIONS
+                halves[min(copy, 1)].append(Item(partition, record, case, i, copy))
+    return [_interleave(h) for h in halves]  # type: ignore[return-value]
+
+
+def _interleave(items: list[Item]) -> list[Item]:
+    """Spread the hostile items evenly between the good ones."""
+    good = [i for i in items if i.case is None]
+    hostile = [i for i in items if i.case is not None]
+    out: list[Item] = []
+    every = max(1, len(good) // max(1, len(hostile)))
+    for n, g in enumerate(good):
+        if n % every == 0 and hostile:
+            out.append(hostile.pop(0))
+        out.append(g)
+    return out + hostile
+
+
+async def produce(settings: Settings, items: Sequence[Item]) -> list[Sent]:
+    """Send in order (a producer that allows the 2.2 MB record); where each one landed."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=False,
+        acks="all",
+        max_request_size=MAX_REQUEST,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                settings.inbound_topic,
+                i.record.value,
+                partition=i.partition,
+                headers=list(i.record.headers),
+            )
+            for i in items
+        ]
+        metas = [await f for f in futures]
+    finally:
+        await producer.stop()
+    return [Sent(i, m.offset) for i, m in zip(items, metas, strict=True)]
+
+
+# -- reading what came out ---------------------------------------------------------------
+
+
+async def read_from_zero(
+    settings: Settings,
+    topic: str,
+    complete: Callable[[list[ConsumerRecord]], bool],
+    idle_s: float = READ_IDLE_S,
+) -> list[ConsumerRecord]:
+    """Every record of `topic`, each partition read from offset 0 (sought explicitly:
+    the embedded broker may answer EARLIEST with a later offset), until `complete` holds
+    or nothing came for `idle_s`."""
+    count = await topics.partition_count(settings.kafka_bootstrap_servers, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_FETCH,
+        fetch_max_bytes=MAX_FETCH,
+    )
+    await consumer.start()
+    out: list[ConsumerRecord] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s and not complete(out):
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return out
+
+
+def first_header(record: ConsumerRecord, name: str) -> str | None:
+    """The first header of that name (the publisher writes its dlq.* headers before the
+    record's own, which may be forged)."""
+    for key, value in record.headers or ():
+        if key == name:
+            return bytes(value or b"").decode("utf-8", "replace")
+    return None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source: tuple[int, int]
+    topic: str | None
+    reason: str | None
+    detail: str
+    at: tuple[int, int]  # where it sits on the DLQ
+
+
+def dead_letter(record: ConsumerRecord) -> DeadLetter:
+    """A DLQ record's own fields: through consumer.deadletters' reader where the product
+    has it (it tells the publisher's dlq.* headers from forged inbound ones), else the
+    first header of each name."""
+    try:
+        from consumer import deadletters  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        fields = {
+            n: first_header(record, f"dlq.{n}")
+            for n in ("reason", "detail", "source.topic", "source.partition", "source.offset")
+        }
+    else:
+        parsed = deadletters.read(tuple(record.headers or ()))
+        fields = {
+            n: parsed.get(f"dlq.{n}")
+            for n in ("reason", "detail", "source.topic", "source.partition", "source.offset")
+        }
+    return DeadLetter(
+        source=(_int(fields["source.partition"]), _int(fields["source.offset"])),
+        topic=fields["source.topic"],
+        reason=fields["reason"],
+        detail=fields["detail"] or "",
+        at=(record.partition, record.offset),
+    )
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else -1
+
+
+@dataclass
+class Row:
+    sender: str
+    message_type: str
+    message_timestamp: str
+    contact_name: str | None
+    contact_wa_id: str | None
+    raw: Any
+
+
+async def read_rows(database_url: str) -> dict[tuple[str, str], list[Row]]:
+    """Every stored message, by (phone_number_id, source_id); raw JSON read as text and
+    parsed here, so the test sees what the column really holds."""
+    engine = create_engine(database_url, pool_size=1, timeout_s=10)
+    query = sa.text(
+        "SELECT phone_number_id, source_id, sender, message_type, message_timestamp, "
+        "contact_name, contact_wa_id, CAST(raw AS TEXT) FROM messages"
+    )
+    out: dict[tuple[str, str], list[Row]] = collections.defaultdict(list)
+    try:
+        async with engine.connect() as conn:
+            for r in await conn.execute(query):
+                try:
+                    raw = json.loads(r[7])
+                except (TypeError, ValueError):
+                    raw = r[7]
+                out[(r[0], r[1])].append(Row(r[2], r[3], r[4], r[5], r[6], raw))
+    finally:
+        await engine.dispose()
+    return dict(out)
+
+
+async def db_counts(database_url: str) -> tuple[int, int]:
+    """(rows in messages, rows in the outbox)."""
+    engine = create_engine(database_url, pool_size=1, timeout_s=10)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT count(*) FROM messages"))).scalar_one()
+            box = (await conn.execute(sa.text("SELECT count(*) FROM outbox"))).scalar_one()
+            return int(rows), int(box)
+    finally:
+        await engine.dispose()
+
+
+# -- comparing values exactly ------------------------------------------------------------
+
+
+def difference(expected: Any, got: Any, path: str = "") -> str | None:
+    """Where `got` differs from `expected`, or None: types must match (an int is not a
+    float), floats by their repr (-0.0 is not 0.0), dicts by keys and values."""
+    where = path or "value"
+    if type(expected) is not type(got):
+        return f"{where}: expected {_short(expected)}, got {_short(got)}"
+    if isinstance(expected, dict):
+        if set(expected) != set(got):
+            return f"{where}: keys {sorted(expected)} expected, got {sorted(got)}"
+        pairs = [(expected[k], got[k], f"{path}.{k}" if path else k) for k in expected]
+        return next((d for a, b, p in pairs if (d := difference(a, b, p))), None)
+    if isinstance(expected, list):
+        if len(expected) != len(got):
+            return f"{where}: {len(expected)} items expected, got {len(got)}"
+        pairs = [(a, b, f"{path}[{n}]") for n, (a, b) in enumerate(zip(expected, got, strict=True))]
+        return next((d for a, b, p in pairs if (d := difference(a, b, p))), None)
+    if isinstance(expected, float):
+        same = repr(expected) == repr(got) or (math.isnan(expected) and math.isnan(got))
+        return None if same else f"{where}: expected {expected!r}, got {got!r}"
+    return None if expected == got else f"{where}: expected {_short(expected)}, got {_short(got)}"
+
+
+def _short(v: Any, width: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= width else f"{text[:width]}... ({len(text)} chars)"
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Observed:
+    rows: dict[tuple[str, str], list[Row]]
+    events: dict[tuple[str, str], list[dict[str, Any]]]
+    dead: dict[tuple[int, int], list[DeadLetter]]
+    committed: dict[int, int]
+    unreadable_events: int = 0
+
+
+@dataclass
+class Verdict:
+    """The audit's result: problems per case (and for the good traffic), run-level ones,
+    and a one-word outcome per case (to compare two databases' runs)."""
+
+    database: str
+    cases: Sequence[Case]
+    problems: dict[str, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
+    run: list[str] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> str:
+        failed = [n for n, p in self.problems.items() if p and n != GOOD]
+        lines = [
+            f"hostile suite on {self.database}: {len(failed)} of {len(self.cases)} case(s) broke "
+            f"the promise, {len(self.problems.get(GOOD, []))} good-traffic problem(s), "
+            f"{len(self.run)} run-level problem(s)"
+        ]
+        lines += [f"  run: {p}" for p in self.run]
+        lines.append(f"  timings (s from the start): {self.timings}")
+        for name, problems in self.problems.items():
+            case = next((c for c in self.cases if c.name == name), None)
+            want = _promise(case) if case else "every message stored once, announced once"
+            for p in problems:
+                lines.append(f"  case {name!r}: expected {want}; got {p}")
+        kept = [c.name for c in self.cases if c.name not in failed]
+        lines.append(f"  {len(kept)} case(s) as promised: {kept}")
+        return "\n".join(lines)
+
+    @property
+    def ok(self) -> bool:
+        return not self.run and not any(self.problems.values())
+
+
+def _promise(case: Case) -> str:
+    if case.expect == STORED:
+        return "stored once and announced once, values as sent"
+    if case.expect == STATUS:
+        return "no row, no event, no dead letter"
+    extra = f" with dlq.detail holding {case.detail!r}" if case.detail else ""
+    return f"each copy dead-lettered once as {case.expect!r}{extra}, nothing stored"
+
+
+class HostileRun:
+    """One run of the suite against one database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        *,
+        database: str,
+        refusal: str,
+        good: int,
+        cases: Sequence[Case] = CASES,
+        seed: int = 11,
+    ) -> None:
+        self.cases = cases
+        self.settings = settings
+        self.database = database
+        self.refusal = refusal
+        self.group = ConsumerGroup(settings, workdir)
+        self.ports: dict[int, int] = {}
+        self.halves = plan(good, seed, cases)
+        self.sent: list[Sent] = []
+        self.verdict = Verdict(database, cases)
+        self._t0 = time.monotonic()
+
+    def _mark(self, what: str) -> None:
+        self.verdict.timings[what] = round(time.monotonic() - self._t0, 1)
+
+    # -- driving --------------------------------------------------------------------
+
+    def start_members(self, count: int) -> list[ConsumerProc]:
+        started = []
+        for _ in range(count):
+            port = embedded.free_port()
+            (proc,) = self.group.start(1, metrics_port=port)
+            self.ports[proc.index] = port
+            started.append(proc)
+        return started
+
+    async def drive(self, first: int, late: int) -> None:
+        """`first` members and the first half; then `late` more members join while the
+        second half flows (a rebalance in the middle of the traffic)."""
+        await topics.create_topics(
+            self.settings.kafka_bootstrap_servers,
+            {
+                self.settings.inbound_topic: PARTITIONS,
+                self.settings.outbound_topic: PARTITIONS,
+                self.settings.dlq_topic: 1,
+            },
+        )
+        self.start_members(first)
+        await asyncio.to_thread(self.group.wait_all_assigned)
+        self._mark("members assigned")
+        self.sent += await produce(self.settings, self.halves[0])
+        joining = self.start_members(late)
+        await self._send_across_rebalance(self.halves[1], joining)
+        self._mark("traffic sent")
+
+    async def _send_across_rebalance(self, items: list[Item], joining: list[ConsumerProc]) -> None:
+        """Send in small chunks, each once the group has committed the one before (or
+        after a few seconds), until the joining members hold partitions; then the rest.
+        So records are in flight while the group rebalances."""
+        chunk = 8
+        n = 0
+        while n < len(items) and not all(p.assigned() for p in joining):
+            sent = await produce(self.settings, items[n : n + chunk])
+            self.sent += sent
+            n += chunk
+            await self._committed_or_timeout(sent, timeout_s=4.0)
+        self.sent += await produce(self.settings, items[n:])
+        if joining:
+            self._mark(f"joined after {n} of {len(items)} second-half records")
+        try:
+            await asyncio.to_thread(self.group.wait_all_assigned, joining, 30)
+        except AssertionError:
+            self.verdict.run.append("the joining member(s) never held partitions within 30s")
+
+    async def _committed_or_timeout(self, sent: list[Sent], timeout_s: float) -> None:
+        ends: dict[int, int] = {}
+        for s in sent:
+            ends[s.item.partition] = max(ends.get(s.item.partition, 0), s.offset + 1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen = await kafka.committed(self.settings, list(ends))
+            if all(seen[p] >= end for p, end in ends.items()):
+                return
+            await asyncio.sleep(0.1)
+
+    @property
+    def ends(self) -> dict[int, int]:
+        ends: dict[int, int] = {}
+        for s in self.sent:
+            ends[s.item.partition] = max(ends.get(s.item.partition, 0), s.offset + 1)
+        return ends
+
+    async def settle(self, *, deadline_s: float = 60.0, stall_s: float = 12.0) -> dict[int, int]:
+        """Wait for lag zero, then an empty outbox; give up when nothing moves (committed
+        offsets, rows, outbox) for `stall_s`, or at `deadline_s`. Returns the committed
+        offsets; a shortfall is a run-level problem."""
+        ends = self.ends
+        start = last_move = time.monotonic()
+        state: Any = None
+        seen: dict[int, int] = {}
+        while True:
+            seen = await kafka.committed(self.settings, list(ends))
+            counts = await db_counts(self.settings.database_url)
+            lagging = {p: (seen[p], end) for p, end in ends.items() if seen[p] < end}
+            if not lagging and counts[1] == 0:
+                self._mark("drained")
+                return seen
+            now = time.monotonic()
+            if (seen, counts) != state:
+                state, last_move = (seen, counts), now
+            if now - last_move > stall_s or now - start > deadline_s:
+                break
+            await asyncio.sleep(0.3)
+        self._mark("gave up draining")
+        if lagging:
+            self.verdict.run.append(
+                "offsets not committed (lag not zero): partition: (committed, produced) "
+                f"{lagging}; nothing moved for {time.monotonic() - last_move:.0f}s"
+            )
+        if counts[1]:
+            self.verdict.run.append(f"the outbox still holds {counts[1]} row(s)")
+        return seen
+
+    async def observe(self, committed: dict[int, int]) -> Observed:
+        want_keys = {m.key for m in self.expected_stored()}
+        want_dead = {s.coords for s in self.sent if s.item.case and s.item.case.dead}
+
+        def events_complete(records: list[ConsumerRecord]) -> bool:
+            return len(records) >= len(want_keys) and want_keys <= {_event_key(r) for r in records}
+
+        def dead_complete(records: list[ConsumerRecord]) -> bool:
+            return len(records) >= len(want_dead) and want_dead <= {
+                dead_letter(r).source for r in records
+            }
+
+        out_records, dlq_records = await asyncio.gather(
+            read_from_zero(self.settings, self.settings.outbound_topic, events_complete),
+            read_from_zero(self.settings, self.settings.dlq_topic, dead_complete),
+        )
+        self._mark("topics read")
+        events: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+        unreadable = 0
+        for r in out_records:
+            try:
+                e = json.loads(r.value)
+                events[(e["phone_number_id"], e["message"]["source_id"])].append(e)
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1
+        dead: dict[tuple[int, int], list[DeadLetter]] = collections.defaultdict(list)
+        for r in dlq_records:
+            letter = dead_letter(r)
+            dead[letter.source].append(letter)
+        rows = await read_rows(self.settings.database_url)
+        return Observed(rows, dict(events), dict(dead), committed, unreadable)
+
+    # -- what must come out ---------------------------------------------------------
+
+    def expected_stored(self) -> list[Expected]:
+        """Every message that must be stored: good traffic and the STORED cases."""
+        out: dict[tuple[str, str], Expected] = {}
+        for s in self.sent:
+            if s.item.case is None or s.item.case.expect == STORED:
+                for m in messages_in(s.item.record.value):
+                    out.setdefault(m.key, m)
+        return list(out.values())
+
+    # -- the audit ------------------------------------------------------------------
+
+    def audit(self, obs: Observed) -> Verdict:
+        v = self.verdict
+        owner: dict[tuple[str, str], str] = {}  # key -> the case (or good traffic) it is in
+        for s in self.sent:
+            for m in messages_in(s.item.record.value):
+                owner.setdefault(m.key, s.item.case.name if s.item.case else GOOD)
+        by_coords = {s.coords: s for s in self.sent}
+        if obs.unreadable_events:
+            v.run.append(f"{obs.unreadable_events} outbound record(s) are not readable events")
+        self._audit_good(obs)
+        for case in self.cases:
+            self._audit_case(case, obs)
+            v.outcomes[case.name] = self._outcome(case, obs)
+        for key in set(obs.rows) | set(obs.events):
+            if key not in owner:
+                v.run.append(f"a row or event for a key nobody sent: {_short(key)}")
+        for coords, letters in obs.dead.items():
+            sent = by_coords.get(coords)
+            if sent is None:
+                v.run.append(
+                    f"{len(letters)} dead letter(s) whose source {coords} is no record we sent "
+                    f"(reason {letters[0].reason!r})"
+                )
+            elif sent.item.case is None:
+                v.problems[GOOD].append(
+                    f"a good record dead-lettered at {coords}: {letters[0].reason!r} "
+                    f"({letters[0].detail[:120]!r})"
+                )
+        return v
+
+    def _audit_good(self, obs: Observed) -> None:
+        good = [
+            m for s in self.sent if s.item.case is None for m in messages_in(s.item.record.value)
+        ]
+        unique = {m.key: m for m in good}
+        tally: dict[str, list[str]] = collections.defaultdict(list)
+        for key, m in unique.items():
+            for p in self._message_problems(m, obs):
+                tally[p.split(":")[0]].append(f"{key[1]}: {p}")
+        for kind, examples in tally.items():
+            self.verdict.problems[GOOD].append(
+                f"{len(examples)} of {len(unique)} good message(s): {kind}; e.g. {examples[:2]}"
+            )
+        self._check_consumed([s for s in self.sent if s.item.case is None], obs, GOOD)
+
+    def _check_consumed(self, sent: Iterable[Sent], obs: Observed, name: str) -> None:
+        behind = [s.coords for s in sent if obs.committed.get(s.item.partition, 0) <= s.offset]
+        if behind:
+            self.verdict.problems[name].append(
+                f"{len(behind)} record(s) never committed, e.g. at (partition, offset) "
+                f"{behind[:3]} (committed: {obs.committed})"
+            )
+
+    def _audit_case(self, case: Case, obs: Observed) -> None:
+        copies = [s for s in self.sent if s.item.case is case]
+        if case.dead:
+            self._audit_dead(case, copies, obs)
+        else:
+            self._audit_kept(case, copies, obs)
+
+    def _audit_dead(self, case: Case, copies: list[Sent], obs: Observed) -> None:
+        """Each copy on the DLQ once, with the reason; none of its messages stored."""
+        problems = self.verdict.problems[case.name]
+        for s in copies:
+            problems.extend(self._dead_problems(case, s, obs))
+        for key in {m.key for s in copies for m in messages_in(s.item.record.value)}:
+            rows, events = len(obs.rows.get(key, [])), len(obs.events.get(key, []))
+            if rows or events:
+                problems.append(
+                    f"{rows} row(s) and {events} event(s) for {_short(key)} (it must not be stored)"
+                )
+
+    def _audit_kept(self, case: Case, copies: list[Sent], obs: Observed) -> None:
+        """No copy on the DLQ; every message stored and announced once, exactly."""
+        problems = self.verdict.problems[case.name]
+        self._check_consumed(copies, obs, case.name)
+        for s in copies:
+            if letters := obs.dead.get(s.coords, []):
+                problems.append(
+                    f"copy {s.item.copy} at {s.coords} dead-lettered as {letters[0].reason!r} "
+                    f"({letters[0].detail[:160]!r})"
+                )
+        keys = {m.key: m for s in reversed(copies) for m in messages_in(s.item.record.value)}
+        tally: dict[str, list[str]] = collections.defaultdict(list)
+        for key, m in keys.items():
+            for p in self._message_problems(m, obs):
+                tally[p.split(":")[0]].append(f"{_short(key[1], 40)}: {p}")
+        for examples in tally.values():
+            many = f"{len(examples)} of {len(keys)} message(s): " if len(keys) > 1 else ""
+            more = f" (and {len(examples) - 1} more)" if len(examples) > 1 else ""
+            problems.append(f"{many}{examples[0]}{more}")
+        ids = [e[0]["event_id"] for k in keys if (e := obs.events.get(k))]
+        if len(set(ids)) != len(ids):
+            problems.append(f"two keys share an event_id: {ids}")
+
+    def _dead_problems(self, case: Case, s: Sent, obs: Observed) -> list[str]:
+        letters = obs.dead.get(s.coords, [])
+        where = f"copy {s.item.copy} at (partition, offset) {s.coords}"
+        if not letters:
+            stored = [m.key for m in messages_in(s.item.record.value) if m.key in obs.rows]
+            fate = "stored" if stored else "not dead-lettered"
+            at = obs.committed.get(s.item.partition, 0)
+            if at <= s.offset:
+                fate += f", not committed (partition {s.item.partition} committed up to {at})"
+            return [f"{where}: {fate}"]
+        out = []
+        if len(letters) > 1:
+            out.append(
+                f"{where}: dead-lettered {len(letters)} times (DLQ partition:offset "
+                f"{[f'{p}:{o}' for p, o in (d.at for d in letters)]}, reasons "
+                f"{[d.reason for d in letters]})"
+            )
+        letter = letters[0]
+        if letter.reason != case.expect:
+            out.append(f"{where}: dlq.reason {letter.reason!r} ({letter.detail[:160]!r})")
+        if letter.topic != self.settings.inbound_topic:
+            out.append(f"{where}: dlq.source.topic {letter.topic!r}")
+        want = self.refusal if case.detail == REFUSAL else case.detail
+        if want and want not in letter.detail:
+            out.append(f"{where}: dlq.detail {letter.detail[:200]!r} does not name {want!r}")
+        return out
+
+    def _message_problems(self, m: Expected, obs: Observed) -> list[str]:
+        """Exactly one row and one event for the key, with the values as sent."""
+        out = []
+        rows = obs.rows.get(m.key, [])
+        events = obs.events.get(m.key, [])
+        if len(rows) != 1:
+            out.append(f"{len(rows)} rows: one expected")
+        else:
+            out += [f"row {d}" for d in _row_differences(m, rows[0])]
+        if len(events) != 1:
+            out.append(f"{len(events)} events: one expected")
+        if events:
+            out += [f"event {d}" for d in _event_differences(m, events[0])]
+        return out
+
+    def _outcome(self, case: Case, obs: Observed) -> str:
+        """What became of the case: its promised outcome if it was kept, else what was
+        found (dead letters per copy, rows and events per key, copies not committed)."""
+        if not self.verdict.problems.get(case.name):
+            return case.expect
+        copies = [s for s in self.sent if s.item.case is case]
+        letters = [[d.reason or "?" for d in obs.dead.get(s.coords, [])] for s in copies]
+        keys = sorted({m.key for s in copies for m in messages_in(s.item.record.value)})
+        rows = [len(obs.rows.get(k, [])) for k in keys]
+        events = [len(obs.events.get(k, [])) for k in keys]
+        behind = sum(1 for s in copies if obs.committed.get(s.item.partition, 0) <= s.offset)
+        return (
+            f"dead letters per copy {letters}, rows per key {_runs(rows)}, events per key "
+            f"{_runs(events)}, {behind} of {len(copies)} copies not committed"
+        )
+
+    async def execute(self, *, first: int, late: int) -> Verdict:
+        """The whole run: drive, drain, read, audit, check the members."""
+        await self.drive(first, late)
+        committed = await self.settle()
+        observed = await self.observe(committed)
+        self.audit(observed)
+        await self.check_members()
+        return self.verdict
+
+    # -- the members at the end -----------------------------------------------------
+
+    async def check_members(self) -> None:
+        """All still running, healthy and ready; then SIGTERM exits 0; no marker in a log."""
+        run = self.verdict.run
+        for p in self.group.procs:
+            if p.proc.poll() is not None:
+                run.append(f"member {p.index} exited with {p.proc.returncode}:\n{p.log_tail(12)}")
+        await asyncio.to_thread(self._check_health)
+        self._mark("health asked")
+        for p in self.group.procs:
+            p.signal(signal.SIGTERM)
+        for p in self.group.procs:
+            try:
+                code = await asyncio.to_thread(p.wait, 30)
+            except Exception:  # noqa: BLE001 - TimeoutExpired: reported, killed at teardown
+                run.append(f"member {p.index} did not exit within 30s of SIGTERM")
+                continue
+            if code != 0 and p.proc.returncode is not None:
+                run.append(f"member {p.index} exited with {code} after SIGTERM:\n{p.log_tail(8)}")
+        self._mark("members stopped")
+        self._check_logs()
+
+    def _check_health(self) -> None:
+        for p in self.group.procs:
+            if p.proc.poll() is not None:
+                continue
+            port = self.ports[p.index]
+            for path in ("/healthz", "/readyz"):
+                deadline = time.monotonic() + 10
+                ok, said = False, ""
+                while time.monotonic() < deadline:
+                    ok, said = http.probe(f"http://127.0.0.1:{port}{path}", 2.0)
+                    if ok:
+                        break
+                    time.sleep(0.3)
+                if not ok:
+                    self.verdict.run.append(
+                        f"member {p.index} {path} did not answer 200: {said[:300]}"
+                    )
+
+    def _check_logs(self) -> None:
+        for p in self.group.procs:
+            for n, line in enumerate(p.log_path.read_bytes().splitlines(), 1):
+                found = [m for m in MARKERS if m.encode() in line]
+                if found:
+                    event = _event_name(line)
+                    self.verdict.run.append(
+                        f"member {p.index}'s log line {n} ({event}) holds personal data "
+                        f"{found}: {line[:240]!r}"
+                    )
+                    break
+
+
+def _runs(counts: list[int]) -> str:
+    """[1, 1, 1, 0] as '3x1 1x0' (the big record has 1,800 keys)."""
+    tally = collections.Counter(counts)
+    return " ".join(f"{n}x{c}" for c, n in sorted(tally.items())) or "none"
+
+
+def _event_name(line: bytes) -> str:
+    try:
+        return str(json.loads(line).get("event"))
+    except (ValueError, AttributeError):
+        return "not a JSON line"
+
+
+def _event_key(record: ConsumerRecord) -> tuple[str, str] | None:
+    try:
+        e = json.loads(record.value)
+        return (e["phone_number_id"], e["message"]["source_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _row_differences(m: Expected, row: Row) -> list[str]:
+    out = []
+    for name, want, got in (
+        ("sender", m.sender, row.sender),
+        ("message_type", m.type, row.message_type),
+        ("message_timestamp", m.timestamp, row.message_timestamp),
+        ("contact_wa_id", m.contact_wa_id, row.contact_wa_id),
+    ):
+        if want != got:
+            out.append(f"{name}: expected {_short(want)}, got {_short(got)}")
+    # A text column cannot hold NUL: U+FFFD standing in for it there is fine, the JSON
+    # columns keep the name as sent.
+    names = {m.contact_name, m.contact_name.replace("\x00", "\ufffd")} if m.contact_name else {None}
+    if row.contact_name not in names:
+        out.append(
+            f"contact_name: expected {_short(m.contact_name)}, got {_short(row.contact_name)}"
+        )
+    d = difference(m.raw, row.raw, "raw")
+    if d:
+        out.append(d)
+    return out
+
+
+def _event_differences(m: Expected, e: dict[str, Any]) -> list[str]:
+    msg = e.get("message", {})
+    contact = e.get("contact") or {}
+    out = []
+    for name, want, got in (
+        ("phone_number_id", m.key[0], e.get("phone_number_id")),
+        ("message.source_id", m.key[1], msg.get("source_id")),
+        ("message.from", m.sender, msg.get("from")),
+        ("message.type", m.type, msg.get("type")),
+        ("message.timestamp", m.timestamp, msg.get("timestamp")),
+        ("contact.name", m.contact_name, contact.get("name")),
+        ("contact.wa_id", m.contact_wa_id, contact.get("wa_id")),
+    ):
+        if want != got:
+            out.append(f"{name}: expected {_short(want)}, got {_short(got)}")
+    content = {
+        k: v for k, v in msg.items() if k not in ("id", "source_id", "from", "type", "timestamp")
+    }
+    d = difference(m.content, content, "message")
+    if d:
+        out.append(d)
+    return out

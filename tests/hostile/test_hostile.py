@@ -1,0 +1,89 @@
+"""The hostile-input suite: real `python -m consumer run` members on a 4-partition topic
+take good webhooks with every case of cases.py interleaved (each case sent twice, on two
+partitions), through a rebalance; then the promise is audited case by case.
+
+``HOSTILE_CASES=word,word`` narrows a run to the cases whose name holds one of the words
+(for working on a few; the full table is the suite).
+
+The promise: no record, however crafted or unusual, stops a partition, crash-loops a
+member, or disappears; each ends stored and announced, or dead-lettered with a reason;
+every good message is stored once and announced once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from consumer.settings import Settings
+from tests.hostile.cases import chosen
+from tests.hostile.conftest import refuse_on_postgres, refuse_on_sqlite
+from tests.hostile.harness import HostileRun
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.hostile]
+
+# Each run's outcome per case, so the SQLite run can be compared with PostgreSQL's.
+_OUTCOMES: dict[str, dict[str, str]] = {}
+CASES = chosen(os.environ.get("HOSTILE_CASES"))
+
+
+@pytest.mark.timeout(300)
+async def test_hostile_input_on_postgresql(
+    hostile_settings: Callable[[str], Settings], postgres_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL, with two members and a third joining halfway: every hostile case
+    ends as cases.py promises (stored and announced once with its exact values, or each
+    copy dead-lettered once at its source with its reason), every good message is stored
+    and announced once, lag is zero, the outbox is empty, no member exited, all answer
+    /healthz and /readyz, exit 0 on SIGTERM, and log no personal data."""
+    refusal = await refuse_on_postgres(postgres_url)
+    run = HostileRun(
+        hostile_settings(postgres_url),
+        tmp_path,
+        database="postgresql",
+        refusal=refusal,
+        good=160,
+        cases=CASES,
+    )
+    try:
+        verdict = await run.execute(first=2, late=1)
+    finally:
+        run.group.kill_all()
+    _OUTCOMES["postgresql"] = verdict.outcomes
+    print(verdict.report())  # shown with -rP / -s: the timings and every case's outcome
+    assert verdict.ok, verdict.report()
+
+
+@pytest.mark.timeout(300)
+async def test_hostile_input_on_sqlite(
+    hostile_settings: Callable[[str], Settings], sqlite_url: str, tmp_path: Path
+) -> None:
+    """On SQLite, two members sharing the file (the second joining halfway): the same
+    cases end exactly as on PostgreSQL (and as cases.py promises), with fewer good
+    webhooks around them."""
+    refusal = refuse_on_sqlite(sqlite_url)
+    run = HostileRun(
+        hostile_settings(sqlite_url),
+        tmp_path,
+        database="sqlite",
+        refusal=refusal,
+        good=40,
+        cases=CASES,
+    )
+    try:
+        verdict = await run.execute(first=1, late=1)
+    finally:
+        run.group.kill_all()
+    postgres = _OUTCOMES.get("postgresql")
+    if postgres is not None:
+        verdict.run += [
+            f"case {name!r} ended differently than on PostgreSQL: {postgres.get(name)} there, "
+            f"{outcome} here"
+            for name, outcome in verdict.outcomes.items()
+            if postgres.get(name) != outcome
+        ]
+    print(verdict.report())
+    assert verdict.ok, verdict.report()
