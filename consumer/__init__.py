@@ -1,6 +1,6 @@
 """wamid-guard: store every WhatsApp message exactly once and announce it once.
 
-The flow, one module a stage (see README.md and DESIGN):
+The flow, one module a stage (see README.md and docs/design.md):
 
     intake      raw Kafka record -> Webhook (messages, statuses) or Invalid(reason)
     dedup       Redis lease per (phone_number_id, wamid): acquired, held, or done

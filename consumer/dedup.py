@@ -82,7 +82,7 @@ _CHUNK = 1000
 
 class LeaseState(enum.Enum):
     ACQUIRED = "acquired"
-    HELD = "held"  # another worker is on it: not yet, not skip (DESIGN rule 5)
+    HELD = "held"  # another worker is on it: not yet, not skip (docs/design.md, rule 5)
     DONE = "done"  # stored and announced already
 
 

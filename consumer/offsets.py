@@ -3,7 +3,7 @@
 A record's offset is *done* when every message in it is stored (or found stored) and
 announced, or the record was dead-lettered. Records can finish out of order (a deferred
 one is retried later), so per partition we commit the lowest pending offset, or
-``highest seen + 1`` when nothing is pending (DESIGN rule 8).
+``highest seen + 1`` when nothing is pending (docs/design.md, rule 8).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class Settings:
         return f"Settings({inner})"
 
 
-# Names the operator sees: unprefixed, as in DESIGN's contract.
+# Names the operator sees: unprefixed, as in the contract of docs/design.md.
 _ENV_NAMES = {
     "crash_point": "WAMID_GUARD_CRASH_POINT",
     "client_id": "KAFKA_CLIENT_ID",

@@ -2,7 +2,7 @@
 
 A :class:`FaultRun` owns one scenario: its topics, group, database and key prefix; the
 consumer processes; the traffic (unique messages, duplicates on the same and on other
-partitions, poison records); and the final audit of the promise (DESIGN P1-P5):
+partitions, poison records); and the final audit of the promise (docs/design.md, P1-P6):
 
 * per (phone_number_id, wamid): exactly one row; at least one event, every copy with one
   event_id; exactly one event when the scenario involves no crash; nothing missing, no

@@ -1,4 +1,4 @@
-"""The Redis lease under real contention (DESIGN rules 2-3, 6), against the real Redis.
+"""The Redis lease under real contention (docs/design.md, rules 2-3, 6), against the real Redis.
 
 Concurrent acquirers are released together (an asyncio.Barrier for tasks, a Redis
 BLPOP gate for OS processes) so that they really race for the same keys.

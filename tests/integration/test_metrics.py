@@ -203,7 +203,7 @@ async def _check_redis_outage(
     lag = s.get("wamid_guard_consumer_lag", topic=settings.inbound_topic, partition="0")
     assert lag == 1, "the record stuck behind Redis is counted as lag"
     # A paused partition is not fetched; its lag still grows with what arrives meanwhile.
-    # (One produce each: Tansu's end offset is the last batch's base + 1, see DESIGN.)
+    # (One produce each: Tansu's end offset is the last batch's base + 1, see docs/design.md.)
     late = [
         (await kafka.send_each(settings, [(1, text_webhook(PNID, f"wamid.LATE{i}"))]))[0]
         for i in range(3)

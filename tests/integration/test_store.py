@@ -1,4 +1,4 @@
-"""The SQL fence and the outbox (DESIGN rules 1 and 7) on real PostgreSQL and SQLite."""
+"""The SQL fence and the outbox (docs/design.md, rules 1 and 7) on real PostgreSQL and SQLite."""
 
 from __future__ import annotations
 

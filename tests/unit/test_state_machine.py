@@ -26,7 +26,7 @@ Invariants, after every step:
 * P1  no key is ever inserted twice, and no row exists for a key nobody produced;
 * P2  every published event is byte for byte the outbox row of a stored message (no
       phantom; every copy of a key's event is the same event);
-* P4  (DESIGN rule 8) the group's committed offset of a partition never passes a record
+* P4  (docs/design.md, rule 8) the group's committed offset of a partition never passes a record
       that is not durable (dead-lettered, or every message key stored AND published), and
       never goes backwards;
 * a done marker only exists for a key that is stored and published; only poison records

@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("source_offset", sa.BigInteger(), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_messages"),
-        # The fence (DESIGN rule 1): one row per message, whatever Redis says.
+        # The fence (docs/design.md, rule 1): one row per message, whatever Redis says.
         sa.UniqueConstraint(
             "phone_number_id", "source_id", name="uq_messages_phone_number_id_source_id"
         ),
