@@ -11,4 +11,4 @@ The flow, one module a stage (see README.md and docs/design.md):
     service     lifecycle: startup, poll loop, rebalances, shutdown
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
