@@ -223,9 +223,10 @@ def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     filters.add_argument(
         "--idle",
         type=float,
-        default=3.0,
+        default=6.0,
         metavar="SECONDS",
-        help="stop reading after this long without a record (default 3)",
+        help="stop reading after this long without a record (default 6: shorter can miss "
+        "records a broker has not shown yet)",
     )
     ls = actions.add_parser(
         "list",
@@ -242,12 +243,13 @@ def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "replay",
         parents=[filters],
         help="re-send chosen dead letters to INBOUND_TOPIC",
-        description="Re-send the chosen dead letters to INBOUND_TOPIC with their original key, "
-        "value and headers (minus dlq.*, so x-hub-signature-256 is kept) plus "
-        "dlq.replayed_from=topic:partition:offset. Needs a filter or --all. Truncated dead "
-        "letters are refused. Safe to repeat: the pipeline dedups, a message already stored "
-        "is neither stored nor announced again. Exit 0 if all sent, 1 if a send failed, 2 on "
-        "bad arguments.",
+        description="Re-send the chosen dead letters to INBOUND_TOPIC with the original "
+        "record's key, value and headers, exactly (x-hub-signature-256 included), plus "
+        "dlq.replayed_from=topic:partition:offset. Needs a filter or --all. Dead letters "
+        "whose key, value or headers were cut or left out are refused, saying what is "
+        "missing. Safe to repeat: the pipeline dedups, a message already stored is neither "
+        "stored nor announced again. Exit 0 if all sent, 1 if a send failed, 2 on bad "
+        "arguments.",
     )
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.add_argument("--dry-run", action="store_true", help="print what would be sent")

@@ -8,15 +8,27 @@ Why it is built this way:
 
 * The DLQ is read by partition assignment, without a consumer group (as ``tail`` does):
   looking at it must not commit or move anybody's offsets.
+* Reading starts at offset 0 of every partition, asked for explicitly: Tansu can answer
+  ListOffsets(EARLIEST) with a later offset when several producers wrote a partition's
+  first batches at once. On Apache Kafka an offset below the log start is answered
+  OffsetOutOfRange, and ``auto_offset_reset="earliest"`` then moves to the log start.
 * Reading stops at what the topic held when the command started: a partition is done at
   its first record written after that (a busy DLQ would otherwise never look idle), and
-  every partition is done after ``idle_s`` without a record (Tansu's end offsets are too
-  low to be trusted, see DESIGN).
+  every partition is done after ``idle_s`` without a record (default 6 s: Tansu's end
+  offsets are too low to be trusted, and it caches a partition's end for about 5 s, so
+  a shorter silence does not prove that nothing more is there).
+* The dead-letter format (header names, the inbound headers, what was cut) is
+  :mod:`consumer.deadletters`'; a forged ``dlq.*`` header on an inbound record is never
+  read as ours.
+* Everything printed that came from a record goes through :mod:`consumer.safetext`: no
+  raw control, bidi or invisible character reaches the terminal, and ``--json`` stays
+  valid JSON.
 * Bodies are personal data: they are never printed unless ``--show-body`` is given.
 * Replay is safe to repeat: the pipeline dedups on (phone_number_id, wamid), so a
   message that was stored already is not stored or announced twice.
-* A truncated dead letter (``dlq.original_size``) no longer holds the original body;
-  replaying it would turn a good webhook into a broken one, so it is refused.
+* A dead letter whose key, value or headers were cut or left out no longer holds the
+  original record; replaying it would turn a good webhook into a broken one (or drop its
+  signature), so it is refused, saying what is missing.
 
 Pure parts (argument parsing, selection, rendering, replay planning) are separate from
 the two adapters that talk to Kafka (:class:`DlqReader`, :func:`send_replays`), which
@@ -34,17 +46,20 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumer import deadletters
 from consumer.errors import BrokerError, ConfigError
-from consumer.publish import MAX_REQUEST_BYTES, producer_config
+from consumer.limits import MAX_REQUEST_BYTES
+from consumer.publish import producer_config
+from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
 
-HEADER_PREFIX = "dlq."
-REPLAYED_FROM = "dlq.replayed_from"
 UNKNOWN_REASON = "unknown"
+# How long `list` and `replay` read on after the last record, unless --idle says
+# otherwise: longer than the 5 s for which the embedded broker caches a partition's end.
+DEFAULT_IDLE_S = 6.0
 
 # Fetch more than the service's request limit per partition: a record someone else
 # wrote, however large, is still listed (and its replay fails on its own, visibly,
@@ -53,7 +68,11 @@ _MAX_FETCH_BYTES = 4 * MAX_REQUEST_BYTES
 # Records up to this much newer than the start still count: the service's clock and
 # ours may disagree a little; the bound only has to stop a busy DLQ from never ending.
 _HORIZON_SLACK_MS = 5_000
+# A line shows this much of the detail; --json all of it (at most what the publisher
+# writes, deadletters.DETAIL_MAX_BYTES) and of every other text at most _JSON_TEXT_MAX.
 _DETAIL_WIDTH = 80
+_JSON_DETAIL_MAX = deadletters.DETAIL_MAX_BYTES
+_JSON_TEXT_MAX = 16 * 1024
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -68,7 +87,8 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One record of the dead-letter topic, with its ``dlq.*`` headers read out."""
+    """One record of the dead-letter topic, with its headers read out
+    (:func:`consumer.deadletters.read`: ours, and the inbound record's)."""
 
     topic: str
     partition: int
@@ -76,11 +96,15 @@ class DeadLetter:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
+    parsed: deadletters.Parsed = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed", deadletters.read(self.headers))
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
-        """From an aiokafka ConsumerRecord."""
+        """From an aiokafka ConsumerRecord (a null header value stays None)."""
         return cls(
             topic=record.topic,
             partition=record.partition,
@@ -88,7 +112,7 @@ class DeadLetter:
             timestamp_ms=int(record.timestamp or 0),
             key=record.key,
             value=record.value,
-            headers=tuple((k, bytes(v or b"")) for k, v in record.headers or ()),
+            headers=tuple((k, None if v is None else bytes(v)) for k, v in record.headers or ()),
         )
 
     @property
@@ -96,55 +120,76 @@ class DeadLetter:
         """``partition:offset``, the form ``--offset`` takes."""
         return f"{self.partition}:{self.offset}"
 
-    def header(self, name: str) -> str | None:
-        """The first header of that name, as text (the publisher writes ``dlq.*`` first)."""
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("utf-8", "replace")
-        return None
-
-    def int_header(self, name: str) -> int | None:
-        text = self.header(name)
-        try:
-            return int(text) if text is not None else None
-        except ValueError:
-            return None
-
     @property
     def reason(self) -> str:
-        return self.header("dlq.reason") or UNKNOWN_REASON
+        return self.parsed.reason or UNKNOWN_REASON
 
     @property
     def detail(self) -> str:
-        return self.header("dlq.detail") or ""
+        return self.parsed.detail
 
     @property
     def source_partition(self) -> int | None:
-        return self.int_header("dlq.source.partition")
+        return self.parsed.source_partition
 
     @property
     def source(self) -> str:
         """``topic:partition:offset`` of the inbound record that failed."""
-        parts = ("dlq.source.topic", "dlq.source.partition", "dlq.source.offset")
-        return ":".join(self.header(h) or "?" for h in parts)
+        return ":".join(part or "?" for part in self.parsed.source_fields)
 
     @property
     def failed_at_ms(self) -> int:
         """When it was dead-lettered; the record's own timestamp if the header is missing."""
-        return self.int_header("dlq.failed_at_ms") or self.timestamp_ms
+        return self.parsed.failed_at_ms or self.timestamp_ms
 
     @property
     def original_size(self) -> int | None:
-        """Set only when the publisher truncated the body to fit the DLQ."""
-        return self.int_header("dlq.original_size")
+        """Set only when the publisher cut (or left out) the body to fit the DLQ."""
+        return self.parsed.original_size
+
+    @property
+    def replayed_from(self) -> str | None:
+        """The replay this record came from, as the record says (see deadletters)."""
+        return self.parsed.replayed_from
 
     @property
     def size(self) -> int:
         return len(self.value or b"")
 
-    def original_headers(self) -> tuple[tuple[str, bytes], ...]:
-        """The headers the inbound record had: everything but ``dlq.*``."""
-        return tuple((k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX))
+    def original_headers(self) -> tuple[tuple[str, bytes | None], ...]:
+        """The headers the inbound record had, in their order, as it had them."""
+        return self.parsed.originals
+
+    def missing(self) -> list[str]:
+        """What of the inbound record this dead letter no longer holds, in words."""
+        p = self.parsed
+        omitted = set(p.omitted)
+        out = []
+        if "value" in omitted:
+            out.append(f"value left out ({_size_of(p.original_size)})")
+        elif self.original_size is not None:
+            out.append(
+                f"value truncated to {humanise_size(self.size)} of "
+                f"{humanise_size(self.original_size)}"
+            )
+        if "key" in omitted:
+            out.append(f"key left out ({_size_of(p.original_key_size)})")
+        elif p.original_key_size is not None:
+            out.append(
+                f"key truncated to {humanise_size(len(self.key or b''))} of "
+                f"{humanise_size(p.original_key_size)}"
+            )
+        if "headers" in omitted:
+            out.append(f"headers left out ({p.dropped_headers} header(s))")
+        elif p.dropped_headers:
+            out.append(f"{p.dropped_headers} header(s) dropped (too large)")
+        if not out and not p.complete:
+            out.append("marked as cut (unreadable size headers)")
+        return out
+
+
+def _size_of(size: int | None) -> str:
+    return "size unknown" if size is None else humanise_size(size)
 
 
 # --- choosing dead letters ------------------------------------------------------------
@@ -245,6 +290,7 @@ def build_selection(
 
 
 def check_idle(idle_s: float) -> None:
+    """--idle must be positive (0 would stop before the first fetch and list nothing)."""
     if not idle_s > 0:
         raise ConfigError("--idle", "must be more than 0 seconds")
 
@@ -308,52 +354,72 @@ def humanise_size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f}MiB"
 
 
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _one_line(text: str, width: int) -> str:
+    """Whitespace runs as one space, then at most `width` characters."""
+    return clip(" ".join(text.split()), width)
 
 
 def _body_text(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", "replace")
 
 
+def _text(value: bytes | None, limit: int) -> str | None:
+    return None if value is None else clip(value.decode("utf-8", "backslashreplace"), limit)
+
+
 def format_line(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> str:
-    """One readable line; no body unless asked (bodies are personal data)."""
+    """One readable line; no body unless asked (bodies are personal data). Every field
+    that came from a record is a plain word or a quoted, escaped string (safetext)."""
     size = humanise_size(letter.size)
-    if letter.original_size is not None:
+    if "value" in letter.parsed.omitted:
+        size += f" (left out, was {_size_of(letter.original_size)})"
+    elif letter.original_size is not None:
         size += f" (truncated from {humanise_size(letter.original_size)})"
     line = (
-        f"{letter.coordinates} {letter.reason} source={letter.source} "
+        f"{letter.coordinates} {token(letter.reason)} source={token(letter.source)} "
         f"age={humanise_age((now_ms - letter.failed_at_ms) / 1000)} size={size} "
-        f"detail={orjson.dumps(_clip(letter.detail, _DETAIL_WIDTH)).decode()}"
+        f"detail={quote(_one_line(letter.detail, _DETAIL_WIDTH))}"
     )
-    replayed = letter.header(REPLAYED_FROM)
+    missing = letter.missing()
+    if missing:
+        line += f" incomplete={quote('; '.join(missing))}"
+    replayed = letter.replayed_from
     if replayed:
-        line += f" replayed_from={replayed}"
+        line += f" replayed_from={token(replayed)}"
     if show_body:
-        line += f"\n    body={orjson.dumps(_body_text(letter.value)).decode()}"
+        line += f"\n    body={quote(_body_text(letter.value))}"
     return line
 
 
 def as_dict(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> dict[str, Any]:
-    """Everything about a dead letter except its body (unless asked), for ``--json``."""
+    """Everything about a dead letter except its body (unless asked), for ``--json``.
+    ``headers`` is every header as the record has it; ``original_headers`` the inbound
+    record's, as it had them. Texts are bounded (the body, when asked, is not)."""
+    p = letter.parsed
     out: dict[str, Any] = {
         "dlq": letter.coordinates,
         "topic": letter.topic,
         "partition": letter.partition,
         "offset": letter.offset,
         "timestamp_ms": letter.timestamp_ms,
+        "format": p.version,
         "reason": letter.reason,
-        "detail": letter.detail,
+        "detail": clip(letter.detail, _JSON_DETAIL_MAX),
         "source": letter.source,
         "source_partition": letter.source_partition,
         "failed_at_ms": letter.failed_at_ms,
         "age_s": max(0, (now_ms - letter.failed_at_ms) // 1000),
         "size": letter.size,
         "original_size": letter.original_size,
-        "truncated": letter.original_size is not None,
-        "key": None if letter.key is None else letter.key.decode("utf-8", "backslashreplace"),
-        "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in letter.headers],
+        "original_key_size": p.original_key_size,
+        "dropped_headers": p.dropped_headers,
+        "omitted": list(p.omitted),
+        "truncated": not p.complete,
+        "missing": letter.missing(),
+        "replayed_from": letter.replayed_from,
+        "key": _text(letter.key, _JSON_TEXT_MAX),
+        "headers": [[k, _text(v, _JSON_TEXT_MAX)] for k, v in letter.headers],
+        "original_headers": [[k, _text(v, _JSON_TEXT_MAX)] for k, v in p.originals],
     }
     if show_body:
         out["body"] = _body_text(letter.value)
@@ -361,7 +427,8 @@ def as_dict(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> dict
 
 
 def _counts(counter: Mapping[str, int]) -> str:
-    return " ".join(f"{k}={n}" for k, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    return " ".join(f"{token(k)}={n}" for k, n in ranked)
 
 
 def format_summary(topic: str, tally: Tally) -> str:
@@ -383,7 +450,7 @@ class Replay:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,13 +463,15 @@ class Skip:
 
 
 def plan_replay(letter: DeadLetter, inbound_topic: str) -> Replay | Skip:
-    """Strip the ``dlq.*`` headers (keeping e.g. x-hub-signature-256) and mark the origin."""
-    if letter.original_size is not None:
+    """The inbound record again: its key, value and headers exactly as it had them
+    (x-hub-signature-256 included), plus ``dlq.replayed_from`` naming this dead letter.
+    Refused when the dead letter no longer holds the whole record."""
+    missing = letter.missing()
+    if missing:
         return Skip(
             letter.coordinates,
             "truncated",
-            f"truncated to {humanise_size(letter.size)} of "
-            f"{humanise_size(letter.original_size)}; the DLQ no longer holds the original body",
+            f"{'; '.join(missing)}: the DLQ no longer holds the original record",
         )
     origin = f"{letter.topic}:{letter.partition}:{letter.offset}"
     return Replay(
@@ -410,7 +479,7 @@ def plan_replay(letter: DeadLetter, inbound_topic: str) -> Replay | Skip:
         topic=inbound_topic,
         key=letter.key,
         value=letter.value,
-        headers=(*letter.original_headers(), (REPLAYED_FROM, origin.encode())),
+        headers=(*letter.original_headers(), (deadletters.REPLAYED_FROM, origin.encode())),
     )
 
 
@@ -460,7 +529,9 @@ class DlqReader:
             partitions = self._consumer.partitions_for_topic(self._settings.dlq_topic) or ()
             self._tps = [TopicPartition(self._settings.dlq_topic, p) for p in sorted(partitions)]
             self._consumer.assign(self._tps)
-            await self._consumer.seek_to_beginning(*self._tps)
+            for tp in self._tps:
+                # Offset 0, not seek_to_beginning: see the module doc.
+                self._consumer.seek(tp, 0)
         except BaseException:
             await self._consumer.stop()
             raise
@@ -579,7 +650,7 @@ async def list_letters(
     err: TextIO,
     as_json: bool = False,
     show_body: bool = False,
-    idle_s: float = 3.0,
+    idle_s: float = DEFAULT_IDLE_S,
 ) -> int:
     """Print the selected dead letters and a per-reason summary (to stderr with
     ``--json``, so stdout stays one JSON object a line)."""
@@ -590,7 +661,7 @@ async def list_letters(
             if not tally.take(letter):
                 continue
             if as_json:
-                line = orjson.dumps(as_dict(letter, now_ms=now, show_body=show_body)).decode()
+                line = json_line(as_dict(letter, now_ms=now, show_body=show_body))
             else:
                 line = format_line(letter, now_ms=now, show_body=show_body)
             print(line, file=out, flush=True)
@@ -616,7 +687,7 @@ async def replay(
     *,
     out: TextIO,
     dry_run: bool = False,
-    idle_s: float = 3.0,
+    idle_s: float = DEFAULT_IDLE_S,
 ) -> int:
     """Re-send the selected dead letters to INBOUND_TOPIC; 1 if any send failed."""
     chosen, tally = await choose(settings, selection, idle_s=idle_s)
@@ -625,7 +696,7 @@ async def replay(
     skips = [p for p in plans if isinstance(p, Skip)]
     skips += missing_offsets(settings.dlq_topic, tally, chosen)
     for skip in skips:
-        print(f"skip {skip.coordinates}: {skip.why}", file=out)
+        print(f"skip {skip.coordinates}: {escape(skip.why)}", file=out)
     if dry_run:
         for r in replays:
             print(_would_send(r), file=out)
@@ -644,20 +715,20 @@ async def replay(
 
 
 def _would_send(r: Replay) -> str:
-    names = ",".join(k for k, _ in r.headers) or "-"
+    names = ",".join(token(k) for k, _ in r.headers) or "-"
     return (
-        f"would send {r.letter.coordinates} -> {r.topic} ({r.letter.reason}, source="
-        f"{r.letter.source}, size={humanise_size(r.letter.size)}, headers={names})"
+        f"would send {r.letter.coordinates} -> {r.topic} ({token(r.letter.reason)}, source="
+        f"{token(r.letter.source)}, size={humanise_size(r.letter.size)}, headers={names})"
     )
 
 
 def _sent_line(result: Sent) -> str:
     letter = result.replay.letter
     if result.error:
-        return f"FAILED {letter.coordinates} ({letter.reason}): {result.error}"
+        return f"FAILED {letter.coordinates} ({token(letter.reason)}): {escape(result.error)}"
     return (
         f"sent {letter.coordinates} -> {result.replay.topic}:{result.partition}:"
-        f"{result.offset} ({letter.reason}, source={letter.source})"
+        f"{result.offset} ({token(letter.reason)}, source={token(letter.source)})"
     )
 
 

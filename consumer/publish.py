@@ -3,6 +3,13 @@
 Every send of a batch is started at once and then awaited together, so a batch costs
 one round of broker acks. Any failure raises :class:`BrokerError`: the caller keeps the
 records unacknowledged (their offsets are not committed) and retries.
+
+Dead letters are built by :mod:`consumer.deadletters` to fit one produce request. If the
+producer (``max_request_size``) or the broker (``message.max.bytes``, a topic's
+``max.message.bytes``) still refuses one as too large, it is sent again in its minimal
+form (our headers only, saying what was left out), so a bad record always lands in the
+DLQ instead of being retried for ever. A record larger than aiokafka's batch size is
+alone in its batch, so a refusal names the record that is too large.
 """
 
 from __future__ import annotations
@@ -14,19 +21,24 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
+from consumer import deadletters
 from consumer.errors import BrokerError
 from consumer.events import OutboundEvent
+from consumer.limits import MAX_REQUEST_BYTES
 from consumer.records import Invalid
+
+__all__ = ["MAX_REQUEST_BYTES", "Publisher", "producer_config"]
 
 log = structlog.get_logger(__name__)
 
-# The largest produce request any of our producers sends (service, relay, DLQ replay):
-# a dead letter is cut to fit it, so a replay of one that is not truncated fits too.
-MAX_REQUEST_BYTES = 2 * 1024 * 1024
-# Room left for headers and framing when a dead letter carries a large value.
-_DLQ_HEADROOM = 64 * 1024
+# "Too large", from the producer's own check in send() (MessageSizeTooLargeError) or from
+# the broker (MESSAGE_TOO_LARGE, or RECORD_LIST_TOO_LARGE for a batch above the segment
+# size). RecordTooLargeError is the consumer's (a fetch), not a produce error.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+_Send = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
 class Publisher:
@@ -42,7 +54,7 @@ class Publisher:
     ) -> None:
         self._producer = producer
         self._dlq_topic = dlq_topic
-        self._max_value = max_request_bytes - _DLQ_HEADROOM
+        self._max_value = deadletters.max_value_bytes(max_request_bytes)
         # At DEBUG, one line per acknowledged record with where the broker put it: the
         # fault suite checks that everything acknowledged can be read back.
         self._debug = debug
@@ -55,37 +67,62 @@ class Publisher:
         )
 
     async def dead_letter(self, invalid: Sequence[Invalid]) -> None:
-        """Send bad records to the dead-letter topic, with why and where from."""
-        await self._send_all(
-            [(self._dlq_topic, i.record.key, *self._dead_letter(i)) for i in invalid],
-            what="dead-letter",
-        )
-
-    def _dead_letter(self, invalid: Invalid) -> tuple[bytes | None, list[tuple[str, bytes]]]:
-        record = invalid.record
-        value = record.value
-        headers = [
-            ("dlq.reason", str(invalid.reason).encode()),
-            ("dlq.detail", invalid.detail.encode()[:1024]),
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-            ("dlq.source.timestamp_ms", str(record.timestamp_ms).encode()),
-            ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
+        """Send bad records to the dead-letter topic, with why and where from; one the
+        producer or the broker refuses as too large goes again in its minimal form."""
+        if not invalid:
+            return
+        failed_at_ms = int(time.time() * 1000)
+        full = [
+            deadletters.build(i, max_value_bytes=self._max_value, failed_at_ms=failed_at_ms)
+            for i in invalid
         ]
-        if value is not None and len(value) > self._max_value:
-            headers.append(("dlq.original_size", str(len(value)).encode()))
-            value = value[: self._max_value]
-        # The original headers ride along (a replay may need x-hub-signature-256).
-        headers.extend(record.headers)
-        return value, headers
+        results = await self._send_each([self._dlq_send(letter) for letter in full])
+        others = [r for r in results if isinstance(r, BaseException) and not _too_large(r)]
+        if others:
+            raise BrokerError(
+                f"{len(others)} of {len(invalid)} dead-letter record(s) were not "
+                f"acknowledged: {others[0]!r}"
+            ) from others[0]
+        refused = [(i, r) for i, r in zip(invalid, results, strict=True) if _too_large(r)]
+        if not refused:
+            return
+        log.warning(
+            "dlq.minimal",
+            count=len(refused),
+            records=[i.record.log_context() for i, _ in refused[:10]],
+            error=repr(refused[0][1]),
+        )
+        minimal = [deadletters.minimal(i, failed_at_ms=failed_at_ms) for i, _ in refused]
+        await self._send_all([self._dlq_send(letter) for letter in minimal], what="dead-letter")
 
-    async def _send_all(
-        self,
-        sends: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]],
-        *,
-        what: str,
-    ) -> None:
+    def _dlq_send(self, letter: deadletters.Outgoing) -> _Send:
+        return (self._dlq_topic, letter.key, letter.value, letter.headers)
+
+    async def _send_each(self, sends: list[_Send]) -> list[Any]:
+        """Each record's metadata or its error: a record the producer refuses at once
+        (too large) does not stop the others. Any other error of send() raises."""
+        pending: list[Any] = []
+        try:
+            for topic, key, value, headers in sends:
+                try:
+                    future = await self._producer.send(topic, value=value, key=key, headers=headers)
+                except _TOO_LARGE as exc:
+                    pending.append(exc)
+                else:
+                    pending.append(future)
+        except KafkaError as exc:
+            raise BrokerError(
+                f"producing {len(sends)} dead-letter record(s) failed: {exc!r}"
+            ) from exc
+        results = await asyncio.gather(
+            *(p for p in pending if not isinstance(p, BaseException)), return_exceptions=True
+        )
+        acked = iter(results)
+        outcomes = [p if isinstance(p, BaseException) else next(acked) for p in pending]
+        self._log_acked(sends, outcomes)
+        return outcomes
+
+    async def _send_all(self, sends: Sequence[_Send], *, what: str) -> None:
         if not sends:
             return
         try:
@@ -96,22 +133,31 @@ class Publisher:
             results = await asyncio.gather(*futures, return_exceptions=True)
         except KafkaError as exc:
             raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
-        if self._debug:
-            for (topic, _key, _value, headers), r in zip(sends, results, strict=True):
-                if not isinstance(r, BaseException):
-                    log.debug(
-                        "record.acked",
-                        topic=topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        event_id=dict(headers).get("event_id", b"").decode(),
-                    )
+        self._log_acked(sends, results)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise BrokerError(
                 f"{len(failures)} of {len(sends)} {what} record(s) were not acknowledged: "
                 f"{failures[0]!r}"
             ) from failures[0]
+
+    def _log_acked(self, sends: Sequence[_Send], results: Sequence[Any]) -> None:
+        if not self._debug:
+            return
+        for (topic, _key, _value, headers), r in zip(sends, results, strict=True):
+            if not isinstance(r, BaseException):
+                log.debug(
+                    "record.acked",
+                    topic=topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    event_id=(dict(headers).get("event_id") or b"").decode(),
+                )
+
+
+def _too_large(result: object) -> bool:
+    """A refusal that a smaller record would not get."""
+    return isinstance(result, _TOO_LARGE)
 
 
 def producer_config(

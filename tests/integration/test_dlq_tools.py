@@ -3,6 +3,14 @@
 Dead letters are written by the real Publisher (as the service writes them) or by the
 real pipeline over poison records; the commands run through ``consumer.cli.main`` with
 the test's settings in the environment, and their stdout is what an operator would see.
+
+Completeness without waiting: the embedded broker may show a partition's newest records
+only up to about 5 s late, so a short silence proves nothing. Where nothing more is
+written to the DLQ, a test writes a *fence* to every DLQ partition after its dead
+letters: a record stamped 30 minutes ahead, which `dlq list` / `dlq replay` take as
+"written after I started" and stop at (the same rule that ends a busy DLQ). The
+commands then end as soon as they have seen every fence, and the default 6 s of
+silence is only the fallback. The tests read topics the same way (until their own fence).
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumer import cli, embedded, publish, topics
+from consumer import cli, deadletters, embedded, publish, topics
 from consumer.demo import settings_env
+from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, Invalid, Reason
 from consumer.settings import Settings
@@ -34,6 +43,11 @@ pytestmark = pytest.mark.integration
 SIGNATURE = ("x-hub-signature-256", b"sha256=5eed")
 PERSONAL = b"PERSONAL-DATA"
 THREE_HOURS_MS = 3 * 3600 * 1000
+FENCE = "test.fence"
+# Ahead of every horizon a command takes during a test (its start + 5 s), and within
+# the hour Apache Kafka accepts by default (log.message.timestamp.after.max.ms).
+FENCE_AHEAD_MS = 30 * 60 * 1000
+FENCE_WAIT_S = 30
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,69 @@ def cli_settings(dlq_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Set
 
 
 async def _dlq(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    """Run `python -m consumer dlq ...` in-process (in a thread: it runs its own loop)."""
+    """Run `python -m consumer dlq ...` in-process (in a thread: it runs its own loop),
+    with the default --idle."""
     capsys.readouterr()
-    code = await asyncio.to_thread(cli.main, ["dlq", *argv, "--idle", "1"])
+    code = await asyncio.to_thread(cli.main, ["dlq", *argv])
     out, err = capsys.readouterr()
     return Run(code, out, err)
+
+
+async def _fence(settings: Settings, topic: str) -> tuple[bytes, int]:
+    """Write a fence to every partition of `topic` (see the module doc): its id and the
+    partition count."""
+    fence_id = uuid.uuid4().hex.encode()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
+    )
+    await producer.start()
+    try:
+        count = len(await producer.partitions_for(topic))
+        ahead = int(time.time() * 1000) + FENCE_AHEAD_MS
+        sent = [
+            await producer.send(
+                topic, b"", partition=p, timestamp_ms=ahead, headers=[(FENCE, fence_id)]
+            )
+            for p in range(count)
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    return fence_id, count
+
+
+async def _read_fenced(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every record written to `topic` so far (fences left out): fence every partition,
+    then read each from offset 0 up to its fence."""
+    fence_id, count = await _fence(settings, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 << 20,
+    )
+    await consumer.start()
+    found: list[ConsumerRecord] = []
+    try:
+        pending = {TopicPartition(topic, p) for p in range(count)}
+        consumer.assign(list(pending))
+        for tp in pending:
+            consumer.seek(tp, 0)
+        deadline = time.monotonic() + FENCE_WAIT_S
+        while pending:
+            assert time.monotonic() < deadline, f"no fence read back from {sorted(pending)}"
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                for record in records:
+                    mark = dict(record.headers).get(FENCE)
+                    if mark == fence_id:
+                        pending.discard(tp)
+                        consumer.pause(tp)
+                        break
+                    if mark is None:
+                        found.append(record)
+    finally:
+        await consumer.stop()
+    return found
 
 
 def _invalid(settings: Settings, letter: Letter) -> Invalid:
@@ -134,10 +206,11 @@ async def _dead_letter(settings: Settings, letters: list[Letter]) -> None:
 
 
 async def _located(settings: Settings, letters: list[Letter]) -> list[Letter]:
-    """Where each letter landed in the DLQ (found by its source offset)."""
+    """Where each letter landed in the DLQ (found by its source offset). Fences the DLQ:
+    write no more dead letters after this."""
     where = {
-        int(dict(r.headers)["dlq.source.offset"]): (r.partition, r.offset)
-        for r in await kafka.read_all(settings, settings.dlq_topic, idle_s=1.0)
+        deadletters.read(r.headers).source_offset: (r.partition, r.offset)
+        for r in await _read_fenced(settings, settings.dlq_topic)
     }
     assert len(where) == len(letters), where
     return [
@@ -283,7 +356,7 @@ async def test_replay_sends_the_originals_with_their_origin(
     assert run.code == 0, run.err
     assert run.lines[-1].startswith(f"replay to {s.inbound_topic}: sent 3, failed 0, skipped 0")
     assert "Safe to repeat" in run.lines[-1]
-    inbound = await kafka.read_all(s, s.inbound_topic, idle_s=1.0)
+    inbound = await _read_fenced(s, s.inbound_topic)
     got = sorted((r.key or b"", r.value, tuple(r.headers)) for r in inbound)
     want = sorted(
         (
@@ -294,7 +367,7 @@ async def test_replay_sends_the_originals_with_their_origin(
         for letter in (letters["nj0"], letters["nj1"], letters["nj2"])
     )
     assert got == want
-    assert len(await kafka.read_all(s, s.dlq_topic, idle_s=1.0)) == 6, "the DLQ is only read"
+    assert len(await _read_fenced(s, s.dlq_topic)) == 6, "the DLQ is only read"
 
 
 async def test_dry_run_sends_nothing(
@@ -306,9 +379,9 @@ async def test_dry_run_sends_nothing(
     assert run.code == 0, run.err
     would = sorted(line.split()[2] for line in run.lines if line.startswith("would send "))
     assert would == _at(*(v for k, v in letters.items() if k != "big"))
-    assert f"skip {letters['big'].at}: truncated" in run.out
+    assert f"skip {letters['big'].at}: value truncated" in run.out
     assert run.lines[-1] == "dry run, nothing sent: would send 5, skipped 1 (truncated: 1)"
-    assert await kafka.read_all(s, s.inbound_topic, idle_s=1.5) == []
+    assert await _read_fenced(s, s.inbound_topic) == []
 
 
 async def test_replay_refusals(
@@ -328,10 +401,10 @@ async def test_replay_refusals(
 
     run = await _dlq(capsys, "replay", "--offset", letters["big"].at, "--offset", "1:999")
     assert run.code == 0, run.err
-    assert f"skip {letters['big'].at}: truncated to 96.0KiB of 195.3KiB" in run.out
+    assert f"skip {letters['big'].at}: value truncated to 96.0KiB of 195.3KiB" in run.out
     assert "skip 1:999: no such record" in run.out
     assert "sent 0, failed 0, skipped 2 (" in run.lines[-1]
-    assert await kafka.read_all(s, s.inbound_topic, idle_s=1.5) == []
+    assert await _read_fenced(s, s.inbound_topic) == []
 
 
 async def test_errors_name_the_setting(
@@ -378,11 +451,12 @@ async def test_a_failed_send_is_reported_and_exits_1(
         meta = await producer.send_and_wait(s.dlq_topic, b"{" * (3 << 20), headers=huge)
     finally:
         await producer.stop()
+    await _fence(s, s.dlq_topic)
     run = await _dlq(capsys, "replay", "--reason", "not_json")
     assert run.code == 1, run.out + run.err
     assert f"FAILED {meta.partition}:{meta.offset} (not_json): MessageSizeTooLargeError" in run.out
     assert " sent 1, failed 1, skipped 0." in run.lines[-1]
-    inbound = await kafka.read_all(s, s.inbound_topic, idle_s=1.0)
+    inbound = await _read_fenced(s, s.inbound_topic)
     assert [r.value for r in inbound] == [b"not json"]
 
 
@@ -418,11 +492,15 @@ async def test_a_busy_dlq_does_not_keep_list_running(
     assert written > elapsed * 3, "the DLQ was really busy the whole time"
 
 
-async def _wait_inbound_committed(settings: Settings, group: ConsumerGroup) -> None:
-    ends: dict[int, int] = collections.defaultdict(int)
-    for r in await kafka.read_all(settings, settings.inbound_topic, idle_s=1.0):
-        ends[r.partition] = max(ends[r.partition], r.offset + 1)
-    await kafka.wait_committed(settings, dict(ends), explain=group.logs)
+def _replayed_to(runs: list[Run], ends: dict[int, int]) -> dict[int, int]:
+    """`ends` grown by where the replays' `sent P:O -> topic:p:o` lines put records."""
+    grown: dict[int, int] = collections.defaultdict(int, ends)
+    for run in runs:
+        for line in run.lines:
+            if line.startswith("sent "):
+                _, partition, offset = line.split(" -> ")[1].split(" ")[0].rsplit(":", 2)
+                grown[int(partition)] = max(grown[int(partition)], int(offset) + 1)
+    return dict(grown)
 
 
 @pytest.mark.slow
@@ -448,13 +526,16 @@ async def test_round_trip_through_the_pipeline(
     poison_at = line.split(" ", 1)[0]
     assert summary == f"1 dead letter(s) in {s.dlq_topic}: not_json=1"
 
+    replays = []
     for _ in range(2):
         run = await _dlq(capsys, "replay", "--reason", "bad_shape")
         assert run.code == 0, run.err
         assert " sent 1, failed 0" in run.lines[-1]
+        replays.append(run)
     run = await _dlq(capsys, "replay", "--offset", poison_at)
     assert run.code == 0, run.err
-    await _wait_inbound_committed(s, group)
+    replays.append(run)
+    await kafka.wait_committed(s, _replayed_to(replays, ends), explain=group.logs)
 
     assert await kafka.rows(s) == [("111", "wamid.REPLAYED")]
     events: list[dict[str, Any]] = await kafka.events(s)
@@ -466,3 +547,165 @@ async def test_round_trip_through_the_pipeline(
     headers = again[0]["headers"]
     assert ["x-hub-signature-256", "sha256=5eed"] in headers
     assert ["dlq.replayed_from", f"{s.dlq_topic}:{poison_at}"] in headers
+
+
+async def _publish_dead_letters(
+    settings: Settings, invalid: list[Invalid], *, producer_max_request: int = MAX_REQUEST_BYTES
+) -> None:
+    """Dead-letter through the real Publisher as the service builds it (request limit
+    MAX_REQUEST_BYTES), over a producer refusing requests above `producer_max_request`."""
+    producer = AIOKafkaProducer(
+        **producer_config(
+            settings.kafka_bootstrap_servers,
+            client_id="test-dlq",
+            request_timeout_s=10,
+            max_request_bytes=producer_max_request,
+        )
+    )
+    await producer.start()
+    try:
+        publisher = Publisher(
+            producer, dlq_topic=settings.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES
+        )
+        await publisher.dead_letter(invalid)
+    finally:
+        await producer.stop()
+
+
+def _inbound(
+    settings: Settings,
+    offset: int,
+    *,
+    key: bytes | None = b"k",
+    value: bytes = b"not json",
+    headers: tuple[tuple[str, bytes], ...] = (SIGNATURE,),
+) -> Invalid:
+    record = InboundRecord(
+        settings.inbound_topic, 1, offset, key, value, headers, 1_700_000_000_000
+    )
+    return Invalid(record, Reason.NOT_JSON, "Expecting value: line 1 column 1 (char 0)")
+
+
+async def test_a_huge_key_and_header_still_make_a_dead_letter(
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An inbound record with a 1.9 MB key and a 1.9 MB header: its dead letter fits the
+    1 MiB request limit and is produced whole (not the minimal form) on the real broker;
+    `list` says what was cut, and `replay` refuses it, saying why."""
+    s = cli_settings
+    big = 1_900_000
+    invalid = _inbound(s, 50, key=b"K" * big, headers=(("x-big", b"H" * big), SIGNATURE))
+    await _publish_dead_letters(s, [invalid])
+    (record,) = await _read_fenced(s, s.dlq_topic)
+    parsed = deadletters.read(record.headers)
+    assert parsed.omitted == ()
+    assert (parsed.reason, parsed.source_offset) == ("not_json", 50)
+    assert (parsed.original_key_size, parsed.dropped_headers) == (big, 1)
+    assert parsed.originals == (SIGNATURE,)
+    assert (record.key, record.value) == (b"K" * deadletters.KEY_MAX_BYTES, b"not json")
+
+    run = await _dlq(capsys, "list")
+    (line, _summary) = run.lines
+    assert f" not_json source={s.inbound_topic}:1:50 " in line
+    assert ' incomplete="key truncated to 1.0KiB of 1.8MiB; 1 header(s) dropped (too large)"' in (
+        line
+    )
+    at = line.split(" ", 1)[0]
+    run = await _dlq(capsys, "replay", "--offset", at)
+    assert run.code == 0, run.err
+    assert f"skip {at}: key truncated to 1.0KiB of 1.8MiB; 1 header(s) dropped" in run.out
+    assert run.lines[-1].startswith(f"replay to {s.inbound_topic}: sent 0, failed 0, skipped 1")
+
+
+async def test_a_dead_letter_refused_as_too_large_lands_minimal(
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A producer whose max_request_size is below what the dead letter needs: the
+    publisher sends it again as our headers only, and it lands on the real broker; a
+    small one in the same call goes whole. `list` shows what was left out, `replay`
+    refuses it."""
+    s = cli_settings
+    small = _inbound(s, 60)
+    big = _inbound(s, 61, value=b"V" * 200_000, headers=(SIGNATURE, ("t", b"1")))
+    await _publish_dead_letters(s, [small, big], producer_max_request=64 * 1024)
+    records = {
+        deadletters.read(r.headers).source_offset: r for r in await _read_fenced(s, s.dlq_topic)
+    }
+    assert sorted(records) == [60, 61]
+    assert records[60].value == b"not json"
+    assert deadletters.read(records[60].headers).originals == (SIGNATURE,)
+    minimal = records[61]
+    assert (minimal.key, minimal.value) == (None, b"")
+    parsed = deadletters.read(minimal.headers)
+    assert parsed.omitted == ("key", "value", "headers")
+    assert (parsed.original_size, parsed.dropped_headers) == (200_000, 2)
+    assert parsed.detail == "Expecting value: line 1 column 1 (char 0)"
+
+    run = await _dlq(capsys, "list", "--reason", "not_json")
+    line = next(x for x in run.lines if ":1:61 " in x)
+    assert " size=0B (left out, was 195.3KiB) " in line
+    at = line.split(" ", 1)[0]
+    run = await _dlq(capsys, "replay", "--offset", at)
+    assert f"skip {at}: value left out (195.3KiB); key left out (1B); headers left out" in run.out
+
+
+async def test_forged_dlq_headers_do_not_fool_the_tools(
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record carrying forged dlq.reason, dlq.source.offset and dlq.replayed_from, next
+    to a dead letter of the previous format with a forged header after ours: `list` and
+    `list --json` show the real reasons and coordinates; `replay` re-sends exactly the
+    record's headers (the signature among them) plus the real origin."""
+    s = cli_settings
+    forged = (
+        ("dlq.reason", b"empty"),
+        ("dlq.source.offset", b"999999"),
+        ("dlq.replayed_from", b"forged:0:1"),
+        SIGNATURE,
+    )
+    await _publish_dead_letters(s, [_inbound(s, 70, headers=forged)])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        old_format = [
+            ("dlq.reason", b"bad_shape"),
+            ("dlq.detail", b"old"),
+            ("dlq.source.topic", s.inbound_topic.encode()),
+            ("dlq.source.partition", b"0"),
+            ("dlq.source.offset", b"71"),
+            ("dlq.source.timestamp_ms", b"1"),
+            ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
+            SIGNATURE,
+            ("dlq.reason", b"empty"),
+        ]
+        await producer.send_and_wait(s.dlq_topic, b"[]", key=b"old", headers=old_format)
+    finally:
+        await producer.stop()
+    await _fence(s, s.dlq_topic)
+
+    run = await _dlq(capsys, "list")
+    assert run.code == 0, run.err
+    lines = sorted(run.lines[:-1], key=lambda x: "bad_shape" in x)
+    assert f" not_json source={s.inbound_topic}:1:70 " in lines[0]
+    assert lines[0].endswith(" replayed_from=forged:0:1"), "what the record carried"
+    assert f" bad_shape source={s.inbound_topic}:0:71 " in lines[1]
+    assert "999999" not in run.out
+    assert run.lines[-1] == f"2 dead letter(s) in {s.dlq_topic}: bad_shape=1 not_json=1"
+    run = await _dlq(capsys, "list", "--json")
+    by_reason = {o["reason"]: o for o in map(orjson.loads, run.lines)}
+    assert by_reason["not_json"]["source"] == f"{s.inbound_topic}:1:70"
+    assert by_reason["bad_shape"]["source"] == f"{s.inbound_topic}:0:71"
+
+    run = await _dlq(capsys, "replay", "--all")
+    assert run.code == 0, run.err
+    assert " sent 2, failed 0, skipped 0" in run.lines[-1]
+    sent = {r.key: tuple(r.headers) for r in await _read_fenced(s, s.inbound_topic)}
+    new_at, old_at = (line.split(" ", 1)[0] for line in lines)
+    assert sent[b"k"] == (*forged, ("dlq.replayed_from", f"{s.dlq_topic}:{new_at}".encode()))
+    assert sent[b"old"] == (
+        SIGNATURE,
+        ("dlq.reason", b"empty"),
+        ("dlq.replayed_from", f"{s.dlq_topic}:{old_at}".encode()),
+    )

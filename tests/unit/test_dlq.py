@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer import dlq
+from consumer import deadletters, dlq, safetext
 from consumer.errors import ConfigError
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Reason
@@ -274,7 +274,7 @@ def test_line_shows_truncation_replays_and_clips_detail() -> None:
     long details are cut to keep one line a record."""
     big = _dead_letter(Reason.OVERSIZE, value=b"x" * 200_000, max_request_bytes=160 * 1024)
     assert "size=96.0KiB (truncated from 195.3KiB)" in dlq.format_line(big, now_ms=NOW_MS)
-    replayed = _dead_letter(headers=(SIGNATURE, (dlq.REPLAYED_FROM, b"dlq:0:3")))
+    replayed = _dead_letter(headers=(SIGNATURE, (deadletters.REPLAYED_FROM, b"dlq:0:3")))
     assert dlq.format_line(replayed, now_ms=NOW_MS).endswith(" replayed_from=dlq:0:3")
     long = dlq.DeadLetter("dlq", 0, 0, NOW_MS, None, b"", (("dlq.detail", b"y" * 500),))
     detail = dlq.format_line(long, now_ms=NOW_MS).split("detail=")[1]
@@ -294,7 +294,8 @@ def test_json_has_all_headers_and_no_body() -> None:
     assert out["key"] == "k1"
     assert out["truncated"] is False
     names = [name for name, _ in out["headers"]]
-    assert names[:7] == [
+    assert names[:8] == [
+        "dlq.format",
         "dlq.reason",
         "dlq.detail",
         "dlq.source.topic",
@@ -304,6 +305,8 @@ def test_json_has_all_headers_and_no_body() -> None:
         "dlq.failed_at_ms",
     ]
     assert ["x-hub-signature-256", "sha256=0123abcd"] in out["headers"]
+    assert out["original_headers"] == [["x-hub-signature-256", "sha256=0123abcd"]]
+    assert (out["format"], out["missing"], out["replayed_from"]) == (2, [], None)
     assert dlq.as_dict(letter, now_ms=NOW_MS, show_body=True)["body"] == PERSONAL.decode()
 
 
@@ -320,12 +323,19 @@ def test_replay_restores_the_original_record() -> None:
     assert plan.headers == (SIGNATURE, ("dlq.replayed_from", b"dlq:0:17"))
 
 
-def test_a_replay_dead_lettered_again_carries_one_origin() -> None:
-    """Replaying a dead letter that was itself a replay keeps one, current origin."""
-    again = _dead_letter(headers=(SIGNATURE, (dlq.REPLAYED_FROM, b"dlq:0:3")), at=(0, 9))
+def test_a_replay_dead_lettered_again_carries_its_history() -> None:
+    """Replaying a dead letter that was itself a replay re-sends the record's headers
+    exactly (its earlier mark included) and adds the current origin last, which is the
+    one `list` shows."""
+    again = _dead_letter(headers=(SIGNATURE, (deadletters.REPLAYED_FROM, b"dlq:0:3")), at=(0, 9))
     plan = dlq.plan_replay(again, "webhooks")
     assert isinstance(plan, dlq.Replay)
-    assert plan.headers == (SIGNATURE, ("dlq.replayed_from", b"dlq:0:9"))
+    assert plan.headers == (
+        SIGNATURE,
+        ("dlq.replayed_from", b"dlq:0:3"),
+        ("dlq.replayed_from", b"dlq:0:9"),
+    )
+    assert again.replayed_from == "dlq:0:3"
 
 
 def test_truncated_dead_letters_are_not_replayed() -> None:
@@ -342,3 +352,199 @@ def test_idle_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="--idle"):
         dlq.check_idle(0)
     dlq.check_idle(0.5)
+
+
+def test_replay_refuses_what_was_cut_and_says_what() -> None:
+    """A dead letter whose key was cut, whose headers were dropped, or that was sent in
+    its minimal form is not replayed; the reason names each missing part."""
+    key_cut = _dead_letter(key=b"K" * 5000)
+    plan = dlq.plan_replay(key_cut, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert (plan.kind, plan.why) == (
+        "truncated",
+        "key truncated to 1.0KiB of 4.9KiB: the DLQ no longer holds the original record",
+    )
+    dropped = _dead_letter(headers=(("big", b"x" * 20_000), SIGNATURE))
+    plan = dlq.plan_replay(dropped, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert plan.why.startswith("1 header(s) dropped (too large)")
+    record = InboundRecord("webhooks", 2, 455, b"k", PERSONAL, (SIGNATURE,), NOW_MS)
+    minimal = deadletters.minimal(Invalid(record, Reason.NOT_JSON, "d"), failed_at_ms=NOW_MS)
+    letter = dlq.DeadLetter("dlq", 0, 5, NOW_MS, None, None, tuple(minimal.headers))
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert plan.why == (
+        "value left out (58B); key left out (1B); headers left out (1 header(s)): "
+        "the DLQ no longer holds the original record"
+    )
+    line = dlq.format_line(letter, now_ms=NOW_MS)
+    assert " size=0B (left out, was 58B) " in line
+    assert ' incomplete="value left out (58B); key left out (1B);' in line
+
+
+FORGED = (
+    ("dlq.reason", b"empty"),
+    ("dlq.source.offset", b"999999"),
+    ("dlq.replayed_from", b"forged:0:1"),
+)
+
+
+def test_forged_headers_are_not_taken_for_ours() -> None:
+    """A record carrying forged dlq.reason, dlq.source.offset and dlq.replayed_from: the
+    line and the JSON show the real reason and source; replay re-sends exactly the
+    record's headers, plus this dead letter as the origin."""
+    letter = _dead_letter(headers=(*FORGED, SIGNATURE))
+    assert (letter.reason, letter.source) == ("not_json", "webhooks:2:455")
+    line = dlq.format_line(letter, now_ms=NOW_MS)
+    assert line.startswith("0:17 not_json source=webhooks:2:455 ")
+    assert "999999" not in line
+    out = dlq.as_dict(letter, now_ms=NOW_MS)
+    assert (out["reason"], out["source"]) == ("not_json", "webhooks:2:455")
+    assert out["original_headers"] == [[k, v.decode()] for k, v in (*FORGED, SIGNATURE)]
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Replay)
+    assert plan.headers == (*FORGED, SIGNATURE, ("dlq.replayed_from", b"dlq:0:17"))
+
+
+def test_previous_format_is_read_and_replayed_exactly() -> None:
+    """A dead letter written before dlq.format (inbound headers raw after ours, here with
+    a forged dlq.reason among them) lists with our reason and replays its inbound headers
+    exactly."""
+    ours = (
+        ("dlq.reason", b"bad_shape"),
+        ("dlq.detail", b"not an object"),
+        ("dlq.source.topic", b"webhooks"),
+        ("dlq.source.partition", b"1"),
+        ("dlq.source.offset", b"40"),
+        ("dlq.source.timestamp_ms", b"1"),
+        ("dlq.failed_at_ms", str(NOW_MS).encode()),
+    )
+    inbound = (SIGNATURE, ("dlq.reason", b"empty"), ("t", b"1"))
+    letter = dlq.DeadLetter("dlq", 0, 4, NOW_MS, b"k", b"[]", (*ours, *inbound))
+    assert (letter.reason, letter.source, letter.detail) == (
+        "bad_shape",
+        "webhooks:1:40",
+        "not an object",
+    )
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Replay)
+    assert plan.headers == (*inbound, ("dlq.replayed_from", b"dlq:0:4"))
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_renders(reason: Reason) -> None:
+    """Every dead-letter reason (too_deep, invalid_field, unstorable, internal_error
+    included) shows as its plain name in the line, the JSON and the summary."""
+    letter = _dead_letter(reason)
+    assert dlq.format_line(letter, now_ms=NOW_MS).startswith(f"0:17 {reason} source=")
+    assert orjson.loads(_json(letter))["reason"] == str(reason)
+    tally = dlq.Tally(dlq.Selection(reasons=frozenset({str(reason)})))
+    assert tally.take(letter)
+    assert dlq.format_summary("dlq", tally) == f"1 dead letter(s) in dlq: {reason}=1"
+
+
+ANSI = "\x1b[2J\x1b[31m"
+RLO = "\u202e"
+
+
+def _json(letter: dlq.DeadLetter, **kwargs: Any) -> str:
+    """The line `dlq list --json` prints for a letter."""
+    return safetext.json_line(dlq.as_dict(letter, now_ms=NOW_MS, **kwargs))
+
+
+def _hostile_letter() -> dlq.DeadLetter:
+    """A hand-written dead letter with control and bidi characters in every text field."""
+    headers = (
+        ("dlq.reason", f"not_json{ANSI}".encode()),
+        ("dlq.detail", f"bad {ANSI} byte \x00 {RLO}gpj.exe\x7f\x9b".encode()),
+        ("dlq.source.topic", f"web{RLO}hooks".encode()),
+        ("dlq.source.partition", b"0"),
+        ("dlq.source.offset", b"1"),
+        ("dlq.failed_at_ms", str(NOW_MS).encode()),
+        (f"x-{ANSI}", f"v{RLO}\u2066".encode()),
+        ("dlq.replayed_from", f"dlq:0:1 {ANSI}".encode()),
+    )
+    key = f"k{ANSI}".encode()
+    return dlq.DeadLetter("dlq", 0, 9, NOW_MS, key, f"body {ANSI}{RLO}".encode(), headers)
+
+
+def _raw_unsafe(text: str) -> list[str]:
+    return [c for c in text if safetext.is_unsafe(c)]
+
+
+def test_line_escapes_what_came_from_the_record() -> None:
+    """No raw ESC, NUL, DEL, C1 or bidi control in a line, with or without the body: the
+    reason, source and replay mark are quoted when not plain words, the detail and body
+    quoted and escaped. The only newline is ours, before the body."""
+    letter = _hostile_letter()
+    line = dlq.format_line(letter, now_ms=NOW_MS)
+    assert _raw_unsafe(line) == []
+    assert line.startswith('0:9 "not_json\\u001b[2J\\u001b[31m" source="web\\u202ehooks:0:1" ')
+    assert 'detail="bad \\u001b[2J\\u001b[31m byte \\u0000 \\u202egpj.exe\\u007f\\u009b"' in line
+    assert line.endswith(' replayed_from="dlq:0:1 \\u001b[2J\\u001b[31m"')
+    shown = dlq.format_line(letter, now_ms=NOW_MS, show_body=True)
+    first, body = shown.split("\n")
+    assert first == line
+    assert body == '    body="body \\u001b[2J\\u001b[31m\\u202e"'
+
+
+def test_json_escapes_and_stays_valid() -> None:
+    """--json: one valid JSON line, no raw control or bidi character (orjson alone would
+    write U+202E and DEL raw), and the values read back as the record had them."""
+    letter = _hostile_letter()
+    line = _json(letter, show_body=True)
+    assert _raw_unsafe(line) == []
+    assert "\\u202e" in line
+    out = orjson.loads(line)
+    assert out["reason"] == f"not_json{ANSI}"
+    assert out["detail"] == f"bad {ANSI} byte \x00 {RLO}gpj.exe\x7f\x9b"
+    assert out["key"] == f"k{ANSI}"
+    assert [f"x-{ANSI}", f"v{RLO}\u2066"] in out["headers"]
+    assert out["body"] == f"body {ANSI}{RLO}"
+
+
+def test_long_values_are_bounded() -> None:
+    """A hand-written dead letter with a 1 MB detail and a 1 MB header: the line shows 80
+    characters of the detail; --json at most 1024 characters of it and 16 KiB of a header."""
+    letter = dlq.DeadLetter(
+        "dlq",
+        0,
+        0,
+        NOW_MS,
+        None,
+        b"",
+        (("dlq.detail", RLO.encode() * 400_000), ("big", b"x" * 1_000_000)),
+    )
+    line = dlq.format_line(letter, now_ms=NOW_MS)
+    assert len(line) < 700
+    detail = orjson.loads(line.split("detail=")[1])
+    assert detail == RLO * 79 + "…"
+    line = _json(letter)
+    out = orjson.loads(line)
+    assert len(out["detail"]) == 1024
+    assert [len(v) for _, v in out["headers"]] == [16 * 1024, 16 * 1024]
+    # The detail as a field and as a header (six characters an escape), the big header
+    # in `headers` and in `original_headers`: bounded, whatever the record held.
+    assert len(line) < 6 * (1024 + 16 * 1024) + 2 * 16 * 1024 + 2000
+
+
+def test_replay_output_escapes_header_names_and_errors() -> None:
+    """The dry run's header names and a failure's error text are escaped too."""
+    letter = _dead_letter(headers=((f"x-{ANSI}", b"1"), SIGNATURE))
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Replay)
+    would = dlq._would_send(plan)
+    assert _raw_unsafe(would) == []
+    assert 'headers="x-\\u001b[2J\\u001b[31m",x-hub-signature-256,dlq.replayed_from)' in would
+    failed = dlq._sent_line(dlq.Sent(plan, error=f"KafkaError('{ANSI}{RLO}')"))
+    assert _raw_unsafe(failed) == []
+    assert failed.endswith("KafkaError('\\x1b[2J\\x1b[31m\\u202e')")
+
+
+def test_summary_escapes_reasons() -> None:
+    """A hand-written reason with an escape sequence is quoted in the closing count."""
+    tally = dlq.Tally(dlq.Selection())
+    tally.take(_hostile_letter())
+    summary = dlq.format_summary("dlq", tally)
+    assert _raw_unsafe(summary) == []
+    assert summary.endswith(': "not_json\\u001b[2J\\u001b[31m"=1')
