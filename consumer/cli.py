@@ -16,8 +16,10 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
@@ -302,11 +304,9 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.topics import read_topic
-
     async def _tail() -> None:
         topic = args.topic or settings.outbound_topic
-        async for record in read_topic(
+        async for record in _follow(
             settings.kafka_bootstrap_servers,
             topic,
             from_beginning=args.from_beginning,
@@ -323,20 +323,72 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _follow(
+    bootstrap: str, topic: str, *, from_beginning: bool, idle_s: float | None
+) -> AsyncIterator[Any]:
+    """Every partition of `topic`, without joining a group; until `idle_s` without a
+    record, or for ever. From the beginning means offset 0, asked for explicitly: Tansu
+    can answer ListOffsets(EARLIEST) with a later offset when several producers wrote a
+    partition's first batches at once (on Apache Kafka an offset below the log start is
+    OffsetOutOfRange, and auto_offset_reset="earliest" moves to the log start)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from consumer.topics import partition_count
+
+    count = await partition_count(bootstrap, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(tps)
+        if from_beginning:
+            for tp in tps:
+                consumer.seek(tp, 0)
+        else:
+            await consumer.seek_to_end(*tps)
+        last = time.monotonic()
+        while idle_s is None or time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    last = time.monotonic()
+                    yield record
+    finally:
+        await consumer.stop()
+
+
 def format_event(partition: int, offset: int, value: bytes | None, as_json: bool) -> str:
-    """One line per event: the raw JSON, or a readable summary without message content."""
-    if as_json:
-        return (value or b"").decode(errors="replace")
+    """One line per event: its JSON (re-encoded on one line), or a readable summary
+    without message content. Every value from the record is escaped (safetext): no raw
+    control, bidi or invisible character, and the JSON stays valid."""
+    from consumer.safetext import json_line, token
+
+    size = len(value or b"")
     try:
         event = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        if as_json:
+            return json_line({"partition": partition, "offset": offset, "not_json_bytes": size})
+        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
+    if as_json:
+        return json_line(event)
+    try:
         message = event["message"]
-        return (
-            f"{partition}:{offset} {event['event']} event_id={event['event_id']} "
-            f"phone_number_id={event['phone_number_id']} from={message['from']} "
-            f"type={message['type']} wamid={message['source_id']}"
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return f"{partition}:{offset} <not a message_created event: {len(value or b'')} bytes>"
+        fields = {
+            "event_id": event["event_id"],
+            "phone_number_id": event["phone_number_id"],
+            "from": message["from"],
+            "type": message["type"],
+            "wamid": message["source_id"],
+        }
+        shown = " ".join(f"{name}={token(str(v))}" for name, v in fields.items())
+        return f"{partition}:{offset} {token(str(event['event']))} {shown}"
+    except (KeyError, TypeError):
+        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

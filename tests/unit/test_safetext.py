@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from consumer import safetext
+from consumer.cli import format_event
 
 ANSI = "\x1b[2J\x1b[31mred\x1b]0;title\x07"
 BIDI = "".join(map(chr, [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
@@ -161,3 +162,56 @@ def test_cut_utf8_of_a_long_detail() -> None:
     got = safetext.cut_utf8("€" * 400_000, 1024)
     assert len(got) == 1023
     assert got.decode() == "€" * 341
+
+
+# --- tail's rendering (consumer.cli.format_event) ---------------------------------------
+
+
+def _event() -> bytes:
+    """An event as the service's encoder writes it: orjson leaves U+202E and DEL raw."""
+    return orjson.dumps(
+        {
+            "event": "message_created",
+            "event_id": "e-1",
+            "phone_number_id": "15550001111",
+            "message": {
+                "source_id": "wamid.\u202eA\x7f",
+                "from": "\u202e1555",
+                "type": "text\x1b[2J",
+                "text": {"body": "hi \x1b[31m\u2066\x00"},
+            },
+        }
+    )
+
+
+def test_tail_line_escapes_every_field() -> None:
+    """`tail`: identifiers that are not plain words are quoted and escaped."""
+    line = format_event(0, 7, _event(), as_json=False)
+    assert _raw_unsafe(line) == []
+    assert line == (
+        '0:7 message_created event_id=e-1 phone_number_id=15550001111 from="\\u202e1555" '
+        'type="text\\u001b[2J" wamid="wamid.\\u202eA\\u007f"'
+    )
+
+
+def test_tail_json_is_valid_and_escaped() -> None:
+    """`tail --json`: the event on one line, valid JSON, the same values, nothing raw."""
+    line = format_event(0, 7, _event(), as_json=True)
+    assert _raw_unsafe(line) == []
+    assert orjson.loads(line) == orjson.loads(_event())
+
+
+def test_tail_of_records_that_are_not_events() -> None:
+    """Not JSON: a placeholder with the size (and valid JSON with --json); JSON of another
+    shape: the placeholder; no content of either is printed."""
+    junk = b"\x1b[2Jnot json"
+    assert format_event(1, 2, junk, as_json=False) == "1:2 <not a message_created event: 12 bytes>"
+    assert orjson.loads(format_event(1, 2, junk, as_json=True)) == {
+        "partition": 1,
+        "offset": 2,
+        "not_json_bytes": 12,
+    }
+    other = orjson.dumps({"event": "\x1b[2J", "x": 1})
+    assert format_event(1, 3, other, as_json=False).startswith("1:3 <not a message_created")
+    assert format_event(1, 4, b"[1, 2]", as_json=False).startswith("1:4 <not a message_created")
+    assert format_event(1, 5, None, as_json=False).startswith("1:5 <not a message_created")
