@@ -55,11 +55,12 @@ from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
+from consumer.topics import COMPLETE_IDLE_S
 
 UNKNOWN_REASON = "unknown"
 # How long `list` and `replay` read on after the last record, unless --idle says
 # otherwise: longer than the 5 s for which the embedded broker caches a partition's end.
-DEFAULT_IDLE_S = 6.0
+DEFAULT_IDLE_S = COMPLETE_IDLE_S
 
 # Fetch more than the service's request limit per partition: a record someone else
 # wrote, however large, is still listed (and its replay fails on its own, visibly,
