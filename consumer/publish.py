@@ -8,8 +8,9 @@ Dead letters are built by :mod:`consumer.deadletters` to fit one produce request
 producer (``max_request_size``) or the broker (``message.max.bytes``, a topic's
 ``max.message.bytes``) still refuses one as too large, it is sent again in its minimal
 form (our headers only, saying what was left out), so a bad record always lands in the
-DLQ instead of being retried for ever. A record larger than aiokafka's batch size is
-alone in its batch, so a refusal names the record that is too large.
+DLQ instead of being retried for ever. The broker refuses whole batches, but a record
+larger than aiokafka's batch size (16 KiB) is alone in its batch: small dead letters
+sharing a refused batch go minimal only if the limit is below that size.
 """
 
 from __future__ import annotations
