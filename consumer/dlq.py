@@ -72,6 +72,7 @@ _HORIZON_SLACK_MS = 5_000
 # A line shows this much of the detail; --json all of it (at most what the publisher
 # writes, deadletters.DETAIL_MAX_BYTES) and of every other text at most _JSON_TEXT_MAX.
 _DETAIL_WIDTH = 80
+_NAME_WIDTH = 100
 _JSON_DETAIL_MAX = deadletters.DETAIL_MAX_BYTES
 _JSON_TEXT_MAX = 16 * 1024
 
@@ -419,8 +420,10 @@ def as_dict(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> dict
         "missing": letter.missing(),
         "replayed_from": letter.replayed_from,
         "key": _text(letter.key, _JSON_TEXT_MAX),
-        "headers": [[k, _text(v, _JSON_TEXT_MAX)] for k, v in letter.headers],
-        "original_headers": [[k, _text(v, _JSON_TEXT_MAX)] for k, v in p.originals],
+        "headers": [[clip(k, _JSON_TEXT_MAX), _text(v, _JSON_TEXT_MAX)] for k, v in letter.headers],
+        "original_headers": [
+            [clip(k, _JSON_TEXT_MAX), _text(v, _JSON_TEXT_MAX)] for k, v in p.originals
+        ],
     }
     if show_body:
         out["body"] = _body_text(letter.value)
@@ -716,7 +719,7 @@ async def replay(
 
 
 def _would_send(r: Replay) -> str:
-    names = ",".join(token(k) for k, _ in r.headers) or "-"
+    names = ",".join(token(clip(k, _NAME_WIDTH)) for k, _ in r.headers) or "-"
     return (
         f"would send {r.letter.coordinates} -> {r.topic} ({token(r.letter.reason)}, source="
         f"{token(r.letter.source)}, size={humanise_size(r.letter.size)}, headers={names})"

@@ -522,6 +522,8 @@ def test_long_values_are_bounded() -> None:
     line = _json(letter)
     out = orjson.loads(line)
     assert len(out["detail"]) == 1024
+    named = dlq.DeadLetter("dlq", 0, 0, NOW_MS, None, b"", (("n" * 100_000, b"v"),))
+    assert len(orjson.loads(_json(named))["headers"][0][0]) == 16 * 1024
     assert [len(v) for _, v in out["headers"]] == [16 * 1024, 16 * 1024]
     # The detail as a field and as a header (six characters an escape), the big header
     # in `headers` and in `original_headers`: bounded, whatever the record held.
