@@ -313,11 +313,17 @@ BY_NAME = {c.name: c for c in CASES}
 
 def chosen(spec: str | None = None) -> tuple[Case, ...]:
     """The cases a run sends: all, or (``HOSTILE_CASES=deep,NUL``, to work on a few)
-    those whose name holds one of the comma-separated words (any case)."""
+    those whose name holds one of the comma-separated words (any case); a word with a
+    leading ``!`` leaves out the cases whose name holds it."""
     words = [w.strip().lower() for w in (spec or "").split(",") if w.strip()]
-    if not words:
-        return CASES
-    return tuple(c for c in CASES if any(w in c.name.lower() for w in words))
+    wanted = [w for w in words if not w.startswith("!")]
+    unwanted = [w[1:] for w in words if w.startswith("!")]
+    return tuple(
+        c
+        for c in CASES
+        if (not wanted or any(w in c.name.lower() for w in wanted))
+        and not any(w in c.name.lower() for w in unwanted)
+    )
 
 
 # -- what a body holds (a reference reading, independent of consumer.intake) -------------
