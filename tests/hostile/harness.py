@@ -661,6 +661,10 @@ class HostileRun:
         ids = [e[0]["event_id"] for k in keys if (e := obs.events.get(k))]
         if len(set(ids)) != len(ids):
             problems.append(f"two keys share an event_id: {ids}")
+        if case.expect == STATUS and self.group.procs:
+            counted = self.group.totals("statuses")  # the good traffic holds none
+            if counted < len(copies):
+                problems.append(f"{counted} status(es) counted in batch.done, {len(copies)} sent")
 
     def _dead_problems(self, case: Case, s: Sent, obs: Observed) -> list[str]:
         letters = obs.dead.get(s.coords, [])
@@ -705,19 +709,22 @@ class HostileRun:
         return out
 
     def _outcome(self, case: Case, obs: Observed) -> str:
-        """What became of the case, coarsely (to compare two databases' runs): its
-        promised outcome if it was kept, else what was found."""
+        """What became of the case, coarsely (to compare two databases' runs): 'as
+        promised' if it was kept, else what was found."""
         if not self.verdict.problems.get(case.name):
-            return case.expect
+            return f"as promised ({case.expect})"
         copies = [s for s in self.sent if s.item.case is case]
-        reasons = sorted({d.reason or "?" for s in copies for d in obs.dead.get(s.coords, [])})
+        letters = [obs.dead.get(s.coords, []) for s in copies]
+        reasons = sorted({d.reason or "?" for found in letters for d in found})
+        twice = sum(1 for found in letters if len(found) > 1)
         keys = {m.key for s in copies for m in _messages(s.item.record.value)}
         stored = sum(1 for k in keys if k in obs.rows)
         behind = any(obs.committed.get(s.item.partition, 0) <= s.offset for s in copies)
         found = [f"dead-lettered as {'/'.join(reasons)}"] if reasons else []
-        found += [f"{stored} of {len(keys)} stored"] if stored else []
+        found += [f"{twice} copy(ies) dead-lettered more than once"] if twice else []
+        found += [f"{stored} of {len(keys)} message(s) stored"] if stored else []
         found += ["not all committed"] if behind else []
-        return ", ".join(found) or "nothing"
+        return ", ".join(found) or "not as promised"
 
     async def execute(self, *, first: int, late: int) -> Verdict:
         """The whole run: drive, drain, read, audit, check the members."""
