@@ -50,6 +50,11 @@ class OffsetLedger:
         ledger = self._parts.get(partition)
         return ledger.committable() if ledger else None
 
+    def next_offset(self, partition: Partition) -> int | None:
+        """The offset after the highest one fetched (where fetching goes on), if any."""
+        ledger = self._parts.get(partition)
+        return ledger.next_offset if ledger else None
+
     def pending_count(self, partition: Partition) -> int:
         ledger = self._parts.get(partition)
         return len(ledger.pending) if ledger else 0

@@ -27,7 +27,7 @@ class InboundRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]  # a header's value may be null
     timestamp_ms: int
 
     @property

@@ -10,6 +10,7 @@ a second one, or the grace running out, cancels it (its leases are released).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -26,7 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumer import dedup
+from consumer import dedup, lenient
 from consumer.crashpoints import CrashPoints
 from consumer.errors import (
     BrokerError,
@@ -216,6 +217,7 @@ class Service:
 
     async def _start_kafka(self) -> None:
         s = self.settings
+        lenient.install()  # a record aiokafka cannot decode must not stop a partition
         self._producer = AIOKafkaProducer(
             **producer_config(
                 s.kafka_bootstrap_servers,
@@ -356,14 +358,43 @@ class Service:
         )
         if due or room <= 0:
             timeout_s = 0
-        fetched = await self._consumer.getmany(
-            timeout_ms=int(timeout_s * 1000), max_records=max(room, 1) if room > 0 else 1
-        )
+        try:
+            fetched = await self._consumer.getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=max(room, 1) if room > 0 else 1
+            )
+        except Exception as exc:  # noqa: BLE001 - a fetch that fails must not end the member
+            await self._fetch_failed(exc)
+            return due
         new = [_inbound(m) for batch in fetched.values() for m in batch]
         self.metrics.records_consumed.inc(len(new))
         for r in new:
             self.ledger.track((r.topic, r.partition), r.offset)
         return due + new
+
+    async def _fetch_failed(self, exc: Exception) -> None:
+        """A fetch raised (the broker answered an error, or a record could not be read):
+        log it, put every partition back where our bookkeeping says it is, and wait a
+        little before the next try. aiokafka, when unpacking a fetch fails half-way,
+        moves on past the records it had read but not returned; the seek makes it read
+        them again instead of losing them."""
+        assert self._consumer is not None  # noqa: S101 - set in startup
+        if isinstance(exc, KafkaError):
+            self.metrics.dependency_errors.labels("kafka", type(exc).__name__).inc()
+            log.warning("fetch.failed", error=repr(exc))
+        else:
+            log.error("fetch.internal_error", error=type(exc).__name__, exc_info=exc)
+        for tp in self._consumer.assignment():
+            position = self.ledger.next_offset((tp.topic, tp.partition))
+            try:
+                if position is None:
+                    position = await asyncio.wait_for(
+                        self._consumer.position(tp), self.settings.kafka_request_timeout_s
+                    )
+                self._consumer.seek(tp, position)
+            except (KafkaError, TimeoutError) as seek_exc:
+                log.warning("fetch.rewind_failed", partition=tp.partition, error=repr(seek_exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self.settings.retry_backoff_max_s)
 
     def _owned(self, records: list[InboundRecord]) -> list[InboundRecord]:
         """Drop records of partitions revoked while we were fetching."""

@@ -1,0 +1,78 @@
+"""A fetch that raises (the broker answered an error, or aiokafka could not unpack a
+record) does not end the member: the loop logs it, rewinds every partition to where the
+member's own bookkeeping says it is (aiokafka would otherwise move past records it had
+read but not returned), waits a little and goes on; retries that were due are kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import CorruptRecordException
+
+from consumer.service import Service
+from consumer.settings import Settings
+from tests.unit.fakes import record
+
+TP = TopicPartition("whatsapp.webhooks", 0)
+OTHER = TopicPartition("whatsapp.webhooks", 1)
+
+
+class _FailingConsumer:
+    """Just what Service._fetch touches: getmany raises `error` once."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error: Exception | None = error
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP, OTHER}
+
+    async def getmany(self, **_kwargs: Any) -> dict[TopicPartition, list[Any]]:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return {}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 3
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def _service(consumer: _FailingConsumer) -> Service:
+    service = Service(Settings(retry_backoff_s=0.01, retry_backoff_max_s=0.01, metrics_port=0))
+    service._consumer = consumer  # type: ignore[assignment]
+    return service
+
+
+async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
+    """getmany raising a UnicodeDecodeError: the partition we read from is sought back to
+    the offset after the last record we got (8), the other to its current position; a
+    due retry is still returned; the next fetch works."""
+    consumer = _FailingConsumer(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"))
+    service = _service(consumer)
+    service.ledger.track((TP.topic, TP.partition), 7)
+    due = record(b"retry me", offset=2)
+    service.retries.add(due, now=0.0)
+
+    got = await service._fetch()
+
+    assert got == [due]
+    assert sorted(consumer.seeks) == [(TP, 8), (OTHER, 3)]
+    assert await service._fetch() == []
+
+
+async def test_a_broker_error_on_fetch_is_counted_as_a_kafka_dependency_error() -> None:
+    """A KafkaError from getmany (here a CRC failure) is a dependency error of kafka in
+    the metrics, and the member goes on."""
+    consumer = _FailingConsumer(CorruptRecordException("Invalid CRC"))
+    service = _service(consumer)
+
+    assert await service._fetch() == []
+    errors = service.metrics.registry.get_sample_value(
+        "wamid_guard_dependency_errors_total",
+        {"dependency": "kafka", "kind": "CorruptRecordException"},
+    )
+    assert errors == 1
