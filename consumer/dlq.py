@@ -49,7 +49,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer import deadletters
+from consumer import deadletters, lenient
 from consumer.errors import BrokerError, ConfigError
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
@@ -512,6 +512,7 @@ class DlqReader:
         self._topics: set[str] = set()
         self._tps: list[TopicPartition] = []
         self._horizon_ms = now_ms() + _HORIZON_SLACK_MS
+        lenient.install()  # dead letters copy inbound headers, whatever their names
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id=f"{settings.client_id}-dlq",

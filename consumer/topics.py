@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from consumer import lenient
 from consumer.errors import BrokerError
 
 
@@ -86,6 +87,7 @@ async def read_topic(
     without one.
     """
     count = await partition_count(bootstrap, topic)
+    lenient.install()  # a record aiokafka cannot decode must not end the read
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
