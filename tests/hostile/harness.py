@@ -457,24 +457,27 @@ class HostileRun:
 
     async def _send_across_rebalance(self, items: list[Item], joining: list[ConsumerProc]) -> None:
         """Send in small chunks, each once the group has committed the one before (or
-        after a few seconds), until the joining members hold partitions; then the rest.
-        So records are in flight while the group rebalances."""
+        after a few seconds), until the joining members hold partitions; the last quarter
+        is held back until they do. So records are in flight while the group rebalances,
+        and some arrive after it."""
         chunk = 8
+        held_back = len(items) // 4 if joining else 0
         n = 0
-        while n < len(items) and not all(p.assigned() for p in joining):
-            sent = await produce(self.settings, items[n : n + chunk])
+        while n < len(items) - held_back and not all(p.assigned() for p in joining):
+            sent = await produce(self.settings, items[n : min(n + chunk, len(items) - held_back)])
             self.sent += sent
-            n += chunk
+            n += len(sent)
             await self._committed_or_timeout(sent, timeout_s=4.0)
-        self.sent += await produce(self.settings, items[n:])
-        if joining:
-            self._mark(f"joined after {n} of {len(items)} second-half records")
         deadline = time.monotonic() + 30
         while not all(p.assigned() for p in joining):
             if time.monotonic() > deadline or any(p.proc.poll() is not None for p in joining):
                 self.verdict.run.append("the joining member(s) never held partitions")
-                return
+                break
             await asyncio.sleep(0.1)
+        else:
+            if joining:
+                self._mark(f"joined after {n} of {len(items)} second-half records")
+        self.sent += await produce(self.settings, items[n:])
 
     async def _committed_or_timeout(self, sent: list[Sent], timeout_s: float) -> None:
         ends: dict[int, int] = {}
@@ -677,6 +680,9 @@ class HostileRun:
                 fate += f", not committed (partition {s.item.partition} committed up to {at})"
             return [f"{where}: {fate}"]
         out = []
+        at = obs.committed.get(s.item.partition, 0)
+        if at <= s.offset:
+            out.append(f"{where}: dead-lettered but not committed (partition at {at})")
         if len(letters) > 1:
             out.append(
                 f"{where}: dead-lettered {len(letters)} times (DLQ partition:offset "

@@ -31,6 +31,8 @@ from tests.hostile.harness import (
 )
 from tests.support.procs import ConsumerProc
 
+pytestmark = pytest.mark.hostile
+
 CASES = tuple(
     BY_NAME[n]
     for n in (

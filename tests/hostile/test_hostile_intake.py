@@ -32,6 +32,8 @@ from tests.hostile.cases import (
 )
 from tests.hostile.harness import difference
 
+pytestmark = pytest.mark.hostile
+
 MAX_RECORD_BYTES = Settings().max_record_bytes
 TOPIC = "whatsapp.webhooks"
 OCCURRED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
