@@ -29,7 +29,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from consumer.errors import LeaseStoreError
-from consumer.records import MessageKey
+from consumer.records import MessageKey, RecordKey
+
+# What a lease guards: a message (stored and announced once) or an inbound record that
+# is not usable (dead-lettered once).
+LeaseKey = MessageKey | RecordKey
 
 DONE_PREFIX = "done:"
 # Between REDIS_KEY_PREFIX and the rest of a key; the prefix may not contain it.
@@ -103,27 +107,29 @@ class Leases:
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
 
-    def key(self, message: MessageKey) -> str:
-        return lease_key(self._prefix, message)
+    def key(self, key: LeaseKey) -> str:
+        if isinstance(key, RecordKey):
+            return dead_letter_key(self._prefix, key)
+        return lease_key(self._prefix, key)
 
-    async def acquire(self, keys: Sequence[MessageKey], token: str) -> dict[MessageKey, LeaseState]:
+    async def acquire(self, keys: Sequence[LeaseKey], token: str) -> dict[LeaseKey, LeaseState]:
         """Try to take a lease on every key at once."""
         results = await self._run(self._acquire, keys, [token, self._lease_ms], "acquire")
         return {k: _STATES[int(r)] for k, r in zip(keys, results, strict=True)}
 
-    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def release(self, keys: Sequence[LeaseKey], token: str) -> int:
         """Give back leases we own, so a retry is not swallowed. Returns how many."""
         results = await self._run(self._release, keys, [token], "release")
         return sum(int(r) for r in results)
 
-    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def finish(self, keys: Sequence[LeaseKey], token: str) -> int:
         """Turn our leases into long-lived done markers. Returns how many of our leases
         were still ours: fewer than `keys` means some ran out while we worked."""
         results = await self._run(self._finish, keys, [token, self._done_ms], "finish")
         return sum(1 for r in results if int(r) == 1)
 
     async def _run(
-        self, script: Any, keys: Sequence[MessageKey], args: Iterable[object], what: str
+        self, script: Any, keys: Sequence[LeaseKey], args: Iterable[object], what: str
     ) -> list[Any]:
         if not keys:
             return []
@@ -144,6 +150,14 @@ def lease_key(prefix: str, message: MessageKey) -> str:
     """The Redis key of one message (see the module docstring)."""
     pnid = message.phone_number_id
     return f"{prefix}{KEY_SEPARATOR}{len(pnid)}:{pnid}:{message.wamid}"
+
+
+def dead_letter_key(prefix: str, record: RecordKey) -> str:
+    """The Redis key of an inbound record's dead letter: ``{prefix}#dlq:{topic}:...``.
+    Topic names hold neither ``:`` nor ``#``, and a message key has digits after the
+    ``#``, so no two records and no record and message share a key."""
+    r = record
+    return f"{prefix}{KEY_SEPARATOR}dlq:{r.topic}:{r.partition}:{r.offset}:{r.timestamp_ms}"
 
 
 def connect(url: str, *, timeout_s: float) -> aioredis.Redis:

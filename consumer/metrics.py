@@ -99,6 +99,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dead_letters_repeated = Counter(
+            "wamid_guard_dead_letters_repeated",
+            "Bad records met again (redelivered after a rebalance) whose dead letter had "
+            "been sent already: not sent twice.",
+            registry=r,
+        )
         self.events_published = Counter(
             "wamid_guard_events_published",
             "message_created events acknowledged by the broker, by path: pipeline (right "

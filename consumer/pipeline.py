@@ -29,21 +29,31 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
 from consumer import events, intake, safetext
 from consumer.crashpoints import CrashPoints
-from consumer.dedup import Leases, LeaseState
+from consumer.dedup import LeaseKey, Leases, LeaseState
 from consumer.errors import DependencyError, LeaseStoreError, StoreError, UnstorableError
 from consumer.metrics import Metrics
 from consumer.publish import Publisher
-from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
+from consumer.records import (
+    InboundRecord,
+    Invalid,
+    Message,
+    MessageKey,
+    Reason,
+    RecordKey,
+    Webhook,
+)
 from consumer.settings import Settings
 from consumer.store import MarkQueue, PendingMessage, SaveResult, Store
 
 log = structlog.get_logger(__name__)
+
+_K = TypeVar("_K", MessageKey, RecordKey)
 
 # A dead letter's detail in a log line: enough to tell what was wrong, bounded.
 _LOG_DETAIL_CHARS = 200
@@ -63,6 +73,7 @@ class BatchReport:
     statuses: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    dead_letters_repeated: int = 0  # records met again whose dead letter was sent already
     isolated: int = 0  # records refused by the database or the encoder, or that raised
     events: int = 0
     republished: int = 0
@@ -212,26 +223,53 @@ class Pipeline:
         m.events_published.labels("pipeline").inc(report.events)
         m.statuses.inc(report.statuses)
         m.leases_lost.inc(report.leases_lost)
+        m.dead_letters_repeated.inc(report.dead_letters_repeated)
         if report.retry:
             reason = "failure" if report.failure else "deferred"
             m.records_retried.labels(reason).inc(len(report.retry))
 
     async def _dead_letter(self, invalid: list[Invalid], report: BatchReport) -> None:
+        """Send each bad record to the dead-letter topic once. A record carries a
+        marker like a message's (lease while sending, done after): a redelivery (the
+        partition moved before its offset was committed) finds it done and does not
+        send it again; one another member is sending is retried, not sent twice."""
         if not invalid:
             return
+        by_key: dict[RecordKey, list[Invalid]] = {}
+        for i in invalid:
+            by_key.setdefault(i.record.dead_letter_key, []).append(i)
+        token = self._token()
+        states = await self._acquire(list(by_key), token, report)
+        if states is None:
+            report.retry.extend(i.record for i in invalid)
+            return
+        mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
+        for k, state in states.items():
+            if state is LeaseState.DONE:
+                report.dead_letters_repeated += len(by_key[k])
+                report.durable.extend(i.record for i in by_key[k])
+            elif state is LeaseState.HELD:
+                report.retry.extend(i.record for i in by_key[k])
+        letters = [by_key[k][0] for k in mine]
         try:
-            await self._publisher.dead_letter(invalid)
+            await self._publisher.dead_letter(letters)
         except DependencyError as exc:
             self.metrics.dependency_error(exc)
+            await self._release(mine, token)
             report.failure = report.failure or f"dead-letter: {exc}"
-            report.retry.extend(i.record for i in invalid)
-            log.warning("dlq.failed", count=len(invalid), error=str(exc))
+            report.retry.extend(i.record for k in mine for i in by_key[k])
+            log.warning("dlq.failed", count=len(letters), error=str(exc))
             return
-        for i in invalid:
+        for i in letters:
             log.warning("record.dead_lettered", **i.log_context(), detail=_loggable(i.detail))
             self.metrics.dead_lettered.labels(str(i.reason)).inc()
-        report.dead_lettered += len(invalid)
-        report.durable.extend(i.record for i in invalid)
+        report.dead_lettered += len(letters)
+        report.durable.extend(i.record for k in mine for i in by_key[k])
+        try:
+            await self._leases.finish(mine, token)
+        except LeaseStoreError as exc:  # a redelivery would dead-letter it once more
+            self.metrics.dependency_error(exc)
+            log.warning("dlq.marker_failed", count=len(mine), error=str(exc))
 
     # -- isolation: a refused record must not hold up its neighbours --------------------
 
@@ -290,7 +328,7 @@ class Pipeline:
         report.dup_in_batch = sum(len(h.messages) for h in webhooks) - len(first)
         if not first:
             return set()
-        token = f"{self._worker_id}:{next(self._seq)}"
+        token = self._token()
         try:
             states = await self._acquire(list(first), token, report)
         except Exception as exc:  # noqa: BLE001 - a surprise from one record's keys: isolate it
@@ -311,12 +349,15 @@ class Pipeline:
             return stored
         return done | stored
 
+    def _token(self) -> str:
+        return f"{self._worker_id}:{next(self._seq)}"
+
     async def _acquire(
-        self, keys: list[MessageKey], token: str, report: BatchReport
-    ) -> dict[MessageKey, LeaseState] | None:
+        self, keys: list[_K], token: str, report: BatchReport
+    ) -> dict[_K, LeaseState] | None:
         """Take the leases; None when Redis failed and the policy is to pause."""
         try:
-            return await self._leases.acquire(keys, token)
+            states = await self._leases.acquire(keys, token)
         except LeaseStoreError as exc:
             self.metrics.dependency_error(exc)
             await self._release(keys, token)  # whatever the failed pipeline did set
@@ -327,6 +368,7 @@ class Pipeline:
             # Still exactly one row; concurrent duplicates may announce twice (same event_id).
             log.warning("lease.unavailable_fence_only", messages=len(keys), error=str(exc))
             return dict.fromkeys(keys, LeaseState.ACQUIRED)
+        return {k: states[k] for k in keys}
 
     async def _store_and_publish(
         self, batch: list[Message], token: str, report: BatchReport
@@ -457,7 +499,7 @@ class Pipeline:
                 self.metrics.dependency_error(claim_exc)
                 log.warning("outbox.release_claims_failed", error=str(claim_exc))
 
-    async def _release(self, keys: list[MessageKey], token: str) -> None:
+    async def _release(self, keys: Sequence[LeaseKey], token: str) -> None:
         try:
             released = await self._leases.release(keys, token)
         except LeaseStoreError as exc:

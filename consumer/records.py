@@ -34,8 +34,26 @@ class InboundRecord:
     def coordinates(self) -> tuple[str, int, int]:
         return (self.topic, self.partition, self.offset)
 
+    @property
+    def dead_letter_key(self) -> RecordKey:
+        """This record's identity for the dead-letter marker (docs/design.md, P4)."""
+        return RecordKey(self.topic, self.partition, self.offset, self.timestamp_ms)
+
     def log_context(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKey:
+    """A source record's identity: where it sits, and when it was written (so that a
+    record at the same place of a topic deleted and created again is another record).
+    Dead letters are guarded by it as messages are by their MessageKey: a record that a
+    redelivery meets again after its dead letter was sent is not dead-lettered twice."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,3 +207,52 @@ async def test_intake_surprise_is_an_internal_error(monkeypatch: pytest.MonkeyPa
     assert letter.detail == "intake raised RecursionError"
     assert report.durable
     assert not report.retry
+
+
+# -- a dead letter is sent once ------------------------------------------------------
+
+
+async def test_a_redelivered_bad_record_is_not_dead_lettered_twice() -> None:
+    """The same bad record (same coordinates) met again, as after a rebalance that moved
+    its partition before its offset was committed: its dead letter is not sent again,
+    and it is durable; a bad record at another offset is its own dead letter."""
+    world = World()
+    first = [record(b"not json", offset=4)]
+    await world.pipeline.process(first)
+    again = await world.pipeline.process([record(b"not json", offset=4)])
+    other = await world.pipeline.process([record(b"not json", offset=5)])
+
+    assert [d.record.offset for d in world.publisher.dead_letters] == [4, 5]
+    assert _offsets(again.durable) == [4]
+    assert (again.dead_lettered, again.dead_letters_repeated) == (0, 1)
+    assert other.dead_lettered == 1
+    assert world.leases.owned_by("w1") == set()
+
+
+async def test_a_bad_record_another_member_is_dead_lettering_is_retried() -> None:
+    """Another member holds the record's dead-letter lease: not yet, not skip (rule 5):
+    the record is retried, nothing is sent."""
+    world = World()
+    bad = record(b"not json", offset=7)
+    world.leases.hold(bad.dead_letter_key)  # type: ignore[arg-type]
+
+    report = await world.pipeline.process([bad])
+
+    assert world.publisher.dead_letters == []
+    assert report.retry == [bad]
+    assert report.failure is None
+
+
+async def test_a_failed_dead_letter_gives_its_lease_back() -> None:
+    """The dead-letter topic refuses: the record is retried and its lease released, so
+    the retry (ours or another member's) sends it."""
+    world = World()
+    world.publisher.fail_next_dead_letter = True
+    bad = record(b"not json", offset=1)
+
+    first = await world.pipeline.process([bad])
+    second = await world.pipeline.process([bad])
+
+    assert first.retry == [bad]
+    assert second.durable == [bad]
+    assert len(world.publisher.dead_letters) == 1

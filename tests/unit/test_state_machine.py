@@ -67,7 +67,7 @@ from consumer.errors import BrokerError, DependencyError, LeaseStoreError, Store
 from consumer.events import OutboundEvent
 from consumer.offsets import OffsetLedger, Partition
 from consumer.pipeline import BatchReport, Pipeline, publish_claim
-from consumer.records import InboundRecord, MessageKey
+from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
 from consumer.service import RetryQueue
 from consumer.settings import Settings
@@ -830,7 +830,11 @@ class PipelineMachine(RuleBasedStateMachine):
         """A done marker means stored and published; only poison is dead-lettered;
         an outbox row marked published was published."""
         published = self._published_ids()
+        dead = {i.record.dead_letter_key for i in self.publisher.dead_letters}
         for k in self.leases.done_keys():
+            if isinstance(k, RecordKey):
+                assert k in dead, f"dead-letter marker for a record never dead-lettered {k}"
+                continue
             assert k in self.store.rows, f"done marker for unstored {k}"
             assert k.event_id in published, f"done marker for unannounced {k}"
         for i in self.publisher.dead_letters:
