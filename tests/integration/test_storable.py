@@ -24,7 +24,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumer import events, intake, limits
-from consumer.errors import UnstorableError
+from consumer.errors import StoreError, UnstorableError
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
 from consumer.settings import Settings
 from consumer.store import PendingMessage, Store, create_engine, messages, outbox
@@ -308,3 +308,46 @@ def test_at_the_largest_allowed_record_size_what_intake_accepts_can_be_announced
     hook = _accepted(_growing_numbers(max_bytes), max_bytes)
     (message,) = hook.messages
     events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
+
+
+def _batch_of_full_records(records: int, per_record: int) -> list[PendingMessage]:
+    """`records` records intake accepts, each of `per_record` small messages (distinct
+    wamids across the batch), with their events: one poll's batch."""
+    pending = []
+    for r in range(records):
+        msgs = [
+            {"from": "1", "id": f"w{r}.{n}", "timestamp": "1", "type": "t"}
+            for n in range(per_record)
+        ]
+        hook = _accepted(
+            orjson.dumps(_body({"metadata": {"phone_number_id": "1"}, "messages": msgs}))
+        )
+        pending.extend(_pending(hook, msgs).values())
+    return pending
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StoreError,
+    reason=(
+        "product bug: Store.mark_published and the conflict path of Store.save put every "
+        "event_id of a batch in one IN list; asyncpg takes at most 32,767 query arguments, "
+        "so for a batch of records intake accepts (9 of 4,000 messages, each under "
+        "MAX_RECORD_BYTES) marking fails as a StoreError (the MarkQueue never empties "
+        "again) and so does a redelivery (retried forever as an outage)"
+    ),
+)
+async def test_a_batch_with_more_messages_than_query_arguments(postgres_url: str) -> None:
+    """One poll's batch of accepted records holding 36,000 messages in all can be marked
+    published, stored, and stored again as conflicts on PostgreSQL. (Marking comes
+    first because it fails fastest.)"""
+    store = Store(create_engine(postgres_url, pool_size=2, timeout_s=30))
+    try:
+        pending = _batch_of_full_records(9, 4000)
+        await store.mark_published([p.event.event_id for p in pending])
+        saved = await store.save(pending)
+        assert len(saved.inserted) == len(pending)
+        again = await store.save(pending)
+        assert len(again.conflicts) == len(pending)
+    finally:
+        await store.close()
