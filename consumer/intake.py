@@ -126,7 +126,25 @@ def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(body)}, not an object")
     _check_depth(value)
+    _check_event_size(value, body)
     return body
+
+
+def _check_event_size(value: bytes, body: dict[str, Any]) -> None:
+    """Every event of the body must fit a produce request. An event copies parts of the
+    body, re-encoded (numbers can come out longer: 9e15 is 9000000000000000.0), plus its
+    envelope; so a body is measured re-encoded, once, when its own size does not already
+    prove that it fits (never at the default MAX_RECORD_BYTES of a real webhook)."""
+    room = limits.MAX_EVENT_BYTES - limits.EVENT_ENVELOPE_BYTES
+    if len(value) * limits.JSON_GROWTH <= room:
+        return
+    encoded = len(orjson.dumps(body))
+    if encoded > room:
+        raise _Reject(
+            Reason.OVERSIZE,
+            f"re-encoded for its events the body takes {encoded} bytes, more than the "
+            f"{room} an event may copy",
+        )
 
 
 def _check_depth(value: bytes) -> None:

@@ -51,5 +51,12 @@ EVENT_HEADROOM_BYTES: Final = 64 * 1024
 # An event's key and value together: what one produce request holds, less its framing
 # and the event_id header.
 MAX_EVENT_BYTES: Final = MAX_REQUEST_BYTES - 4096
+# What an event adds to the parts of the body it copies: its own fields, ids, the source
+# topic's name, the keys of its JSON. Well under this.
+EVENT_ENVELOPE_BYTES: Final = 4096
+# How much larger than its text a JSON value can come out of orjson: a number in short
+# exponent form is written in full ("9e15," -> "9000000000000000.0,"); nothing else grows.
+# A body at most this much smaller than an event needs no re-encoding to be measured.
+JSON_GROWTH: Final = 4.5
 # The largest MAX_RECORD_BYTES that still lets every event fit one produce request.
 MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES

@@ -225,9 +225,11 @@ class Store:
                         [_outbox_row(p, worker_id or None) for p in new],
                     )
                 conflicts = frozenset(by_key) - inserted
-                stale, busy = await self._unpublished(
-                    conn, [by_key[k].event.event_id for k in conflicts], worker_id, claim_for
-                )
+                stale: tuple[OutboundEvent, ...] = ()
+                busy: frozenset[str] = frozenset()
+                for chunk in _chunks(sorted(by_key[k].event.event_id for k in conflicts)):
+                    ours, theirs = await self._unpublished(conn, chunk, worker_id, claim_for)
+                    stale, busy = stale + ours, busy | theirs
                 if before_commit is not None:
                     before_commit()
         except (SQLAlchemyError, OSError) as exc:
@@ -242,10 +244,12 @@ class Store:
         a delete is also cheaper for the database than an update of an indexed row)."""
         if not event_ids:
             return
-        stmt = sa.delete(outbox).where(outbox.c.event_id.in_(_locked_in_order(event_ids)))
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(stmt)
+                for chunk in _chunks(sorted(event_ids)):
+                    await conn.execute(
+                        sa.delete(outbox).where(outbox.c.event_id.in_(_locked_in_order(chunk)))
+                    )
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"marking {len(event_ids)} event(s) published") from exc
 
@@ -400,19 +404,28 @@ class Store:
         worker's or the relay's) need not wait for the claim to run out."""
         if not event_ids:
             return
-        stmt = (
-            sa.update(outbox)
-            .where(
-                outbox.c.event_id.in_(_locked_in_order(event_ids)),
-                outbox.c.claimed_by == worker_id,
-            )
-            .values(claimed_by=None, claimed_until=None)
-        )
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(stmt)
+                for chunk in _chunks(sorted(event_ids)):
+                    await conn.execute(
+                        sa.update(outbox)
+                        .where(
+                            outbox.c.event_id.in_(_locked_in_order(chunk)),
+                            outbox.c.claimed_by == worker_id,
+                        )
+                        .values(claimed_by=None, claimed_until=None)
+                    )
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"releasing {len(event_ids)} outbox claim(s)") from exc
+
+
+# Ids per statement: asyncpg takes at most 32,767 query arguments, older SQLite 999; a
+# batch may hold far more messages than either.
+_CHUNK = 900
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
 
 
 # strftime's %f is SS.SSS: with it, SQLite writes what SQLAlchemy's DateTime reads.

@@ -24,8 +24,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumer import events, intake, limits
-from consumer.errors import StoreError, UnstorableError
-from consumer.records import InboundRecord, Invalid, Message, MessageKey, Webhook
+from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
 from consumer.settings import Settings
 from consumer.store import PendingMessage, Store, create_engine, messages, outbox
 from tests.fuzz.contract import depth
@@ -290,24 +289,24 @@ async def test_numbers_that_grow_when_re_encoded_still_fit_the_event(store: Stor
     await _store_twice(store, _pending(hook, [message.raw]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnstorableError,
-    reason=(
-        "product bug: Settings allow MAX_RECORD_BYTES up to MAX_RECORD_BYTES_LIMIT "
-        "(MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES), assuming an event is its message plus "
-        "64 KiB; orjson re-encodes numbers up to 3.8x larger (9e15 -> 9000000000000000.0), "
-        "so above ~275,000 bytes intake accepts records whose event cannot be built"
-    ),
+@pytest.mark.parametrize(
+    "size", [MAX_RECORD_BYTES, 275_000, 400_000, limits.MAX_RECORD_BYTES_LIMIT]
 )
-def test_at_the_largest_allowed_record_size_what_intake_accepts_can_be_announced() -> None:
-    """With MAX_RECORD_BYTES at the largest value Settings allow, a record intake accepts
-    still makes a message_created event (it is not left to be refused as unstorable)."""
-    max_bytes = limits.MAX_RECORD_BYTES_LIMIT
-    assert Settings(max_record_bytes=max_bytes).max_record_bytes == max_bytes
-    hook = _accepted(_growing_numbers(max_bytes), max_bytes)
-    (message,) = hook.messages
-    events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
+def test_at_any_allowed_record_size_what_intake_accepts_can_be_announced(size: int) -> None:
+    """With MAX_RECORD_BYTES anywhere up to the largest value Settings allow, a record of
+    numbers that grow when re-encoded is either accepted and makes its event, or refused
+    at intake as oversize (never accepted and then refused as unstorable). At 275,000
+    bytes and above it does not fit: intake says so."""
+    assert Settings(max_record_bytes=size).max_record_bytes == size
+    decoded = intake.decode(_record(_growing_numbers(size)), max_bytes=size)
+    if isinstance(decoded, Webhook):
+        (message,) = decoded.messages
+        event = events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
+        assert len(event.payload) <= limits.MAX_EVENT_BYTES
+    else:
+        assert decoded.reason is Reason.OVERSIZE, decoded
+        assert "re-encoded" in decoded.detail
+    assert isinstance(decoded, Webhook) == (size < 275_000)
 
 
 def _batch_of_full_records(records: int, per_record: int) -> list[PendingMessage]:
@@ -326,17 +325,6 @@ def _batch_of_full_records(records: int, per_record: int) -> list[PendingMessage
     return pending
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StoreError,
-    reason=(
-        "product bug: Store.mark_published and the conflict path of Store.save put every "
-        "event_id of a batch in one IN list; asyncpg takes at most 32,767 query arguments, "
-        "so for a batch of records intake accepts (9 of 4,000 messages, each under "
-        "MAX_RECORD_BYTES) marking fails as a StoreError (the MarkQueue never empties "
-        "again) and so does a redelivery (retried forever as an outage)"
-    ),
-)
 async def test_a_batch_with_more_messages_than_query_arguments(postgres_url: str) -> None:
     """One poll's batch of accepted records holding 36,000 messages in all can be marked
     published, stored, and stored again as conflicts on PostgreSQL. (Marking comes

@@ -232,3 +232,36 @@ def test_depth_of_the_raw_text_is_the_depth_of_the_value(value: object) -> None:
     """The byte-level depth (strings dropped, brackets summed) equals the depth of the
     parsed value, whatever brackets, quotes and escapes the strings hold."""
     assert intake._depth(json.dumps(value).encode()) == _reference_depth(value)
+
+
+def _numbers_body(size: int, number: bytes) -> bytes:
+    head = json.dumps(webhook([message("wamid.N")])).encode()
+    cut = head.index(b'"text": {')
+    filler = (size - len(head)) // (len(number) + 1)
+    return head[:cut] + b'"x": [' + b",".join([number] * filler) + b"], " + head[cut:]
+
+
+def test_a_body_whose_events_would_not_fit_is_oversize_at_intake() -> None:
+    """Numbers that orjson writes back longer (9e15 -> 9000000000000000.0) can make an
+    event larger than a produce request although the record is within MAX_RECORD_BYTES:
+    intake measures such a body re-encoded and refuses it as oversize (it never reaches
+    the store to be refused there); the same size of numbers that do not grow passes."""
+    limit = limits.MAX_RECORD_BYTES_LIMIT
+    refused = intake.decode(record(_numbers_body(400_000, b"9e15")), max_bytes=limit)
+    assert isinstance(refused, Invalid)
+    assert refused.reason is Reason.OVERSIZE
+    assert "re-encoded" in refused.detail
+    fine = intake.decode(record(_numbers_body(400_000, b"9")), max_bytes=limit)
+    assert isinstance(fine, Webhook), fine
+
+
+def test_a_body_small_enough_is_not_re_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The re-encoding is only for bodies whose size does not already prove their events
+    fit: a record at the default MAX_RECORD_BYTES is never encoded twice."""
+
+    def refuse(*_args: object, **_kwargs: object) -> bytes:
+        raise AssertionError("orjson.dumps called at intake")
+
+    body = _numbers_body(200_000, b"9e15")
+    monkeypatch.setattr(intake.orjson, "dumps", refuse)
+    assert isinstance(intake.decode(record(body), max_bytes=MAX), Webhook)
