@@ -69,6 +69,9 @@ class Record:
 
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    # Headers whose names are raw bytes (Kafka allows any; not UTF-8 here): written by a
+    # producer of their own, since aiokafka's only takes names it can encode.
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,19 @@ def oversize_record() -> Record:
     )
 
 
+def growing_numbers() -> dict[str, Any]:
+    """Just under MAX_RECORD_BYTES of numbers that orjson writes back 3.8 times longer
+    (9e15 -> 9000000000000000.0): an event of nearly a megabyte, which must still fit."""
+    numbers = "@@numbers@@"
+    return hook(message("wamid.hostile.growing", numbers=numbers))
+
+
+def encode_growing() -> bytes:
+    text = encode(growing_numbers())
+    room = 256 * 1024 - len(text) - 64
+    return text.replace(b'"@@numbers@@"', b"[" + b",".join([b"9e15"] * (room // 5)) + b"]")
+
+
 FORGED_HEADERS = (
     ("dlq.reason", b"forged"),
     ("dlq.source.offset", b"999999"),
@@ -293,6 +309,11 @@ CASES: tuple[Case, ...] = (
     # size
     stored("1,800 messages and 35,000 contacts in one 250 KB record", big_record()),
     dead("over MAX_RECORD_BYTES with a 1.9 MB header", Reason.OVERSIZE, oversize_record()),
+    stored("numbers that grow 3.8x when re-encoded, just under MAX_RECORD_BYTES", encode_growing()),
+    # the record itself: a header name that is not UTF-8 (aiokafka's reader refuses it)
+    stored("a header name that is not UTF-8", Record(encode(hook(message(W + "raw.header"))), raw_headers=((b"\xff\xfe-hostile", b"v"),))),  # noqa: E501
+    # a contact's wa_id is an identifier too
+    dead("a contact wa_id of CONTACT_WA_ID_MAX + 1", INVALID, hook(message(W + "contact.long"), contacts=[{"profile": {"name": NAME_MARK}, "wa_id": "9" * (limits.CONTACT_WA_ID_MAX + 1)}])),  # noqa: E501
     # content the event and the row must carry exactly
     stored("large numbers and floats", hook(message(W + "numbers", numbers={"u64": 18446744073709551615, "big": 1e308, "negzero": -0.0}))),  # noqa: E501
     # shape
