@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from consumer import embedded, migrate, topics
 from consumer.settings import Settings
+from consumer.store import Store, create_engine
 from tests.support.procs import ConsumerGroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
@@ -133,6 +134,16 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Both supported databases, one test run each."""
     name = "postgres_url" if request.param == "postgresql" else "sqlite_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A Store over a fresh, migrated database of each kind (one engine per test)."""
+    s = Store(create_engine(database_url, pool_size=2, timeout_s=10))
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""docs/design.md, rule 4: a write that fails after the lock was taken does not make the redelivery a
-duplicate (nor swallow it). Real Pipeline, real Redis leases, real Store; fake publisher."""
+"""docs/design.md, rule 4: a write that fails after the lock was taken does not make the
+redelivery a duplicate (nor swallow it). Real Pipeline, real Redis leases, real Store;
+fake publisher."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ was sent (NUL, -0.0 and 2**64 - 1 included) and the outbox holds the event's byt
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,16 +81,6 @@ def _at_limit(m: Message) -> bool:
         or len(m.timestamp) == limits.TIMESTAMP_MAX
         or len(m.contact_wa_id or "") == limits.CONTACT_WA_ID_MAX
     )
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """One engine for the whole property run on a fresh, migrated database."""
-    s = Store(create_engine(database_url, pool_size=2, timeout_s=10))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -62,15 +62,6 @@ def _keys(pending: Sequence[PendingMessage]) -> frozenset[MessageKey]:
     return frozenset(p.message.key for p in pending)
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    s = Store(create_engine(database_url, pool_size=2, timeout_s=10))
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 async def _row_counts(store: Store) -> collections.Counter[tuple[str, str]]:
     async with store.engine.connect() as conn:
         rows = (

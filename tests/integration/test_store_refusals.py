@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -34,15 +33,6 @@ def _messages(*wamids: str, text: str = PII) -> list[Message]:
 def _pending(msgs: list[Message]) -> list[PendingMessage]:
     at = dt.datetime.now(dt.UTC)
     return [PendingMessage(m, events.build(m, topic="out", occurred_at=at)) for m in msgs]
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    s = Store(create_engine(database_url, pool_size=2, timeout_s=10))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _counts(store: Store) -> tuple[int, int]:
