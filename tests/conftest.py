@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from consumer import embedded, migrate, topics
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
+from tests.support.config import run_settings
 from tests.support.procs import ConsumerGroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
@@ -149,26 +150,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 @pytest.fixture
 def settings(bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str) -> Settings:
     """Settings for one test: its own topics, group, key prefix and database."""
-    run = uuid.uuid4().hex[:10]
-    return Settings(
-        kafka_bootstrap_servers=bootstrap,
-        redis_url=redis_url,
-        database_url=postgres_url,
-        inbound_topic=f"in-{run}",
-        outbound_topic=f"out-{run}",
-        dlq_topic=f"dlq-{run}",
-        consumer_group=f"g-{run}",
-        redis_key_prefix=key_prefix,
-        kafka_session_timeout_s=6.0,
-        kafka_heartbeat_interval_s=1.0,
-        poll_timeout_s=0.2,
-        retry_backoff_s=0.1,
-        retry_backoff_max_s=1.0,
-        shutdown_grace_s=10.0,
-        log_format="json",
-        metrics_port=0,
-        log_level="DEBUG",
-    )
+    return run_settings(bootstrap, redis_url, key_prefix, postgres_url)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from consumer import intake
 from consumer.records import InboundRecord, Invalid, Webhook
 from tests.fuzz import contract, generators
 from tests.fuzz.generators import Case
+from tests.support.bodies import json_depth
 
 DEFAULT_MAX_BYTES = 256 * 1024  # Settings.max_record_bytes's default (MAX_RECORD_BYTES)
 BOUNDED_SIZE = 256 * 1024
@@ -53,7 +54,7 @@ class Result:
         what = f"{self.label} ({self.messages} messages)" if self.label == "webhook" else self.label
         return (
             f"{self.seconds * 1000:.1f} ms: generator {self.case.kind}, {self.size} bytes, "
-            f"depth {bracket_depth(self.case.value or b'')}, {what}"
+            f"depth {json_depth(self.case.value or b'')}, {what}"
         )
 
 
@@ -85,28 +86,6 @@ def examine(case: Case, max_bytes: int, offset: int = 0) -> Result:
     else:
         label, messages = type(outcome).__name__, 0
     return Result(case, label, seconds, messages, tuple(contract.problems(record, outcome)))
-
-
-def bracket_depth(value: bytes) -> int:
-    """The deepest nesting of brackets outside strings (of any bytes, JSON or not)."""
-    deepest = level = 0
-    in_string = escaped = False
-    for byte in value:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            level += 1
-            deepest = max(deepest, level)
-        elif byte in (0x5D, 0x7D):  # ] }
-            level -= 1
-    return deepest
 
 
 @dataclass

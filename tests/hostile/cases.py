@@ -419,26 +419,3 @@ def _value_messages(v: dict[str, Any]) -> Iterator[Expected]:
             contact_wa_id=wa_id if isinstance(wa_id, str) else None,
             raw=raw,
         )
-
-
-def json_depth(text: bytes) -> int:
-    """The deepest nesting of objects and arrays in JSON text (the top level is 1),
-    counted on the text itself, so any depth can be measured."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest

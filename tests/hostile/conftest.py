@@ -5,7 +5,6 @@ log line holds personal data means something), and the database refusal the
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Callable
 
 import asyncpg
@@ -14,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from consumer.settings import Settings
 from tests.hostile.cases import REFUSE_MARK
+from tests.support.config import run_settings
 
 # The refusal each database gives a message whose wamid holds cases.REFUSE_MARK, and
 # the text of it a dead letter's dlq.detail must carry.
@@ -27,27 +27,14 @@ def hostile_settings(bootstrap: str, redis_url: str, key_prefix: str) -> Callabl
     members log JSON at INFO; short timings so a stuck record shows within seconds."""
 
     def make(database_url: str) -> Settings:
-        run = uuid.uuid4().hex[:10]
-        return Settings(
-            kafka_bootstrap_servers=bootstrap,
-            redis_url=redis_url,
-            database_url=database_url,
-            inbound_topic=f"in-{run}",
-            outbound_topic=f"out-{run}",
-            dlq_topic=f"dlq-{run}",
-            consumer_group=f"g-{run}",
-            redis_key_prefix=key_prefix,
-            kafka_session_timeout_s=6.0,
-            kafka_heartbeat_interval_s=1.0,
-            poll_timeout_s=0.2,
-            retry_backoff_s=0.1,
-            retry_backoff_max_s=1.0,
+        return run_settings(
+            bootstrap,
+            redis_url,
+            key_prefix,
+            database_url,
             lease_ttl_s=5.0,
             relay_interval_s=1.0,
-            shutdown_grace_s=10.0,
-            log_format="json",
             log_level="INFO",
-            metrics_port=0,  # each member gets a free port of its own
         )
 
     return make

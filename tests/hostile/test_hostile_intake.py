@@ -27,10 +27,10 @@ from tests.hostile.cases import (
     STORED,
     Case,
     Record,
-    json_depth,
     messages_in,
 )
 from tests.hostile.harness import difference
+from tests.support.bodies import json_depth
 
 pytestmark = pytest.mark.hostile
 
