@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from sqlalchemy.engine import make_url
 
 from consumer import embedded, migrate, topics
@@ -30,6 +32,22 @@ from tests.support.procs import ConsumerGroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+_LAZY_LOGGER = type(structlog.get_logger())
+
+
+@pytest.fixture(autouse=True)
+def _uncached_loggers() -> Iterator[None]:
+    """structlog caches a module's logger on its first use when configured to
+    (logs.configure does, and some tests run the CLI in-process): a logger cached under
+    one test's configuration would keep writing there, hiding later tests' lines from
+    structlog.testing.capture_logs. After each test, the package's loggers forget."""
+    yield
+    for name, module in list(sys.modules.items()):
+        logger = getattr(module, "log", None) if name.startswith("consumer") else None
+        if isinstance(logger, _LAZY_LOGGER):
+            logger.__dict__.pop("bind", None)
 
 
 @pytest.fixture(scope="session")
