@@ -5,7 +5,8 @@
     ├── DependencyError        a backing service failed; `retriable` says if waiting helps
     │   ├── LeaseStoreError    Redis (the lease / done-marker store)
     │   ├── StoreError         the SQL database
-    │   └── BrokerError        Kafka: produce, commit, admin
+    │   └── BrokerError        Kafka: produce, commit, fetch, admin
+    │       └── UnreadableFetchError  a fetch whose records the client could not read
     ├── UnstorableError        a record's data was refused (by the database, or the event
     │                          encoder): retrying cannot help; isolate it and dead-letter it
     └── EmbeddedServiceError   a service the demo or tests start themselves would not start
@@ -51,7 +52,17 @@ class StoreError(DependencyError):
 
 
 class BrokerError(DependencyError):
-    """Kafka failed to take a record we produced or an offset we committed."""
+    """Kafka failed: to take a record we produced or an offset we committed, to answer a
+    fetch or an admin request."""
+
+    from_broker = True  # the broker (or the way to it) failed, not the client
+
+
+class UnreadableFetchError(BrokerError):
+    """A fetch came back, but the client failed while unpacking its records (a record it
+    cannot decode): the member rewinds and tries again, loudly."""
+
+    from_broker = False
 
 
 class UnstorableError(WamidGuardError):

@@ -192,12 +192,19 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.pending_records = Gauge(
+            "wamid_guard_pending_records",
+            "Records of an assigned partition fetched and not yet durable (stored, found "
+            "done, or dead-lettered); a partition is paused at MAX_PENDING_RECORDS.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.last_poll = Gauge(
             "wamid_guard_last_poll_timestamp_seconds",
             "Unix time the poll loop last came round (liveness).",
             registry=r,
         )
-        self._lag_labels: set[tuple[str, str]] = set()
+        self._per_partition: dict[Gauge, set[tuple[str, str]]] = {}
         # Create the labelled series up front, so a dashboard shows 0 rather than nothing.
         for layer in ("in_batch", "lease_held", "done_marker", "database"):
             self.duplicates.labels(layer)
@@ -234,11 +241,19 @@ class Metrics:
 
     def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
         """Replace the lag series with the current assignment's."""
+        self._set_per_partition(self.consumer_lag, lags)
+
+    def set_pending(self, pending: Iterable[tuple[str, int, int]]) -> None:
+        """Replace the pending-records series with the current assignment's."""
+        self._set_per_partition(self.pending_records, pending)
+
+    def _set_per_partition(self, gauge: Gauge, values: Iterable[tuple[str, int, int]]) -> None:
+        """One series per partition held now; those of partitions gone are removed."""
         seen = set()
-        for topic, partition, lag in lags:
+        for topic, partition, value in values:
             labels = (topic, str(partition))
             seen.add(labels)
-            self.consumer_lag.labels(*labels).set(lag)
-        for labels in self._lag_labels - seen:
-            self.consumer_lag.remove(*labels)
-        self._lag_labels = seen
+            gauge.labels(*labels).set(value)
+        for labels in self._per_partition.get(gauge, set()) - seen:
+            gauge.remove(*labels)
+        self._per_partition[gauge] = seen

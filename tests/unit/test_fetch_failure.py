@@ -12,6 +12,7 @@ from aiokafka.errors import CorruptRecordException
 
 from consumer.service import Service
 from consumer.settings import Settings
+from consumer.source import Source
 from tests.unit.fakes import record
 
 TP = TopicPartition("whatsapp.webhooks", 0)
@@ -19,7 +20,7 @@ OTHER = TopicPartition("whatsapp.webhooks", 1)
 
 
 class _FailingConsumer:
-    """Just what Service._fetch touches: getmany raises `error` once."""
+    """Just what Source.fetch and Source.rewind touch: getmany raises `error` once."""
 
     def __init__(self, error: Exception) -> None:
         self.error: Exception | None = error
@@ -42,8 +43,10 @@ class _FailingConsumer:
 
 
 def _service(consumer: _FailingConsumer) -> Service:
-    service = Service(Settings(retry_backoff_s=0.01, retry_backoff_max_s=0.01, metrics_port=0))
-    service._consumer = consumer  # type: ignore[assignment]
+    settings = Settings(retry_backoff_s=0.01, retry_backoff_max_s=0.01, metrics_port=0)
+    service = Service(settings)
+    service._source = Source(settings, client_id="test", consumer=consumer)
+    service.tracker.assigned({(TP.topic, TP.partition), (OTHER.topic, OTHER.partition)})
     return service
 
 
@@ -53,9 +56,9 @@ async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
     due retry is still returned; the next fetch works."""
     consumer = _FailingConsumer(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"))
     service = _service(consumer)
-    service.ledger.track((TP.topic, TP.partition), 7)
+    service.tracker.ledger.track((TP.topic, TP.partition), 7)
     due = record(b"retry me", offset=2)
-    service.retries.add(due, now=0.0)
+    service.tracker.retries.add(due, now=0.0)
 
     got = await service._fetch()
 

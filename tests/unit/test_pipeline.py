@@ -11,7 +11,7 @@ import pytest
 
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
-from consumer.service import RetryQueue
+from consumer.tracking import RetryQueue
 from consumer.settings import Settings
 from tests.unit.fakes import (
     FakeLeases,

@@ -1,4 +1,5 @@
-"""Where a member starts the partitions it is assigned (Service.on_assigned).
+"""Where a member starts the partitions it is assigned (Service.on_assigned, through
+Source.start_uncommitted_at_zero, into the Tracker).
 
 A partition the group committed nothing for starts at offset 0, set explicitly: the
 reset policy's "earliest" asks the broker where the log starts, and the embedded broker
@@ -16,6 +17,7 @@ from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 
 from consumer.service import Service
 from consumer.settings import Settings
+from consumer.source import Source
 
 TOPIC = "in"
 P0, P1, P2 = (TopicPartition(TOPIC, p) for p in range(3))
@@ -52,8 +54,9 @@ class FakeConsumer:
 
 
 def _service(consumer: FakeConsumer, request_timeout_s: float = 30.0) -> Service:
-    service = Service(Settings(kafka_request_timeout_s=request_timeout_s))
-    service._consumer = consumer  # type: ignore[assignment]
+    settings = Settings(kafka_request_timeout_s=request_timeout_s)
+    service = Service(settings)
+    service._source = Source(settings, client_id="test", consumer=consumer)
     return service
 
 
@@ -65,7 +68,8 @@ async def test_uncommitted_partitions_start_at_offset_zero() -> None:
     with structlog.testing.capture_logs() as logs:
         await service.on_assigned({P0, P1, P2})
     assert consumer.seeks == {P1: 0, P2: 0}
-    assert service._assigned
+    assert service.tracker.has_assignment
+    assert service.tracker.owned == {(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)}
     (started,) = [e for e in logs if e["event"] == "partitions.start_at_zero"]
     assert started["partitions"] == [f"{TOPIC}:1", f"{TOPIC}:2"]
 
@@ -75,12 +79,13 @@ async def test_records_fetched_before_the_seek_do_not_count_towards_a_commit() -
     forgotten: they are fetched again from 0, and a commit must not pass offsets 0.."""
     consumer = FakeConsumer({P0: 7, P1: None})
     service = _service(consumer)
-    service.ledger.track((TOPIC, 0), 7)
-    service.ledger.track((TOPIC, 1), 5)
-    service.ledger.done((TOPIC, 1), 5)
+    ledger = service.tracker.ledger
+    ledger.track((TOPIC, 0), 7)
+    ledger.track((TOPIC, 1), 5)
+    ledger.done((TOPIC, 1), 5)
     await service.on_assigned({P0, P1})
-    assert service.ledger.committable((TOPIC, 1)) is None
-    assert service.ledger.committable((TOPIC, 0)) == 7, "a committed partition is untouched"
+    assert ledger.committable((TOPIC, 1)) is None
+    assert ledger.committable((TOPIC, 0)) == 7, "a committed partition is untouched"
 
 
 async def test_failure_to_read_committed_offsets_falls_back_to_the_reset_policy() -> None:
@@ -91,7 +96,7 @@ async def test_failure_to_read_committed_offsets_falls_back_to_the_reset_policy(
     with structlog.testing.capture_logs() as logs:
         await service.on_assigned({P0, P1})
     assert consumer.seeks == {}
-    assert service._assigned
+    assert service.tracker.has_assignment
     (warning,) = [e for e in logs if e["event"] == "partitions.committed_unknown"]
     assert warning["log_level"] == "warning"
     assert warning["fallback"] == "auto_offset_reset=earliest"

@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from consumer import cli, limits
+from consumer import service as service_module
 from consumer.errors import ConfigError
 from consumer.service import Service
 from consumer.settings import Settings, env_name, mask_url
@@ -258,12 +259,11 @@ def test_service_starting_log_line_masks_app_secret(monkeypatch: pytest.MonkeyPa
     class Stop(Exception):
         pass
 
-    async def stop_here() -> None:
+    async def stop_here(*_args: object, **_kwargs: object) -> None:
         raise Stop
 
     service = Service(Settings(app_secret=SENSITIVE))
-    monkeypatch.setattr(service, "_start_backends", stop_here)
-    monkeypatch.setattr(service, "_start_kafka", stop_here)
+    monkeypatch.setattr(service_module, "open_backends", stop_here)
     with structlog.testing.capture_logs() as logs, pytest.raises(Stop):
         asyncio.run(service.startup())
     (starting,) = [e for e in logs if e["event"] == "service.starting"]

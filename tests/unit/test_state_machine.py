@@ -69,7 +69,7 @@ from consumer.offsets import OffsetLedger, Partition
 from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
-from consumer.service import RetryQueue
+from consumer.tracking import RetryQueue
 from consumer.settings import Settings
 from consumer.store import PendingMessage, SaveResult
 from tests.unit.fakes import (

@@ -1,0 +1,264 @@
+"""The Kafka side of a member: the group consumer, behind a small API of its own.
+
+Everything aiokafka is here (configuration, record conversion, fetches, commits, pauses,
+positions, end offsets, the group coordinator's health), and nothing aiokafka raises
+leaves: a failure comes out as :class:`~consumer.errors.BrokerError` (the cause chained)
+or, for commits, as a :class:`CommitOutcome`. The decisions (what to commit, what to
+pause) are the bookkeeping unit's (``tracking.py``); this module applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from consumer import lenient
+from consumer.errors import BrokerError, UnreadableFetchError
+from consumer.offsets import Partition
+from consumer.records import InboundRecord
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RebalanceHook = Callable[[set[Partition]], Awaitable[None]]
+
+
+def inbound(record: Any) -> InboundRecord:
+    """An aiokafka ConsumerRecord as the project's record (service, dlq and tail)."""
+    return InboundRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers or ()),
+        timestamp_ms=int(record.timestamp or 0),
+    )
+
+
+def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
+    """The group member's consumer: manual commits only (rule 8), from the start of a
+    partition the group never committed (the member seeks offset 0 itself, see
+    Source.start_uncommitted_at_zero)."""
+    s = settings
+    return {
+        "bootstrap_servers": s.kafka_bootstrap_servers,
+        "client_id": client_id,
+        "group_id": s.consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": s.batch_max_records,
+        "session_timeout_ms": int(s.kafka_session_timeout_s * 1000),
+        "heartbeat_interval_ms": int(s.kafka_heartbeat_interval_s * 1000),
+        "max_poll_interval_ms": int(s.kafka_max_poll_interval_s * 1000),
+        "request_timeout_ms": int(s.kafka_request_timeout_s * 1000),
+        # A fetch returns after at most this long even with little data: bounds the
+        # latency a quiet partition adds (the default 500 ms dominated p99 at low rates).
+        "fetch_max_wait_ms": int(s.kafka_fetch_max_wait_s * 1000),
+    }
+
+
+class CommitOutcome(enum.Enum):
+    OK = "ok"
+    REJECTED = "rejected"  # the group moved on (a rebalance): the new owner re-reads
+    FAILED = "failed"  # the broker did not answer: the next commit tries again
+
+
+def _tp(p: Partition) -> TopicPartition:
+    return TopicPartition(p[0], p[1])
+
+
+def _p(tp: TopicPartition) -> Partition:
+    return (tp.topic, tp.partition)
+
+
+class Source:
+    """One member's group consumer of INBOUND_TOPIC."""
+
+    def __init__(self, settings: Settings, *, client_id: str, consumer: Any = None) -> None:
+        """`consumer`: an AIOKafkaConsumer-like object to use instead (tests)."""
+        self._settings = settings
+        self._timeout_s = settings.kafka_request_timeout_s
+        lenient.install()  # a record aiokafka cannot decode must not stop a partition
+        self._consumer = consumer or AIOKafkaConsumer(
+            **consumer_config(settings, client_id=client_id)
+        )
+
+    async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
+        s = self._settings
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
+                f"{exc!r}"
+            ) from exc
+        self._consumer.subscribe([s.inbound_topic], listener=_Listener(on_revoked, on_assigned))
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    # -- records -------------------------------------------------------------------
+
+    async def fetch(self, *, timeout_s: float, max_records: int) -> list[InboundRecord]:
+        """Records of unpaused owned partitions, as many as `max_records`; BrokerError if
+        the fetch failed (the broker answered an error, or a record could not be read:
+        aiokafka then moves past what it had read but not returned, so the caller
+        should :meth:`rewind`)."""
+        try:
+            fetched = await self._consumer.getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"fetching failed: {exc!r}") from exc
+        except Exception as exc:  # translated: nothing aiokafka raises leaves this module
+            raise UnreadableFetchError(f"unpacking a fetch failed: {exc!r}") from exc
+        return [inbound(m) for batch in fetched.values() for m in batch]
+
+    async def rewind(self, positions: Mapping[Partition, int]) -> None:
+        """Put every assigned partition back where our bookkeeping says it is (or, for
+        one we never fetched from, where the consumer stands), discarding what aiokafka
+        has buffered."""
+        for tp in self._consumer.assignment():
+            position = positions.get(_p(tp))
+            try:
+                if position is None:
+                    position = await asyncio.wait_for(self._consumer.position(tp), self._timeout_s)
+                self._consumer.seek(tp, position)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("fetch.rewind_failed", partition=tp.partition, error=repr(exc))
+
+    # -- offsets -------------------------------------------------------------------
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> CommitOutcome:
+        try:
+            await self._consumer.commit({_tp(p): o for p, o in offsets.items()})
+        except CommitFailedError as exc:
+            log.warning("offsets.commit_rejected", error=str(exc), partitions=len(offsets))
+            return CommitOutcome.REJECTED
+        except KafkaError as exc:
+            log.warning("offsets.commit_failed", error=repr(exc), partitions=len(offsets))
+            return CommitOutcome.FAILED
+        return CommitOutcome.OK
+
+    async def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offset of each partition (None: nothing committed)."""
+        consumer = self._consumer
+
+        async def one(p: Partition) -> tuple[Partition, int | None]:
+            offset = await consumer.committed(_tp(p))
+            return p, None if offset is None else int(offset)
+
+        try:
+            # aiokafka retries a retriable failure without end: bound it.
+            found = await asyncio.wait_for(
+                asyncio.gather(*(one(p) for p in partitions)), self._timeout_s
+            )
+        except TimeoutError as exc:
+            raise BrokerError(f"reading committed offsets took over {self._timeout_s:g}s") from exc
+        except KafkaError as exc:
+            raise BrokerError(f"reading committed offsets failed: {exc!r}") from exc
+        return dict(found)
+
+    async def start_uncommitted_at_zero(self, partitions: set[Partition]) -> set[Partition]:
+        """Position each of `partitions` the group committed nothing for at offset 0, and
+        return them.
+
+        That is what the reset policy (auto_offset_reset="earliest") means, but aiokafka
+        applies it by asking the broker where the log starts, and the embedded broker can
+        name an offset past records it holds (docs/design.md, "Broker facts"). Where
+        offset 0 is below the log start (Apache Kafka after retention), the broker answers
+        OffsetOutOfRange and the reset policy applies. If the committed offsets cannot be
+        read, the reset policy decides alone (with a warning).
+        """
+        if not partitions:
+            return set()
+        try:
+            committed = await self.committed(partitions)
+        except BrokerError as exc:
+            log.warning(
+                "partitions.committed_unknown",
+                error=str(exc),
+                fallback="auto_offset_reset=earliest",
+                partitions=sorted(f"{t}:{n}" for t, n in partitions),
+            )
+            return set()
+        fresh = set()
+        for p in sorted(p for p, offset in committed.items() if offset is None):
+            try:
+                self._consumer.seek(_tp(p), 0)
+            except KafkaError as exc:  # IllegalStateError: no longer ours (rebalancing)
+                log.warning("partition.seek_failed", partition=f"{p[0]}:{p[1]}", error=repr(exc))
+                continue
+            fresh.add(p)
+        if fresh:
+            log.info("partitions.start_at_zero", partitions=[f"{t}:{n}" for t, n in sorted(fresh)])
+        return fresh
+
+    # -- pauses, lag, health -------------------------------------------------------
+
+    def assignment(self) -> set[Partition]:
+        return {_p(tp) for tp in self._consumer.assignment()}
+
+    def paused(self) -> set[Partition]:
+        return {_p(tp) for tp in self._consumer.paused()}
+
+    def apply_pauses(self, wanted: Mapping[Partition, str]) -> None:
+        """Make the consumer's pauses what the bookkeeping decided (for the partitions it
+        holds now), logging each change with its reason."""
+        assigned = self._consumer.assignment()
+        paused = set(self._consumer.paused())
+        for tp in sorted(assigned, key=_p):
+            reason = wanted.get(_p(tp))
+            if reason is not None and tp not in paused:
+                self._consumer.pause(tp)
+                log.info("partition.paused", topic=tp.topic, partition=tp.partition, why=reason)
+            elif reason is None and tp in paused:
+                self._consumer.resume(tp)
+                log.info("partition.resumed", topic=tp.topic, partition=tp.partition)
+
+    def highwater(self, p: Partition) -> int | None:
+        """The partition's end as the last fetch saw it (None before any fetch)."""
+        found = self._consumer.highwater(_tp(p))
+        return None if found is None else int(found)
+
+    async def end_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The broker's end offset of each partition (for partitions not fetched)."""
+        try:
+            ends = await asyncio.wait_for(
+                self._consumer.end_offsets([_tp(p) for p in partitions]), self._timeout_s
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerError(f"reading end offsets failed: {exc!r}") from exc
+        return {_p(tp): int(o) for tp, o in ends.items()}
+
+    async def coordinator_answers(self, topic: str, timeout_s: float) -> None:
+        """One round trip to the group coordinator (a committed-offset read, which only it
+        answers); BrokerError if it does not answer in time. aiokafka has no public
+        "connected" flag, and this asks the coordinator itself."""
+        try:
+            await asyncio.wait_for(self._consumer.committed(TopicPartition(topic, 0)), timeout_s)
+        except TimeoutError as exc:
+            raise BrokerError(
+                f"the group coordinator did not answer within {timeout_s:g}s"
+            ) from exc
+        except KafkaError as exc:
+            raise BrokerError(f"the group coordinator failed: {exc!r}") from exc
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc] # aiokafka is untyped
+    def __init__(self, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._on_revoked({_p(tp) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._on_assigned({_p(tp) for tp in assigned})

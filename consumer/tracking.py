@@ -1,0 +1,220 @@
+"""The member's bookkeeping, as one unit without Kafka: what it remembers between batches
+and what it decides from it (docs/design.md, "Member bookkeeping").
+
+Facts in:
+
+    assigned(partitions)      a rebalance gave us these (fresh: nothing committed, start at 0)
+    revoked(partitions)       a rebalance took these (after their offsets were committed)
+    fetched(records)          new records of owned partitions came in
+    settled(report, now)      a batch ended: durable records, records to retry, a failure
+    committed(offsets)        the broker took these offsets
+
+Decisions out:
+
+    due(now, limit)           records whose retry is due, oldest first
+    to_commit(partitions)     per partition, the lowest offset not yet durable (rule 8)
+    pauses()                  which owned partitions must not be fetched now, and why
+    positions()               where fetching goes on, per partition we fetched from
+    lag(partition, end)       records of a partition not yet durable
+
+Pauses follow from the state, never from a memory of what was paused: a partition is
+paused while the member is *degraded* (its last batch failed on a dependency and records
+of that failure still wait for a retry), or while more than MAX_PENDING_RECORDS of its
+records are unfinished (until half of them are done: hysteresis). So a rebalance that
+takes away the failed records also ends the degradation, a partition that comes back
+starts unpaused with nothing pending, and once nothing is pending no partition is paused.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from consumer.offsets import OffsetLedger, Partition
+from consumer.pipeline import BatchReport
+from consumer.records import InboundRecord
+
+DEGRADED = "degraded"
+
+
+@dataclass(order=True, slots=True)
+class _Retry:
+    due: float
+    attempt: int = field(compare=False)
+    record: InboundRecord = field(compare=False)
+    failed: bool = field(compare=False)  # a dependency failed (else: deferred)
+
+
+class RetryQueue:
+    """Records to run again later, with exponential backoff per record."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self._heap: list[_Retry] = []
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._failed = 0  # entries of the heap whose batch failed on a dependency
+        self._base_s = base_s
+        self._max_s = max_s
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, record: InboundRecord, now: float, *, failed: bool = False) -> None:
+        attempt = self._attempts.get(record.coordinates, 0) + 1
+        self._attempts[record.coordinates] = attempt
+        # Cap the exponent too: a long outage must not overflow the float.
+        delay = min(self._base_s * 2 ** min(attempt - 1, 32), self._max_s)
+        heapq.heappush(self._heap, _Retry(now + delay, attempt, record, failed))
+        self._failed += failed
+
+    def settled(self, record: InboundRecord) -> None:
+        self._attempts.pop(record.coordinates, None)
+
+    def pop_due(self, now: float, limit: int) -> list[InboundRecord]:
+        out: list[InboundRecord] = []
+        while self._heap and self._heap[0].due <= now and len(out) < limit:
+            entry = heapq.heappop(self._heap)
+            self._failed -= entry.failed
+            out.append(entry.record)
+        return out
+
+    def next_due_in(self, now: float) -> float | None:
+        return max(0.0, self._heap[0].due - now) if self._heap else None
+
+    def has_failed(self) -> bool:
+        """A record waits whose batch failed on a dependency."""
+        return self._failed > 0
+
+    def drop(self, partitions: set[Partition]) -> None:
+        self._heap = [
+            r for r in self._heap if (r.record.topic, r.record.partition) not in partitions
+        ]
+        heapq.heapify(self._heap)
+        self._failed = sum(r.failed for r in self._heap)
+        for coords in [c for c in self._attempts if (c[0], c[1]) in partitions]:
+            del self._attempts[coords]
+
+
+class Tracker:
+    """The offset ledger, the retry queue, and the pause decisions of one member."""
+
+    def __init__(self, *, max_pending: int, retry_backoff_s: float, retry_backoff_max_s: float):
+        self._max_pending = max_pending
+        self.ledger = OffsetLedger()
+        self.retries = RetryQueue(retry_backoff_s, retry_backoff_max_s)
+        self._owned: set[Partition] = set()
+        self._assigned = False  # an assignment arrived (possibly empty) and stands
+        self._failing = False  # the last batch failed on a dependency
+        self._pressed: set[Partition] = set()  # paused for pending work, until half is done
+
+    # -- facts ---------------------------------------------------------------------
+
+    def assigned(self, partitions: Iterable[Partition], *, fresh: Iterable[Partition] = ()) -> None:
+        """A rebalance gave us `partitions`; `fresh` ones start over at offset 0, so what
+        was fetched of them before (from where the broker said the log starts) is
+        forgotten: it will be fetched again, and must not count towards a commit."""
+        self._owned |= set(partitions)
+        self.ledger.forget(fresh)
+        self._assigned = True
+
+    def revoked(self, partitions: Iterable[Partition]) -> None:
+        """A rebalance took `partitions` (their offsets were committed first): their
+        retries, pending offsets and pause state go; another member reads them from the
+        committed offset."""
+        gone = set(partitions)
+        self._owned -= gone
+        self.retries.drop(gone)
+        self.ledger.forget(gone)
+        self._pressed -= gone
+        self._assigned = False
+
+    def fetched(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
+        """Track new records; those of partitions no longer owned (revoked while the
+        fetch was under way) are dropped and returned to nobody."""
+        mine = [r for r in records if (r.topic, r.partition) in self._owned]
+        for r in mine:
+            self.ledger.track((r.topic, r.partition), r.offset)
+        self._press()
+        return mine
+
+    def settled(self, report: BatchReport, now: float) -> None:
+        """A batch ended: durable records are done, the others wait for their retry."""
+        failed = report.failure is not None
+        for r in report.durable:
+            self.ledger.done((r.topic, r.partition), r.offset)
+            self.retries.settled(r)
+        for r in report.retry:
+            if (r.topic, r.partition) in self._owned:
+                self.retries.add(r, now, failed=failed)
+        self._failing = failed
+        self._press()
+
+    def committed(self, offsets: Mapping[Partition, int]) -> None:
+        self.ledger.committed(dict(offsets))
+
+    # -- decisions -----------------------------------------------------------------
+
+    @property
+    def owned(self) -> frozenset[Partition]:
+        return frozenset(self._owned)
+
+    @property
+    def has_assignment(self) -> bool:
+        """An assignment arrived and was not revoked since (it may be empty: more
+        members than partitions)."""
+        return self._assigned
+
+    @property
+    def degraded(self) -> bool:
+        """A dependency failed, and records of that failure still wait for their retry.
+        A rebalance that takes them away ends it: new records will show whether the
+        dependency is back."""
+        return self._failing and self.retries.has_failed()
+
+    def due(self, now: float, limit: int) -> list[InboundRecord]:
+        return self.retries.pop_due(now, limit)
+
+    def next_due_in(self, now: float) -> float | None:
+        return self.retries.next_due_in(now)
+
+    def to_commit(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """Offsets to commit now: the owned partitions (of `partitions`) that moved."""
+        chosen = self._owned if partitions is None else self._owned & set(partitions)
+        return self.ledger.to_commit(chosen)
+
+    def pending(self, partition: Partition) -> int:
+        return self.ledger.pending_count(partition)
+
+    def pauses(self) -> dict[Partition, str]:
+        """The owned partitions not to fetch now, each with why: ``degraded``, or
+        ``pending=N``."""
+        if self.degraded:
+            return dict.fromkeys(self._owned, DEGRADED)
+        return {p: f"pending={self.pending(p)}" for p in self._pressed}
+
+    def positions(self) -> dict[Partition, int]:
+        """Where fetching goes on, for each owned partition we fetched from."""
+        out = {}
+        for p in self._owned:
+            nxt = self.ledger.next_offset(p)
+            if nxt is not None:
+                out[p] = nxt
+        return out
+
+    def lag(self, partition: Partition, end: int) -> int:
+        """Records of `partition` below `end` that are not yet durable."""
+        durable = self.ledger.committable(partition)
+        return max(0, end - (end if durable is None else durable))
+
+    # -- the pending-work hysteresis -----------------------------------------------
+
+    def _press(self) -> None:
+        """Pause a partition when its unfinished records reach MAX_PENDING_RECORDS; let
+        it go when they are down to half (for a limit of 1: when none is left)."""
+        limit = self._max_pending
+        for p in self._owned:
+            n = self.pending(p)
+            if n >= limit:
+                self._pressed.add(p)
+            elif n <= limit // 2:
+                self._pressed.discard(p)

@@ -1,0 +1,145 @@
+"""The composition root: the clients a member talks to, checked at start, and the flow
+built over them (the pipeline and the outbox relay beside it).
+
+Startup checks turn a dependency that is not there into one clear line naming the
+setting (``cannot reach Redis at REDIS_URL=...``), before the member joins its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from consumer import dedup
+from consumer.crashpoints import CrashPoints
+from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.metrics import Metrics
+from consumer.pipeline import BatchProcessor, Pipeline, publish_claim
+from consumer.publish import MAX_REQUEST_BYTES, Publisher, producer_config
+from consumer.relay import Relay
+from consumer.settings import Settings, mask_url
+from consumer.store import MarkQueue, Store, create_engine
+
+
+@dataclass
+class Backends:
+    """Redis and the database, both answering."""
+
+    redis: Redis
+    store: Store
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.store.close()
+
+
+@dataclass
+class Flow:
+    """What a member runs each batch through, and the relay that runs beside it."""
+
+    processor: BatchProcessor
+    relay: Relay | None = None
+    marks: MarkQueue | None = None
+
+
+async def open_backends(settings: Settings) -> Backends:
+    """Connect to Redis and the database, and check that both answer (and that the
+    database is migrated)."""
+    redis = dedup.connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    try:
+        await dedup.ping(redis)
+    except LeaseStoreError as exc:
+        await redis.aclose()
+        raise LeaseStoreError(
+            f"cannot reach Redis at REDIS_URL={mask_url(settings.redis_url)}: {exc.__cause__}"
+        ) from exc.__cause__
+    store = Store(
+        create_engine(
+            settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s
+        )
+    )
+    try:
+        await _check_database(store, settings)
+    except StoreError:
+        await redis.aclose()
+        await store.close()
+        raise
+    return Backends(redis, store)
+
+
+async def _check_database(store: Store, settings: Settings) -> None:
+    url = mask_url(settings.database_url)
+    try:
+        async with store.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1 FROM messages WHERE 1 = 0"))
+            await conn.execute(sa.text("SELECT 1 FROM outbox WHERE 1 = 0"))
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(
+            f"database at DATABASE_URL={url} is unreachable or not migrated "
+            f"(run `python -m consumer migrate`): {exc}"
+        ) from exc
+
+
+async def start_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        **producer_config(
+            settings.kafka_bootstrap_servers,
+            client_id=client_id,
+            request_timeout_s=settings.kafka_request_timeout_s,
+            max_request_bytes=MAX_REQUEST_BYTES,
+        )
+    )
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: "
+            f"{exc!r}"
+        ) from exc
+    return producer
+
+
+def pipeline_flow(
+    settings: Settings,
+    backends: Backends,
+    publisher: Publisher,
+    *,
+    worker_id: str,
+    crash: CrashPoints,
+    metrics: Metrics,
+) -> Flow:
+    """The pipeline and its outbox relay, sharing one MarkQueue (so that an outbox delete
+    that failed after a publish is retried before the relay could announce it again)."""
+    s = settings
+    leases = dedup.Leases(
+        backends.redis,
+        prefix=s.redis_key_prefix,
+        lease_ttl_s=s.lease_ttl_s,
+        done_ttl_s=s.done_ttl_s,
+    )
+    marks = MarkQueue(backends.store)
+    relay = Relay(
+        backends.store,
+        publisher,
+        worker_id=worker_id,
+        interval_s=s.relay_interval_s,
+        claim_for=publish_claim(s),
+        metrics=metrics,
+        marks=marks,
+    )
+    pipeline = Pipeline(
+        s,
+        leases,
+        backends.store,
+        publisher,
+        worker_id=worker_id,
+        crash=crash,
+        metrics=metrics,
+        marks=marks,
+    )
+    return Flow(pipeline, relay, marks)

@@ -1,0 +1,172 @@
+"""The member's bookkeeping (consumer/tracking.py) without Kafka: offsets, retries and
+the pause decisions, through rebalances, failures and backpressure; including the three
+bugs of the old Service (a failure then a rebalance paused a partition forever; a
+partition that came back escaped MAX_PENDING_RECORDS; a limit of 1 never resumed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from consumer.pipeline import BatchReport
+from consumer.records import InboundRecord
+from consumer.tracking import DEGRADED, Tracker
+from tests.unit.fakes import TOPIC, record
+
+P0, P1, P2 = ((TOPIC, n) for n in range(3))
+
+
+def _tracker(max_pending: int = 10) -> Tracker:
+    return Tracker(max_pending=max_pending, retry_backoff_s=1.0, retry_backoff_max_s=8.0)
+
+
+def _records(partition: int, offsets: range) -> list[InboundRecord]:
+    return [record(b"{}", partition=partition, offset=o) for o in offsets]
+
+
+def _report(
+    *,
+    durable: Sequence[InboundRecord] = (),
+    retry: Sequence[InboundRecord] = (),
+    failure: str | None = None,
+) -> BatchReport:
+    return BatchReport(durable=list(durable), retry=list(retry), failure=failure)
+
+
+def test_offsets_commit_up_to_the_lowest_unfinished_record() -> None:
+    """Rule 8: with offset 1 deferred, the commit stays at 1 whatever finishes above it;
+    once 1 is done it jumps to the end; a committed offset is not offered again."""
+    t = _tracker()
+    t.assigned({P0})
+    batch = t.fetched(_records(0, range(4)))
+    t.settled(_report(durable=[batch[0], batch[2], batch[3]], retry=[batch[1]]), now=0.0)
+    assert t.to_commit() == {P0: 1}
+    t.committed({P0: 1})
+    assert t.to_commit() == {}
+    (again,) = t.due(now=5.0, limit=10)
+    t.settled(_report(durable=[again]), now=5.0)
+    assert t.to_commit() == {P0: 4}
+
+
+def test_records_of_partitions_not_owned_are_dropped() -> None:
+    """A fetch that brings records of a partition revoked meanwhile: they are not
+    tracked, not processed, and nothing of that partition is committed."""
+    t = _tracker()
+    t.assigned({P0})
+    got = t.fetched(_records(0, range(2)) + _records(1, range(2)))
+    assert {r.partition for r in got} == {0}
+    assert set(t.to_commit({P0, P1})) <= {P0}
+
+
+def test_a_failed_batch_pauses_everything_until_a_batch_succeeds() -> None:
+    """A dependency failure: every owned partition is paused (degraded) while the failed
+    records wait; their successful retry lifts it."""
+    t = _tracker()
+    t.assigned({P0, P1})
+    batch = t.fetched(_records(0, range(2)))
+    t.settled(_report(retry=batch, failure="StoreError: down"), now=0.0)
+    assert t.degraded
+    assert t.pauses() == {P0: DEGRADED, P1: DEGRADED}
+    due = t.due(now=10.0, limit=10)
+    t.settled(_report(durable=due), now=10.0)
+    assert not t.degraded
+    assert t.pauses() == {}
+
+
+def test_a_failure_followed_by_a_rebalance_does_not_pause_forever() -> None:
+    """The old bug: the failed records' partition is revoked (their retries go with it)
+    and another partition is assigned: nothing is degraded any more, the new partition
+    is fetched at once (its records will show whether the dependency is back)."""
+    t = _tracker()
+    t.assigned({P0})
+    batch = t.fetched(_records(0, range(3)))
+    t.settled(_report(retry=batch, failure="StoreError: down"), now=0.0)
+    assert t.pauses() == {P0: DEGRADED}
+    t.revoked({P0})
+    t.assigned({P1})
+    assert not t.degraded
+    assert t.pauses() == {}
+
+
+def test_a_partition_that_comes_back_is_held_to_the_limit_again() -> None:
+    """The old bug: a partition paused for pending work is revoked and assigned again
+    during an outage; it comes back with nothing pending (unpaused), and as soon as its
+    pending work reaches the limit again it is paused again."""
+    t = _tracker(max_pending=10)
+    t.assigned({P0})
+    t.fetched(_records(0, range(10)))
+    assert t.pauses() == {P0: "pending=10"}
+    t.revoked({P0})
+    t.assigned({P0})
+    assert t.pauses() == {}
+    t.fetched(_records(0, range(20, 30)))
+    assert t.pauses() == {P0: "pending=10"}
+
+
+def test_backpressure_lets_go_at_half_the_limit() -> None:
+    """Paused at MAX_PENDING_RECORDS, resumed only when half is done (no flapping)."""
+    t = _tracker(max_pending=10)
+    t.assigned({P0})
+    batch = t.fetched(_records(0, range(10)))
+    t.settled(_report(durable=batch[:4], retry=batch[4:]), now=0.0)
+    assert P0 in t.pauses(), "6 pending: still over half"
+    due = t.due(now=10.0, limit=1)
+    t.settled(_report(durable=due), now=10.0)
+    assert t.pauses() == {}, "5 pending: half the limit, let go"
+
+
+def test_a_limit_of_one_resumes() -> None:
+    """The old bug: MAX_PENDING_RECORDS=1 paused a partition with one record pending and
+    never resumed it (`pending < 1 // 2` is never true); now it resumes when none is."""
+    t = _tracker(max_pending=1)
+    t.assigned({P0})
+    (r,) = t.fetched(_records(0, range(1)))
+    assert t.pauses() == {P0: "pending=1"}
+    t.settled(_report(durable=[r]), now=0.0)
+    assert t.pauses() == {}
+
+
+def test_nothing_pending_and_dependencies_healthy_means_nothing_paused() -> None:
+    """After any history, once every record is durable and the last batch succeeded, no
+    partition is paused."""
+    t = _tracker(max_pending=2)
+    t.assigned({P0, P1, P2})
+    a = t.fetched(_records(0, range(2)) + _records(1, range(2)))
+    t.settled(_report(retry=a, failure="LeaseStoreError: down"), now=0.0)
+    t.revoked({P2})
+    due = t.due(now=100.0, limit=10)
+    t.settled(_report(durable=due), now=100.0)
+    assert all(t.pending(p) == 0 for p in t.owned)
+    assert t.pauses() == {}
+
+
+def test_an_assignment_is_known_until_revoked() -> None:
+    """has_assignment (readiness) holds from an assignment, even an empty one, until the
+    next revocation."""
+    t = _tracker()
+    assert not t.has_assignment
+    t.assigned(set())
+    assert t.has_assignment
+    t.revoked(set())
+    assert not t.has_assignment
+
+
+def test_fresh_partitions_forget_what_was_fetched_before_the_seek() -> None:
+    """A partition started over at 0 (nothing committed) forgets offsets fetched from
+    where the broker said the log starts: they will be fetched again."""
+    t = _tracker()
+    t.assigned({P0})
+    t.fetched(_records(0, range(5, 8)))
+    t.assigned({P0}, fresh={P0})
+    assert t.to_commit() == {}
+    assert t.positions() == {}
+
+
+def test_positions_and_lag() -> None:
+    """Where fetching goes on (for a rewind), and how many records are not durable."""
+    t = _tracker()
+    t.assigned({P0, P1})
+    batch = t.fetched(_records(0, range(4)))
+    t.settled(_report(durable=batch[:2], retry=batch[2:]), now=0.0)
+    assert t.positions() == {P0: 4}
+    assert t.lag(P0, end=10) == 8
+    assert t.lag(P1, end=10) == 0, "nothing fetched yet: no lag known to the member"
