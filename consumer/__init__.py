@@ -9,6 +9,9 @@ The flow, one module a stage (see README.md and docs/design.md):
     offsets     per-partition ledger: commit only `lowest not-yet-durable offset`
     pipeline    one batch through all of the above
     service     lifecycle: startup, poll loop, rebalances, shutdown
+
+The operator's and developer's tools (dlq, produce, tail's reader, demo, bench) are in
+``consumer.tools``; nothing there is imported by ``python -m consumer run``.
 """
 
 __version__ = "0.2.0"

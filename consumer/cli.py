@@ -279,7 +279,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer import produce
+    from consumer.tools import produce
 
     if args.duplicates < 0:
         raise ConfigError("--duplicates", "must be 0 or more")
@@ -306,7 +306,7 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     # read_topic starts every partition at offset 0 (not the broker's EARLIEST, which the
     # embedded broker can answer too high); --idle-exit shorter than 6 s can miss records
     # it has not shown yet.
-    from consumer.topics import read_topic
+    from consumer.tools.topics import read_topic
 
     async def _tail() -> None:
         topic = args.topic or settings.outbound_topic
@@ -358,7 +358,7 @@ def format_event(partition: int, offset: int, value: bytes | None, as_json: bool
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer import bench
+    from consumer.tools import bench
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = set(modes) - set(bench.MODES)
@@ -398,7 +398,7 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer import demo
+    from consumer.tools import demo
 
     return demo.main(
         settings,
@@ -410,7 +410,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer import dlq
+    from consumer.tools import dlq
 
     try:
         dlq.check_idle(args.idle)

@@ -33,12 +33,12 @@ from consumer.http import HttpServer
 from consumer.lag import LagSampler
 from consumer.metrics import Metrics
 from consumer.offsets import Partition
-from consumer.passthrough import PassThrough
 from consumer.pipeline import BatchReport
 from consumer.publish import MAX_REQUEST_BYTES, Publisher
 from consumer.records import InboundRecord
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
+from consumer.tools.passthrough import PassThrough
 from consumer.tracking import Tracker
 from consumer.wiring import Backends, Flow, open_backends, pipeline_flow, start_producer
 

@@ -24,9 +24,10 @@ import redis.asyncio as aioredis
 import structlog
 from sqlalchemy.engine import make_url
 
-from consumer import embedded, migrate, topics
+from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
+from consumer.tools import embedded, topics
 from tests.support.config import run_settings
 from tests.support.procs import ConsumerGroup
 

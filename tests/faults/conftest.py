@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.engine import make_url
 
-from consumer import embedded
 from consumer.settings import Settings
+from consumer.tools import embedded
 from tests.faults.harness import FaultRun, Profile
 from tests.support.pgserver import PostgresServer
 from tests.support.procs import ConsumerGroup
@@ -81,7 +81,7 @@ class FaultEnv:
         )
 
     async def run(self, name: str, *, crash: bool = False, partitions: int = 4) -> FaultRun:
-        from consumer import topics
+        from consumer.tools import topics
 
         s = self.settings
         await topics.create_topics(

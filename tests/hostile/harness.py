@@ -29,9 +29,10 @@ from typing import Any
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumer import embedded, http, topics
+from consumer import http
 from consumer.settings import Settings
 from consumer.store import create_engine
+from consumer.tools import embedded, topics
 from tests.hostile.cases import (
     CASES,
     MARKERS,

@@ -28,12 +28,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumer import cli, deadletters, embedded, publish, topics
-from consumer.demo import settings_env
+from consumer import cli, deadletters, publish
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, Invalid, Reason
 from consumer.settings import Settings
+from consumer.tools import embedded, topics
+from consumer.tools.demo import settings_env
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup

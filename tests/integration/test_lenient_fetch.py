@@ -12,7 +12,8 @@ import sys
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumer import lenient, topics
+from consumer import lenient
+from consumer.tools import topics
 
 pytestmark = pytest.mark.integration
 

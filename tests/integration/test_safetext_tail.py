@@ -19,7 +19,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer import safetext, topics
+from consumer import safetext
+from consumer.tools import topics
 
 pytestmark = pytest.mark.integration
 

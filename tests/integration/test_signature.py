@@ -12,13 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from consumer import produce
 from consumer.dedup import Leases
 from consumer.pipeline import Pipeline
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, MessageKey, Reason
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
+from consumer.tools import produce
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 

@@ -12,9 +12,9 @@ import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer import topics
 from consumer.settings import Settings
 from consumer.store import create_engine, messages, outbox
+from consumer.tools import topics
 
 
 async def send(

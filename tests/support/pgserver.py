@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from consumer import embedded, migrate
+from consumer import migrate
+from consumer.tools import embedded
 
 LOOPBACK = embedded.LOOPBACK
 

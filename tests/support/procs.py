@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from consumer.demo import settings_env
 from consumer.settings import Settings
+from consumer.tools.demo import settings_env
 
 
 @dataclass

@@ -14,10 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer import deadletters, dlq, safetext
+from consumer import deadletters, safetext
 from consumer.errors import ConfigError
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Reason
+from consumer.tools import dlq
 
 NOW_MS = int(dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC).timestamp() * 1000)
 SIGNATURE = ("x-hub-signature-256", b"sha256=0123abcd")

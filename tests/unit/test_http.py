@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer import embedded
 from consumer.errors import BrokerError, ConfigError, LeaseStoreError, StoreError
 from consumer.http import HttpServer, Response, probe
 from consumer.metrics import Metrics
+from consumer.tools import embedded
 
 
 async def _ok() -> Response:

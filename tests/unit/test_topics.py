@@ -1,4 +1,4 @@
-"""How the tools read a topic (consumer/topics.py): from offset 0, and completely.
+"""How the tools read a topic (consumer/tools/topics.py): from offset 0, and completely.
 
 The embedded broker's ListOffsets(EARLIEST) can name an offset past records it holds,
 and its partition ends lag about 5 s; these tests run read_topic/read_all against a fake
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from consumer import topics
+from consumer.tools import topics
 
 TOPIC = "out"
 

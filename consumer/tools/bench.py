@@ -41,10 +41,11 @@ import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from consumer import embedded, migrate, topics
-from consumer.demo import settings_env
+from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import create_engine, messages
+from consumer.tools import embedded, topics
+from consumer.tools.demo import settings_env
 
 MODES = ("pipeline", "per-message", "pass-through")
 

@@ -55,7 +55,7 @@ from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
-from consumer.topics import COMPLETE_IDLE_S
+from consumer.tools.topics import COMPLETE_IDLE_S
 
 UNKNOWN_REASON = "unknown"
 # How long `list` and `replay` read on after the last record, unless --idle says

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from consumer.errors import BrokerError
 from consumer.intake import SIGNATURE_HEADER, sign
-from consumer.topics import partition_count
+from consumer.tools.topics import partition_count
 
 
 @dataclass(frozen=True, slots=True)

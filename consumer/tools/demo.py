@@ -28,10 +28,11 @@ from typing import Any
 
 import orjson
 
-from consumer import embedded, http, intake, migrate, produce, topics
+from consumer import http, intake, migrate
 from consumer.errors import EmbeddedServiceError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.settings import Settings
+from consumer.tools import embedded, produce, topics
 
 
 def _one_message_hook(wamid: str, metadata: dict[str, str] | None) -> bytes:
