@@ -45,7 +45,7 @@ from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import create_engine, messages
 from consumer.tools import embedded, topics
-from consumer.tools.demo import settings_env
+from consumer.tools.members import start_member
 
 MODES = ("pipeline", "per-message", "pass-through")
 
@@ -343,21 +343,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
 def _start_consumers(
     settings: Settings, work: Path, tag: str, count: int
 ) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
-    env = {**os.environ, **settings_env(settings)}
-    procs, logs = [], []
-    for i in range(count):
-        path = work / f"{tag}-consumer-{i}.log"
-        with path.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "consumer", "run"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        logs.append(path)
-    return procs, logs
+    logs = [work / f"{tag}-consumer-{i}.log" for i in range(count)]
+    return [start_member(settings, path) for path in logs], logs
 
 
 def _profile(

@@ -33,6 +33,7 @@ from consumer.errors import EmbeddedServiceError
 from consumer.records import InboundRecord, MessageKey, Webhook
 from consumer.settings import Settings
 from consumer.tools import embedded, produce, topics
+from consumer.tools.members import settings_env, start_member
 
 
 def _one_message_hook(wamid: str, metadata: dict[str, str] | None) -> bytes:
@@ -170,7 +171,7 @@ def _run(
         )
         ports = [embedded.free_port() for _ in range(consumers)]
         procs = [
-            _start_consumer(settings.replace(metrics_port=port), work, i)
+            start_member(settings.replace(metrics_port=port), work / f"consumer-{i}.log")
             for i, port in enumerate(ports)
         ]
         try:
@@ -184,29 +185,6 @@ def _run(
     finally:
         for service in reversed(services):
             service.stop()
-
-
-def _start_consumer(settings: Settings, work: Path, index: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings_env(settings)}
-    log_file = (work / f"consumer-{index}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "consumer", "run"],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that reproduce `settings` in a child process."""
-    from consumer.settings import env_name
-
-    return {
-        env_name(k): str(v)
-        for k, v in settings.__class__.__dataclass_fields__.items()
-        for v in [getattr(settings, k)]
-        if v != ""
-    }
 
 
 def _wait_assigned(work: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:

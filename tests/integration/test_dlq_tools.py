@@ -34,7 +34,7 @@ from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, Invalid, Reason
 from consumer.settings import Settings
 from consumer.tools import embedded, topics
-from consumer.tools.demo import settings_env
+from consumer.tools.members import settings_env
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup

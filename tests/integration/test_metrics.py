@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.settings import Settings
 from consumer.tools import embedded
-from consumer.tools.demo import settings_env
+from consumer.tools.members import settings_env
 from tests.conftest import fixture_body
 from tests.support import kafka
 from tests.support.bodies import text_webhook

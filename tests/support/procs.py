@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from typing import Any
 import orjson
 
 from consumer.settings import Settings
-from consumer.tools.demo import settings_env
+from consumer.tools.members import start_member
 
 
 @dataclass
@@ -72,19 +70,11 @@ class ConsumerGroup:
 
     def start(self, count: int = 1, **overrides: Any) -> list[ConsumerProc]:
         settings = self.settings.replace(**overrides) if overrides else self.settings
-        env = {**os.environ, **settings_env(settings)}
         started = []
         for _ in range(count):
             index = len(self.procs)
             log_path = self.workdir / f"consumer-{index}.log"
-            with log_path.open("wb") as log_file:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "consumer", "run"],
-                    env=env,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-            cp = ConsumerProc(index, proc, log_path)
+            cp = ConsumerProc(index, start_member(settings, log_path), log_path)
             self.procs.append(cp)
             started.append(cp)
         return started
