@@ -16,8 +16,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -26,12 +27,23 @@ from consumer import logs
 from consumer.errors import ConfigError, WamidGuardError
 from consumer.settings import Settings
 
+if TYPE_CHECKING:
+    from consumer.wiring import FlowFactory
+
 log = structlog.get_logger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    return run_command(args.command, lambda settings: int(args.func(settings, args)))
+
+
+def run_command(command: str, func: Callable[[Settings], int]) -> int:
+    """Build the settings from the environment, configure logging and run `func`.
+
+    Exit 2 on a bad configuration, 1 on an expected failure (logged and printed, the
+    cause chained), 130 on Ctrl-C; otherwise what `func` returns."""
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
@@ -39,15 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
-        return int(args.func(settings, args))
+        return func(settings)
     except WamidGuardError as exc:
         log.error(  # noqa: TRY400 - the cause is chained in the line; no traceback for an expected failure
             "command.failed",
-            command=args.command,
+            command=command,
             error=str(exc),
             cause=repr(exc.__cause__) if exc.__cause__ else None,
         )
-        print(f"wamid-guard {args.command}: {exc}", file=sys.stderr)
+        print(f"wamid-guard {command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -257,10 +269,17 @@ def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    return serve(settings)
+
+
+def serve(settings: Settings, flow_factory: FlowFactory | None = None) -> int:
+    """Run one member until SIGTERM or SIGINT (a second one cuts the batch in flight
+    short). `flow_factory`: what it runs (default: the pipeline)."""
     from consumer.service import Service
+    from consumer.wiring import PIPELINE
 
     async def _run() -> None:
-        service = Service(settings)
+        service = Service(settings, flow_factory=flow_factory or PIPELINE)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.request_stop, sig.name)

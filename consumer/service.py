@@ -38,9 +38,15 @@ from consumer.publish import MAX_REQUEST_BYTES, Publisher
 from consumer.records import InboundRecord
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
-from consumer.tools.passthrough import PassThrough
 from consumer.tracking import Tracker
-from consumer.wiring import Backends, Flow, open_backends, pipeline_flow, start_producer
+from consumer.wiring import (
+    PIPELINE,
+    Backends,
+    Flow,
+    FlowFactory,
+    open_backends,
+    start_producer,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +54,11 @@ log = structlog.get_logger(__name__)
 class Service:
     """One member of the consumer group."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, flow_factory: FlowFactory = PIPELINE) -> None:
+        """`flow_factory`: what the member runs each batch through (default: the
+        pipeline, over Redis and the database)."""
         self.settings = settings
+        self.flow_factory = flow_factory
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.crash = CrashPoints(settings.crash_point)
         self.metrics = Metrics()
@@ -92,12 +101,13 @@ class Service:
             await self.shutdown()
 
     async def startup(self) -> None:
-        """Redis and the database first (they answer, the schema is there), then Kafka:
-        the producer, and the consumer joining the group."""
+        """Redis and the database first when the flow needs them (they answer, the
+        schema is there), then Kafka: the producer, the flow, and the consumer joining
+        the group."""
         s = self.settings
         log.info("service.starting", worker_id=self.worker_id, **s.public())
         client_id = f"{s.client_id}-{self.worker_id}"
-        if s.mode == "pipeline":
+        if self.flow_factory.needs_backends:
             self._backends = backends = await open_backends(s)
             self.health.probes = {
                 "redis": lambda: dedup.ping(backends.redis),
@@ -110,7 +120,14 @@ class Service:
             max_request_bytes=MAX_REQUEST_BYTES,
             debug=s.debug,
         )
-        self._flow = self._build_flow(publisher)
+        self._flow = self.flow_factory.build(
+            s,
+            self._backends,
+            publisher,
+            worker_id=self.worker_id,
+            crash=self.crash,
+            metrics=self.metrics,
+        )
         self._source = Source(s, client_id=client_id)
         await self._source.start(on_revoked=self.on_revoked, on_assigned=self.on_assigned)
         self.health.source = self._source
@@ -121,20 +138,7 @@ class Service:
             worker_id=self.worker_id,
             group=s.consumer_group,
             topic=s.inbound_topic,
-            mode=s.mode,
-        )
-
-    def _build_flow(self, publisher: Publisher) -> Flow:
-        if self.settings.mode == "passthrough":
-            return Flow(PassThrough(self.settings, publisher))
-        assert self._backends is not None  # noqa: S101 - opened in startup for this mode
-        return pipeline_flow(
-            self.settings,
-            self._backends,
-            publisher,
-            worker_id=self.worker_id,
-            crash=self.crash,
-            metrics=self.metrics,
+            mode=self.flow_factory.name,
         )
 
     def request_stop(self, reason: str) -> None:

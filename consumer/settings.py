@@ -29,7 +29,6 @@ CRASH_POINTS = (
 )
 LOG_FORMATS = ("auto", "json", "console")
 REDIS_OUTAGE_POLICIES = ("pause", "fence")
-MODES = ("pipeline", "passthrough")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -95,9 +94,6 @@ class Settings:
     # "after_commit:3" (the third time). Empty in production.
     crash_point: str = ""
     client_id: str = field(default="wamid-guard")
-    # Benchmark only: "passthrough" consumes and publishes with no Redis and no database,
-    # the ceiling Kafka and Python set (python -m consumer bench). Never in production.
-    mode: str = "pipeline"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -148,7 +144,6 @@ class Settings:
 _ENV_NAMES = {
     "crash_point": "WAMID_GUARD_CRASH_POINT",
     "client_id": "KAFKA_CLIENT_ID",
-    "mode": "WAMID_GUARD_MODE",
     "app_secret": "WHATSAPP_APP_SECRET",
 }
 
@@ -277,7 +272,6 @@ def _validate(s: Settings) -> None:
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be a TCP port (0 turns it off)")
     _require(bool(s.metrics_host.strip()), "metrics_host", "must not be empty")
     _validate_crash_point(s.crash_point)
-    _require(s.mode in MODES, "mode", f"must be one of {MODES}")
 
 
 def _validate_endpoints(s: Settings) -> None:

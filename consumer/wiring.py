@@ -1,5 +1,6 @@
 """The composition root: the clients a member talks to, checked at start, and the flow
-built over them (the pipeline and the outbox relay beside it).
+built over them (the pipeline and the outbox relay beside it; :data:`PIPELINE` is how a
+member builds it, and what it needs opened first).
 
 Startup checks turn a dependency that is not there into one clear line naming the
 setting (``cannot reach Redis at REDIS_URL=...``), before the member joins its group.
@@ -8,6 +9,7 @@ setting (``cannot reach Redis at REDIS_URL=...``), before the member joins its g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
@@ -45,6 +47,36 @@ class Flow:
     processor: BatchProcessor
     relay: Relay | None = None
     marks: MarkQueue | None = None
+
+
+class BuildFlow(Protocol):
+    """Builds a member's flow once its producer is open (`backends`: None when the flow
+    does not need them)."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        backends: Backends | None,
+        publisher: Publisher,
+        *,
+        worker_id: str,
+        crash: CrashPoints,
+        metrics: Metrics,
+    ) -> Flow: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFactory:
+    """Which flow a member runs, and what must be opened for it.
+
+    At startup the member opens and checks Redis and the database first when
+    `needs_backends` (so that a missing one is named before the member joins its group),
+    then the producer, then calls `build`. `name` is logged (``service.started``, mode).
+    """
+
+    name: str
+    build: BuildFlow
+    needs_backends: bool
 
 
 async def open_backends(settings: Settings) -> Backends:
@@ -143,3 +175,22 @@ def pipeline_flow(
         marks=marks,
     )
     return Flow(pipeline, relay, marks)
+
+
+def _build_pipeline(
+    settings: Settings,
+    backends: Backends | None,
+    publisher: Publisher,
+    *,
+    worker_id: str,
+    crash: CrashPoints,
+    metrics: Metrics,
+) -> Flow:
+    assert backends is not None  # noqa: S101 - PIPELINE needs them: startup opened them
+    return pipeline_flow(
+        settings, backends, publisher, worker_id=worker_id, crash=crash, metrics=metrics
+    )
+
+
+PIPELINE = FlowFactory("pipeline", _build_pipeline, needs_backends=True)
+"""What ``python -m consumer run`` runs: the pipeline over Redis and the database."""

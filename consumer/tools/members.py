@@ -14,6 +14,8 @@ from consumer.settings import Settings, env_name
 
 RUN: tuple[str, ...] = ("-m", "consumer", "run")
 """The member users run: the pipeline."""
+PASSTHROUGH: tuple[str, ...] = ("-m", "consumer.tools.passthrough")
+"""The bench's pass-through reference member: consume and publish, no Redis, no database."""
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

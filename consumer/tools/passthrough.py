@@ -1,24 +1,30 @@
 """The benchmark's ceiling: consume, decode, publish; no Redis, no database.
 
-Used only by ``python -m consumer bench`` (WAMID_GUARD_MODE=passthrough) to show what
-Kafka and Python alone cost on a machine. It keeps none of the promise: every copy of a
-message is announced.
+``python -m consumer.tools.passthrough`` runs a group member (configured like
+``python -m consumer run``, from the environment) whose flow is this processor alone.
+Used only by ``python -m consumer bench`` (its pass-through mode) to show what Kafka and
+Python alone cost on a machine. It keeps none of the promise: every copy of a message is
+announced. Never in production.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import time
 from collections.abc import Sequence
 
 import structlog
 
-from consumer import events, intake
+from consumer import cli, events, intake
+from consumer.crashpoints import CrashPoints
 from consumer.errors import DependencyError
+from consumer.metrics import Metrics
 from consumer.pipeline import BatchReport
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, Webhook
 from consumer.settings import Settings
+from consumer.wiring import Backends, Flow, FlowFactory
 
 log = structlog.get_logger(__name__)
 
@@ -59,3 +65,32 @@ class PassThrough:
             **report.counts(),
         )
         return report
+
+
+def passthrough_flow(
+    settings: Settings,
+    backends: Backends | None,
+    publisher: Publisher,
+    *,
+    worker_id: str,
+    crash: CrashPoints,
+    metrics: Metrics,
+) -> Flow:
+    """The pass-through processor alone: no outbox relay, nothing but Kafka."""
+    return Flow(PassThrough(settings, publisher))
+
+
+PASSTHROUGH = FlowFactory("passthrough", passthrough_flow, needs_backends=False)
+"""A member that consumes and publishes, and opens neither Redis nor the database."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One pass-through member, until SIGTERM or SIGINT."""
+    argparse.ArgumentParser(
+        prog="python -m consumer.tools.passthrough", description=__doc__
+    ).parse_args(argv)
+    return cli.run_command("passthrough", lambda settings: cli.serve(settings, PASSTHROUGH))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

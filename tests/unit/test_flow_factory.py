@@ -1,0 +1,82 @@
+"""What a member runs is the flow factory's choice, not a setting: the pipeline opens
+Redis and the database before Kafka; the bench's pass-through member opens neither."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumer import service as service_module
+from consumer.crashpoints import CrashPoints
+from consumer.metrics import Metrics
+from consumer.service import Service
+from consumer.settings import Settings
+from consumer.tools.passthrough import PASSTHROUGH, PassThrough
+from consumer.wiring import PIPELINE
+
+
+class Stop(Exception):
+    pass
+
+
+def _record_startup(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stub the clients startup opens; returns the order they were asked for. The
+    producer is the last step: it stops the startup there."""
+    steps: list[str] = []
+
+    async def open_backends(*_args: object, **_kwargs: object) -> None:
+        steps.append("backends")
+        raise Stop
+
+    async def start_producer(*_args: object, **_kwargs: object) -> None:
+        steps.append("producer")
+        raise Stop
+
+    monkeypatch.setattr(service_module, "open_backends", open_backends)
+    monkeypatch.setattr(service_module, "start_producer", start_producer)
+    return steps
+
+
+def test_the_default_flow_is_the_pipeline_and_opens_the_backends_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = _record_startup(monkeypatch)
+    service = Service(Settings())
+    assert service.flow_factory is PIPELINE
+    with pytest.raises(Stop):
+        asyncio.run(service.startup())
+    assert steps == ["backends"]
+
+
+def test_the_passthrough_flow_opens_neither_redis_nor_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = _record_startup(monkeypatch)
+    service = Service(Settings(), flow_factory=PASSTHROUGH)
+    with pytest.raises(Stop):
+        asyncio.run(service.startup())
+    assert steps == ["producer"]
+    assert service.health.probes == {}
+
+
+def test_the_passthrough_factory_builds_the_processor_alone() -> None:
+    flow = PASSTHROUGH.build(
+        Settings(),
+        None,
+        object(),  # type: ignore[arg-type] # never used while building
+        worker_id="w",
+        crash=CrashPoints(""),
+        metrics=Metrics(),
+    )
+    assert isinstance(flow.processor, PassThrough)
+    assert flow.relay is None
+    assert flow.marks is None
+
+
+def test_the_mode_is_no_setting() -> None:
+    """WAMID_GUARD_MODE is gone: the environment cannot turn a `run` member into the
+    bench's pass-through one."""
+    settings = Settings.from_env({"WAMID_GUARD_MODE": "passthrough"})
+    assert not hasattr(settings, "mode")
+    assert "mode" not in settings.public()
