@@ -325,6 +325,7 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     # read_topic starts every partition at offset 0 (not the broker's EARLIEST, which the
     # embedded broker can answer too high); --idle-exit shorter than 6 s can miss records
     # it has not shown yet.
+    from consumer.source import inbound
     from consumer.tools.topics import read_topic
 
     async def _tail() -> None:
@@ -335,9 +336,8 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
             from_beginning=args.from_beginning,
             idle_s=args.idle_exit,
         ):
-            print(
-                format_event(record.partition, record.offset, record.value, args.json), flush=True
-            )
+            event = inbound(record)
+            print(format_event(event.partition, event.offset, event.value, args.json), flush=True)
 
     try:
         asyncio.run(_tail())

@@ -55,6 +55,7 @@ from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
+from consumer.source import inbound
 from consumer.tools.topics import COMPLETE_IDLE_S
 
 UNKNOWN_REASON = "unknown"
@@ -106,15 +107,17 @@ class DeadLetter:
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
-        """From an aiokafka ConsumerRecord (a null header value stays None)."""
+        """From an aiokafka ConsumerRecord, converted as the service converts what it
+        fetches (:func:`consumer.source.inbound`; a null header value stays None)."""
+        r = inbound(record)
         return cls(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=int(record.timestamp or 0),
-            key=record.key,
-            value=record.value,
-            headers=tuple((k, None if v is None else bytes(v)) for k, v in record.headers or ()),
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            timestamp_ms=r.timestamp_ms,
+            key=r.key,
+            value=r.value,
+            headers=r.headers,
         )
 
     @property

@@ -551,3 +551,21 @@ def test_summary_escapes_reasons() -> None:
     summary = dlq.format_summary("dlq", tally)
     assert _raw_unsafe(summary) == []
     assert summary.endswith(': "not_json\\u001b[2J\\u001b[31m"=1')
+
+
+def test_a_dead_letter_is_read_from_a_fetched_record_as_the_service_reads_one() -> None:
+    """DeadLetter.from_record goes through the service's converter (source.inbound): the
+    same coordinates, timestamp, key, value and headers (a null header value stays None,
+    a missing timestamp is 0)."""
+    from aiokafka import ConsumerRecord
+
+    from consumer.source import inbound
+
+    headers = ((deadletters.REASON, b"not_json"), ("x-null", None))
+    fetched = ConsumerRecord("dlq", 1, 42, None, 0, b"k", b"v", None, 1, 1, headers)
+    letter = dlq.DeadLetter.from_record(fetched)
+    record = inbound(fetched)
+    assert (letter.topic, letter.partition, letter.offset) == record.coordinates
+    assert (letter.timestamp_ms, letter.key, letter.value) == (0, b"k", b"v")
+    assert letter.headers == record.headers == headers
+    assert letter.reason == "not_json"
