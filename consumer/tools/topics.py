@@ -1,4 +1,8 @@
-"""Kafka administration the tools need: create topics, read topics from offset 0, completely."""
+"""Kafka administration the tools need: create topics, read topics from offset 0, completely.
+
+No aiokafka error leaves this module: a failure comes out as
+:class:`~consumer.errors.BrokerError`, the cause chained.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +50,13 @@ async def committed_offsets(
 ) -> dict[int, int]:
     """The group's committed offset of each partition (0 where nothing is committed)."""
     client = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await client.start()
     try:
+        await client.start()
         return {p: (await client.committed(TopicPartition(topic, p))) or 0 for p in partitions}
+    except KafkaError as exc:
+        raise BrokerError(
+            f"reading the offsets group {group!r} committed on {topic!r} failed: {exc!r}"
+        ) from exc
     finally:
         await client.stop()
 
@@ -94,15 +102,18 @@ async def read_topic(
         # Only where offset 0 is below the log start (Apache Kafka after retention).
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(count)]
-        consumer.assign(tps)
-        if from_beginning:
-            for tp in tps:
-                consumer.seek(tp, 0)
-        else:
-            await consumer.seek_to_end(*tps)
+        try:
+            await consumer.start()
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(tps)
+            if from_beginning:
+                for tp in tps:
+                    consumer.seek(tp, 0)
+            else:
+                await consumer.seek_to_end(*tps)
+        except KafkaError as exc:
+            raise BrokerError(f"reading {topic!r} failed: {exc!r}") from exc
         last = time.monotonic()
         while True:
             quiet = time.monotonic() - last
@@ -110,7 +121,10 @@ async def read_topic(
                 return
             if idle_s is not None and quiet >= idle_s:
                 return
-            batch = await consumer.getmany(timeout_ms=200)
+            try:
+                batch = await consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:
+                raise BrokerError(f"reading {topic!r} failed: {exc!r}") from exc
             for records in batch.values():
                 for record in records:
                     last = time.monotonic()

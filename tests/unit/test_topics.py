@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from consumer.errors import BrokerError
 from consumer.tools import topics
 
 TOPIC = "out"
@@ -149,3 +152,123 @@ def test_the_default_idle_outlasts_the_broker_end_cache() -> None:
     waits longer than that before it calls a topic idle."""
     assert topics.COMPLETE_IDLE_S > 5.0
     assert topics.SETTLE_S < topics.COMPLETE_IDLE_S
+
+
+# -- no aiokafka error leaves the module ---------------------------------------------------
+
+
+class FailingClient:
+    """An aiokafka client whose `fail_at` step raises a KafkaError; records stop()."""
+
+    instances: list[FailingClient] = []  # noqa: RUF012 - the test reads what was made
+
+    def __init__(self, fail_at: str, **config: Any) -> None:
+        self.fail_at = fail_at
+        self.stopped = False
+        FailingClient.instances.append(self)
+
+    def _step(self, name: str) -> None:
+        if name == self.fail_at:
+            raise KafkaConnectionError(f"{name} failed")
+
+    async def start(self) -> None:
+        self._step("start")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def close(self) -> None:
+        self.stopped = True
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self._step("assign")
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._step("seek")
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        self._step("seek_to_end")
+
+    async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        self._step("getmany")
+        return {}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        self._step("committed")
+        return None
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        self._step("partitions_for")
+        return {0, 1, 2}
+
+    async def create_topics(self, new_topics: list[Any]) -> None:
+        self._step("create_topics")
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Make every aiokafka client of the module fail at the named step."""
+    FailingClient.instances = []
+
+    def fail_at(step: str) -> None:
+        def make(*_args: Any, **config: Any) -> FailingClient:
+            return FailingClient(step, **config)
+
+        for name in ("AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"):
+            monkeypatch.setattr(topics, name, make)
+
+    return fail_at
+
+
+def _translated(info: pytest.ExceptionInfo[BrokerError]) -> None:
+    assert isinstance(info.value.__cause__, KafkaError), "the cause is chained"
+    assert all(c.stopped for c in FailingClient.instances), "every client is closed"
+
+
+@pytest.mark.parametrize("step", ["start", "assign", "seek", "getmany"])
+async def test_reading_a_topic_from_the_beginning_raises_broker_errors(
+    failing: Callable[[str], None], step: str
+) -> None:
+    failing(step)
+    with pytest.raises(BrokerError, match=TOPIC) as info:
+        await topics.read_all("b", TOPIC, idle_s=0.3)
+    _translated(info)
+
+
+async def test_following_from_the_end_raises_broker_errors(
+    failing: Callable[[str], None],
+) -> None:
+    failing("seek_to_end")
+    with pytest.raises(BrokerError, match=TOPIC) as info:
+        [r async for r in topics.read_topic("b", TOPIC, from_beginning=False, idle_s=0.3)]
+    _translated(info)
+
+
+@pytest.mark.parametrize("step", ["start", "partitions_for"])
+async def test_counting_partitions_raises_broker_errors(
+    failing: Callable[[str], None], step: str
+) -> None:
+    failing(step)
+    with pytest.raises(BrokerError, match=TOPIC) as info:
+        await topics.partition_count("b", TOPIC)
+    _translated(info)
+
+
+@pytest.mark.parametrize("step", ["start", "committed"])
+async def test_reading_committed_offsets_raises_broker_errors(
+    failing: Callable[[str], None], step: str
+) -> None:
+    failing(step)
+    with pytest.raises(BrokerError, match="group") as info:
+        await topics.committed_offsets("b", "group", TOPIC, [0, 1])
+    _translated(info)
+
+
+@pytest.mark.parametrize("step", ["start", "create_topics"])
+async def test_creating_topics_raises_broker_errors(
+    failing: Callable[[str], None], step: str
+) -> None:
+    failing(step)
+    with pytest.raises(BrokerError, match=TOPIC) as info:
+        await topics.create_topics("b", {TOPIC: 3})
+    _translated(info)
