@@ -11,8 +11,8 @@ import pytest
 
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
-from consumer.tracking import RetryQueue
 from consumer.settings import Settings
+from consumer.tracking import RetryQueue
 from tests.unit.fakes import (
     FakeLeases,
     FakePublisher,
