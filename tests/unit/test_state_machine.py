@@ -3,9 +3,11 @@
 Hypothesis drives 2-3 :class:`~consumer.pipeline.Pipeline` workers that share ONE lease
 store (with a clock, so leases run out), ONE store (with the outbox claims of the real
 ``Store``) and ONE publisher, consuming a modelled multi-partition inbound log. Each worker
-keeps what ``Service`` keeps: an :class:`OffsetLedger`, a :class:`RetryQueue`, a fetch
-position per owned partition; after every batch it settles the report and commits
-``ledger.to_commit()`` to the modelled group offsets.
+keeps its bookkeeping in the REAL :class:`~consumer.tracking.Tracker` (as ``Service``
+does): it fetches only the partitions the tracker does not pause, hands the tracker what
+it fetched, settles each batch's report in it, and commits what it offers to the
+modelled group offsets; rebalances and crashes go through its ``revoked`` / ``assigned``.
+The model owns only what Kafka would: a fetch position per owned partition.
 
 Batches are coroutines driven by hand, one dependency call at a time (every call of the
 fakes pauses before and after it), so batches of different workers interleave at any
@@ -17,9 +19,11 @@ Rules: produce (new bodies from a small wamid pool under two phone_number_ids, p
 statuses-only, or a redelivery of an earlier body to any partition); poll, retry,
 interleave, race and overtake (workers fetch, run, defer and commit; batches interleave
 await by await; a hung worker is overtaken); crash (SIGKILL, or eviction leaving a
-zombie); rebalance (on_revoked: finish, commit, drop, forget); advance_clock (past a
-lease, a claim, a done marker); inject_faults (one-shot failures of Redis, the database
-or Kafka, before or after the call took effect); relay (one outbox relay pass).
+zombie); rebalance (a partition to another member, away and back to the same one, or
+all of a member's partitions away, leaving it an empty assignment; on_revoked: finish,
+commit, revoke); advance_clock (past a lease, a claim, a done marker); inject_faults
+(one-shot failures of Redis, the database or Kafka, before or after the call took
+effect); relay (one outbox relay pass). MAX_PENDING_RECORDS is 1, 2 or the default.
 
 Invariants, after every step:
 
@@ -30,7 +34,9 @@ Invariants, after every step:
       that is not durable (dead-lettered, or every message key stored AND published), and
       never goes backwards;
 * a done marker only exists for a key that is stored and published; only poison records
-  are dead-lettered.
+  are dead-lettered;
+* committed offsets only grow; a partition's pending work stays within the limit plus the
+  last fetch of it; once nothing is pending, no partition is paused.
 
 At teardown the world heals (faults cleared, zombies and batches finished, leases and
 claims run out, every worker drains its partitions and retries) and then: exactly one row
@@ -65,13 +71,13 @@ from hypothesis.stateful import (
 from consumer.dedup import DONE_PREFIX
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.events import OutboundEvent
-from consumer.offsets import OffsetLedger, Partition
+from consumer.offsets import Partition
 from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
-from consumer.tracking import RetryQueue
 from consumer.settings import Settings
 from consumer.store import PendingMessage, SaveResult
+from consumer.tracking import Tracker
 from tests.unit.fakes import (
     PNID,
     TOPIC,
@@ -411,22 +417,17 @@ FAULTS: list[Fault] = [
 ]
 
 
-def _part(r: InboundRecord) -> Partition:
-    return (r.topic, r.partition)
-
-
 @dataclass
 class Worker:
-    """One consumer-group member: what ``Service`` keeps in memory."""
+    """One consumer-group member: its pipeline and relay, its real bookkeeping unit, and
+    what the Kafka consumer would know (a fetch position per owned partition)."""
 
     worker_id: str
     pipeline: Pipeline
     relay: Relay
-    ledger: OffsetLedger = field(default_factory=OffsetLedger)
-    retries: RetryQueue = field(
-        default_factory=lambda: RetryQueue(SETTINGS.retry_backoff_s, SETTINGS.retry_backoff_max_s)
-    )
+    tracker: Tracker
     position: dict[Partition, int] = field(default_factory=dict)  # owned -> next fetch
+    last_fetch: dict[Partition, int] = field(default_factory=dict)  # records, last fetch
     flight: Flight | None = None
 
     def __repr__(self) -> str:
@@ -479,7 +480,12 @@ class PipelineMachine(RuleBasedStateMachine):
             interval_s=self.settings.relay_interval_s,
             claim_for=publish_claim(self.settings),
         )
-        return Worker(worker_id, pipeline, relay)
+        tracker = Tracker(
+            max_pending=self.settings.max_pending_records,
+            retry_backoff_s=self.settings.retry_backoff_s,
+            retry_backoff_max_s=self.settings.retry_backoff_max_s,
+        )
+        return Worker(worker_id, pipeline, relay, tracker)
 
     def _owner(self, partition: int) -> Worker:
         return next(w for w in self.workers if (TOPIC, partition) in w.position)
@@ -487,6 +493,7 @@ class PipelineMachine(RuleBasedStateMachine):
     def _assign(self, worker: Worker, part: Partition) -> None:
         """The new owner resumes from the group's committed offset (re-delivery)."""
         worker.position[part] = self.committed[part[1]]
+        worker.tracker.assigned({part})
 
     def _advance(self, seconds: float) -> None:
         before = self.leases.expired_leases
@@ -494,27 +501,29 @@ class PipelineMachine(RuleBasedStateMachine):
         if self.leases.expired_leases != before:
             self.disturbed = True  # a holder was slower than LEASE_TTL_S (or dead)
 
-    # -- what a worker does (Service._fetch / _settle / _commit / on_revoked) -------------
+    # -- what a worker does (Service._fetch / _main_loop / _commit / on_revoked) ---------
 
     def _unfetched(self, worker: Worker) -> int:
         return sum(len(self.log[p]) - pos for (_, p), pos in worker.position.items())
 
     def _fetch(self, worker: Worker, k: int, only: int | None = None) -> list[InboundRecord]:
-        """Due retries first, then up to k new records of each owned partition (or of
-        the `only`-th one); the new ones are tracked in the ledger."""
-        due = worker.retries.pop_due(self.leases.now, FETCH_MAX)
+        """Due retries first, then up to k new records of each owned partition the
+        tracker does not pause (or of the `only`-th one), handed to the tracker."""
+        due = worker.tracker.due(self.leases.now, FETCH_MAX)
+        paused = worker.tracker.pauses()
         owned = sorted(worker.position)
         if only is not None and owned:
             owned = [owned[only % len(owned)]]
         new: list[InboundRecord] = []
         for part in owned:
+            if part in paused:
+                continue
             pos = worker.position[part]
             got = self.log[part[1]][pos : pos + k]
             worker.position[part] = pos + len(got)
+            worker.last_fetch[part] = len(got)
             new.extend(got)
-        for r in new:
-            worker.ledger.track(_part(r), r.offset)
-        return due + new
+        return due + worker.tracker.fetched(new)
 
     def _start(self, worker: Worker, records: list[InboundRecord], run: bool) -> None:
         if not records:
@@ -530,45 +539,49 @@ class PipelineMachine(RuleBasedStateMachine):
         worker.flight = None
         reported = Counter(r.coordinates for r in [*report.durable, *report.retry])
         assert reported == Counter(r.coordinates for r in batch), "each record reported once"
-        for r in report.durable:
-            worker.ledger.done(_part(r), r.offset)
-            worker.retries.settled(r)
-        for r in report.retry:
-            worker.retries.add(r, self.leases.now)
+        worker.tracker.settled(report, self.leases.now)
         self._commit(worker)
 
     def _commit(self, worker: Worker, parts: set[Partition] | None = None) -> None:
-        owned = set(worker.position)
-        chosen = owned if parts is None else owned & parts
-        offsets = worker.ledger.to_commit(chosen)
+        offsets = worker.tracker.to_commit(parts)
+        assert set(offsets) <= set(worker.position), "offers a partition it does not own"
         for (_, p), offset in offsets.items():
             assert offset >= self.committed[p], (
                 f"commit of partition {p} goes back from {self.committed[p]} to {offset}"
             )
             self.committed[p] = offset
-        worker.ledger.committed(offsets)
+        worker.tracker.committed(offsets)
         self._check_committed()
 
-    def _revoke(self, worker: Worker, part: Partition) -> None:
-        """on_revoked: the batch in flight finishes first, then commit, drop, forget."""
+    def _revoke(self, worker: Worker, parts: set[Partition]) -> None:
+        """on_revoked: the batch in flight finishes first, then commit, then revoke."""
         if worker.flight is not None:
             self._land(worker, worker.flight.finish())
-        self._commit(worker, {part})
-        worker.retries.drop({part})
-        worker.ledger.forget([part])
-        del worker.position[part]
+        self._commit(worker, parts)
+        worker.tracker.revoked(parts)
+        for part in parts:
+            del worker.position[part]
+            worker.last_fetch.pop(part, None)
 
     # -- setup -----------------------------------------------------------------------
 
     @initialize(
         n_workers=st.integers(2, 3),
         policy=st.sampled_from(["pause", "fence"]),
+        max_pending=st.sampled_from([1, 2, Settings().max_pending_records]),
         backlog=st.lists(st.tuples(st.integers(0, PARTITIONS - 1), BODIES), min_size=2, max_size=9),
     )
-    def start_group(self, n_workers: int, policy: str, backlog: list[tuple[int, Body]]) -> None:
+    def start_group(
+        self, n_workers: int, policy: str, max_pending: int, backlog: list[tuple[int, Body]]
+    ) -> None:
         """A group of workers (partitions assigned round-robin) and a backlog to consume;
-        REDIS_OUTAGE_POLICY is "pause" or "fence"."""
-        self.settings = self.settings.replace(redis_outage_policy=policy)
+        REDIS_OUTAGE_POLICY is "pause" or "fence"; MAX_PENDING_RECORDS at its smallest,
+        small, or the default."""
+        self.settings = self.settings.replace(
+            redis_outage_policy=policy,
+            max_pending_records=max_pending,
+            batch_max_records=min(max_pending, self.settings.batch_max_records),
+        )
         self.workers = [self._spawn(slot) for slot in range(n_workers)]
         for p in range(PARTITIONS):
             self._assign(self.workers[p % n_workers], (TOPIC, p))
@@ -607,9 +620,9 @@ class PipelineMachine(RuleBasedStateMachine):
                     return
             return
         if not self._unfetched(worker):
-            if not len(worker.retries):
+            if not len(worker.tracker.retries):
                 return
-            self._advance(worker.retries.next_due_in(self.leases.now) or 0.0)
+            self._advance(worker.tracker.next_due_in(self.leases.now) or 0.0)
         self._start(worker, self._fetch(worker, k), run)
 
     def _tick_zombie(self, zombie: Flight, n: int) -> None:
@@ -651,10 +664,10 @@ class PipelineMachine(RuleBasedStateMachine):
         """An idle worker with deferred records waits for the first to be due (the clock
         moves), then runs the due ones as a batch."""
         worker = self.workers[who % len(self.workers)]
-        if worker.flight is not None or not len(worker.retries):
+        if worker.flight is not None or not len(worker.tracker.retries):
             return
-        self._advance(worker.retries.next_due_in(self.leases.now) or 0.0)
-        self._start(worker, worker.retries.pop_due(self.leases.now, FETCH_MAX), run)
+        self._advance(worker.tracker.next_due_in(self.leases.now) or 0.0)
+        self._start(worker, worker.tracker.due(self.leases.now, FETCH_MAX), run)
 
     @rule(moves=st.lists(MOVES, min_size=1, max_size=6))
     def interleave(self, moves: list[tuple[int, int, int, bool, float]]) -> None:
@@ -684,7 +697,7 @@ class PipelineMachine(RuleBasedStateMachine):
         first = self.workers[pair[0] % len(self.workers)]
         second = self.workers[(pair[0] + pair[1]) % len(self.workers)]
         for worker in {id(first): first, id(second): second}.values():
-            if worker.flight is None and (self._unfetched(worker) or len(worker.retries)):
+            if worker.flight is None and (self._unfetched(worker) or len(worker.tracker.retries)):
                 self._start(worker, self._fetch(worker, k), run=False)
         for i, who in enumerate(schedule):
             if stall is not None and stall[0] == i:
@@ -747,16 +760,29 @@ class PipelineMachine(RuleBasedStateMachine):
             self._assign(self.workers[(slot + shift + i) % len(self.workers)], part)
         self.disturbed = True
 
-    @rule(partition=st.integers(0, PARTITIONS - 1), to=st.integers(1, 2))
+    @rule(partition=st.integers(0, PARTITIONS - 1), to=st.integers(0, 2))
     def rebalance(self, partition: int, to: int) -> None:
-        """A partition moves to another member after its owner committed (on_revoked)."""
+        """A partition moves to another member after its owner committed (on_revoked), or
+        (`to` 0) is revoked and assigned back to the same member."""
         part = (TOPIC, partition)
         src = self._owner(partition)
         dst = self.workers[(self.workers.index(src) + to) % len(self.workers)]
-        if dst is src:
-            return
-        self._revoke(src, part)
+        self._revoke(src, {part})
         self._assign(dst, part)
+
+    @rule(who=st.integers(0, 2), to=st.integers(1, 2))
+    def rebalance_all_away(self, who: int, to: int) -> None:
+        """Every partition of a member goes to another: it is left with an empty
+        assignment (more members than partitions), and keeps polling."""
+        src = self.workers[who % len(self.workers)]
+        dst = self.workers[(self.workers.index(src) + to) % len(self.workers)]
+        if dst is src or not src.position:
+            return
+        parts = set(src.position)
+        self._revoke(src, parts)
+        src.tracker.assigned(set())
+        for part in sorted(parts):
+            self._assign(dst, part)
 
     @rule(seconds=st.sampled_from([1.0, 10.0, LEASE_TTL_S + 1, CLAIM_S + 1, DONE_TTL_S + 1]))
     def advance_clock(self, seconds: float) -> None:
@@ -826,6 +852,26 @@ class PipelineMachine(RuleBasedStateMachine):
         self._check_committed()
 
     @invariant()
+    def pending_work_stays_within_the_limit_plus_one_fetch(self) -> None:
+        """Backpressure: a partition's unfinished records never exceed MAX_PENDING_RECORDS
+        plus what its last fetch brought (a fetch may come when it was just under)."""
+        limit = self.settings.max_pending_records
+        for w in self.workers:
+            for part in w.position:
+                assert w.tracker.pending(part) <= limit + w.last_fetch.get(part, 0), (
+                    f"{w}: {w.tracker.pending(part)} pending on {part}, limit {limit}"
+                )
+
+    @invariant()
+    def nothing_pending_means_nothing_paused(self) -> None:
+        """Once nothing is pending (no failed records waiting either), no partition is
+        paused: a failure, a rebalance or backpressure never leaves one paused for good."""
+        for w in self.workers:
+            if all(w.tracker.pending(p) == 0 for p in w.position):
+                assert w.tracker.pauses() == {}, f"{w} pauses {w.tracker.pauses()}"
+            assert set(w.tracker.owned) == set(w.position), "the tracker owns what Kafka gave"
+
+    @invariant()
     def done_markers_and_dead_letters_are_sound(self) -> None:
         """A done marker means stored and published; only poison is dead-lettered;
         an outbox row marked published was published."""
@@ -866,7 +912,7 @@ class PipelineMachine(RuleBasedStateMachine):
 
     def _drained(self) -> bool:
         return all(self.committed[p] == len(self.log[p]) for p in self.log) and not any(
-            len(w.retries) for w in self.workers
+            len(w.tracker.retries) for w in self.workers
         )
 
     def _drain(self) -> None:
@@ -879,7 +925,7 @@ class PipelineMachine(RuleBasedStateMachine):
         assert self._drained(), (
             f"not drained after {HEAL_ROUNDS} rounds: committed={self.committed}, "
             f"log={ {p: len(rs) for p, rs in self.log.items()} }, "
-            f"retries={[len(w.retries) for w in self.workers]}, "
+            f"retries={[len(w.tracker.retries) for w in self.workers]}, "
             f"leases={self.leases.values}"
         )
 
