@@ -136,11 +136,13 @@ class Pipeline:
         publisher: Publisher,
         *,
         worker_id: str,
+        metrics: Metrics,
+        marks: MarkQueue,
         crash: CrashPoints | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
-        metrics: Metrics | None = None,
-        marks: MarkQueue | None = None,
     ) -> None:
+        """`metrics` and `marks` are the member's, shared with its relay: one registry,
+        and one queue of outbox deletes to retry before the relay could announce again."""
         self._settings = settings
         self._leases = leases
         self._store = store
@@ -152,8 +154,8 @@ class Pipeline:
         self._debug = settings.debug
         # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
         self._app_secret = settings.app_secret.encode() or None
-        self.metrics = metrics or Metrics()
-        self.marks = marks or MarkQueue(store)
+        self.metrics = metrics
+        self.marks = marks
 
     async def housekeeping(self) -> None:
         """Between batches: retry outbox deletes that failed after a publish."""

@@ -33,9 +33,9 @@ class Relay:
         worker_id: str,
         interval_s: float,
         claim_for: dt.timedelta,
+        metrics: Metrics,
+        marks: MarkQueue,
         batch: int = 200,
-        metrics: Metrics | None = None,
-        marks: MarkQueue | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -46,8 +46,8 @@ class Relay:
         self._claim_for = claim_for
         self._batch = batch
         self.republished = 0
-        self.metrics = metrics or Metrics()
-        self._marks = marks or MarkQueue(store)
+        self.metrics = metrics
+        self._marks = marks
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set. Dependency failures are logged and retried;

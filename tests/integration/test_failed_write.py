@@ -17,11 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from consumer.dedup import DONE_PREFIX, Leases
 from consumer.errors import BrokerError, StoreError
 from consumer.events import OutboundEvent
+from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, MessageKey
 from consumer.settings import Settings
-from consumer.store import PendingMessage, SaveResult, Store, create_engine, messages, outbox
+from consumer.store import (
+    MarkQueue,
+    PendingMessage,
+    SaveResult,
+    Store,
+    create_engine,
+    messages,
+    outbox,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +146,15 @@ class LostCommitAnswer(Store):
 
 
 def _pipeline(settings: Settings, leases: Leases, store: Store, fake: FakePublisher) -> Pipeline:
-    return Pipeline(settings, leases, store, cast(Publisher, fake), worker_id=WORKER)
+    return Pipeline(
+        settings,
+        leases,
+        store,
+        cast(Publisher, fake),
+        worker_id=WORKER,
+        metrics=Metrics(),
+        marks=MarkQueue(store),
+    )
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from consumer import events, intake
+from consumer.metrics import Metrics
 from consumer.relay import Relay
-from consumer.store import PendingMessage, Store, create_engine
+from consumer.store import MarkQueue, PendingMessage, Store, create_engine
 from tests.support.dbclock import pass_time
 from tests.unit.fakes import FakePublisher, record, webhook
 from tests.unit.fakes import message as meta_message
@@ -37,6 +38,8 @@ def _relay(store: Store, publisher: Any, worker: str) -> Relay:
         worker_id=worker,
         interval_s=1.0,
         claim_for=dt.timedelta(seconds=30),
+        metrics=Metrics(),
+        marks=MarkQueue(store),
         batch=7,
     )
 

@@ -13,11 +13,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from consumer.dedup import Leases
+from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, MessageKey, Reason
 from consumer.settings import Settings
-from consumer.store import Store, create_engine
+from consumer.store import MarkQueue, Store, create_engine
 from consumer.tools import produce
 from tests.support import kafka
 from tests.support.bodies import text_webhook
@@ -59,7 +60,16 @@ async def pipeline(
     await producer.start()
     try:
         publisher = Publisher(producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES)
-        yield Pipeline(s, leases, Store(engine), publisher, worker_id="w-signature")
+        store = Store(engine)
+        yield Pipeline(
+            s,
+            leases,
+            store,
+            publisher,
+            worker_id="w-signature",
+            metrics=Metrics(),
+            marks=MarkQueue(store),
+        )
     finally:
         await producer.stop()
         await engine.dispose()

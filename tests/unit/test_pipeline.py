@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
 from consumer.settings import Settings
+from consumer.store import MarkQueue
 from consumer.tracking import RetryQueue
 from tests.unit.fakes import (
     FakeLeases,
@@ -40,6 +42,8 @@ class World:
             self.store,  # type: ignore[arg-type]
             self.publisher,  # type: ignore[arg-type]
             worker_id="w1",
+            metrics=Metrics(),
+            marks=MarkQueue(self.store),  # type: ignore[arg-type]
             clock=lambda: NOW,
         )
 

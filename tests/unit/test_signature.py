@@ -10,9 +10,11 @@ import json
 import pytest
 
 from consumer import intake
+from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
 from consumer.settings import Settings
+from consumer.store import MarkQueue
 from tests.unit.fakes import FakeLeases, FakePublisher, FakeStore, key, message, webhook
 
 SECRET = "0123456789abcdef-app-secret"  # noqa: S105 - a made-up secret for the tests
@@ -234,6 +236,8 @@ def _pipeline(settings: Settings, publisher: FakePublisher, store: FakeStore) ->
         store,  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
         worker_id="w1",
+        metrics=Metrics(),
+        marks=MarkQueue(store),  # type: ignore[arg-type]
     )
 
 

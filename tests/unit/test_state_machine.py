@@ -71,12 +71,13 @@ from hypothesis.stateful import (
 from consumer.dedup import DONE_PREFIX
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.events import OutboundEvent
+from consumer.metrics import Metrics
 from consumer.offsets import Partition
 from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
 from consumer.settings import Settings
-from consumer.store import PendingMessage, SaveResult
+from consumer.store import MarkQueue, PendingMessage, SaveResult
 from consumer.tracking import Tracker
 from tests.unit.fakes import (
     PNID,
@@ -465,12 +466,16 @@ class PipelineMachine(RuleBasedStateMachine):
         leases = Gated(self.leases, "leases", self.faults)
         store = Gated(self.store, "store", self.faults)
         publisher = Gated(self.publisher, "publisher", self.faults)
+        metrics = Metrics()
+        marks = MarkQueue(store)  # type: ignore[arg-type]
         pipeline = Pipeline(
             self.settings,
             leases,  # type: ignore[arg-type]
             store,  # type: ignore[arg-type]
             publisher,  # type: ignore[arg-type]
             worker_id=worker_id,
+            metrics=metrics,
+            marks=marks,
             clock=self.now,
         )
         relay = Relay(
@@ -479,6 +484,8 @@ class PipelineMachine(RuleBasedStateMachine):
             worker_id=worker_id,
             interval_s=self.settings.relay_interval_s,
             claim_for=publish_claim(self.settings),
+            metrics=metrics,
+            marks=marks,
         )
         tracker = Tracker(
             max_pending=self.settings.max_pending_records,
