@@ -35,10 +35,10 @@ import structlog
 
 from consumer import events, intake, safetext
 from consumer.crashpoints import CrashPoints
-from consumer.dedup import LeaseKey, Leases, LeaseState
+from consumer.dedup import LeaseKey, LeaseState
 from consumer.errors import DependencyError, LeaseStoreError, StoreError, UnstorableError
 from consumer.metrics import Metrics
-from consumer.publish import Publisher
+from consumer.ports import EventSink, LeaseStore, MessageStore
 from consumer.records import (
     InboundRecord,
     Invalid,
@@ -49,7 +49,7 @@ from consumer.records import (
     Webhook,
 )
 from consumer.settings import Settings
-from consumer.store import MarkQueue, PendingMessage, SaveResult, Store
+from consumer.store import MarkQueue, PendingMessage, SaveResult
 
 log = structlog.get_logger(__name__)
 
@@ -131,9 +131,9 @@ class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        leases: Leases,
-        store: Store,
-        publisher: Publisher,
+        leases: LeaseStore,
+        store: MessageStore,
+        publisher: EventSink,
         *,
         worker_id: str,
         metrics: Metrics,

@@ -18,8 +18,8 @@ import structlog
 
 from consumer.errors import DependencyError
 from consumer.metrics import Metrics
-from consumer.publish import Publisher
-from consumer.store import MarkQueue, Store
+from consumer.ports import EventSink, MessageStore
+from consumer.store import MarkQueue
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +27,8 @@ log = structlog.get_logger(__name__)
 class Relay:
     def __init__(
         self,
-        store: Store,
-        publisher: Publisher,
+        store: MessageStore,
+        publisher: EventSink,
         *,
         worker_id: str,
         interval_s: float,

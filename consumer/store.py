@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -39,6 +39,9 @@ from consumer import limits
 from consumer.errors import StoreError, UnstorableError
 from consumer.events import OutboundEvent
 from consumer.records import Message, MessageKey
+
+if TYPE_CHECKING:  # ports imports this module's SaveResult and PendingMessage
+    from consumer.ports import MessageStore
 
 metadata = sa.MetaData(
     naming_convention={
@@ -553,7 +556,7 @@ class MarkQueue:
     Shared by the pipeline and the relay of one process.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: MessageStore) -> None:
         self._store = store
         self._pending: set[str] = set()
 
