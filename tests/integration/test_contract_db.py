@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from consumer import events, intake, limits
 from consumer.records import Webhook
 from consumer.store import PendingMessage, Store, create_engine, metadata
-from tests.unit.fakes import message, record, webhook
+from consumer.testing import message, record, webhook
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +19,6 @@ from consumer.errors import BrokerError, StoreError
 from consumer.events import OutboundEvent
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
-from consumer.publish import Publisher
 from consumer.records import InboundRecord, Invalid, MessageKey
 from consumer.settings import Settings
 from consumer.store import (
@@ -150,7 +149,7 @@ def _pipeline(settings: Settings, leases: Leases, store: Store, fake: FakePublis
         settings,
         leases,
         store,
-        cast(Publisher, fake),
+        fake,
         worker_id=WORKER,
         metrics=Metrics(),
         marks=MarkQueue(store),

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-from typing import Any
 
 import pytest
 
 from consumer import events, intake
 from consumer.metrics import Metrics
+from consumer.ports import EventSink
 from consumer.relay import Relay
 from consumer.store import MarkQueue, PendingMessage, Store, create_engine
+from consumer.testing import FakePublisher, record, webhook
+from consumer.testing import message as meta_message
 from tests.support.dbclock import pass_time
-from tests.unit.fakes import FakePublisher, record, webhook
-from tests.unit.fakes import message as meta_message
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _pending(count: int) -> list[PendingMessage]:
     ]
 
 
-def _relay(store: Store, publisher: Any, worker: str) -> Relay:
+def _relay(store: Store, publisher: EventSink, worker: str) -> Relay:
     return Relay(
         store,
         publisher,

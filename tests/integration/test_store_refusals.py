@@ -15,7 +15,7 @@ from consumer import events, intake, limits
 from consumer.errors import StoreError, UnstorableError
 from consumer.records import Message, MessageKey, Webhook
 from consumer.store import PendingMessage, Store, create_engine, messages, outbox
-from tests.unit.fakes import message, record, webhook
+from consumer.testing import message, record, webhook
 
 pytestmark = pytest.mark.integration
 

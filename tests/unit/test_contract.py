@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from consumer import intake, limits
 from consumer.records import Reason, Webhook
 from consumer.store import messages, outbox
-from tests.unit.fakes import message, record, webhook
+from consumer.testing import message, record, webhook
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
 CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"

@@ -11,7 +11,7 @@ import pytest
 
 from consumer import events
 from consumer.records import InboundRecord, Message, MessageKey
-from tests.unit.fakes import PNID, SENDER
+from consumer.testing import PNID, SENDER
 
 OCCURRED = dt.datetime(2025, 6, 9, 12, 0, 0, 123456, tzinfo=dt.UTC)
 SOURCE = InboundRecord("whatsapp.webhooks", 3, 42, None, b"{}", (), 1_749_416_383_000)

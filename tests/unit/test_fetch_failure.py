@@ -13,7 +13,7 @@ from aiokafka.errors import CorruptRecordException
 from consumer.service import Service
 from consumer.settings import Settings
 from consumer.source import Source
-from tests.unit.fakes import record
+from consumer.testing import record
 
 TP = TopicPartition("whatsapp.webhooks", 0)
 OTHER = TopicPartition("whatsapp.webhooks", 1)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from consumer import intake
 from consumer.records import InboundRecord, Invalid, MessageKey, Reason, Webhook
-from tests.unit.fakes import PNID, SENDER, message, record, webhook
+from consumer.testing import PNID, SENDER, message, record, webhook
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 MAX = 256 * 1024

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from consumer import intake, limits
 from consumer.records import Invalid, Reason, Webhook
-from tests.unit.fakes import SENDER, message, record, webhook
+from consumer.testing import SENDER, message, record, webhook
 
 MAX = 256 * 1024
 

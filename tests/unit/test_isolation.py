@@ -14,7 +14,7 @@ import pytest
 from consumer import pipeline as pipeline_module
 from consumer.errors import StoreError
 from consumer.records import InboundRecord, Reason
-from tests.unit.fakes import key, message, record, webhook
+from consumer.testing import key, message, record, webhook
 from tests.unit.test_pipeline import World
 
 
@@ -234,7 +234,7 @@ async def test_a_bad_record_another_member_is_dead_lettering_is_retried() -> Non
     the record is retried, nothing is sent."""
     world = World()
     bad = record(b"not json", offset=7)
-    world.leases.hold(bad.dead_letter_key)  # type: ignore[arg-type]
+    world.leases.hold(bad.dead_letter_key)
 
     report = await world.pipeline.process([bad])
 

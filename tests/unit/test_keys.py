@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from consumer import dedup, events, intake
 from consumer.records import MessageKey, Webhook
-from tests.unit.fakes import message, record, webhook
+from consumer.testing import message, record, webhook
 
 # Identifiers as intake admits them: any characters but control characters, the
 # separators of every key format included.

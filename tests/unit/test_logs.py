@@ -11,7 +11,7 @@ import structlog
 
 from consumer import logs, pipeline
 from consumer.settings import Settings
-from tests.unit.fakes import record, webhook
+from consumer.testing import record, webhook
 from tests.unit.test_pipeline import World
 
 NAME = "Zelda Quixotebottom"

@@ -14,8 +14,7 @@ from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
 from consumer.settings import Settings
 from consumer.store import MarkQueue
-from consumer.tracking import RetryQueue
-from tests.unit.fakes import (
+from consumer.testing import (
     FakeLeases,
     FakePublisher,
     FakeStore,
@@ -24,6 +23,7 @@ from tests.unit.fakes import (
     record,
     webhook,
 )
+from consumer.tracking import RetryQueue
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 NOW = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
@@ -38,12 +38,12 @@ class World:
         self.publisher = FakePublisher()
         self.pipeline = Pipeline(
             settings or Settings(),
-            self.leases,  # type: ignore[arg-type]
-            self.store,  # type: ignore[arg-type]
-            self.publisher,  # type: ignore[arg-type]
+            self.leases,
+            self.store,
+            self.publisher,
             worker_id="w1",
             metrics=Metrics(),
-            marks=MarkQueue(self.store),  # type: ignore[arg-type]
+            marks=MarkQueue(self.store),
             clock=lambda: NOW,
         )
 
@@ -57,7 +57,7 @@ def world() -> World:
 
 
 def _records(*bodies: dict[str, object] | bytes, partition: int = 0) -> list[InboundRecord]:
-    return [record(b, partition=partition, offset=i) for i, b in enumerate(bodies)]  # type: ignore[arg-type]
+    return [record(b, partition=partition, offset=i) for i, b in enumerate(bodies)]
 
 
 def _coords(records: Sequence[InboundRecord]) -> list[tuple[str, int, int]]:

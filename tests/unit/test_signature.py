@@ -15,7 +15,7 @@ from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
 from consumer.settings import Settings
 from consumer.store import MarkQueue
-from tests.unit.fakes import FakeLeases, FakePublisher, FakeStore, key, message, webhook
+from consumer.testing import FakeLeases, FakePublisher, FakeStore, key, message, webhook
 
 SECRET = "0123456789abcdef-app-secret"  # noqa: S105 - a made-up secret for the tests
 KEY = SECRET.encode()
@@ -232,12 +232,12 @@ def test_without_secret_the_header_is_ignored(
 def _pipeline(settings: Settings, publisher: FakePublisher, store: FakeStore) -> Pipeline:
     return Pipeline(
         settings,
-        FakeLeases(),  # type: ignore[arg-type]
-        store,  # type: ignore[arg-type]
-        publisher,  # type: ignore[arg-type]
+        FakeLeases(),
+        store,
+        publisher,
         worker_id="w1",
         metrics=Metrics(),
-        marks=MarkQueue(store),  # type: ignore[arg-type]
+        marks=MarkQueue(store),
     )
 
 

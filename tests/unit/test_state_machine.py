@@ -55,7 +55,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 import structlog
@@ -68,7 +68,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from consumer.dedup import DONE_PREFIX
+from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.events import OutboundEvent
 from consumer.metrics import Metrics
@@ -78,8 +78,7 @@ from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
 from consumer.settings import Settings
 from consumer.store import MarkQueue, PendingMessage, SaveResult
-from consumer.tracking import Tracker
-from tests.unit.fakes import (
+from consumer.testing import (
     PNID,
     TOPIC,
     FakeLeases,
@@ -90,6 +89,7 @@ from tests.unit.fakes import (
     record,
     webhook,
 )
+from consumer.tracking import Tracker
 
 EPOCH = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
 LEASE_TTL_S = 30.0
@@ -113,7 +113,7 @@ class ClockedLeases(FakeLeases):
     def __init__(self, *, lease_ttl_s: float, done_ttl_s: float) -> None:
         super().__init__()
         self.now = 0.0
-        self.expires_at: dict[MessageKey, float] = {}
+        self.expires_at: dict[LeaseKey, float] = {}
         self.lease_ttl_s = lease_ttl_s
         self.done_ttl_s = done_ttl_s
         self.expired_leases = 0  # processing leases (not done markers) that ran out
@@ -127,7 +127,7 @@ class ClockedLeases(FakeLeases):
                 if value is not None and not value.startswith(DONE_PREFIX):
                     self.expired_leases += 1
 
-    def _stamp(self, before: dict[MessageKey, str]) -> None:
+    def _stamp(self, before: dict[LeaseKey, str]) -> None:
         for k, v in self.values.items():
             if before.get(k) != v:
                 ttl = self.done_ttl_s if v.startswith(DONE_PREFIX) else self.lease_ttl_s
@@ -135,21 +135,21 @@ class ClockedLeases(FakeLeases):
         for k in set(before) - set(self.values):
             self.expires_at.pop(k, None)
 
-    async def acquire(self, keys: Sequence[MessageKey], token: str) -> Any:
+    async def acquire(self, keys: Sequence[LeaseKey], token: str) -> dict[LeaseKey, LeaseState]:
         before = dict(self.values)
         try:
             return await super().acquire(keys, token)
         finally:
             self._stamp(before)
 
-    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def release(self, keys: Sequence[LeaseKey], token: str) -> int:
         before = dict(self.values)
         try:
             return await super().release(keys, token)
         finally:
             self._stamp(before)
 
-    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def finish(self, keys: Sequence[LeaseKey], token: str) -> int:
         before = dict(self.values)
         try:
             return await super().finish(keys, token)
@@ -300,6 +300,16 @@ class Gated:
         if fault in self._faults:
             self._faults.remove(fault)
             raise _ERRORS[self._component](f"injected: {method} fails {when} taking effect")
+
+
+_D = TypeVar("_D")
+
+
+def gated(inner: _D, component: str, faults: list[Fault]) -> _D:
+    """`inner` behind a :class:`Gated` proxy, typed as `inner`: the proxy answers every
+    attribute with inner's own (its coroutine methods gated), which mypy cannot see
+    through ``__getattr__``."""
+    return cast(_D, Gated(inner, component, faults))
 
 
 class Flight:
@@ -463,24 +473,24 @@ class PipelineMachine(RuleBasedStateMachine):
     def _spawn(self, slot: int) -> Worker:
         self.incarnations[slot] += 1
         worker_id = f"w{slot}.{self.incarnations[slot]}"
-        leases = Gated(self.leases, "leases", self.faults)
-        store = Gated(self.store, "store", self.faults)
-        publisher = Gated(self.publisher, "publisher", self.faults)
+        leases = gated(self.leases, "leases", self.faults)
+        store = gated(self.store, "store", self.faults)
+        publisher = gated(self.publisher, "publisher", self.faults)
         metrics = Metrics()
-        marks = MarkQueue(store)  # type: ignore[arg-type]
+        marks = MarkQueue(store)
         pipeline = Pipeline(
             self.settings,
-            leases,  # type: ignore[arg-type]
-            store,  # type: ignore[arg-type]
-            publisher,  # type: ignore[arg-type]
+            leases,
+            store,
+            publisher,
             worker_id=worker_id,
             metrics=metrics,
             marks=marks,
             clock=self.now,
         )
         relay = Relay(
-            store,  # type: ignore[arg-type]
-            publisher,  # type: ignore[arg-type]
+            store,
+            publisher,
             worker_id=worker_id,
             interval_s=self.settings.relay_interval_s,
             claim_for=publish_claim(self.settings),

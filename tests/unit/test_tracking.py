@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from consumer.pipeline import BatchReport
 from consumer.records import InboundRecord
+from consumer.testing import TOPIC, record
 from consumer.tracking import DEGRADED, Tracker
-from tests.unit.fakes import TOPIC, record
 
 P0, P1, P2 = ((TOPIC, n) for n in range(3))
 

@@ -1,13 +1,21 @@
-"""In-memory stand-ins for Redis leases, the SQL store and the Kafka publisher.
+"""In-memory stand-ins for Redis leases, the SQL store and the Kafka publisher, and
+builders of inbound records and webhook bodies.
 
-They follow the semantics of the real adapters closely enough for the pipeline's
-decisions to be checked without any network:
+Shipped in the package (as a library ships its in-memory connector) so that whoever
+builds on the pipeline can test it without any network. The fakes satisfy the ports of
+:mod:`consumer.ports` and follow the semantics of the real adapters closely enough for
+the pipeline's decisions to be checked:
 
-* :class:`FakeLeases` - one value per key: ``<token>`` (a lease) or ``done:<token>``;
-  acquire is SET NX, release is compare-and-delete, finish is compare-and-set.
-* :class:`FakeStore` - a unique ``(phone_number_id, wamid)`` fence plus an outbox of
-  events with a published flag; can fail before or after "committing".
-* :class:`FakePublisher` - records what was sent; can fail with ``BrokerError``.
+* :class:`FakeLeases` (a :class:`~consumer.ports.LeaseStore`) - one value per key:
+  ``<token>`` (a lease) or ``done:<token>``; acquire is SET NX, release is
+  compare-and-delete, finish is compare-and-set.
+* :class:`FakeStore` (a :class:`~consumer.ports.MessageStore`) - a unique
+  ``(phone_number_id, wamid)`` fence plus an outbox of events with a published flag;
+  can fail before or after "committing"; keeps no claims and no clock.
+* :class:`FakePublisher` (an :class:`~consumer.ports.EventSink`) - records what was
+  sent; can fail with ``BrokerError``.
+
+Nothing here imports a test framework: this module is part of the wheel.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.dedup import DONE_PREFIX, LeaseState
+from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
 from consumer.errors import BrokerError, LeaseStoreError, StoreError, UnstorableError
 from consumer.events import OutboundEvent
 from consumer.records import InboundRecord, Invalid, MessageKey
@@ -30,35 +38,36 @@ TOPIC = "whatsapp.webhooks"
 
 
 class FakeLeases:
-    """Same async API as :class:`consumer.dedup.Leases`, over a dict."""
+    """A :class:`~consumer.ports.LeaseStore` over a dict, like
+    :class:`consumer.dedup.Leases`; a method named in `fail_on` raises LeaseStoreError."""
 
     def __init__(self) -> None:
-        self.values: dict[MessageKey, str] = {}
+        self.values: dict[LeaseKey, str] = {}
         self.fail_on: set[str] = set()  # "acquire", "release", "finish"
-        self.calls: list[tuple[str, tuple[MessageKey, ...], str]] = []
+        self.calls: list[tuple[str, tuple[LeaseKey, ...], str]] = []
 
     # -- test setup / inspection ---------------------------------------------------
 
-    def hold(self, key: MessageKey, owner: str = "other-worker:1") -> None:
+    def hold(self, key: LeaseKey, owner: str = "other-worker:1") -> None:
         """Another worker holds a processing lease on `key`."""
         self.values[key] = owner
 
-    def mark_done(self, key: MessageKey, owner: str = "other-worker:1") -> None:
+    def mark_done(self, key: LeaseKey, owner: str = "other-worker:1") -> None:
         """`key` carries a done marker (stored and announced earlier)."""
         self.values[key] = DONE_PREFIX + owner
 
-    def owned_by(self, token_prefix: str) -> set[MessageKey]:
+    def owned_by(self, token_prefix: str) -> set[LeaseKey]:
         """Keys whose *lease* (not done marker) has a token starting with the prefix."""
         return {k for k, v in self.values.items() if v.startswith(token_prefix)}
 
-    def done_keys(self) -> set[MessageKey]:
+    def done_keys(self) -> set[LeaseKey]:
         return {k for k, v in self.values.items() if v.startswith(DONE_PREFIX)}
 
-    # -- the Leases API ------------------------------------------------------------
+    # -- the LeaseStore port -------------------------------------------------------
 
-    async def acquire(self, keys: Sequence[MessageKey], token: str) -> dict[MessageKey, LeaseState]:
+    async def acquire(self, keys: Sequence[LeaseKey], token: str) -> dict[LeaseKey, LeaseState]:
         self._record("acquire", keys, token)
-        out: dict[MessageKey, LeaseState] = {}
+        out: dict[LeaseKey, LeaseState] = {}
         for key in keys:
             value = self.values.get(key)
             if value is None:
@@ -70,7 +79,7 @@ class FakeLeases:
                 out[key] = LeaseState.HELD
         return out
 
-    async def release(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def release(self, keys: Sequence[LeaseKey], token: str) -> int:
         self._record("release", keys, token)
         released = 0
         for key in keys:
@@ -79,7 +88,7 @@ class FakeLeases:
                 released += 1
         return released
 
-    async def finish(self, keys: Sequence[MessageKey], token: str) -> int:
+    async def finish(self, keys: Sequence[LeaseKey], token: str) -> int:
         self._record("finish", keys, token)
         finished = 0
         for key in keys:
@@ -89,7 +98,7 @@ class FakeLeases:
                 finished += 1
         return finished
 
-    def _record(self, what: str, keys: Sequence[MessageKey], token: str) -> None:
+    def _record(self, what: str, keys: Sequence[LeaseKey], token: str) -> None:
         self.calls.append((what, tuple(keys), token))
         if what in self.fail_on:
             raise LeaseStoreError(f"fake Redis {what} failed")
@@ -97,13 +106,16 @@ class FakeLeases:
 
 @dataclass
 class OutboxRow:
+    """An outbox row of :class:`FakeStore`: the event, and whether it was announced."""
+
     event: OutboundEvent
     published: bool = False
 
 
 @dataclass
 class FakeStore:
-    """Same async API as :class:`consumer.store.Store`, over dicts."""
+    """A :class:`~consumer.ports.MessageStore` over dicts, like
+    :class:`consumer.store.Store` without its claims and its clock."""
 
     rows: dict[MessageKey, PendingMessage] = field(default_factory=dict)
     outbox: dict[str, OutboxRow] = field(default_factory=dict)
@@ -164,13 +176,25 @@ class FakeStore:
             if event_id in self.outbox:
                 self.outbox[event_id].published = True
 
+    async def claim_unpublished(
+        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
+    ) -> tuple[OutboundEvent, ...]:
+        """The first `limit` unpublished rows, in insertion order: with no claims kept,
+        every unpublished row is free."""
+        return tuple(row.event for row in self.outbox.values() if not row.published)[:limit]
+
+    async def outbox_stats(self) -> tuple[int, float]:
+        """The unpublished rows, and an age of 0: the fake keeps no clock."""
+        return len(self.unpublished()), 0.0
+
     def unpublished(self) -> set[str]:
         return {eid for eid, row in self.outbox.items() if not row.published}
 
 
 @dataclass
 class FakePublisher:
-    """Same async API as :class:`consumer.publish.Publisher`; keeps what was acked."""
+    """An :class:`~consumer.ports.EventSink` like :class:`consumer.publish.Publisher`;
+    keeps what was acknowledged."""
 
     published: list[OutboundEvent] = field(default_factory=list)
     dead_letters: list[Invalid] = field(default_factory=list)
@@ -248,4 +272,5 @@ def webhook(
 
 
 def key(wamid: str, pnid: str = PNID) -> MessageKey:
+    """A message's key under `pnid`."""
     return MessageKey(pnid, wamid)
