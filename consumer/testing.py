@@ -249,13 +249,14 @@ def message(wamid: str, sender: str = SENDER, text: str = "hello") -> dict[str, 
 
 
 def webhook(
-    messages: list[dict[str, Any]] | None = None,
+    messages: list[Any] | None = None,
     *,
     pnid: str | None = PNID,
     contacts: list[dict[str, Any]] | None = None,
     statuses: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A one-entry, one-change webhook body."""
+    """A one-entry, one-change webhook body. `messages` may hold anything (a message
+    object, or what a malformed body holds instead)."""
     value: dict[str, Any] = {"messaging_product": "whatsapp"}
     if pnid is not None:
         value["metadata"] = {"display_phone_number": "15550783881", "phone_number_id": pnid}

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -53,10 +53,20 @@ from tests.support import kafka
 from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, ConsumerProc
 
-try:  # the product's dead-letter format and reader, where it has them
-    from consumer import deadletters
-except ImportError:  # pragma: no cover - before consumer/deadletters.py
-    deadletters = None
+if TYPE_CHECKING:
+    from consumer.deadletters import Header, Parsed
+
+
+def _product_reader() -> Callable[[Sequence[Header]], Parsed] | None:
+    """The product's dead-letter reader, where it has one."""
+    try:
+        from consumer.deadletters import read
+    except ImportError:  # pragma: no cover - before consumer/deadletters.py
+        return None
+    return read
+
+
+read_dead_letter = _product_reader()
 
 PARTITIONS = 4
 # A producer and readers that handle the 2.2 MB record (value + the 1.9 MB header).
@@ -311,13 +321,13 @@ def dead_letter(record: ConsumerRecord) -> DeadLetter:
     """A DLQ record's own fields: through consumer.deadletters' reader where the product
     has it (it tells the publisher's dlq.* headers from forged inbound ones), else the
     first header of each name."""
-    if deadletters is None:
+    if read_dead_letter is None:
         fields = {
             n: first_header(record, f"dlq.{n}")
             for n in ("reason", "detail", "source.topic", "source.partition", "source.offset")
         }
     else:
-        parsed = deadletters.read(tuple(record.headers or ()))
+        parsed = read_dead_letter(tuple(record.headers or ()))
         fields = {
             n: parsed.get(f"dlq.{n}")
             for n in ("reason", "detail", "source.topic", "source.partition", "source.offset")

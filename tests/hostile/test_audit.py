@@ -208,7 +208,7 @@ def test_personal_data_in_a_log_is_reported(tmp_path: Path) -> None:
         '{"event": "service.started"}\n'
         f'{{"event": "record.dead_lettered", "detail": "from is {SENDER_MARK}"}}\n'
     )
-    run.group.procs.append(ConsumerProc(0, None, log))  # type: ignore[arg-type]
+    run.group.procs.append(ConsumerProc(0, None, log))  # type: ignore[arg-type] # no process: only its log is read
     run._check_logs()
     assert len(run.verdict.run) == 1, run.verdict.run
     assert "line 2 (record.dead_lettered)" in run.verdict.run[0]

@@ -632,7 +632,7 @@ async def test_a_dead_letter_refused_as_too_large_lands_minimal(
     records = {
         deadletters.read(r.headers).source_offset: r for r in await _read_fenced(s, s.dlq_topic)
     }
-    assert sorted(records) == [60, 61]
+    assert set(records) == {60, 61}
     assert records[60].value == b"not json"
     assert deadletters.read(records[60].headers).originals == (SIGNATURE,)
     minimal = records[61]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _assert_once_each(
-    rows: list[tuple[str, str]], events: list[dict[str, object]], expected: set[tuple[str, str]]
+    rows: list[tuple[str, str]], events: list[dict[str, Any]], expected: set[tuple[str, str]]
 ) -> None:
     assert collections.Counter(rows) == collections.Counter(expected), "one row per message"
     announced = collections.Counter(
         (e["phone_number_id"], e["message"]["source_id"]) for e in events
-    )  # type: ignore[index]
+    )
     assert announced == collections.Counter(expected), "one event per message"
 
 
@@ -185,7 +186,7 @@ async def test_sigkill_mid_stream(group: ConsumerGroup, how: str) -> None:
     commit and the publish): after the group rebalances, every message is stored once
     and announced, and the lag returns to zero."""
     settings = group.settings
-    overrides = {"batch_max_records": 5, "lease_ttl_s": 3.0}
+    overrides: dict[str, object] = {"batch_max_records": 5, "lease_ttl_s": 3.0}
     if how == "crash_point_after_commit":
         overrides["crash_point"] = "after_commit:4"
     victim = group.start(1, **overrides)[0]

@@ -103,7 +103,10 @@ async def _race_in_processes(
         async with asyncio.timeout(60):
             ready = set()
             for _ in range(procs):
-                _, token = await client.blpop([lease_worker.ready_list(prefix)])
+                popped = await client.blpop([lease_worker.ready_list(prefix)])
+                assert popped is not None, "blpop without a timeout waits"
+                _, token = popped
+                assert isinstance(token, bytes)
                 ready.add(token.decode())
             assert ready == {f"proc-{i}" for i in range(procs)}
             await client.rpush(lease_worker.gate_list(prefix), *(["go"] * procs))

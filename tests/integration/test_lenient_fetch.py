@@ -10,7 +10,7 @@ import os
 import sys
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from consumer import lenient
 from consumer.tools import topics
@@ -69,7 +69,7 @@ async def test_a_header_name_that_is_not_utf8_does_not_stop_the_partition(
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek(tp, 0)
-        got = []
+        got: list[ConsumerRecord] = []
         while len(got) < 3:
             fetched = await consumer.getmany(timeout_ms=10_000)
             assert fetched, f"nothing fetched after {got}"

@@ -11,6 +11,7 @@ import pytest
 from consumer import events, intake
 from consumer.metrics import Metrics
 from consumer.ports import EventSink
+from consumer.records import Invalid
 from consumer.relay import Relay
 from consumer.store import MarkQueue, PendingMessage, Store, create_engine
 from consumer.testing import FakePublisher, record, webhook
@@ -25,7 +26,7 @@ T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
 def _pending(count: int) -> list[PendingMessage]:
     body = webhook([meta_message(f"wamid.R{i}") for i in range(count)])
     decoded = intake.decode(record(body), max_bytes=1 << 20)
-    assert not isinstance(decoded, intake.Invalid)
+    assert not isinstance(decoded, Invalid)
     return [
         PendingMessage(m, events.build(m, topic="out", occurred_at=T0)) for m in decoded.messages
     ]

@@ -302,7 +302,7 @@ def test_at_any_allowed_record_size_what_intake_accepts_can_be_announced(size: i
 def _batch_of_full_records(records: int, per_record: int) -> list[PendingMessage]:
     """`records` records intake accepts, each of `per_record` small messages (distinct
     wamids across the batch), with their events: one poll's batch."""
-    pending = []
+    pending: list[PendingMessage] = []
     for r in range(records):
         msgs = [
             {"from": "1", "id": f"w{r}.{n}", "timestamp": "1", "type": "t"}

@@ -266,10 +266,11 @@ async def _race(
         mine = wamids[3 * i : 3 * i + BATCH]
         random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each caller its own order
         pending = _pending("111", *mine, offset=i, occurred_at=now)
-        worker = {"worker_id": f"w{i}", "claim_for": dt.timedelta(seconds=60)} if claim else {}
+        worker_id = f"w{i}" if claim else ""
+        claim_for = dt.timedelta(seconds=60 if claim else 0)
         await barrier.wait()
         try:
-            return pending, await stores[i].save(pending, **worker)
+            return pending, await stores[i].save(pending, worker_id=worker_id, claim_for=claim_for)
         except StoreError as exc:
             return pending, exc
 

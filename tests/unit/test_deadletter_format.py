@@ -318,7 +318,7 @@ class _Producer:
 
 
 def _dead_letter(producer: _Producer, invalid: list[Invalid]) -> None:
-    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=MAX_REQUEST_BYTES)  # type: ignore[arg-type]
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=MAX_REQUEST_BYTES)
     asyncio.run(publisher.dead_letter(invalid))
 
 

@@ -14,7 +14,7 @@ from hypothesis import settings as hsettings
 
 from consumer import intake
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
-from tests.fuzz import contract, decoder, generators
+from tests.fuzz import contract, decoder, generators, strategies
 from tests.fuzz.generators import Case
 
 MAX = decoder.DEFAULT_MAX_BYTES
@@ -94,7 +94,7 @@ def test_an_escaped_exception_fails_the_fuzz_run(
 def test_an_accepted_message_breaking_a_limit_is_a_contract_violation() -> None:
     """A Webhook whose message has a control character in its wamid, or an over-long
     sender, or an internal_error refusal, is reported as a problem."""
-    case = Case("test", generators.SAMPLE_BYTES["text.json"])
+    case = Case("test", strategies.SAMPLE_BYTES["text.json"])
     record = InboundRecord("fuzz", 0, 0, None, case.value, (), 0)
     hook = intake.decode(record, max_bytes=MAX)
     assert isinstance(hook, Webhook)

@@ -54,7 +54,7 @@ def _dead_letter(
         "webhooks", source_partition, source_offset, key, value, headers, NOW_MS - 60_000
     )
     producer = _RecordingProducer()
-    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=max_request_bytes)  # type: ignore[arg-type]
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=max_request_bytes)
     asyncio.run(publisher.dead_letter([Invalid(record, reason, "Expecting value: line 1")]))
     (sent,) = producer.sent
     return dlq.DeadLetter(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -263,5 +264,5 @@ def test_a_body_small_enough_is_not_re_encoded(monkeypatch: pytest.MonkeyPatch) 
         raise AssertionError("orjson.dumps called at intake")
 
     body = _numbers_body(200_000, b"9e15")
-    monkeypatch.setattr(intake.orjson, "dumps", refuse)
+    monkeypatch.setattr(orjson, "dumps", refuse)
     assert isinstance(intake.decode(record(body), max_bytes=MAX), Webhook)

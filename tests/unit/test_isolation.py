@@ -9,11 +9,16 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from consumer import pipeline as pipeline_module
-from consumer.errors import StoreError
-from consumer.records import InboundRecord, Reason
+from consumer import events
+from consumer.errors import StoreError, UnstorableError
+from consumer.events import OutboundEvent
+from consumer.records import InboundRecord, Invalid, Message, Reason
+from consumer.store import PendingMessage, SaveResult
 from consumer.testing import key, message, record, webhook
 from tests.unit.test_pipeline import World
 
@@ -36,7 +41,7 @@ async def test_a_refused_record_is_dead_lettered_alone(culprit: int) -> None:
     it, goes to the DLQ as unstorable with the database's message; the other seven are
     stored, announced and durable; no lease is left behind."""
     world = World()
-    groups = [(f"wamid.{i}",) for i in range(8)]
+    groups: list[tuple[str, ...]] = [(f"wamid.{i}",) for i in range(8)]
     groups[culprit] = (f"wamid.{culprit}", "wamid.bad")
     world.store.refuse.add("wamid.bad")
     records = _batch(*groups)
@@ -112,14 +117,14 @@ async def test_an_event_that_cannot_be_built_is_unstorable(
     """Building a record's event fails (the encoder refuses its content): it is
     isolated and dead-lettered before anything of it is committed."""
     world = World()
-    real_build = pipeline_module.events.build
+    real_build = events.build
 
-    def build(m, **kwargs):  # type: ignore[no-untyped-def]
+    def build(m: Message, **kwargs: Any) -> OutboundEvent:
         if m.key.wamid == "wamid.deep":
-            raise pipeline_module.UnstorableError("the event cannot be encoded: too deep")
+            raise UnstorableError("the event cannot be encoded: too deep")
         return real_build(m, **kwargs)
 
-    monkeypatch.setattr(pipeline_module.events, "build", build)
+    monkeypatch.setattr(events, "build", build)
     records = _batch(("wamid.a",), ("wamid.deep",))
 
     await world.pipeline.process(records)
@@ -145,7 +150,9 @@ async def test_a_dependency_failure_is_not_a_data_error() -> None:
     assert len(world.store.saves) == 1, "a dependency failure is not bisected"
 
 
-async def test_a_dependency_failure_during_the_search_retries_the_rest() -> None:
+async def test_a_dependency_failure_during_the_search_retries_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A refusal starts the search; the database then goes away: what was not yet
     judged is retried, nothing is dead-lettered by mistake."""
     world = World()
@@ -153,13 +160,13 @@ async def test_a_dependency_failure_during_the_search_retries_the_rest() -> None
     saves_before_failure = 1
     original = world.store.save
 
-    async def save(pending, **kwargs):  # type: ignore[no-untyped-def]
+    async def save(pending: Sequence[PendingMessage], **kwargs: Any) -> SaveResult:
         if len(world.store.saves) >= saves_before_failure:
             world.store.saves.append([p.message.key for p in pending])
             raise StoreError("fake database: gone")
         return await original(pending, **kwargs)
 
-    world.store.save = save  # type: ignore[method-assign]
+    monkeypatch.setattr(world.store, "save", save)
     records = _batch(("wamid.a",), ("wamid.bad",), ("wamid.b",), ("wamid.c",))
 
     report = await world.pipeline.process(records)
@@ -177,7 +184,7 @@ async def test_a_bug_outside_any_record_retries_and_does_not_raise(
     retried, the failure is reported."""
     world = World()
 
-    async def broken(invalid):  # type: ignore[no-untyped-def]
+    async def broken(invalid: Sequence[Invalid]) -> None:
         raise TypeError("a bug")
 
     monkeypatch.setattr(world.publisher, "dead_letter", broken)
