@@ -181,7 +181,7 @@ class Service:
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({loop_task, stop_wait, *side_tasks}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
-        died = next((t for t in side_tasks if t.done()), None)
+        died = next((t for t in side_tasks if t.done() and not self._ended_cleanly(t)), None)
         if died is not None and not self._stop.is_set():
             exc = died.exception() if not died.cancelled() else None
             log.error("service.side_task_died", task=died.get_name(), error=repr(exc))
@@ -196,6 +196,11 @@ class Service:
             raise WamidGuardError(f"side task {died.get_name()} stopped unexpectedly") from (
                 died.exception() if not died.cancelled() else None
             )
+
+    def _ended_cleanly(self, task: asyncio.Task[None]) -> bool:
+        """A side task that returned because a stop was requested (the relay ends its
+        round and returns) has not died; one that raised, or returned unasked, has."""
+        return self._stop.is_set() and not task.cancelled() and task.exception() is None
 
     async def _wait_loop(self, loop_task: asyncio.Task[None]) -> None:
         """After a stop request: the batch in flight gets SHUTDOWN_GRACE_S, unless a
@@ -237,7 +242,7 @@ class Service:
                     self.tracker.settled(report, time.monotonic())
                     self.totals.add(report)
                 await self._commit()
-            self._source.apply_pauses(self.tracker.pauses())
+            self._source.apply_pauses(self.tracker.pauses(), self.tracker.owned)
             self.metrics.outbox_unmarked.set(len(self._flow.marks or ()))
             self._lag.sample()
             self.health.came_round()

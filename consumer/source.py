@@ -209,10 +209,12 @@ class Source:
     def paused(self) -> set[Partition]:
         return {_p(tp) for tp in self._consumer.paused()}
 
-    def apply_pauses(self, wanted: Mapping[Partition, str]) -> None:
-        """Make the consumer's pauses what the bookkeeping decided (for the partitions it
-        holds now), logging each change with its reason."""
-        assigned = self._consumer.assignment()
+    def apply_pauses(self, wanted: Mapping[Partition, str], owned: Iterable[Partition]) -> None:
+        """Make the consumer's pauses what the bookkeeping decided, for the partitions it
+        owns (between a revocation and the next assignment aiokafka still lists the old
+        ones: they are left alone), logging each change with its reason."""
+        mine = set(owned)
+        assigned = [tp for tp in self._consumer.assignment() if _p(tp) in mine]
         paused = set(self._consumer.paused())
         for tp in sorted(assigned, key=_p):
             reason = wanted.get(_p(tp))

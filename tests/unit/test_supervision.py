@@ -46,3 +46,26 @@ async def test_stop_request_ends_loop_and_side_tasks() -> None:
     asyncio.get_running_loop().call_later(0.05, service.request_stop, "test")
     await service._supervise(loop_task, [relay_task])
     assert relay_task.cancelled()
+
+
+async def test_a_side_task_that_returns_because_of_the_stop_has_not_died() -> None:
+    """The relay returns by itself once a stop is requested (it finishes its round); if
+    it is done before the loop when the supervisor looks, that is a clean stop, not a
+    death: no error (a member stopped with SIGTERM must exit 0)."""
+    service = Service(Settings(shutdown_grace_s=2.0))
+    loop_may_end = asyncio.Event()
+
+    async def loop() -> None:
+        await loop_may_end.wait()
+
+    async def relay() -> None:
+        await service._stop.wait()
+
+    loop_task = asyncio.create_task(loop())
+    relay_task = asyncio.create_task(relay(), name="outbox-relay")
+    service.request_stop("test")
+    await asyncio.sleep(0)  # the relay sees the stop and returns first
+    asyncio.get_running_loop().call_later(0.05, loop_may_end.set)
+    await service._supervise(loop_task, [relay_task])
+    assert relay_task.done()
+    assert not relay_task.cancelled()

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aiokafka import TopicPartition
+
 from consumer.pipeline import BatchReport
 from consumer.records import InboundRecord
+from consumer.settings import Settings
+from consumer.source import Source
 from consumer.testing import TOPIC, record
 from consumer.tracking import DEGRADED, Tracker
 
@@ -170,3 +174,33 @@ def test_positions_and_lag() -> None:
     assert t.positions() == {P0: 4}
     assert t.lag(P0, end=10) == 8
     assert t.lag(P1, end=10) == 0, "nothing fetched yet: no lag known to the member"
+
+
+class _PausingConsumer:
+    """What Source.apply_pauses touches of aiokafka's consumer."""
+
+    def __init__(self, assigned: set[tuple[str, int]], paused: set[tuple[str, int]]) -> None:
+        self.assigned = {TopicPartition(t, n) for t, n in assigned}
+        self.paused_now = {TopicPartition(t, n) for t, n in paused}
+
+    def assignment(self) -> set[object]:
+        return set(self.assigned)
+
+    def paused(self) -> set[object]:
+        return set(self.paused_now)
+
+    def pause(self, *tps: object) -> None:
+        self.paused_now.update(tps)
+
+    def resume(self, *tps: object) -> None:
+        self.paused_now.difference_update(tps)
+
+
+async def test_the_consumer_pauses_follow_the_decision_for_owned_partitions_only() -> None:
+    """Source.apply_pauses makes the consumer's pauses equal the decision for the
+    partitions the bookkeeping owns; one aiokafka still lists after its revocation is
+    left alone (no resume logged for a partition given up)."""
+    consumer = _PausingConsumer(assigned={P0, P1, P2}, paused={P1, P2})
+    source = Source(Settings(), client_id="t", consumer=consumer)
+    source.apply_pauses({P0: "pending=10"}, owned={P0, P1})
+    assert source.paused() == {P0, P2}, "P0 paused, P1 resumed, P2 (not owned) untouched"
