@@ -186,11 +186,14 @@ async def test_sigkill_mid_stream(group: ConsumerGroup, how: str) -> None:
     commit and the publish): after the group rebalances, every message is stored once
     and announced, and the lag returns to zero."""
     settings = group.settings
-    overrides: dict[str, object] = {"batch_max_records": 5, "lease_ttl_s": 3.0}
+    # A dead member's outbox claims hold LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S (a claim
+    # must outlast a publish in progress): short ones here, or the survivor waits 33 s.
+    quick: dict[str, object] = {"lease_ttl_s": 3.0, "kafka_request_timeout_s": 5.0}
+    overrides: dict[str, object] = {"batch_max_records": 5, **quick}
     if how == "crash_point_after_commit":
         overrides["crash_point"] = "after_commit:4"
     victim = group.start(1, **overrides)[0]
-    survivor = group.start(1, lease_ttl_s=3.0)[0]
+    survivor = group.start(1, **quick)[0]
     group.wait_all_assigned()
     expected = {("111", f"wamid.K{i}") for i in range(240)}
     records = [
