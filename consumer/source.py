@@ -10,16 +10,18 @@ pause) are the bookkeeping unit's (``tracking.py``); this module applies them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumer import lenient
-from consumer.errors import BrokerError, UnreadableFetchError
+from consumer.errors import BrokerError, MissingTopicError, UnreadableFetchError
 from consumer.offsets import Partition
 from consumer.records import InboundRecord
 from consumer.settings import Settings
@@ -64,6 +66,75 @@ def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
     }
 
 
+# -- reaching the broker --------------------------------------------------------------
+
+
+async def start_client(client: Any, bootstrap: str, timeout_s: float) -> None:
+    """Start an aiokafka client within `timeout_s`; if it cannot, a BrokerError that says
+    why (nothing listens there, no answer, something that is not Kafka), naming
+    KAFKA_BOOTSTRAP_SERVERS. aiokafka alone would wait on and end with a bare
+    "Unable connect to ...: "."""
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await (getattr(client, "close", None) or client.stop)()
+        why = await explain_unreachable(bootstrap, min(timeout_s, 5.0))
+        raise BrokerError(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap}: {why}"
+        ) from exc
+
+
+async def explain_unreachable(bootstrap: str, timeout_s: float) -> str:
+    """Why the bootstrap servers do not work as Kafka, from a plain TCP connection to
+    each: refused, no answer, a name that does not resolve, or a port that answers but
+    is not a Kafka broker."""
+    reasons = []
+    for server in (s.strip() for s in bootstrap.split(",")):
+        host, _, port = server.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+        except TimeoutError:
+            reasons.append(f"{server}: no answer within {timeout_s:g}s (wrong host, or a firewall)")
+            continue
+        except ConnectionRefusedError:
+            reasons.append(f"{server}: connection refused (nothing listens on that port)")
+            continue
+        except OSError as exc:
+            reasons.append(f"{server}: {exc.strerror or exc}")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        reasons.append(
+            f"{server}: something listens there, but it does not answer as a Kafka broker"
+        )
+    return "; ".join(reasons)
+
+
+async def require_topics(bootstrap: str, topics: Mapping[str, str], timeout_s: float) -> None:
+    """Fail unless every topic exists: MissingTopicError naming the setting or option
+    (the keys of `topics`) and how to create it. Asks for the list of all topics, which
+    never creates one (asking for a named topic's metadata can: a broker that
+    auto-creates topics would make any typo a new topic)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await start_client(admin, bootstrap, timeout_s)
+    try:
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerError(f"listing the topics of {bootstrap} failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+    missing = [f"{name}={topic}" for name, topic in topics.items() if topic not in existing]
+    if missing:
+        raise MissingTopicError(
+            f"{', '.join(missing)}: no such topic on KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
+            "(check the name, or create it: python -m consumer topics create)"
+        )
+
+
 class CommitOutcome(enum.Enum):
     OK = "ok"
     REJECTED = "rejected"  # the group moved on (a rebalance): the new owner re-reads
@@ -92,13 +163,7 @@ class Source:
 
     async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
         s = self._settings
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            raise BrokerError(
-                f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
-                f"{exc!r}"
-            ) from exc
+        await start_client(self._consumer, s.kafka_bootstrap_servers, self._timeout_s)
         self._consumer.subscribe([s.inbound_topic], listener=_Listener(on_revoked, on_assigned))
 
     async def stop(self) -> None:

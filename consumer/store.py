@@ -452,6 +452,27 @@ def _translate(exc: BaseException, what: str) -> StoreError | UnstorableError:
     return _failed(exc, what)
 
 
+def database_problem(exc: BaseException) -> str:
+    """What is wrong with a database the member or `migrate` could not use, in words an
+    operator acts on: unreachable, does not exist, not migrated, a file that cannot be
+    opened; else the driver's own line."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    text = str(orig if orig is not None else exc)
+    if state == "3D000":
+        return f"{_describe(exc)}; create the database, then run `python -m consumer migrate`"
+    if state == "42P01" or "no such table" in text:
+        return "not migrated: run `python -m consumer migrate`"
+    if state in ("28P01", "28000"):
+        return f"authentication failed: {_describe(exc)}"
+    if "unable to open database file" in text:
+        return "cannot open the SQLite file: does its folder exist, and may it be written?"
+    cause = exc.__cause__ or getattr(orig, "__cause__", None)
+    if isinstance(exc, OSError) or isinstance(cause, OSError):
+        return f"unreachable: {_describe(exc)}"
+    return _describe(exc)
+
+
 def _failed(exc: BaseException, what: str) -> StoreError:
     return StoreError(f"{what} failed: {_describe(exc)}")
 

@@ -13,19 +13,19 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumer import dedup
 from consumer.crashpoints import CrashPoints
-from consumer.errors import BrokerError, LeaseStoreError, StoreError
+from consumer.errors import LeaseStoreError, StoreError
 from consumer.metrics import Metrics
 from consumer.pipeline import BatchProcessor, Pipeline, publish_claim
 from consumer.publish import MAX_REQUEST_BYTES, Publisher, producer_config
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
-from consumer.store import MarkQueue, Store, create_engine
+from consumer.source import require_topics, start_client
+from consumer.store import MarkQueue, Store, create_engine, database_problem
 
 
 @dataclass
@@ -105,16 +105,29 @@ async def open_backends(settings: Settings) -> Backends:
 
 
 async def _check_database(store: Store, settings: Settings) -> None:
+    """The database answers and is migrated; else one line saying which of: unreachable,
+    does not exist, not migrated, a file that cannot be opened."""
     url = mask_url(settings.database_url)
     try:
         async with store.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1 FROM messages WHERE 1 = 0"))
             await conn.execute(sa.text("SELECT 1 FROM outbox WHERE 1 = 0"))
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(
-            f"database at DATABASE_URL={url} is unreachable or not migrated "
-            f"(run `python -m consumer migrate`): {exc}"
-        ) from exc
+        raise StoreError(f"database at DATABASE_URL={url}: {database_problem(exc)}") from exc
+
+
+async def check_topics(settings: Settings) -> None:
+    """The three topics a member uses exist (none is created as a side effect)."""
+    s = settings
+    await require_topics(
+        s.kafka_bootstrap_servers,
+        {
+            "INBOUND_TOPIC": s.inbound_topic,
+            "OUTBOUND_TOPIC": s.outbound_topic,
+            "DLQ_TOPIC": s.dlq_topic,
+        },
+        s.kafka_request_timeout_s,
+    )
 
 
 async def start_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
@@ -126,13 +139,7 @@ async def start_producer(settings: Settings, *, client_id: str) -> AIOKafkaProdu
             max_request_bytes=MAX_REQUEST_BYTES,
         )
     )
-    try:
-        await producer.start()
-    except KafkaError as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: "
-            f"{exc!r}"
-        ) from exc
+    await start_client(producer, settings.kafka_bootstrap_servers, settings.kafka_request_timeout_s)
     return producer
 
 

@@ -97,8 +97,10 @@ class Summary:
         return (
             m.get("stored") == self.rows
             and m.get("published") == self.unique_event_ids
-            # The replayed poison record is dead-lettered a second time.
+            # The replayed poison record is dead-lettered a second time...
             and m.get("dead_lettered") == EXPECTED_DEAD + 1
+            # ... and consumed a second time.
+            and m.get("records") == self.records_in + 1
         )
 
     def ok(self) -> bool:
@@ -447,20 +449,24 @@ def _print(s: Summary) -> None:
         f"{'yes' if op.replay_came_back else 'NO'}",
         "",
         "wamid-guard demo summary",
-        f"  records in               {s.records_in}",
+        f"  records in               {s.records_in} sent, + 1 sent again by `dlq replay`",
         f"  message copies in        {s.message_copies_in}",
-        f"  duplicates dropped       {dropped}",
-        f"  dedup hits by layer      in batch {s.layers.get('dup_in_batch', 0)}, "
+        f"  duplicates dropped       {dropped}  (= {s.message_copies_in} copies in - "
+        f"{s.rows} stored)",
+        f"  caught where, per try    in batch {s.layers.get('dup_in_batch', 0)}, "
         f"done marker {s.layers.get('dup_done_marker', 0)}, "
         f"database {s.layers.get('dup_database', 0)}; deferred (lease held elsewhere) "
-        f"{s.layers.get('held', 0)}  (a deferred record counts again when retried)",
+        f"{s.layers.get('held', 0)}",
+        "                           (counted each time a batch met them: a deferred record "
+        "is tried again, so these add up to more than the duplicates)",
         f"  messages stored          {s.rows}  (unique in input: {s.unique_expected})",
         f"  message_created out      {s.events}  (unique event_ids: {s.unique_event_ids})",
         f"  dead-lettered            {s.dead_lettered}  {s.dlq_reasons}",
         f"  consumer exit codes      {s.exit_codes}",
         f"  metrics (all members)    stored {m.get('stored', 0):g}, announced "
-        f"{m.get('published', 0):g}, dead-lettered {m.get('dead_lettered', 0):g}, records "
-        f"{m.get('records', 0):g}: {'agree' if s.metrics_agree() else 'DISAGREE'}",
+        f"{m.get('published', 0):g}, dead-lettered {m.get('dead_lettered', 0):g} (the "
+        f"replayed record twice), records {m.get('records', 0):g} ({s.records_in} + 1 "
+        f"replayed): {'agree' if s.metrics_agree() else 'DISAGREE'}",
         f"  took                     {s.seconds:.1f}s",
         f"  result                   {'OK: stored once, announced once' if s.ok() else 'FAILED'}",
     ]

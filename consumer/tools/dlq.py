@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import deadletters, lenient
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, MissingTopicError
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
 from consumer.safetext import clip, escape, json_line, quote, token
@@ -556,9 +556,10 @@ class DlqReader:
     def require_topic(self, setting: str, topic: str) -> None:
         """Fail early, naming the setting, rather than wait on a topic that is not there."""
         if topic not in self._topics:
-            raise BrokerError(
-                f"{setting}={topic} does not exist on KAFKA_BOOTSTRAP_SERVERS="
-                f"{self._settings.kafka_bootstrap_servers} (check the name)"
+            raise MissingTopicError(
+                f"{setting}={topic}: no such topic on KAFKA_BOOTSTRAP_SERVERS="
+                f"{self._settings.kafka_bootstrap_servers} (check the name, or create it: "
+                "python -m consumer topics create)"
             )
 
     async def letters(self) -> AsyncIterator[DeadLetter]:
@@ -705,11 +706,13 @@ async def replay(
     skips += missing_offsets(settings.dlq_topic, tally, chosen)
     for skip in skips:
         print(f"skip {skip.coordinates}: {escape(skip.why)}", file=out)
+    # An --offset that named no dead letter is a failure: the operator asked for it.
+    not_found = 1 if any(s.kind == "not found" for s in skips) else 0
     if dry_run:
         for r in replays:
             print(_would_send(r), file=out)
         print(f"dry run, nothing sent: would send {len(replays)}{_skipped(skips)}", file=out)
-        return 0
+        return not_found
     results = await send_replays(settings, replays)
     for result in results:
         print(_sent_line(result), file=out)
@@ -719,7 +722,7 @@ async def replay(
         f"{_skipped(skips)}. Safe to repeat: the pipeline drops messages it already stored.",
         file=out,
     )
-    return 1 if failed else 0
+    return 1 if failed or not_found else 0
 
 
 def _would_send(r: Replay) -> str:

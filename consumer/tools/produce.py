@@ -15,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, ConfigError
 from consumer.intake import SIGNATURE_HEADER, sign
 from consumer.tools.topics import partition_count
 
@@ -69,9 +69,32 @@ def synthetic_bodies(
 
 
 def read_bodies(paths: Sequence[str]) -> list[tuple[str, bytes]]:
+    """The files' bytes, as named (the bundled samples when none is). A path that is not
+    a readable file is a bad argument (ConfigError naming it)."""
     if not paths:
         return sample_bodies()
-    return [(Path(p).name, Path(p).read_bytes()) for p in paths]
+    bodies = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            raise ConfigError("FILE", f"{p} is a folder, not a webhook file")
+        try:
+            bodies.append((path.name, path.read_bytes()))
+        except OSError as exc:
+            raise ConfigError("FILE", f"{p}: {exc.strerror or exc}") from exc
+    return bodies
+
+
+def not_json(bodies: Sequence[tuple[str, bytes]]) -> list[str]:
+    """The names of bodies that are not JSON (sent all the same: the pipeline will
+    dead-letter them, which is what one may want to try)."""
+    out = []
+    for name, body in bodies:
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            out.append(name)
+    return out
 
 
 async def produce(

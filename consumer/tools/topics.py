@@ -6,6 +6,7 @@ No aiokafka error leaves this module: a failure comes out as
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
@@ -15,6 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from consumer import lenient
 from consumer.errors import BrokerError
+from consumer.source import start_client
 
 
 async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
@@ -31,6 +33,41 @@ async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
         raise BrokerError(f"creating topics {sorted(partitions)} failed: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+# `topics create`: the inbound and outbound topics get the same count (a partition is the
+# unit of parallelism: members beyond it idle); one partition is enough for dead letters,
+# and keeps them in the order they failed.
+DEFAULT_PARTITIONS = 4
+DLQ_PARTITIONS = 1
+
+
+async def list_topics(
+    bootstrap: str, timeout_s: float = 30.0, wait_s: float = 0.0
+) -> dict[str, int]:
+    """Every topic (internal ones left out) with its partition count. Lists first and
+    describes only what exists, so that no topic is created by asking. With `wait_s`, a
+    broker that does not answer yet is asked again until it does, for that long."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        )
+        try:
+            await start_client(admin, bootstrap, timeout_s)
+            break
+        except BrokerError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+    try:
+        names = sorted(t for t in await admin.list_topics() if not t.startswith("__"))
+        described = await admin.describe_topics(names) if names else []
+    except KafkaError as exc:
+        raise BrokerError(f"listing the topics of {bootstrap} failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if not d["error_code"]}
 
 
 async def partition_count(bootstrap: str, topic: str) -> int:

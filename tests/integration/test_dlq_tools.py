@@ -401,7 +401,7 @@ async def test_replay_refusals(
     assert "--since" in run.err
 
     run = await _dlq(capsys, "replay", "--offset", letters["big"].at, "--offset", "1:999")
-    assert run.code == 0, run.err
+    assert run.code == 1, "an --offset that names no dead letter is a failure"
     assert f"skip {letters['big'].at}: value truncated to 96.0KiB of 195.3KiB" in run.out
     assert "skip 1:999: no such record" in run.out
     assert "sent 0, failed 0, skipped 2 (" in run.lines[-1]
@@ -423,13 +423,13 @@ async def test_errors_name_the_setting(
     monkeypatch.setenv("DLQ_TOPIC", "no-such-dlq")
     run = await _dlq(capsys, "list")
     assert run.code == 1
-    assert "DLQ_TOPIC=no-such-dlq does not exist" in run.err
+    assert "DLQ_TOPIC=no-such-dlq: no such topic" in run.err
 
     monkeypatch.setenv("DLQ_TOPIC", cli_settings.dlq_topic)
     monkeypatch.setenv("INBOUND_TOPIC", "no-such-inbound")
     run = await _dlq(capsys, "replay", "--all")
     assert run.code == 1
-    assert "INBOUND_TOPIC=no-such-inbound does not exist" in run.err
+    assert "INBOUND_TOPIC=no-such-inbound: no such topic" in run.err
 
 
 async def test_a_failed_send_is_reported_and_exits_1(

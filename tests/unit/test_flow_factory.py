@@ -29,11 +29,15 @@ def _record_startup(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         steps.append("backends")
         raise Stop
 
+    async def check_topics(*_args: object, **_kwargs: object) -> None:
+        steps.append("topics")
+
     async def start_producer(*_args: object, **_kwargs: object) -> None:
         steps.append("producer")
         raise Stop
 
     monkeypatch.setattr(service_module, "open_backends", open_backends)
+    monkeypatch.setattr(service_module, "check_topics", check_topics)
     monkeypatch.setattr(service_module, "start_producer", start_producer)
     return steps
 
@@ -56,7 +60,7 @@ def test_the_passthrough_flow_opens_neither_redis_nor_the_database(
     service = Service(Settings(), flow_factory=PASSTHROUGH)
     with pytest.raises(Stop):
         asyncio.run(service.startup())
-    assert steps == ["producer"]
+    assert steps == ["topics", "producer"]
     assert service.health.probes == {}
 
 

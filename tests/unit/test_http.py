@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.errors import BrokerError, ConfigError, LeaseStoreError, StoreError
+from consumer.errors import BrokerError, EndpointError, LeaseStoreError, StoreError
 from consumer.http import HttpServer, Response, probe
 from consumer.metrics import Metrics
 from consumer.tools import embedded
@@ -115,7 +115,7 @@ async def test_a_taken_port_fails_naming_the_setting() -> None:
     first = HttpServer(embedded.LOOPBACK, 0, {"/healthz": _ok})
     await first.start()
     try:
-        with pytest.raises(ConfigError, match="METRICS_PORT") as info:
+        with pytest.raises(EndpointError, match="METRICS_PORT") as info:
             await HttpServer(embedded.LOOPBACK, first.port, {}).start()
         assert isinstance(info.value.__cause__, OSError)
     finally:

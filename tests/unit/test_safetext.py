@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from consumer import safetext
-from consumer.cli import format_event
+from consumer.tools.tail import format_event
 
 ANSI = "\x1b[2J\x1b[31mred\x1b]0;title\x07"
 BIDI = "".join(map(chr, [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
