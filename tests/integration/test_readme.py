@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def run_it_yourself() -> str:
     return found.group(1)
 
 
+async def _stop_group(pgid: int) -> None:
+    """Whatever the block left running: SIGTERM first (the broker command then stops its
+    Tansu, which runs in a session of its own), SIGKILL what is left after 10 s."""
+    deadline = asyncio.get_running_loop().time() + 10
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        while asyncio.get_running_loop().time() < deadline:
+            os.killpg(pgid, 0)
+            await asyncio.sleep(0.1)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
 def expected_keys() -> set[MessageKey]:
     """The messages of the bundled samples (`produce` with no file sends them)."""
     keys = set()
@@ -53,22 +68,29 @@ async def test_the_run_it_yourself_block_works_as_written(
     env = {**os.environ, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "METRICS_PORT", "LOG_LEVEL"):
         env.pop(name, None)
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-e",
-        "-c",
-        run_it_yourself(),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 150)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+        # Its own process group, and output to files: if the block fails half-way, what
+        # it left running (the broker, members) is killed with it, and cannot keep the
+        # test waiting on a pipe.
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-e",
+            "-c",
+            run_it_yourself(),
+            cwd=tmp_path,
+            env=env,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), 100)
+        finally:
+            await _stop_group(proc.pid)
+            if proc.returncode is None:
+                await proc.wait()
+    out, err = out_path.read_bytes(), err_path.read_bytes()
     said = f"stdout:\n{out.decode()}\nstderr:\n{err.decode()}"
     assert proc.returncode == 0, said
     events = [line for line in out.decode().splitlines() if " message_created " in line]
