@@ -382,10 +382,12 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "measure the pipeline's throughput and latency against reference modes",
         reads="REDIS_URL, DATABASE_URL (PostgreSQL for numbers that mean something)",
         details="Modes: pipeline (the real flow), per-message (a naive one-message-at-a-time "
-        "port), pass-through (consume and republish, no Redis or database: the ceiling). "
+        "port), pass-through (consume and republish, no Redis or database: the ceiling), "
+        "single (the pipeline with one member alone; not run unless named). "
         "See docs/benchmarks.md.",
         examples="  python -m consumer bench\n"
-        "  python -m consumer bench --records 20000 --modes pipeline,pass-through",
+        "  python -m consumer bench --records 20000 --modes pipeline,pass-through\n"
+        "  python -m consumer bench --messages-per-webhook 1-3 --modes pipeline,single",
     )
     bench.add_argument("--records", type=int, default=200_000, help="inbound records")
     bench.add_argument("--dup-ratio", type=float, default=0.3, help="share of duplicates")
@@ -400,7 +402,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench.add_argument(
         "--modes",
         default="pipeline,per-message,pass-through",
-        help="comma-separated: pipeline, per-message, pass-through",
+        help="comma-separated: pipeline, per-message, pass-through, single",
+    )
+    bench.add_argument(
+        "--messages-per-webhook",
+        default="1",
+        metavar="N or LO-HI",
+        help="messages in each webhook record (LO-HI: drawn per record); default 1",
     )
     bench.add_argument(
         "--per-message-records",
@@ -644,6 +652,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError("--modes", f"unknown mode(s) {sorted(unknown)}; use {bench.MODES}")
     cfg = bench.BenchConfig(
+        messages_per_webhook=_span("--messages-per-webhook", args.messages_per_webhook),
         records=args.records,
         dup_ratio=args.dup_ratio,
         partitions=args.partitions,
@@ -657,6 +666,18 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         profile_dir=Path(args.profile) if args.profile else None,
     )
     return bench.main(settings, cfg, as_json=args.json)
+
+
+def _span(option: str, raw: str) -> tuple[int, int]:
+    """`N` or `LO-HI` as (lo, hi), both at least 1."""
+    lo, _, hi = raw.partition("-")
+    try:
+        span = (int(lo), int(hi or lo))
+    except ValueError:
+        raise ConfigError(option, f"expected N or LO-HI, got {raw!r}") from None
+    if not 1 <= span[0] <= span[1]:
+        raise ConfigError(option, f"expected 1 <= LO <= HI, got {raw!r}")
+    return span
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:

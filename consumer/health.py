@@ -1,9 +1,10 @@
 """Is the member alive, is it ready: the answers behind ``/healthz`` and ``/readyz``.
 
-Liveness: the poll loop came round within LIVENESS_TIMEOUT_S (a batch stuck for longer
-is a member to restart). Readiness: the member holds an assignment (possibly empty: more
-members than partitions), its group coordinator answers, Redis and the database answer,
-and it is not stopping. Each check is bounded in time and never raises.
+Liveness: the poll loop came round, and no batch in flight started, more than
+LIVENESS_TIMEOUT_S ago (a batch stuck for longer is a member to restart). Readiness: the
+member holds an assignment (possibly empty: more members than partitions), its group
+coordinator answers, Redis and the database answer, and it is not stopping. Each check is
+bounded in time and never raises.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ class Health:
         # Named dependency checks besides Kafka ("redis", "database"), set at startup.
         self.probes: dict[str, Probe] = {}
 
-    def came_round(self) -> None:
-        """The poll loop finished a turn."""
-        self._last_loop = time.monotonic()
+    def came_round(self, *, since: float | None = None) -> None:
+        """The poll loop finished a turn; `since`: when the oldest batch still in flight
+        started (a batch stuck for longer than LIVENESS_TIMEOUT_S fails liveness even
+        while batches of other partitions go on)."""
+        now = time.monotonic()
+        self._last_loop = now if since is None else min(now, since)
 
     def liveness(self) -> dict[str, object]:
         """Alive while the poll loop keeps coming round (startup counts as coming round)."""

@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -33,7 +34,7 @@ from consumer.http import HttpServer
 from consumer.lag import LagSampler
 from consumer.metrics import Metrics
 from consumer.offsets import Partition
-from consumer.pipeline import BatchReport
+from consumer.pipeline import BatchProcessor, BatchReport
 from consumer.publish import MAX_REQUEST_BYTES, Publisher
 from consumer.records import InboundRecord
 from consumer.settings import Settings
@@ -69,9 +70,10 @@ class Service:
             retry_backoff_max_s=settings.retry_backoff_max_s,
         )
         self.totals = BatchReport()
+        self._inflight: dict[asyncio.Task[BatchReport], _InFlight] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._batch_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
         self.health = Health(settings, self.tracker, self._stop)
         self._started = False
         self._http: HttpServer | None = None
@@ -155,7 +157,7 @@ class Service:
     async def shutdown(self) -> None:
         """Commit what is durable, leave the group, flush and close every client."""
         if self._source is not None:
-            async with self._batch_lock:
+            async with self._lock:
                 await self._commit()
             await _quietly(self._source.stop(), "consumer.stop")
         if self._producer is not None:
@@ -229,46 +231,156 @@ class Service:
     # -- the loop --------------------------------------------------------------------
 
     async def _main_loop(self) -> None:
+        """Fetch for the partitions that have no batch in flight, start their batches
+        (up to MAX_INFLIGHT_BATCHES at once), settle each batch as it ends. Records of
+        one partition are in one batch at a time, so a partition is processed in order;
+        batches of different partitions overlap (one waits on the database while the
+        next takes its leases). Completion out of order is safe: a partition's offset
+        is committed only up to its lowest unfinished record (rule 8)."""
+        try:
+            while not self._stop.is_set():
+                await self._round()
+            async with self._lock:
+                await self._drain()  # a graceful stop lets the batches in flight end
+        finally:
+            await self._cancel_inflight()
+
+    async def _round(self) -> None:
+        """One turn: fetch for the free partitions (or wait for a batch) until something
+        happens, then settle what ended, start what came in, commit, pause."""
         assert self._source is not None  # noqa: S101 - set in startup
         assert self._flow is not None  # noqa: S101 - set in startup
         assert self._lag is not None  # noqa: S101 - set in startup
-        processor = self._flow.processor
-        while not self._stop.is_set():
-            records = await self._fetch()
-            async with self._batch_lock:
-                await processor.housekeeping()
-                owned = self.tracker.owned  # a rebalance may have come while we fetched
-                records = [r for r in records if (r.topic, r.partition) in owned]
-                if records:
-                    report = await processor.process(records)
-                    self.tracker.settled(report, time.monotonic())
-                    self.totals.add(report)
-                await self._commit()
-            self._source.apply_pauses(self.tracker.pauses(), self.tracker.owned)
-            self.metrics.outbox_unmarked.set(len(self._flow.marks or ()))
-            self._lag.sample()
-            self.health.came_round()
+        free = self._free_partitions()
+        records: list[InboundRecord] = []
+        if free and len(self._inflight) < self.settings.max_inflight_batches:
+            records = await self._fetch(free)
+        elif self._inflight:
+            await asyncio.wait(
+                set(self._inflight),
+                timeout=self.settings.poll_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        else:  # nothing assigned yet (or every partition busy with nothing in flight)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.poll_timeout_s)
+        async with self._lock:
+            self._settle_finished()
+            await self._flow.processor.housekeeping()
+            self._start_batches(records)
+            await self._commit()
+        self._source.apply_pauses(self.tracker.pauses(), self.tracker.owned)
+        self.metrics.outbox_unmarked.set(len(self._flow.marks or ()))
+        self._lag.sample()
+        oldest = min((b.started for b in self._inflight.values()), default=None)
+        self.health.came_round(since=oldest)
 
-    async def _fetch(self) -> list[InboundRecord]:
-        """Retries that are due first, then new records to fill the batch."""
+    def _free_partitions(self) -> set[Partition]:
+        """Owned partitions without a batch in flight (paused ones included: their
+        retries still run; the consumer returns no new records of them)."""
+        busy = {p for b in self._inflight.values() for p in b.partitions}
+        return set(self.tracker.owned) - busy
+
+    async def _fetch(self, partitions: set[Partition]) -> list[InboundRecord]:
+        """Retries of these partitions that are due first, then new records to fill
+        the batch. Waits up to POLL_TIMEOUT_S (or the next retry) for new records, but
+        only until a batch in flight ends: its partition is then free for the next
+        fetch. (aiokafka's getmany takes records out of its buffer only in a step that
+        returns them, so cutting its wait short loses nothing.)"""
         assert self._source is not None  # noqa: S101 - set in startup
         now = time.monotonic()
         size = self.settings.batch_max_records
-        due = self.tracker.due(now, size)
-        next_retry = self.tracker.next_due_in(now)
+        due = self.tracker.due(now, size, partitions)
+        if len(due) >= size:
+            return due
         timeout_s = self.settings.poll_timeout_s
+        next_retry = self.tracker.next_due_in(now, partitions)
         if next_retry is not None:
             timeout_s = min(timeout_s, next_retry)
         if due:
             timeout_s = 0
+        fetch = self._source.fetch(
+            timeout_s=timeout_s, max_records=size - len(due), partitions=partitions
+        )
+        getting = asyncio.create_task(fetch, name="fetch")
+        if self._inflight and timeout_s > 0:
+            try:
+                await asyncio.wait({getting, *self._inflight}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getting.done():  # a batch ended first (or we are being cancelled)
+                    getting.cancel()
         try:
-            new = await self._source.fetch(timeout_s=timeout_s, max_records=size - len(due))
+            new = await getting
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise
+            new = []  # we cut the wait short
         except BrokerError as exc:
             await self._fetch_failed(exc)
             return due
         new = self.tracker.fetched(new)
         self.metrics.records_consumed.inc(len(new))
         return due + new
+
+    def _start_batches(self, records: list[InboundRecord]) -> None:
+        """Start batches of these records (all of partitions that were free): one per
+        partition while slots are free, the last slot taking the partitions left over.
+        Records of a partition no longer ours (a rebalance came while we fetched) are
+        dropped: their new owner reads them from the committed offset."""
+        owned = self.tracker.owned
+        by_partition: dict[Partition, list[InboundRecord]] = {}
+        for r in records:
+            p = (r.topic, r.partition)
+            if p in owned:
+                by_partition.setdefault(p, []).append(r)
+        groups = list(by_partition.items())
+        slots = max(1, self.settings.max_inflight_batches - len(self._inflight))
+        processor = self._flow_processor()
+        while groups:
+            take, groups = (groups[:1], groups[1:]) if slots > 1 else (groups, [])
+            slots -= 1
+            batch = [r for _, rs in take for r in rs]
+            task = asyncio.create_task(processor.process(batch), name="batch")
+            self._inflight[task] = _InFlight(frozenset(p for p, _ in take), batch, time.monotonic())
+
+    def _flow_processor(self) -> BatchProcessor:
+        assert self._flow is not None  # noqa: S101 - set in startup
+        return self._flow.processor
+
+    def _settle_finished(self) -> None:
+        """Let the bookkeeping settle every batch that ended (under the lock)."""
+        for task in [t for t in self._inflight if t.done()]:
+            self._settle(task)
+
+    def _settle(self, task: asyncio.Task[BatchReport]) -> None:
+        batch = self._inflight.pop(task)
+        if task.cancelled():
+            return  # cut short by a forced stop: its records stay unfinished (redelivered)
+        exc = task.exception()
+        if exc is not None:  # process() reports failures; this is a bug, not a record's
+            log.error("batch.crashed", error=type(exc).__name__, exc_info=exc)
+            report = BatchReport(records=len(batch.records), failure=type(exc).__name__)
+            report.retry = list(batch.records)
+        else:
+            report = task.result()
+        self.tracker.settled(report, time.monotonic())
+        self.totals.add(report)
+
+    async def _drain(self) -> None:
+        """Wait for every batch in flight and settle it (a rebalance, a stop)."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+            for task in [t for t in self._inflight if t.done()]:
+                self._settle(task)
+
+    async def _cancel_inflight(self) -> None:
+        """A forced stop (or a crash of the loop): cut the batches in flight short; each
+        gives its leases back on the way out."""
+        for task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._inflight.clear()
 
     async def _fetch_failed(self, exc: BrokerError) -> None:
         """A fetch raised (the broker answered an error, or a record could not be read):
@@ -302,14 +414,15 @@ class Service:
     # -- rebalance -------------------------------------------------------------------
 
     async def on_revoked(self, revoked: set[Partition]) -> None:
-        async with self._batch_lock:  # the batch in flight finishes first
+        async with self._lock:  # the batches in flight finish first
+            await self._drain()
             await self._commit(revoked)
             self.tracker.revoked(revoked)
         log.info("partitions.revoked", partitions=sorted(f"{t}:{p}" for t, p in revoked))
 
     async def on_assigned(self, assigned: set[Partition]) -> None:
         assert self._source is not None  # noqa: S101 - set in startup
-        async with self._batch_lock:  # no batch may commit before the positions are set
+        async with self._lock:  # no batch may commit before the positions are set
             fresh = await self._source.start_uncommitted_at_zero(assigned)
             self.tracker.assigned(assigned, fresh=fresh)
         log.info("partitions.assigned", partitions=sorted(f"{t}:{p}" for t, p in assigned))
@@ -322,6 +435,16 @@ class Service:
             return
         self._http = HttpServer(s.metrics_host, s.metrics_port, self.health.routes(self.metrics))
         await self._http.start()
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A batch being processed: its partitions (no other batch takes them meanwhile),
+    its records, and when it started (for liveness)."""
+
+    partitions: frozenset[Partition]
+    records: list[InboundRecord]
+    started: float
 
 
 async def _quietly(awaitable: object, what: str) -> None:

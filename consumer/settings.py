@@ -58,6 +58,8 @@ class Settings:
     done_ttl_s: float = 8 * 24 * 3600.0
 
     batch_max_records: int = 500
+    # Batches one member runs at once, each of its own partitions (1: one at a time).
+    max_inflight_batches: int = 4
     poll_timeout_s: float = 0.5
     max_record_bytes: int = 256 * 1024
     max_pending_records: int = 5000
@@ -228,7 +230,13 @@ def _validate(s: Settings) -> None:
     ):
         value = getattr(s, name)
         _require(math.isfinite(value) and value > 0, name, "must be a finite number above 0")
-    for name in ("batch_max_records", "max_record_bytes", "max_pending_records", "db_pool_size"):
+    for name in (
+        "batch_max_records",
+        "max_inflight_batches",
+        "max_record_bytes",
+        "max_pending_records",
+        "db_pool_size",
+    ):
         _require(getattr(s, name) >= 1, name, "must be at least 1")
     _require(s.lease_ttl_s >= 1, "lease_ttl_s", "must be at least 1 second")
     _require(

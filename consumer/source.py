@@ -171,14 +171,24 @@ class Source:
 
     # -- records -------------------------------------------------------------------
 
-    async def fetch(self, *, timeout_s: float, max_records: int) -> list[InboundRecord]:
-        """Records of unpaused owned partitions, as many as `max_records`; BrokerError if
-        the fetch failed (the broker answered an error, or a record could not be read:
-        aiokafka then moves past what it had read but not returned, so the caller
-        should :meth:`rewind`)."""
+    async def fetch(
+        self,
+        *,
+        timeout_s: float,
+        max_records: int,
+        partitions: Iterable[Partition] | None = None,
+    ) -> list[InboundRecord]:
+        """Records of unpaused owned partitions (of `partitions` only, if given), as many
+        as `max_records`; BrokerError if the fetch failed (the broker answered an error,
+        or a record could not be read: aiokafka then moves past what it had read but not
+        returned, so the caller should :meth:`rewind`). Cancelling it loses nothing:
+        records leave aiokafka's buffer only in the step that returns them."""
+        only = [_tp(p) for p in sorted(partitions)] if partitions is not None else []
+        if partitions is not None and not only:
+            return []  # getmany() of no partition would mean every partition
         try:
             fetched = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
+                *only, timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)
             )
         except KafkaError as exc:
             raise BrokerError(f"fetching failed: {exc!r}") from exc

@@ -217,16 +217,13 @@ class Store:
         by_key = {k: by_key[k] for k in sorted(by_key, key=lambda k: (k.phone_number_id, k.wamid))}
         try:
             async with self._engine.begin() as conn:
-                inserted = await self._insert_messages(conn, list(by_key.values()))
+                rows = list(by_key.values())
+                if self._sqlite:
+                    inserted = await self._insert_messages(conn, rows)
+                    await self._insert_outbox(conn, rows, inserted, worker_id, claim_for)
+                else:
+                    inserted = await _insert_pg(conn, rows, worker_id, claim_for)
                 new = [by_key[k] for k in by_key if k in inserted]
-                if new:
-                    await conn.execute(
-                        sa.insert(outbox).values(
-                            created_at=self._now(),
-                            claimed_until=self._later(claim_for) if claim_for else None,
-                        ),
-                        [_outbox_row(p, worker_id or None) for p in new],
-                    )
                 conflicts = frozenset(by_key) - inserted
                 stale: tuple[OutboundEvent, ...] = ()
                 busy: frozenset[str] = frozenset()
@@ -249,6 +246,9 @@ class Store:
             return
         try:
             async with self._engine.begin() as conn:
+                if not self._sqlite:  # the ids as one array parameter
+                    await conn.execute(_DELETE_PG, {"ids": list(event_ids)})
+                    return
                 for chunk in _chunks(sorted(event_ids)):
                     await conn.execute(
                         sa.delete(outbox).where(outbox.c.event_id.in_(_locked_in_order(chunk)))
@@ -364,6 +364,24 @@ class Store:
         rows = (await conn.execute(stmt, [_message_row(p) for p in pending])).all()
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
+    async def _insert_outbox(
+        self,
+        conn: AsyncConnection,
+        pending: list[PendingMessage],
+        inserted: frozenset[MessageKey],
+        worker_id: str,
+        claim_for: dt.timedelta,
+    ) -> None:
+        new = [p for p in pending if p.message.key in inserted]
+        if new:
+            await conn.execute(
+                sa.insert(outbox).values(
+                    created_at=self._now(),
+                    claimed_until=self._later(claim_for) if claim_for else None,
+                ),
+                [_outbox_row(p, worker_id or None) for p in new],
+            )
+
     async def _unpublished(
         self,
         conn: AsyncConnection,
@@ -420,6 +438,125 @@ class Store:
                     )
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"releasing {len(event_ids)} outbox claim(s)") from exc
+
+
+# -- PostgreSQL: a batch in one statement, its columns bound as arrays ------------------
+
+# The messages and their outbox rows of a whole batch in one round trip: each column is one
+# array parameter (so the statement text, and PostgreSQL's prepared plan, are the same for
+# every batch, and the driver sends 21 values instead of 21 per message); the outbox rows
+# are inserted only for the messages the fence let in. The CTE that inserts runs to
+# completion whether or not its rows are read.
+_INSERT_PG = sa.text(
+    """
+WITH batch AS (
+    SELECT * FROM unnest(
+        CAST(:id AS text[]), CAST(:phone_number_id AS text[]), CAST(:source_id AS text[]),
+        CAST(:sender AS text[]), CAST(:message_type AS text[]),
+        CAST(:message_timestamp AS text[]), CAST(:contact_wa_id AS text[]),
+        CAST(:contact_name AS text[]), CAST(:contact_profile AS text[]),
+        CAST(:raw AS text[]), CAST(:event_id AS text[]), CAST(:source_topic AS text[]),
+        CAST(:source_partition AS integer[]), CAST(:source_offset AS bigint[]),
+        CAST(:topic AS text[]), CAST(:key AS bytea[]), CAST(:payload AS bytea[])
+    ) AS b(id, phone_number_id, source_id, sender, message_type, message_timestamp,
+           contact_wa_id, contact_name, contact_profile, raw, event_id, source_topic,
+           source_partition, source_offset, topic, key, payload)
+), stored AS (
+    INSERT INTO messages (id, phone_number_id, source_id, sender, message_type,
+        message_timestamp, contact_wa_id, contact_name, contact_profile, raw, event_id,
+        source_topic, source_partition, source_offset, created_at)
+    SELECT id, phone_number_id, source_id, sender, message_type, message_timestamp,
+        contact_wa_id, contact_name, CAST(contact_profile AS json), CAST(raw AS json),
+        event_id, source_topic, source_partition, source_offset, now()
+    FROM batch
+    ON CONFLICT DO NOTHING
+    RETURNING phone_number_id, source_id, event_id
+), announced AS (
+    INSERT INTO outbox (event_id, message_id, phone_number_id, source_id, topic, key,
+        payload, created_at, claimed_by, claimed_until)
+    SELECT b.event_id, b.id, b.phone_number_id, b.source_id, b.topic, b.key, b.payload,
+        now(), CAST(:claimed_by AS text),
+        now() + make_interval(secs => CAST(:claim_s AS double precision))
+    FROM stored s JOIN batch b ON b.event_id = s.event_id
+)
+SELECT phone_number_id, source_id FROM stored
+"""
+)
+
+
+# mark_published on PostgreSQL: the rows locked in event_id order first (see
+# _locked_in_order), the ids bound as one array.
+_DELETE_PG = sa.text(
+    """
+DELETE FROM outbox WHERE event_id IN (
+    SELECT event_id FROM outbox WHERE event_id = ANY(CAST(:ids AS text[]))
+    ORDER BY event_id FOR UPDATE
+)
+"""
+)
+
+
+async def _insert_pg(
+    conn: AsyncConnection,
+    pending: list[PendingMessage],
+    worker_id: str,
+    claim_for: dt.timedelta,
+) -> frozenset[MessageKey]:
+    """Insert the batch's messages (ON CONFLICT DO NOTHING) and the outbox rows of those
+    inserted, claimed by `worker_id` for `claim_for`; return the keys inserted."""
+    columns: dict[str, list[Any]] = {name: [] for name in _PG_COLUMNS}
+    for p in pending:
+        m = p.message
+        key = m.key
+        values = (
+            key.message_id,
+            key.phone_number_id,
+            key.wamid,
+            m.sender,
+            m.type,
+            m.timestamp,
+            m.contact_wa_id,
+            _text_column(m.contact_name),
+            None if m.contact_profile is None else _json_dumps(m.contact_profile),
+            _json_dumps(m.raw),
+            key.event_id,
+            m.source.topic,
+            m.source.partition,
+            m.source.offset,
+            p.event.topic,
+            p.event.key,
+            p.event.payload,
+        )
+        for name, value in zip(_PG_COLUMNS, values, strict=True):
+            columns[name].append(value)
+    params: dict[str, Any] = {
+        **columns,
+        "claimed_by": worker_id or None,
+        "claim_s": claim_for.total_seconds() if claim_for else None,
+    }
+    rows = (await conn.execute(_INSERT_PG, params)).all()
+    return frozenset(MessageKey(r[0], r[1]) for r in rows)
+
+
+_PG_COLUMNS = (
+    "id",
+    "phone_number_id",
+    "source_id",
+    "sender",
+    "message_type",
+    "message_timestamp",
+    "contact_wa_id",
+    "contact_name",
+    "contact_profile",
+    "raw",
+    "event_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "topic",
+    "key",
+    "payload",
+)
 
 
 # Ids per statement: asyncpg takes at most 32,767 query arguments, older SQLite 999; a

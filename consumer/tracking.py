@@ -28,7 +28,7 @@ starts unpaused with nothing pending, and once nothing is pending no partition i
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consumer.offsets import OffsetLedger, Partition
@@ -44,6 +44,10 @@ class _Retry:
     attempt: int = field(compare=False)
     record: InboundRecord = field(compare=False)
     failed: bool = field(compare=False)  # a dependency failed (else: deferred)
+
+
+def _partition(record: InboundRecord) -> Partition:
+    return (record.topic, record.partition)
 
 
 class RetryQueue:
@@ -70,16 +74,32 @@ class RetryQueue:
     def settled(self, record: InboundRecord) -> None:
         self._attempts.pop(record.coordinates, None)
 
-    def pop_due(self, now: float, limit: int) -> list[InboundRecord]:
+    def pop_due(
+        self, now: float, limit: int, partitions: Collection[Partition] | None = None
+    ) -> list[InboundRecord]:
+        """Records whose retry is due, oldest first; of `partitions` only, if given
+        (the others stay queued: their partition has a batch in flight)."""
         out: list[InboundRecord] = []
+        later: list[_Retry] = []
         while self._heap and self._heap[0].due <= now and len(out) < limit:
             entry = heapq.heappop(self._heap)
+            if partitions is not None and _partition(entry.record) not in partitions:
+                later.append(entry)
+                continue
             self._failed -= entry.failed
             out.append(entry.record)
+        for entry in later:
+            heapq.heappush(self._heap, entry)
         return out
 
-    def next_due_in(self, now: float) -> float | None:
-        return max(0.0, self._heap[0].due - now) if self._heap else None
+    def next_due_in(
+        self, now: float, partitions: Collection[Partition] | None = None
+    ) -> float | None:
+        """Seconds until the next retry is due (of `partitions` only, if given)."""
+        if partitions is None:
+            return max(0.0, self._heap[0].due - now) if self._heap else None
+        dues = [e.due for e in self._heap if _partition(e.record) in partitions]
+        return max(0.0, min(dues) - now) if dues else None
 
     def has_failed(self) -> bool:
         """A record waits whose batch failed on a dependency."""
@@ -171,11 +191,16 @@ class Tracker:
         dependency is back."""
         return self._failing and self.retries.has_failed()
 
-    def due(self, now: float, limit: int) -> list[InboundRecord]:
-        return self.retries.pop_due(now, limit)
+    def due(
+        self, now: float, limit: int, partitions: Collection[Partition] | None = None
+    ) -> list[InboundRecord]:
+        """Records whose retry is due (of `partitions` only, if given)."""
+        return self.retries.pop_due(now, limit, partitions)
 
-    def next_due_in(self, now: float) -> float | None:
-        return self.retries.next_due_in(now)
+    def next_due_in(
+        self, now: float, partitions: Collection[Partition] | None = None
+    ) -> float | None:
+        return self.retries.next_due_in(now, partitions)
 
     def to_commit(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """Offsets to commit now: the owned partitions (of `partitions`) that moved."""

