@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -78,8 +79,17 @@ def _derive(namespace: uuid.UUID, phone_number_id: str, wamid: str) -> str:
     because intake admits no control character (\x1f included) in a phone_number_id, so
     the first \x1f splits the name back into its two parts (docs/design.md, rule 11).
     The formula is part of the outbound contract and never changes. Cached: uuid5 is a
-    SHA-1, and a batch asks for each id several times."""
-    return str(uuid.uuid5(namespace, f"{phone_number_id}\x1f{wamid}"))
+    SHA-1, and a batch asks for each id several times. Computed as ``uuid.uuid5`` does
+    (RFC 4122 version 5), without building UUID objects: a third of the time."""
+    digest = bytearray(
+        hashlib.sha1(  # noqa: S324 - uuid5 is SHA-1 by definition; not a security use
+            namespace.bytes + f"{phone_number_id}\x1f{wamid}".encode()
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

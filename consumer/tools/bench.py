@@ -7,9 +7,9 @@ report throughput, end-to-end latency (inbound record timestamp to outbound reco
 timestamp), peak RSS and CPU seconds per consumer, and the counts.
 
 * `pipeline`: the product as configured.
-* `per-message`: batches of one (one lease round trip, one transaction, one publish per
-  record), how a naive job per webhook behaves. It is slow, so it is measured over the
-  first `--per-message-records` records of the same data.
+* `per-message`: batches of one, one at a time (one lease round trip, one transaction,
+  one publish per record), how a naive job per webhook behaves. It is slow, so it is
+  measured over the first `--per-message-records` records of the same data.
 * `pass-through`: consume, decode and publish, no Redis and no database: the ceiling Kafka
   and Python set on this machine (members run `python -m consumer.tools.passthrough`).
 * `single`: the pipeline with one member alone (what one process does with a core).
@@ -322,6 +322,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         consumer_group=f"bench-{tag}",
         redis_key_prefix=f"b{tag}",
         batch_max_records=1 if mode == "per-message" else cfg.batch_max_records,
+        # The naive port handles one record at a time: no batches overlap either.
+        **({"max_inflight_batches": 1} if mode == "per-message" else {}),
         log_format="json",
         log_level="INFO",
         metrics_port=0,  # several consumers on one machine; the metrics still count

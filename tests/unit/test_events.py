@@ -8,9 +8,17 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumer import events
-from consumer.records import InboundRecord, Message, MessageKey
+from consumer.records import (
+    EVENT_NAMESPACE,
+    MESSAGE_NAMESPACE,
+    InboundRecord,
+    Message,
+    MessageKey,
+)
 from consumer.testing import PNID, SENDER
 
 OCCURRED = dt.datetime(2025, 6, 9, 12, 0, 0, 123456, tzinfo=dt.UTC)
@@ -140,3 +148,16 @@ def test_payload_is_identical_for_identical_input() -> None:
     a = events.build(_message(), topic="out", occurred_at=OCCURRED)
     b = events.build(_message(), topic="out", occurred_at=OCCURRED)
     assert a == b
+
+
+@given(
+    pnid=st.text(min_size=1, max_size=70).filter(lambda s: "\x1f" not in s),
+    wamid=st.text(min_size=1, max_size=600),
+)
+def test_ids_are_exactly_uuid5(pnid: str, wamid: str) -> None:
+    """The ids are computed without uuid.UUID objects, and are exactly what uuid.uuid5
+    gives for the same name (any text, four-byte characters and separators included)."""
+    key = MessageKey(pnid, wamid)
+    name = f"{pnid}\x1f{wamid}"
+    assert key.event_id == str(uuid.uuid5(EVENT_NAMESPACE, name))
+    assert key.message_id == str(uuid.uuid5(MESSAGE_NAMESPACE, name))
