@@ -233,15 +233,17 @@ async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> 
 
 
 async def test_one_member_with_a_key_in_several_batches_at_once(group: ConsumerGroup) -> None:
-    """Batches of one member overlap (one per partition, MAX_INFLIGHT_BATCHES=4): each
-    webhook sent to all four partitions puts its key in four batches in flight at once.
+    """Batches of one member overlap (a backlog: one batch per partition, up to
+    MAX_INFLIGHT_BATCHES=4; BATCH_MAX_RECORDS=80 makes 40 records a partition a batch of its
+    own): each webhook sent to all four partitions puts its key in several batches in
+    flight at once.
     Every key is stored and announced once; the member's own other batches found the
     lease held (so the keys really were in two batches at the same time)."""
     settings = group.settings
     bodies = [text_webhook("555", f"wamid.OVERLAP.{i:03d}") for i in range(40)]
     # A backlog first, so that the member's first fetch finds all four partitions full.
     ends = await kafka.send(settings, [(p, b) for b in bodies for p in range(4)])
-    (member,) = group.start(1, max_inflight_batches=4)
+    (member,) = group.start(1, max_inflight_batches=4, batch_max_records=80)
     await kafka.wait_committed(settings, ends, explain=group.logs)
     _assert_once_each(
         await kafka.rows(settings),
