@@ -19,10 +19,11 @@ Decisions out:
 
 Pauses follow from the state, never from a memory of what was paused: a partition is
 paused while the member is *degraded* (its last batch failed on a dependency and records
-of that failure still wait for a retry), or while more than MAX_PENDING_RECORDS of its
-records are unfinished (until half of them are done: hysteresis). So a rebalance that
-takes away the failed records also ends the degradation, a partition that comes back
-starts unpaused with nothing pending, and once nothing is pending no partition is paused.
+of that failure still wait for their retry, or are in a batch retrying them), or while
+more than MAX_PENDING_RECORDS of its records are unfinished (until half of them are done:
+hysteresis). So a rebalance that takes away the failed records also ends the
+degradation, a partition that comes back starts unpaused with nothing pending, and once
+nothing is pending no partition is paused.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class RetryQueue:
         self._heap: list[_Retry] = []
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._failed = 0  # entries of the heap whose batch failed on a dependency
+        # Such records taken out for their retry, whose batch has not ended yet: the
+        # failure is not over while they are in flight.
+        self._failed_out: set[tuple[str, int, int]] = set()
         self._base_s = base_s
         self._max_s = max_s
 
@@ -70,9 +74,15 @@ class RetryQueue:
         delay = min(self._base_s * 2 ** min(attempt - 1, 32), self._max_s)
         heapq.heappush(self._heap, _Retry(now + delay, attempt, record, failed))
         self._failed += failed
+        self._failed_out.discard(record.coordinates)
 
     def settled(self, record: InboundRecord) -> None:
         self._attempts.pop(record.coordinates, None)
+        self._failed_out.discard(record.coordinates)
+
+    def ended(self, record: InboundRecord) -> None:
+        """A record's batch ended and it is not retried here (its partition is gone)."""
+        self._failed_out.discard(record.coordinates)
 
     def pop_due(
         self, now: float, limit: int, partitions: Collection[Partition] | None = None
@@ -87,6 +97,8 @@ class RetryQueue:
                 later.append(entry)
                 continue
             self._failed -= entry.failed
+            if entry.failed:
+                self._failed_out.add(entry.record.coordinates)
             out.append(entry.record)
         for entry in later:
             heapq.heappush(self._heap, entry)
@@ -102,8 +114,8 @@ class RetryQueue:
         return max(0.0, min(dues) - now) if dues else None
 
     def has_failed(self) -> bool:
-        """A record waits whose batch failed on a dependency."""
-        return self._failed > 0
+        """A record whose batch failed on a dependency waits, or is being retried."""
+        return self._failed > 0 or bool(self._failed_out)
 
     def drop(self, partitions: set[Partition]) -> None:
         self._heap = [
@@ -111,6 +123,7 @@ class RetryQueue:
         ]
         heapq.heapify(self._heap)
         self._failed = sum(r.failed for r in self._heap)
+        self._failed_out = {c for c in self._failed_out if (c[0], c[1]) not in partitions}
         for coords in [c for c in self._attempts if (c[0], c[1]) in partitions]:
             del self._attempts[coords]
 
@@ -166,6 +179,8 @@ class Tracker:
         for r in report.retry:
             if (r.topic, r.partition) in self._owned:
                 self.retries.add(r, now, failed=failed)
+            else:
+                self.retries.ended(r)
         self._failing = failed
         self._press()
 
@@ -186,7 +201,9 @@ class Tracker:
 
     @property
     def degraded(self) -> bool:
-        """A dependency failed, and records of that failure still wait for their retry.
+        """A dependency failed, and records of that failure still wait for their retry (or
+        are in the batch retrying them: with batches overlapping, the loop decides pauses
+        while a retry is in flight, and must not resume the partitions until it ends).
         A rebalance that takes them away ends it: new records will show whether the
         dependency is back."""
         return self._failing and self.retries.has_failed()

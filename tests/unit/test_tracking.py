@@ -76,6 +76,31 @@ def test_a_failed_batch_pauses_everything_until_a_batch_succeeds() -> None:
     assert t.pauses() == {}
 
 
+def test_a_failure_stays_degraded_while_its_retry_is_in_flight() -> None:
+    """With batches overlapping, pauses are decided while a retry is in flight: taking the
+    failed records out for their retry does not end the degradation (the partitions would
+    be resumed and paused again with every retry); its batch ending does, when it
+    succeeds, and a revocation of their partition does too."""
+    t = _tracker()
+    t.assigned({P0, P1})
+    batch = t.fetched(_records(0, range(2)))
+    t.settled(_report(retry=batch, failure="StoreError: down"), now=0.0)
+    due = t.due(now=10.0, limit=10)
+    assert len(due) == 2
+    assert t.degraded, "the retry is in flight: still degraded"
+    t.settled(_report(retry=due, failure="StoreError: still down"), now=10.0)
+    assert t.degraded
+    due = t.due(now=100.0, limit=10)
+    t.settled(_report(durable=due[:1], retry=due[1:]), now=100.0)
+    assert not t.degraded, "the last batch succeeded"
+    again = t.due(now=1000.0, limit=10)
+    t.settled(_report(retry=again, failure="StoreError: down"), now=1000.0)
+    t.due(now=2000.0, limit=10)
+    assert t.degraded
+    t.revoked({P0})
+    assert not t.degraded, "its partition went away with the retry in flight"
+
+
 def test_a_failure_followed_by_a_rebalance_does_not_pause_forever() -> None:
     """The old bug: the failed records' partition is revoked (their retries go with it)
     and another partition is assigned: nothing is degraded any more, the new partition
