@@ -459,12 +459,15 @@ class Pipeline:
         announced once more (same event_id) only if the database stays away longer; a
         lease that did not become a done marker expires, leaving the database fence."""
         try:
-            await self.marks.mark([e.event_id for e in published])
+            retried = await self.marks.mark([e.event_id for e in published])
         except StoreError as exc:
             self.metrics.dependency_error(exc)
             log.warning(
                 "outbox.mark_failed", count=len(published), pending=len(self.marks), error=str(exc)
             )
+        else:
+            if retried:
+                log.info("outbox.marked_after_retry", count=retried)
         try:
             finished = await self._leases.finish(keys, token)
         except LeaseStoreError as exc:

@@ -717,20 +717,37 @@ class MarkQueue:
     def __init__(self, store: MessageStore) -> None:
         self._store = store
         self._pending: set[str] = set()
+        self._failed: set[str] = set()  # of the pending, those whose delete failed before
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    async def mark(self, event_ids: Sequence[str]) -> None:
-        """Delete these rows (and any still pending); on failure keep them all and raise."""
+    async def mark(self, event_ids: Sequence[str]) -> int:
+        """Delete these rows (and any still pending); on failure keep them all and raise.
+        Returns how many of the rows deleted had failed before (retried now: with batches
+        overlapping, the next batch's delete often carries them before the loop's
+        housekeeping does)."""
         self._pending.update(event_ids)
-        await self.flush()
+        return await self._delete_pending()
 
     async def flush(self) -> int:
         """Retry the pending deletes; returns how many went through. Raises StoreError."""
         if not self._pending:
             return 0
+        count = len(self._pending)
+        await self._delete_pending()
+        return count
+
+    async def _delete_pending(self) -> int:
         ids = sorted(self._pending)
-        await self._store.mark_published(ids)
+        if not ids:
+            return 0
+        try:
+            await self._store.mark_published(ids)
+        except StoreError:
+            self._failed.update(ids)
+            raise
         self._pending.difference_update(ids)
-        return len(ids)
+        retried = self._failed.intersection(ids)
+        self._failed.difference_update(ids)
+        return len(retried)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.errors import StoreError
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
@@ -296,6 +297,21 @@ async def test_a_failed_outbox_delete_is_retried_between_batches(world: World) -
     assert len(world.pipeline.marks) == 0
     assert world.store.unpublished() == set()
     assert world.published_ids() == [key("wamid.A").event_id], "announced once"
+
+
+async def test_a_failed_outbox_delete_is_carried_by_the_next_batch_and_counted() -> None:
+    """With batches overlapping, the next batch's delete often carries the rows whose
+    delete failed before the loop's housekeeping does: MarkQueue says how many of the
+    rows it deleted had failed before (the evidence the fault suite looks for)."""
+    store = FakeStore()
+    marks = MarkQueue(store)
+    store.fail_mark_published = True
+    with pytest.raises(StoreError):
+        await marks.mark(["e1", "e2"])
+    store.fail_mark_published = False
+    assert await marks.mark(["e3"]) == 2
+    assert len(marks) == 0
+    assert await marks.mark(["e4"]) == 0
 
 
 # -- invalid input and statuses ------------------------------------------------------
