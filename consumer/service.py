@@ -369,8 +369,9 @@ class Service:
         exc = task.exception()
         if exc is not None:  # process() reports failures; this is a bug, not a record's
             log.error("batch.crashed", error=type(exc).__name__, exc_info=exc)
-            report = BatchReport(records=len(batch.records), failure=type(exc).__name__)
-            report.retry = list(batch.records)
+            report = BatchReport(
+                records=len(batch.records), failure=type(exc).__name__, retry=list(batch.records)
+            )
         else:
             report = task.result()
         self.tracker.settled(report, time.monotonic())
@@ -380,8 +381,7 @@ class Service:
         """Wait for every batch in flight and settle it (a rebalance, a stop)."""
         while self._inflight:
             await asyncio.wait(set(self._inflight))
-            for task in [t for t in self._inflight if t.done()]:
-                self._settle(task)
+            self._settle_finished()
 
     async def _cancel_inflight(self) -> None:
         """A forced stop (or a crash of the loop): cut the batches in flight short; each

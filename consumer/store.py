@@ -220,10 +220,11 @@ class Store:
                 rows = list(by_key.values())
                 if self._sqlite:
                     inserted = await self._insert_messages(conn, rows)
-                    await self._insert_outbox(conn, rows, inserted, worker_id, claim_for)
-                else:
+                else:  # the outbox rows of those inserted go in the same statement
                     inserted = await _insert_pg(conn, rows, worker_id, claim_for)
                 new = [by_key[k] for k in by_key if k in inserted]
+                if self._sqlite:
+                    await self._insert_outbox(conn, new, worker_id, claim_for)
                 conflicts = frozenset(by_key) - inserted
                 stale: tuple[OutboundEvent, ...] = ()
                 busy: frozenset[str] = frozenset()
@@ -367,12 +368,10 @@ class Store:
     async def _insert_outbox(
         self,
         conn: AsyncConnection,
-        pending: list[PendingMessage],
-        inserted: frozenset[MessageKey],
+        new: list[PendingMessage],
         worker_id: str,
         claim_for: dt.timedelta,
     ) -> None:
-        new = [p for p in pending if p.message.key in inserted]
         if new:
             await conn.execute(
                 sa.insert(outbox).values(
@@ -506,29 +505,16 @@ async def _insert_pg(
     inserted, claimed by `worker_id` for `claim_for`; return the keys inserted."""
     columns: dict[str, list[Any]] = {name: [] for name in _PG_COLUMNS}
     for p in pending:
-        m = p.message
-        key = m.key
-        values = (
-            key.message_id,
-            key.phone_number_id,
-            key.wamid,
-            m.sender,
-            m.type,
-            m.timestamp,
-            m.contact_wa_id,
-            _text_column(m.contact_name),
-            None if m.contact_profile is None else _json_dumps(m.contact_profile),
-            _json_dumps(m.raw),
-            key.event_id,
-            m.source.topic,
-            m.source.partition,
-            m.source.offset,
-            p.event.topic,
-            p.event.key,
-            p.event.payload,
+        # The columns as the portable insert writes them, the JSON ones as text (cast
+        # in the statement), and the outbox row's own.
+        row = _message_row(p)
+        row["contact_profile"] = (
+            _json_dumps(row["contact_profile"]) if row["contact_profile"] is not None else None
         )
-        for name, value in zip(_PG_COLUMNS, values, strict=True):
-            columns[name].append(value)
+        row["raw"] = _json_dumps(row["raw"])
+        row["topic"], row["key"], row["payload"] = p.event.topic, p.event.key, p.event.payload
+        for name in _PG_COLUMNS:
+            columns[name].append(row[name])
     params: dict[str, Any] = {
         **columns,
         "claimed_by": worker_id or None,

@@ -118,9 +118,7 @@ class RetryQueue:
         return self._failed > 0 or bool(self._failed_out)
 
     def drop(self, partitions: set[Partition]) -> None:
-        self._heap = [
-            r for r in self._heap if (r.record.topic, r.record.partition) not in partitions
-        ]
+        self._heap = [r for r in self._heap if _partition(r.record) not in partitions]
         heapq.heapify(self._heap)
         self._failed = sum(r.failed for r in self._heap)
         self._failed_out = {c for c in self._failed_out if (c[0], c[1]) not in partitions}
@@ -164,9 +162,9 @@ class Tracker:
     def fetched(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
         """Track new records; those of partitions no longer owned (revoked while the
         fetch was under way) are dropped and returned to nobody."""
-        mine = [r for r in records if (r.topic, r.partition) in self._owned]
+        mine = [r for r in records if _partition(r) in self._owned]
         for r in mine:
-            self.ledger.track((r.topic, r.partition), r.offset)
+            self.ledger.track(_partition(r), r.offset)
         self._press()
         return mine
 
@@ -174,10 +172,10 @@ class Tracker:
         """A batch ended: durable records are done, the others wait for their retry."""
         failed = report.failure is not None
         for r in report.durable:
-            self.ledger.done((r.topic, r.partition), r.offset)
+            self.ledger.done(_partition(r), r.offset)
             self.retries.settled(r)
         for r in report.retry:
-            if (r.topic, r.partition) in self._owned:
+            if _partition(r) in self._owned:
                 self.retries.add(r, now, failed=failed)
             else:
                 self.retries.ended(r)

@@ -218,9 +218,8 @@ CPU_COLUMNS = ("consumers", *SERVICES)
 def _proc_stats(pid: int) -> ProcStats:
     status = Path(f"/proc/{pid}/status").read_text()
     hwm_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return ProcStats(round(hwm_kb / 1024, 1), round((int(fields[11]) + int(fields[12])) / ticks, 2))
+    cpu_s = _cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+    return ProcStats(round(hwm_kb / 1024, 1), round(cpu_s, 2))
 
 
 async def _wait_drained(
