@@ -526,6 +526,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 def serve(settings: Settings, flow_factory: FlowFactory | None = None) -> int:
     """Run one member until SIGTERM or SIGINT (a second one cuts the batch in flight
     short). `flow_factory`: what it runs (default: the pipeline)."""
+    from consumer.gctune import tune_collector
     from consumer.service import Service
     from consumer.wiring import PIPELINE
 
@@ -534,7 +535,7 @@ def serve(settings: Settings, flow_factory: FlowFactory | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.request_stop, sig.name)
-        await service.run()
+        await service.run(on_started=tune_collector)
 
     asyncio.run(_run())
     return 0

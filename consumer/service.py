@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -85,8 +85,9 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Start, consume until asked to stop, shut down.
+    async def run(self, *, on_started: Callable[[], None] | None = None) -> None:
+        """Start, consume until asked to stop, shut down. `on_started` runs once the
+        member has started (the process entry point tunes the collector then).
 
         Raises on a startup failure, and when a supervised side task (the outbox relay)
         died: the service must not go on without it.
@@ -94,6 +95,8 @@ class Service:
         try:
             await self._start_http()
             await self.startup()
+            if on_started is not None:
+                on_started()
             loop_task = asyncio.create_task(self._main_loop(), name="poll-loop")
             relay = self._flow.relay if self._flow else None
             side_tasks = []
