@@ -8,8 +8,9 @@ Every name starts with ``wamid_guard_``; docs/operations.md explains each one.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import (
     PLATFORM_COLLECTOR,
@@ -20,6 +21,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.records import Message, Reason
@@ -150,15 +154,15 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
-        self.event_latency = Histogram(
+        self.event_latency = BatchHistogram(
             "wamid_guard_event_latency_seconds",
             "End-to-end latency of a message_created event, from the inbound record's "
             "Kafka timestamp (since=inbound_record) or Meta's message timestamp "
             "(since=meta_timestamp, 1-second resolution) to the broker's ack of the event.",
-            ["since"],
+            "since",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
+        r.register(self.event_latency)
         self.outbox_backlog = Gauge(
             "wamid_guard_outbox_backlog",
             "Outbox rows not yet published (stored messages whose event is not out yet).",
@@ -230,14 +234,10 @@ class Metrics:
     def published(self, messages: Sequence[Message], now_s: float | None = None) -> None:
         """Latencies of events the broker just acknowledged, one pair per message."""
         now = time.time() if now_s is None else now_s
-        inbound = self.event_latency.labels("inbound_record")
-        meta = self.event_latency.labels("meta_timestamp")
-        for m in messages:
-            inbound.observe(max(0.0, now - m.source.timestamp_ms / 1000))
-            try:
-                meta.observe(max(0.0, now - int(m.timestamp)))
-            except ValueError:
-                continue  # intake keeps Meta's string; a non-integer one is not a clock
+        self.event_latency.observe_many(
+            "inbound_record", [max(0.0, now - m.source.timestamp_ms / 1000) for m in messages]
+        )
+        self.event_latency.observe_many("meta_timestamp", _meta_latencies(messages, now))
 
     def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
         """Replace the lag series with the current assignment's."""
@@ -257,3 +257,61 @@ class Metrics:
         for labels in self._per_partition.get(gauge, set()) - seen:
             gauge.remove(*labels)
         self._per_partition[gauge] = seen
+
+
+def _meta_latencies(messages: Sequence[Message], now: float) -> list[float]:
+    out = []
+    for m in messages:
+        try:
+            out.append(max(0.0, now - int(m.timestamp)))
+        except ValueError:
+            continue  # intake keeps Meta's string; a non-integer one is not a clock
+    return out
+
+
+class BatchHistogram(Collector):
+    """A histogram with one label that takes a batch of observations in one call.
+
+    prometheus_client's Histogram takes a lock and walks its buckets in Python for every
+    observation: two per message made 2.6 us of a member's CPU per message. This one
+    finds each bucket by bisection and is exposed exactly as a Histogram with the same
+    name, label and buckets is (``_bucket`` per ``le``, cumulative, ``_count``, ``_sum``).
+    Not thread-safe: the event loop's thread observes and collects.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, label: str, *, buckets: Sequence[float]
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._bounds = [float(b) for b in buckets]
+        # As prometheus_client writes a bound ("0.01", "1.0", "86400.0"); it is untyped.
+        les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._les: list[str] = [*les, "+Inf"]
+        # Per label value: observations per bucket (the last: above every bound), sum.
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe_many(self, value: str, amounts: Iterable[float]) -> None:
+        counts = self._counts.get(value)
+        if counts is None:
+            counts = self._counts[value] = [0] * (len(self._bounds) + 1)
+            self._sums[value] = 0.0
+        where = bisect.bisect_left
+        bounds = self._bounds
+        total = self._sums[value]  # summed one by one, as a Histogram sums them
+        for amount in amounts:
+            counts[where(bounds, amount)] += 1  # the first bound >= amount: le semantics
+            total += amount
+        self._sums[value] = total
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, counts in self._counts.items():
+            cumulative, running = [], 0
+            for le, count in zip(self._les, counts, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            family.add_metric([value], cumulative, self._sums[value])
+        yield family
