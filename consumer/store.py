@@ -214,7 +214,7 @@ class Store:
         # One row per key, in key order: concurrent batches that overlap then take their
         # row locks in the same order and cannot deadlock each other on PostgreSQL.
         by_key = {p.message.key: p for p in pending}
-        by_key = {k: by_key[k] for k in sorted(by_key, key=lambda k: (k.phone_number_id, k.wamid))}
+        by_key = {k: by_key[k] for k in sorted(by_key)}  # (phone_number_id, wamid) order
         try:
             async with self._engine.begin() as conn:
                 rows = list(by_key.values())

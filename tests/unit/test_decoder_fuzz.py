@@ -100,7 +100,7 @@ def test_an_accepted_message_breaking_a_limit_is_a_contract_violation() -> None:
     assert isinstance(hook, Webhook)
     assert contract.problems(record, hook) == []
     (message,) = hook.messages
-    bad_key = dataclasses.replace(message.key, wamid="wamid.\x00")
+    bad_key = message.key._replace(wamid="wamid.\x00")
     broken = dataclasses.replace(message, key=bad_key, sender="1" * 65)
     found = contract.problems(record, dataclasses.replace(hook, messages=(broken,)))
     assert any("wamid holds control character U+0000" in p for p in found)
