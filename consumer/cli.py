@@ -420,6 +420,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
     bench.add_argument("--timeout", type=float, default=900.0, help="per mode, seconds")
     bench.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the modes this many times, interleaved; each ratio is the median of "
+        "the rounds' (a host whose speed drifts moves both sides alike)",
+    )
+    bench.add_argument(
         "--profile",
         metavar="DIR",
         help="sample every consumer with py-spy into DIR (py-spy installed)",
@@ -652,7 +659,10 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     unknown = set(modes) - set(bench.MODES)
     if unknown:
         raise ConfigError("--modes", f"unknown mode(s) {sorted(unknown)}; use {bench.MODES}")
+    if args.rounds < 1:
+        raise ConfigError("--rounds", f"must be at least 1, not {args.rounds}")
     cfg = bench.BenchConfig(
+        rounds=args.rounds,
         messages_per_webhook=_span("--messages-per-webhook", args.messages_per_webhook),
         records=args.records,
         dup_ratio=args.dup_ratio,

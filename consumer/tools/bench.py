@@ -69,6 +69,10 @@ class BenchConfig:
     bootstrap: str | None = None
     timeout_s: float = 900.0
     profile_dir: Path | None = None  # py-spy each consumer into this folder
+    # Every mode this many times, the modes interleaved (round 1: each mode, then round 2
+    # ...): the ratios are then taken within each round and their median reported, so a
+    # host whose speed drifts (a shared VM) moves both sides of a ratio alike.
+    rounds: int = 1
 
 
 @dataclass
@@ -91,6 +95,7 @@ class ModeResult:
     profile: list[tuple[str, float]] = field(default_factory=list)
     # CPU microseconds per record: "consumers", "database", "redis", "broker".
     cpu_us_per_record: dict[str, float] = field(default_factory=dict)
+    round: int = 1
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -464,7 +469,12 @@ def main(base: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
         try:
             settings = _services(base, cfg, work, services)
             migrate.upgrade(settings.database_url)
-            results = [asyncio.run(run_mode(m, settings, cfg, work)) for m in cfg.modes]
+            results = []
+            for n in range(1, cfg.rounds + 1):
+                for mode in cfg.modes:
+                    result = asyncio.run(run_mode(mode, settings, cfg, work))
+                    result.round = n
+                    results.append(result)
         finally:
             for s in reversed(services):
                 s.stop()
@@ -495,7 +505,21 @@ def _services(
 
 
 def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> dict[str, Any]:
-    by_mode = {r.mode: r for r in results}
+    """The runs, and each ratio: taken within each round, the median over the rounds."""
+    per_round: dict[str, list[float]] = {}
+    for n in sorted({r.round for r in results}):
+        for name, value in _ratios({r.mode: r for r in results if r.round == n}).items():
+            per_round.setdefault(name, []).append(value)
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "config": {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]},
+        "modes": [asdict(r) for r in results],
+        "ratios": {name: statistics.median(values) for name, values in per_round.items()},
+        "ratios_per_round": per_round,
+    }
+
+
+def _ratios(by_mode: dict[str, ModeResult]) -> dict[str, float]:
     ratios: dict[str, float] = {}
     pipe = by_mode.get("pipeline")
     if pipe and "per-message" in by_mode and by_mode["per-message"].messages_per_s:
@@ -511,12 +535,7 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
         ratios["pipeline / pass-through (records/s)"] = round(
             pipe.records_per_s / by_mode["pass-through"].records_per_s, 3
         )
-    return {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "config": {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]},
-        "modes": [asdict(r) for r in results],
-        "ratios": ratios,
-    }
+    return ratios
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -532,11 +551,16 @@ def _text(report: dict[str, Any]) -> str:
         f"{'mode':<13}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
         f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",
     ]
+    rounds = cfg["rounds"] > 1
+
+    def label(m: dict[str, Any]) -> str:
+        return f"{m['mode']}#{m['round']}" if rounds else str(m["mode"])
+
     for m in report["modes"]:
         lat = m["latency_ms"]
         procs = ", ".join(f"{c['peak_rss_mb']:.0f}/{c['cpu_s']:.1f}" for c in m["consumers"])
         lines.append(
-            f"{m['mode']:<13}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
+            f"{label(m):<13}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
             f"{m['messages_per_s']:>10.0f}{m['records_per_s']:>10.0f}"
             f"{lat.get('p50', 0):>8.0f}{lat.get('p95', 0):>6.0f}{lat.get('p99', 0):>6.0f}"
             f"{lat.get('p99.9', 0):>7.0f}  {procs}"
@@ -544,13 +568,19 @@ def _text(report: dict[str, Any]) -> str:
     lines += ["", "CPU per record (µs): consumers, database, redis, broker"]
     for m in report["modes"]:
         cpu = m["cpu_us_per_record"]
-        lines.append(f"{m['mode']:<13}" + "".join(f"{cpu.get(k, 0):>10.1f}" for k in CPU_COLUMNS))
+        lines.append(f"{label(m):<13}" + "".join(f"{cpu.get(k, 0):>10.1f}" for k in CPU_COLUMNS))
     lines.append("")
-    lines += [f"{m['mode']:<13}counts {m['counts']}" for m in report["modes"]]
+    lines += [f"{label(m):<13}counts {m['counts']}" for m in report["modes"]]
     lines.append("")
-    lines += [f"{k}: {v}" for k, v in report["ratios"].items()]
+    for name, value in report["ratios"].items():
+        each = report["ratios_per_round"][name]
+        lines.append(
+            f"{name}: {value} (median of {len(each)} rounds: {', '.join(map(str, each))})"
+            if rounds
+            else f"{name}: {value}"
+        )
     for m in report["modes"]:
         if m["profile"]:
-            lines += ["", f"{m['mode']}: top functions by self time (% of samples)"]
+            lines += ["", f"{label(m)}: top functions by self time (% of samples)"]
             lines += [f"  {share:5.1f}%  {name}" for name, share in m["profile"]]
     return "\n".join(lines)

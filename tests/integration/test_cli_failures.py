@@ -133,6 +133,7 @@ async def test_migrate_says_which_revision_it_reached(tmp_path: Path) -> None:
         (["health", "--timeout", "-1"], ["--timeout", "more than 0"]),
         (["topics", "create", "--partitions", "0"], ["--partitions"]),
         (["broker", "--port", "70000"], ["--port"]),
+        (["bench", "--rounds", "0"], ["--rounds", "at least 1"]),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) and v and v[0][0] != "-" else None,
 )
