@@ -158,12 +158,17 @@ def _body(tag: str, first: int, count: int = 1) -> bytes:
 async def _produce(
     bootstrap: str, topic: str, records: Sequence[tuple[int, bytes]], rate: float | None
 ) -> dict[tuple[int, int], int]:
-    """Send records; returns (partition, offset) -> inbound timestamp ms."""
+    """Send records; returns (partition, offset) -> inbound timestamp ms.
+
+    A record's timestamp is taken when it is handed to the client, so the client's
+    linger counts in every latency measured from it: at a fixed rate the records go out
+    at once (linger 0: the latency is the pipeline's, not the load generator's); a
+    backlog is sent in full batches."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=False,
         acks="all",
-        linger_ms=20,
+        linger_ms=20 if rate is None else 0,
         max_batch_size=256 * 1024,
     )
     await producer.start()
@@ -514,7 +519,7 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "config": {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]},
         "modes": [asdict(r) for r in results],
-        "ratios": {name: statistics.median(values) for name, values in per_round.items()},
+        "ratios": {name: round(statistics.median(values), 3) for name, values in per_round.items()},
         "ratios_per_round": per_round,
     }
 
@@ -542,25 +547,26 @@ def _text(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lo, hi = cfg["messages_per_webhook"]
     per_hook = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    rounds = cfg["rounds"] > 1
+
+    def label(m: dict[str, Any]) -> str:
+        return f"{m['mode']}#{m['round']}" if rounds else str(m["mode"])
+
+    width = max([13, *(len(label(m)) + 2 for m in report["modes"])])
     lines = [
         f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
         f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
         f"{cfg['consumers']} consumers, database {cfg['database']}, "
         + ("backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"),
         "",
-        f"{'mode':<13}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
+        f"{'mode':<{width}}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
         f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",
     ]
-    rounds = cfg["rounds"] > 1
-
-    def label(m: dict[str, Any]) -> str:
-        return f"{m['mode']}#{m['round']}" if rounds else str(m["mode"])
-
     for m in report["modes"]:
         lat = m["latency_ms"]
         procs = ", ".join(f"{c['peak_rss_mb']:.0f}/{c['cpu_s']:.1f}" for c in m["consumers"])
         lines.append(
-            f"{label(m):<13}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
+            f"{label(m):<{width}}{m['records']:>9}{m['unique_messages']:>9}{m['seconds']:>8.1f}"
             f"{m['messages_per_s']:>10.0f}{m['records_per_s']:>10.0f}"
             f"{lat.get('p50', 0):>8.0f}{lat.get('p95', 0):>6.0f}{lat.get('p99', 0):>6.0f}"
             f"{lat.get('p99.9', 0):>7.0f}  {procs}"
@@ -568,9 +574,10 @@ def _text(report: dict[str, Any]) -> str:
     lines += ["", "CPU per record (µs): consumers, database, redis, broker"]
     for m in report["modes"]:
         cpu = m["cpu_us_per_record"]
-        lines.append(f"{label(m):<13}" + "".join(f"{cpu.get(k, 0):>10.1f}" for k in CPU_COLUMNS))
+        columns = "".join(f"{cpu.get(k, 0):>10.1f}" for k in CPU_COLUMNS)
+        lines.append(f"{label(m):<{width}}{columns}")
     lines.append("")
-    lines += [f"{label(m):<13}counts {m['counts']}" for m in report["modes"]]
+    lines += [f"{label(m):<{width}}counts {m['counts']}" for m in report["modes"]]
     lines.append("")
     for name, value in report["ratios"].items():
         each = report["ratios_per_round"][name]
