@@ -7,7 +7,9 @@ keeps its bookkeeping in the REAL :class:`~consumer.tracking.Tracker` (as ``Serv
 does): it fetches only the partitions the tracker does not pause, hands the tracker what
 it fetched, settles each batch's report in it, and commits what it offers to the
 modelled group offsets; rebalances and crashes go through its ``revoked`` / ``assigned``.
-The model owns only what Kafka would: a fetch position per owned partition.
+As ``Service`` does (MAX_INFLIGHT_BATCHES), a worker may have several batches in flight,
+each of partitions no other of its batches holds; one lands and commits while the others
+run on. The model owns only what Kafka would: a fetch position per owned partition.
 
 Batches are coroutines driven by hand, one dependency call at a time (every call of the
 fakes pauses before and after it), so batches of different workers interleave at any
@@ -17,8 +19,9 @@ a zombie whose commits are rejected. No event loop, no real time: fully determin
 
 Rules: produce (new bodies from a small wamid pool under two phone_number_ids, poison,
 statuses-only, or a redelivery of an earlier body to any partition); poll, retry,
-interleave, race and overtake (workers fetch, run, defer and commit; batches interleave
-await by await; a hung worker is overtaken); crash (SIGKILL, or eviction leaving a
+overlap, interleave, race and overtake (workers fetch, run, defer and commit; a worker's
+own batches and different workers' batches interleave await by await; a hung worker is
+overtaken); crash (SIGKILL, or eviction leaving a
 zombie); rebalance (a partition to another member, away and back to the same one, or
 all of a member's partitions away, leaving it an empty assignment; on_revoked: finish,
 commit, revoke); advance_clock (past a lease, a claim, a done marker); inject_faults
@@ -100,6 +103,8 @@ PARTITIONS = 3
 WAMIDS = ("wamid.A", "wamid.B", "wamid.C")
 PNIDS = (PNID, "106540352242999")  # the same wamid under two numbers is two messages
 FETCH_MAX = 500
+# Batches one worker may have in flight at once (Service: MAX_INFLIGHT_BATCHES).
+MAX_FLIGHTS = 2
 HEAL_ROUNDS = 6
 
 
@@ -318,6 +323,7 @@ class Flight:
     def __init__(self, coro: Coroutine[Any, Any, BatchReport], records: list[InboundRecord]):
         self.coro = coro
         self.records = records
+        self.partitions = frozenset((r.topic, r.partition) for r in records)
         self.report: BatchReport | None = None
 
     def step(self) -> bool:
@@ -439,10 +445,20 @@ class Worker:
     tracker: Tracker
     position: dict[Partition, int] = field(default_factory=dict)  # owned -> next fetch
     last_fetch: dict[Partition, int] = field(default_factory=dict)  # records, last fetch
-    flight: Flight | None = None
+    # Batches in flight (at most MAX_FLIGHTS), each of partitions no other one holds:
+    # Service overlaps batches of different partitions (MAX_INFLIGHT_BATCHES).
+    flights: list[Flight] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"Worker({self.worker_id}, owns={sorted(p for _, p in self.position)})"
+
+    def free(self) -> list[Partition]:
+        """Owned partitions without a batch in flight."""
+        busy = {p for f in self.flights for p in f.partitions}
+        return sorted(p for p in self.position if p not in busy)
+
+    def can_start(self) -> bool:
+        return len(self.flights) < MAX_FLIGHTS and bool(self.free())
 
 
 class PipelineMachine(RuleBasedStateMachine):
@@ -521,16 +537,22 @@ class PipelineMachine(RuleBasedStateMachine):
     # -- what a worker does (Service._fetch / _main_loop / _commit / on_revoked) ---------
 
     def _unfetched(self, worker: Worker) -> int:
-        return sum(len(self.log[p]) - pos for (_, p), pos in worker.position.items())
+        """New records of the partitions that have no batch in flight."""
+        free = set(worker.free())
+        return sum(len(self.log[p[1]]) - pos for p, pos in worker.position.items() if p in free)
+
+    def _due_free(self, worker: Worker) -> bool:
+        """Retries pending on a partition without a batch in flight."""
+        return worker.tracker.next_due_in(self.leases.now, worker.free()) is not None
 
     def _fetch(self, worker: Worker, k: int, only: int | None = None) -> list[InboundRecord]:
         """Due retries first, then up to k new records of each owned partition the
         tracker does not pause (or of the `only`-th one), handed to the tracker."""
-        due = worker.tracker.due(self.leases.now, FETCH_MAX)
-        paused = worker.tracker.pauses()
-        owned = sorted(worker.position)
+        owned = worker.free()
         if only is not None and owned:
             owned = [owned[only % len(owned)]]
+        due = worker.tracker.due(self.leases.now, FETCH_MAX, owned)
+        paused = worker.tracker.pauses()
         new: list[InboundRecord] = []
         for part in owned:
             if part in paused:
@@ -545,15 +567,20 @@ class PipelineMachine(RuleBasedStateMachine):
     def _start(self, worker: Worker, records: list[InboundRecord], run: bool) -> None:
         if not records:
             return
-        worker.flight = Flight(worker.pipeline.process(records), records)
-        if run or worker.flight.step():
-            self._land(worker, worker.flight.finish())
+        flight = Flight(worker.pipeline.process(records), records)
+        assert not flight.partitions & {p for f in worker.flights for p in f.partitions}, (
+            "a partition in two batches of one worker"
+        )
+        worker.flights.append(flight)
+        if run or flight.step():
+            self._land(worker, flight)
 
-    def _land(self, worker: Worker, report: BatchReport) -> None:
-        """The batch returned: settle its report, then commit (the poll loop's tail)."""
-        assert worker.flight is not None
-        batch = worker.flight.records
-        worker.flight = None
+    def _land(self, worker: Worker, flight: Flight) -> None:
+        """The batch returned: settle its report, then commit (the poll loop's tail; the
+        worker's other batches may still be in flight)."""
+        report = flight.finish()
+        batch = flight.records
+        worker.flights.remove(flight)
         reported = Counter(r.coordinates for r in [*report.durable, *report.retry])
         assert reported == Counter(r.coordinates for r in batch), "each record reported once"
         worker.tracker.settled(report, self.leases.now)
@@ -571,9 +598,9 @@ class PipelineMachine(RuleBasedStateMachine):
         self._check_committed()
 
     def _revoke(self, worker: Worker, parts: set[Partition]) -> None:
-        """on_revoked: the batch in flight finishes first, then commit, then revoke."""
-        if worker.flight is not None:
-            self._land(worker, worker.flight.finish())
+        """on_revoked: every batch in flight finishes first, then commit, then revoke."""
+        for flight in list(worker.flights):
+            self._land(worker, flight)
         self._commit(worker, parts)
         worker.tracker.revoked(parts)
         for part in parts:
@@ -626,21 +653,22 @@ class PipelineMachine(RuleBasedStateMachine):
     # -- workers -----------------------------------------------------------------------
 
     def _tick(self, worker: Worker, n: int, k: int, run: bool) -> None:
-        """One turn of a worker's poll loop: advance its batch in flight by n awaits, or
-        fetch up to k new records per owned partition plus due retries (waiting for the
-        next retry when there is nothing new) and start the batch; `run` runs it to the
-        end at once, else it stays in flight for other workers to interleave with."""
-        if worker.flight is not None:
-            for _ in range(n):
-                if worker.flight.step():
-                    self._land(worker, worker.flight.finish())
-                    return
+        """One turn of a worker's poll loop: start a batch of the partitions without one
+        in flight if it may (up to k new records per free partition plus their due
+        retries, waiting for the next retry when there is nothing new; `run` runs it to
+        the end at once), else advance one of its batches in flight (the n-th) by n
+        awaits."""
+        if worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
+            if not self._unfetched(worker):
+                self._advance(worker.tracker.next_due_in(self.leases.now, worker.free()) or 0.0)
+            self._start(worker, self._fetch(worker, k), run)
             return
-        if not self._unfetched(worker):
-            if not len(worker.tracker.retries):
-                return
-            self._advance(worker.tracker.next_due_in(self.leases.now) or 0.0)
-        self._start(worker, self._fetch(worker, k), run)
+        if worker.flights:
+            flight = worker.flights[n % len(worker.flights)]
+            for _ in range(n):
+                if flight.step():
+                    self._land(worker, flight)
+                    return
 
     def _tick_zombie(self, zombie: Flight, n: int) -> None:
         """An evicted worker's batch goes on; its report is lost (commits are rejected)."""
@@ -667,24 +695,49 @@ class PipelineMachine(RuleBasedStateMachine):
         run=st.booleans(),
     )
     def poll(self, who: int, k: int, only: int | None, run: bool) -> None:
-        """An idle worker fetches up to k records of one owned partition (or of each)
-        plus due retries and runs them as one batch: to the end and commits, or leaves
-        it in flight. A busy worker gets one await further instead."""
+        """A worker with room fetches up to k records of one of its free partitions (or
+        of each) plus their due retries and runs them as one batch: to the end and
+        commits, or leaves it in flight beside the others. A worker without room moves
+        one batch one await further instead."""
         worker = self.workers[who % len(self.workers)]
-        if worker.flight is not None:
-            self._tick(worker, 1, k, run)
-        else:
+        if worker.can_start():
             self._start(worker, self._fetch(worker, k, only), run)
+        elif worker.flights:
+            self._tick(worker, 1, k, run)
+
+    @rule(
+        who=st.integers(0, 2),
+        k=st.integers(1, 3),
+        schedule=st.lists(st.integers(0, 1), min_size=1, max_size=24),
+    )
+    def overlap(self, who: int, k: int, schedule: list[int]) -> None:
+        """A worker starts a batch for each of its free partitions, up to MAX_FLIGHTS
+        (Service, under a backlog: each partition a batch of its own), and runs them
+        one await at a time in the order of `schedule`: one lands and commits while the
+        other is still in flight. Unfinished batches stay in flight."""
+        worker = self.workers[who % len(self.workers)]
+        while worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
+            before = len(worker.flights)
+            self._start(worker, self._fetch(worker, k, only=0), run=False)
+            if len(worker.flights) == before:
+                break  # nothing fetched (paused), or the batch landed at its first await
+        for i in schedule:
+            if not worker.flights:
+                return
+            flight = worker.flights[i % len(worker.flights)]
+            if flight.step():
+                self._land(worker, flight)
 
     @rule(who=st.integers(0, 2), run=st.booleans())
     def retry(self, who: int, run: bool) -> None:
-        """An idle worker with deferred records waits for the first to be due (the clock
-        moves), then runs the due ones as a batch."""
+        """A worker with room and deferred records of its free partitions waits for the
+        first to be due (the clock moves), then runs the due ones as a batch."""
         worker = self.workers[who % len(self.workers)]
-        if worker.flight is not None or not len(worker.tracker.retries):
+        if not worker.can_start() or not self._due_free(worker):
             return
-        self._advance(worker.tracker.next_due_in(self.leases.now) or 0.0)
-        self._start(worker, worker.tracker.due(self.leases.now, FETCH_MAX), run)
+        free = worker.free()
+        self._advance(worker.tracker.next_due_in(self.leases.now, free) or 0.0)
+        self._start(worker, worker.tracker.due(self.leases.now, FETCH_MAX, free), run)
 
     @rule(moves=st.lists(MOVES, min_size=1, max_size=6))
     def interleave(self, moves: list[tuple[int, int, int, bool, float]]) -> None:
@@ -714,14 +767,16 @@ class PipelineMachine(RuleBasedStateMachine):
         first = self.workers[pair[0] % len(self.workers)]
         second = self.workers[(pair[0] + pair[1]) % len(self.workers)]
         for worker in {id(first): first, id(second): second}.values():
-            if worker.flight is None and (self._unfetched(worker) or len(worker.tracker.retries)):
+            if worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
                 self._start(worker, self._fetch(worker, k), run=False)
         for i, who in enumerate(schedule):
             if stall is not None and stall[0] == i:
                 self._advance(stall[1] + 1)
             worker = (first, second)[who]
-            if worker.flight is not None and worker.flight.step():
-                self._land(worker, worker.flight.finish())
+            if worker.flights:
+                flight = worker.flights[i % len(worker.flights)]
+                if flight.step():
+                    self._land(worker, flight)
 
     @rule(
         pair=st.tuples(st.integers(0, 2), st.integers(1, 2)),
@@ -751,14 +806,16 @@ class PipelineMachine(RuleBasedStateMachine):
         self._tick(slow, 1, k, False)  # an idle one starts a batch
         self._tick(slow, at, k, False)
         self._advance(hang + 1)
-        if slow.flight is not None and redeliver is not None and fast.position:
-            again = slow.flight.records[redeliver % len(slow.flight.records)]
+        if slow.flights and redeliver is not None and fast.position:
+            hung = slow.flights[redeliver % len(slow.flights)]
+            again = hung.records[redeliver % len(hung.records)]
             self._append(min(fast.position)[1], self.sent_as[again.coordinates])
-        if fast.flight is not None:
-            self._land(fast, fast.flight.finish())
+        for flight in list(fast.flights):
+            self._land(fast, flight)
         self._start(fast, self._fetch(fast, FETCH_MAX), run=True)
-        if resume and slow.flight is not None:
-            self._land(slow, slow.flight.finish())
+        if resume:
+            for flight in list(slow.flights):
+                self._land(slow, flight)
 
     @rule(who=st.integers(0, 2), keep_running=st.booleans(), shift=st.integers(0, 2))
     def crash(self, who: int, keep_running: bool, shift: int) -> None:
@@ -767,11 +824,11 @@ class PipelineMachine(RuleBasedStateMachine):
         joins; its partitions go to members and resume at the committed offset."""
         slot = who % len(self.workers)
         dead = self.workers[slot]
-        if dead.flight is not None:
+        for flight in dead.flights:
             if keep_running:
-                self.zombies.append(dead.flight)
+                self.zombies.append(flight)
             else:
-                dead.flight.kill()
+                flight.kill()
         self.workers[slot] = self._spawn(slot)
         for i, part in enumerate(sorted(dead.position)):
             self._assign(self.workers[(slot + shift + i) % len(self.workers)], part)
@@ -924,8 +981,8 @@ class PipelineMachine(RuleBasedStateMachine):
             zombie.finish()
         self.zombies.clear()
         for worker in self.workers:
-            if worker.flight is not None:
-                self._land(worker, worker.flight.finish())
+            for flight in list(worker.flights):
+                self._land(worker, flight)
 
     def _drained(self) -> bool:
         return all(self.committed[p] == len(self.log[p]) for p in self.log) and not any(
