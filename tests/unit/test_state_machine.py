@@ -728,6 +728,41 @@ class PipelineMachine(RuleBasedStateMachine):
             if flight.step():
                 self._land(worker, flight)
 
+    @rule(
+        who=st.integers(0, 2),
+        held=st.sampled_from(WAMIDS),
+        pnid_index=st.integers(0, len(PNIDS) - 1),
+        fresh=st.sampled_from(WAMIDS),
+    )
+    def retry_while_its_partition_is_busy(
+        self, who: int, held: str, pnid_index: int, fresh: str
+    ) -> None:
+        """A record is deferred on one partition of a worker (another worker holds its
+        lease); that partition has a batch in flight when the retry falls due, and the
+        worker starts a batch of its other partition: the retry waits for a batch of its
+        own partition and must not ride in the other one (the tracker hands out due
+        retries of the free partitions only)."""
+        worker = self.workers[who % len(self.workers)]
+        body = _valid_body([held], pnid_index)
+        (key,) = body.keys or frozenset()
+        if worker.flights or len(worker.position) < 2 or key in self.leases.values:
+            return
+        busy = sorted(worker.position)[0]
+        self.leases.values[key] = "ghost:1"  # another worker's lease
+        self.leases.expires_at[key] = self.leases.now + LEASE_TTL_S
+        self._append(busy[1], body)
+        self._start(worker, self._fetch(worker, FETCH_MAX, only=0), run=True)
+        self.leases.values.pop(key, None)  # the other worker is done with it
+        self.leases.expires_at.pop(key, None)
+        self._append(busy[1], _valid_body([fresh], 1 - pnid_index))
+        self._start(worker, self._fetch(worker, FETCH_MAX, only=0), run=False)
+        if not worker.flights or busy not in worker.flights[0].partitions:
+            return  # paused (the limit), or the batch ended at its first await
+        self._advance(self.settings.retry_backoff_max_s + 1)  # the retry is due now
+        self._start(worker, self._fetch(worker, FETCH_MAX), run=True)  # the other partition
+        for flight in list(worker.flights):
+            self._land(worker, flight)
+
     @rule(who=st.integers(0, 2), run=st.booleans())
     def retry(self, who: int, run: bool) -> None:
         """A worker with room and deferred records of its free partitions waits for the
