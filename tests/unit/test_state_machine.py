@@ -452,9 +452,13 @@ class Worker:
     def __repr__(self) -> str:
         return f"Worker({self.worker_id}, owns={sorted(p for _, p in self.position)})"
 
+    def busy(self) -> set[Partition]:
+        """Partitions with a batch in flight."""
+        return {p for f in self.flights for p in f.partitions}
+
     def free(self) -> list[Partition]:
         """Owned partitions without a batch in flight."""
-        busy = {p for f in self.flights for p in f.partitions}
+        busy = self.busy()
         return sorted(p for p in self.position if p not in busy)
 
     def can_start(self) -> bool:
@@ -568,9 +572,7 @@ class PipelineMachine(RuleBasedStateMachine):
         if not records:
             return
         flight = Flight(worker.pipeline.process(records), records)
-        assert not flight.partitions & {p for f in worker.flights for p in f.partitions}, (
-            "a partition in two batches of one worker"
-        )
+        assert not flight.partitions & worker.busy(), "a partition in two batches of one worker"
         worker.flights.append(flight)
         if run or flight.step():
             self._land(worker, flight)
@@ -597,10 +599,24 @@ class PipelineMachine(RuleBasedStateMachine):
         worker.tracker.committed(offsets)
         self._check_committed()
 
-    def _revoke(self, worker: Worker, parts: set[Partition]) -> None:
-        """on_revoked: every batch in flight finishes first, then commit, then revoke."""
+    def _land_all(self, worker: Worker) -> None:
+        """Run every batch of the worker in flight to its end, and settle each."""
         for flight in list(worker.flights):
             self._land(worker, flight)
+
+    def _step(self, worker: Worker, i: int) -> None:
+        """The worker's i-th batch in flight (cyclically) one await further."""
+        flight = worker.flights[i % len(worker.flights)]
+        if flight.step():
+            self._land(worker, flight)
+
+    def _has_work(self, worker: Worker) -> bool:
+        """Room for another batch, and records or due retries of a free partition."""
+        return worker.can_start() and bool(self._unfetched(worker) or self._due_free(worker))
+
+    def _revoke(self, worker: Worker, parts: set[Partition]) -> None:
+        """on_revoked: every batch in flight finishes first, then commit, then revoke."""
+        self._land_all(worker)
         self._commit(worker, parts)
         worker.tracker.revoked(parts)
         for part in parts:
@@ -658,7 +674,7 @@ class PipelineMachine(RuleBasedStateMachine):
         retries, waiting for the next retry when there is nothing new; `run` runs it to
         the end at once), else advance one of its batches in flight (the n-th) by n
         awaits."""
-        if worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
+        if self._has_work(worker):
             if not self._unfetched(worker):
                 self._advance(worker.tracker.next_due_in(self.leases.now, worker.free()) or 0.0)
             self._start(worker, self._fetch(worker, k), run)
@@ -716,7 +732,7 @@ class PipelineMachine(RuleBasedStateMachine):
         one await at a time in the order of `schedule`: one lands and commits while the
         other is still in flight. Unfinished batches stay in flight."""
         worker = self.workers[who % len(self.workers)]
-        while worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
+        while self._has_work(worker):
             before = len(worker.flights)
             self._start(worker, self._fetch(worker, k, only=0), run=False)
             if len(worker.flights) == before:
@@ -724,9 +740,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for i in schedule:
             if not worker.flights:
                 return
-            flight = worker.flights[i % len(worker.flights)]
-            if flight.step():
-                self._land(worker, flight)
+            self._step(worker, i)
 
     @rule(
         who=st.integers(0, 2),
@@ -760,8 +774,7 @@ class PipelineMachine(RuleBasedStateMachine):
             return  # paused (the limit), or the batch ended at its first await
         self._advance(self.settings.retry_backoff_max_s + 1)  # the retry is due now
         self._start(worker, self._fetch(worker, FETCH_MAX), run=True)  # the other partition
-        for flight in list(worker.flights):
-            self._land(worker, flight)
+        self._land_all(worker)
 
     @rule(who=st.integers(0, 2), run=st.booleans())
     def retry(self, who: int, run: bool) -> None:
@@ -802,16 +815,14 @@ class PipelineMachine(RuleBasedStateMachine):
         first = self.workers[pair[0] % len(self.workers)]
         second = self.workers[(pair[0] + pair[1]) % len(self.workers)]
         for worker in {id(first): first, id(second): second}.values():
-            if worker.can_start() and (self._unfetched(worker) or self._due_free(worker)):
+            if self._has_work(worker):
                 self._start(worker, self._fetch(worker, k), run=False)
         for i, who in enumerate(schedule):
             if stall is not None and stall[0] == i:
                 self._advance(stall[1] + 1)
             worker = (first, second)[who]
             if worker.flights:
-                flight = worker.flights[i % len(worker.flights)]
-                if flight.step():
-                    self._land(worker, flight)
+                self._step(worker, i)
 
     @rule(
         pair=st.tuples(st.integers(0, 2), st.integers(1, 2)),
@@ -845,12 +856,10 @@ class PipelineMachine(RuleBasedStateMachine):
             hung = slow.flights[redeliver % len(slow.flights)]
             again = hung.records[redeliver % len(hung.records)]
             self._append(min(fast.position)[1], self.sent_as[again.coordinates])
-        for flight in list(fast.flights):
-            self._land(fast, flight)
+        self._land_all(fast)
         self._start(fast, self._fetch(fast, FETCH_MAX), run=True)
         if resume:
-            for flight in list(slow.flights):
-                self._land(slow, flight)
+            self._land_all(slow)
 
     @rule(who=st.integers(0, 2), keep_running=st.booleans(), shift=st.integers(0, 2))
     def crash(self, who: int, keep_running: bool, shift: int) -> None:
@@ -1016,8 +1025,7 @@ class PipelineMachine(RuleBasedStateMachine):
             zombie.finish()
         self.zombies.clear()
         for worker in self.workers:
-            for flight in list(worker.flights):
-                self._land(worker, flight)
+            self._land_all(worker)
 
     def _drained(self) -> bool:
         return all(self.committed[p] == len(self.log[p]) for p in self.log) and not any(
