@@ -702,38 +702,35 @@ class MarkQueue:
 
     def __init__(self, store: MessageStore) -> None:
         self._store = store
-        self._pending: set[str] = set()
-        self._failed: set[str] = set()  # of the pending, those whose delete failed before
+        # Published events whose delete failed: carried by the next delete, or retried
+        # by flush(). Not the deletes under way: a row is deleted by one statement at a
+        # time, and a row being deleted now is not "unmarked".
+        self._failed: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._failed)
 
     async def mark(self, event_ids: Sequence[str]) -> int:
-        """Delete these rows (and any still pending); on failure keep them all and raise.
-        Returns how many of the rows deleted had failed before (retried now: with batches
-        overlapping, the next batch's delete often carries them before the loop's
-        housekeeping does)."""
-        self._pending.update(event_ids)
-        return await self._delete_pending()
+        """Delete these rows, and those whose delete failed before; on failure keep
+        them all for the retry and raise. Returns how many of the rows deleted had
+        failed before (retried now: with batches overlapping, the next batch's delete
+        often carries them before the loop's housekeeping does)."""
+        retrying = set(self._failed)
+        await self._delete(set(event_ids) | retrying)
+        return len(retrying)
 
     async def flush(self) -> int:
-        """Retry the pending deletes; returns how many went through. Raises StoreError."""
-        if not self._pending:
-            return 0
-        count = len(self._pending)
-        await self._delete_pending()
-        return count
+        """Retry the deletes that failed; returns how many went through. Raises StoreError."""
+        retrying = set(self._failed)
+        await self._delete(retrying)
+        return len(retrying)
 
-    async def _delete_pending(self) -> int:
-        ids = sorted(self._pending)
+    async def _delete(self, ids: set[str]) -> None:
         if not ids:
-            return 0
+            return
         try:
-            await self._store.mark_published(ids)
+            await self._store.mark_published(sorted(ids))
         except StoreError:
             self._failed.update(ids)
             raise
-        self._pending.difference_update(ids)
-        retried = self._failed.intersection(ids)
         self._failed.difference_update(ids)
-        return len(retried)

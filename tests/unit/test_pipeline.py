@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
@@ -312,6 +313,32 @@ async def test_a_failed_outbox_delete_is_carried_by_the_next_batch_and_counted()
     assert await marks.mark(["e3"]) == 2
     assert len(marks) == 0
     assert await marks.mark(["e4"]) == 0
+
+
+async def test_a_delete_under_way_is_neither_unmarked_nor_repeated() -> None:
+    """While one batch's delete is under way, the loop's housekeeping and the next
+    batch's delete leave its rows alone: nothing failed, so nothing is retried, counted
+    as unmarked or logged as marked after a retry."""
+    store = FakeStore()
+    marks = MarkQueue(store)
+    deleted: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def slow_mark_published(event_ids: Sequence[str]) -> None:
+        deleted.append(list(event_ids))
+        if "e1" in event_ids:
+            await gate.wait()
+
+    store.mark_published = slow_mark_published  # type: ignore[method-assign]
+    first = asyncio.create_task(marks.mark(["e1", "e2"]))
+    await asyncio.sleep(0)
+    assert deleted == [["e1", "e2"]]
+    assert len(marks) == 0
+    assert await marks.flush() == 0
+    assert await marks.mark(["e3"]) == 0
+    gate.set()
+    assert await first == 0
+    assert deleted == [["e1", "e2"], ["e3"]]
 
 
 # -- invalid input and statuses ------------------------------------------------------
