@@ -135,7 +135,8 @@ async def unpublished(settings: Settings) -> int:
     try:
         async with engine.connect() as conn:
             # The outbox holds only events not yet announced.
-            result = await conn.execute(sa.select(sa.func.count()).select_from(outbox))
+            total = sa.func.coalesce(sa.func.sum(outbox.c.event_count), 0)
+            result = await conn.execute(sa.select(total))
             return int(result.scalar_one())
     finally:
         await engine.dispose()
