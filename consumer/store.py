@@ -251,14 +251,13 @@ class Store:
                     conn, [(row_ids[i], rows[i].event) for i in new], worker_id, claim_for
                 )
                 conflicts = frozenset(by_key) - inserted
-                stale = await self._unpublished(
+                claimed, in_flight = await self._unpublished(
                     conn, [k for k in by_key if k in conflicts], worker_id, claim_for
                 )
                 if before_commit is not None:
                     before_commit()
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"storing {len(by_key)} message(s)") from exc
-        claimed, in_flight = stale
         return SaveResult(
             frozenset(inserted),
             conflicts,
@@ -298,20 +297,7 @@ class Store:
         outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
         A claim that is not followed by `mark_published` runs out after `claim_for`.
         """
-        free = self._free()
-        candidates = (
-            sa.select(outbox.c.id)
-            .where(free)
-            .order_by(outbox.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            sa.update(outbox)
-            .where(outbox.c.id.in_(candidates.scalar_subquery()), free)
-            .values(claimed_by=worker_id, claimed_until=self._later(claim_for))
-            .returning(outbox.c.id, outbox.c.events)
-        )
+        stmt = self._claim(self._free(), outbox.c.created_at, limit, worker_id, claim_for)
         try:
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()
@@ -462,25 +448,41 @@ class Store:
         for ids in _chunks(row_ids):
             room = _CONFLICT_ROWS - len(claimed)
             if room > 0:
-                unlocked = (
-                    sa.select(outbox.c.id)
-                    .where(outbox.c.id.in_(ids), claimable)
-                    .order_by(outbox.c.id)
-                    .limit(room)
-                    .with_for_update(skip_locked=True)
-                )
-                claim = (
-                    sa.update(outbox)
-                    .where(outbox.c.id.in_(unlocked.scalar_subquery()), claimable)
-                    .values(claimed_by=worker_id or None, claimed_until=self._later(claim_for))
-                    .returning(outbox.c.id, outbox.c.events)
-                )
+                where = sa.and_(outbox.c.id.in_(ids), claimable)
+                claim = self._claim(where, outbox.c.id, room, worker_id, claim_for)
                 claimed.extend((await conn.execute(claim)).all())
             exists = sa.select(outbox.c.id).where(outbox.c.id.in_(ids))
             unpublished.update(r[0] for r in (await conn.execute(exists)).all())
         ours = _claimed(claimed)
         busy = unpublished - set(ours.outbox_ids)
         return ours, frozenset(k for k, row_id in row_of.items() if row_id in busy)
+
+    def _claim(
+        self,
+        where: sa.ColumnElement[bool],
+        order_by: sa.ColumnElement[Any],
+        limit: int,
+        worker_id: str,
+        claim_for: dt.timedelta,
+    ) -> sa.Update:
+        """Claim up to `limit` rows matching `where` (taken in `order_by` order) for
+        `worker_id` and `claim_for`, returning their ids and events. One atomic UPDATE:
+        on PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED (a row
+        another transaction holds is skipped, not waited for) and `where` is checked
+        again against concurrent claims; SQLite serialises writers."""
+        candidates = (
+            sa.select(outbox.c.id)
+            .where(where)
+            .order_by(order_by)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return (
+            sa.update(outbox)
+            .where(outbox.c.id.in_(candidates.scalar_subquery()), where)
+            .values(claimed_by=worker_id or None, claimed_until=self._later(claim_for))
+            .returning(outbox.c.id, outbox.c.events)
+        )
 
     async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
         """Give up our claim on rows we could not publish, so the next try (ours, another
