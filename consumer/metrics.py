@@ -165,7 +165,8 @@ class Metrics:
         r.register(self.event_latency)
         self.outbox_backlog = Gauge(
             "wamid_guard_outbox_backlog",
-            "Outbox rows not yet published (stored messages whose event is not out yet).",
+            "Events not yet published (stored messages whose event is not out yet), counted "
+            "over the outbox rows that hold them.",
             registry=r,
         )
         self.outbox_oldest_age = Gauge(
@@ -175,8 +176,8 @@ class Metrics:
         )
         self.outbox_unmarked = Gauge(
             "wamid_guard_outbox_unmarked",
-            "Events this member published whose outbox rows it could not delete yet (the "
-            "database failed right after the publish); retried every loop.",
+            "Outbox rows whose events this member published but which it could not delete "
+            "yet (the database failed right after the publish); retried every loop.",
             registry=r,
         )
         self.assigned_partitions = Gauge(

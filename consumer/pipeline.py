@@ -392,7 +392,7 @@ class Pipeline:
             self._published(saved, batch)
             self._crash.hit("after_publish")
         except DependencyError as exc:
-            await self._failed(exc, keys, token, report, saved.to_publish if saved else ())
+            await self._failed(exc, keys, token, report, saved.outbox_ids if saved else ())
             return None
         except UnstorableError as exc:  # from building or saving: nothing was committed
             await self._release(keys, token)
@@ -407,7 +407,7 @@ class Pipeline:
             # Committed: the rows stand, so the records are retried, never dead-lettered
             # (the retry finds them stored and announces what is unannounced).
             log.exception("batch.publish_internal_error", error=type(exc).__name__)
-            await self._failed(exc, keys, token, report, saved.to_publish)
+            await self._failed(exc, keys, token, report, saved.outbox_ids)
             return None
         self._account(saved, batch, report)
         if saved.in_flight:
@@ -415,7 +415,7 @@ class Pipeline:
             # the record is deferred (rule 5) and our lease goes back for the retry.
             await self._release(list(saved.in_flight), token)
         finished = [k for k in keys if k not in saved.in_flight]
-        await self._finish(saved.to_publish, finished, token, report)
+        await self._finish(saved.outbox_ids, finished, token, report)
         return set(finished)
 
     def _pending(self, batch: list[Message]) -> list[PendingMessage]:
@@ -449,17 +449,18 @@ class Pipeline:
 
     async def _finish(
         self,
-        published: Sequence[events.OutboundEvent],
+        published: Sequence[str],
         keys: list[MessageKey],
         token: str,
         report: BatchReport,
     ) -> None:
-        """Bookkeeping after the events are out. Failures here cost no correctness: a
-        row we could not mark is retried (MarkQueue) while our claim on it stands, and
-        announced once more (same event_id) only if the database stays away longer; a
-        lease that did not become a done marker expires, leaving the database fence."""
+        """Bookkeeping after the events of the outbox rows `published` are out.
+        Failures here cost no correctness: a row we could not mark is retried
+        (MarkQueue) while our claim on it stands, and announced once more (same
+        event_ids) only if the database stays away longer; a lease that did not become a
+        done marker expires, leaving the database fence."""
         try:
-            retried = await self.marks.mark([e.event_id for e in published])
+            retried = await self.marks.mark(published)
         except StoreError as exc:
             self.metrics.dependency_error(exc)
             log.warning(
@@ -488,7 +489,7 @@ class Pipeline:
         keys: list[MessageKey],
         token: str,
         report: BatchReport,
-        unpublished: Sequence[events.OutboundEvent],
+        unpublished: Sequence[str],
     ) -> None:
         """A step failed: give back our leases (rule 4) and our claims on outbox rows we
         could not publish, so the retry is neither swallowed nor kept waiting."""
@@ -499,7 +500,7 @@ class Pipeline:
         await self._release(keys, token)
         if unpublished:
             try:
-                await self._store.release_claims([e.event_id for e in unpublished], self._worker_id)
+                await self._store.release_claims(unpublished, self._worker_id)
             except StoreError as claim_exc:
                 self.metrics.dependency_error(claim_exc)
                 log.warning("outbox.release_claims_failed", error=str(claim_exc))

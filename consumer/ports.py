@@ -24,7 +24,7 @@ from typing import Protocol
 from consumer.dedup import LeaseKey, LeaseState
 from consumer.events import OutboundEvent
 from consumer.records import Invalid
-from consumer.store import PendingMessage, SaveResult
+from consumer.store import OutboxClaim, PendingMessage, SaveResult
 
 __all__ = ["EventSink", "LeaseStore", "MessageStore"]
 
@@ -72,32 +72,35 @@ class MessageStore(Protocol):
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
-        """Insert the messages and their outbox rows in one transaction, behind the
-        unique fence on (phone_number_id, wamid).
+        """Insert the messages and the outbox rows of their events in one transaction,
+        behind the unique fence on (phone_number_id, wamid).
 
         New outbox rows are claimed by `worker_id` for `claim_for`. A conflict whose
         unpublished row another worker still claims comes back in ``in_flight``; one
-        whose claim ran out or is ours comes back, claimed by us, in ``to_publish`` after
-        the new events. ``before_commit`` runs inside the transaction after the writes.
+        whose claim ran out or is ours is claimed by us, and its row's events come back
+        in ``to_publish`` after the new events. ``outbox_ids`` names every row handed
+        back: the caller publishes all of ``to_publish``, then marks those rows (or
+        releases them if it could not). ``before_commit`` runs inside the transaction
+        after the writes.
 
         Raises UnstorableError if the data was refused (nothing is committed),
         StoreError if the database failed otherwise (the commit may or may not have
         happened)."""
 
-    async def mark_published(self, event_ids: Sequence[str]) -> None:
-        """Record that these events reached the outbound topic: their outbox rows are
-        done. Raises StoreError."""
+    async def mark_published(self, outbox_ids: Sequence[str]) -> None:
+        """Record that all the events of these outbox rows reached the outbound topic:
+        the rows are done. Raises StoreError."""
 
-    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
         """Give up `worker_id`'s claims on these rows (others' claims stay), so the next
         try need not wait for the claims to run out. Raises StoreError."""
 
     async def claim_unpublished(
         self, *, worker_id: str, claim_for: dt.timedelta, limit: int
-    ) -> tuple[OutboundEvent, ...]:
+    ) -> OutboxClaim:
         """Claim, for `worker_id` and `claim_for`, up to `limit` outbox rows that are not
         published and that nobody claims (their claim ran out), oldest first; a row is
-        claimed by one caller at a time. Returns their events. Raises StoreError."""
+        claimed by one caller at a time. Returns their events and ids. Raises StoreError."""
 
     async def outbox_stats(self) -> tuple[int, float]:
         """How many events are not yet announced, and the age in seconds of the oldest

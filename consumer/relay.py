@@ -35,7 +35,7 @@ class Relay:
         claim_for: dt.timedelta,
         metrics: Metrics,
         marks: MarkQueue,
-        batch: int = 200,
+        batch: int = 8,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -77,22 +77,26 @@ class Relay:
         self.metrics.outbox_oldest_age.set(oldest_s)
 
     async def relay_once(self) -> int:
-        """Claim, publish and mark one batch of stale outbox rows. Returns how many."""
+        """Claim, publish and mark up to `batch` stale outbox rows (each the events of
+        one transaction). Returns how many rows."""
         await self._marks.flush()  # our own earlier publishes first: never announce twice
         claimed = await self._store.claim_unpublished(
             worker_id=self._worker_id, claim_for=self._claim_for, limit=self._batch
         )
-        if not claimed:
+        if not claimed.outbox_ids:
             return 0
         try:
-            await self._publisher.publish(claimed)
+            await self._publisher.publish(claimed.events)
         except DependencyError:
-            await self._store.release_claims([e.event_id for e in claimed], self._worker_id)
+            await self._store.release_claims(claimed.outbox_ids, self._worker_id)
             raise
-        self.republished += len(claimed)
-        self.metrics.events_published.labels("relay").inc(len(claimed))
-        await self._marks.mark([e.event_id for e in claimed])
+        self.republished += len(claimed.events)
+        self.metrics.events_published.labels("relay").inc(len(claimed.events))
+        await self._marks.mark(claimed.outbox_ids)
         log.info(
-            "relay.republished", count=len(claimed), event_ids=[e.event_id for e in claimed[:10]]
+            "relay.republished",
+            count=len(claimed.events),
+            rows=len(claimed.outbox_ids),
+            event_ids=[e.event_id for e in claimed.events[:10]],
         )
-        return len(claimed)
+        return len(claimed.outbox_ids)

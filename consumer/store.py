@@ -2,10 +2,15 @@
 
 One transaction per batch writes the messages with ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING`` (the fence: ``UNIQUE (phone_number_id, source_id)``) and, for the rows it
-really inserted, outbox rows holding the exact ``message_created`` bytes to publish.
-A conflicting key is a duplicate; if its outbox row was never published (a crash
-between commit and publish, or a commit whose answer was lost), it is handed back to be
-published again with the same ``event_id``.
+really inserted, one outbox row holding the exact ``message_created`` bytes of all their
+events (a very large batch gets a few rows; see :func:`_assign_rows`). Each message row
+names the outbox row that announces it (``messages.outbox_id``). A conflicting key is a
+duplicate; if its outbox row was never published (a crash between commit and publish, or
+a commit whose answer was lost), the row is handed back to be published again, with the
+same event ids and bytes.
+
+An outbox row is published, marked and claimed as a whole: whoever is handed a row
+publishes all its events and then marks (deletes) or releases the row by its id.
 
 Failures come out in two classes (rule 10): :class:`UnstorableError` when the database
 refused the data (SQLSTATE classes 22 data exception, 23 integrity, 54 program limit; a
@@ -23,10 +28,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sqlite3
+import struct
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -76,19 +83,21 @@ messages = sa.Table(
     sa.Column("source_partition", sa.Integer, nullable=False),
     sa.Column("source_offset", sa.BigInteger, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
+    # The outbox row that announces this message: while it exists, the event is not yet
+    # announced (a redelivery finds it here, through the unique key). Not indexed.
+    sa.Column("outbox_id", sa.String(36)),
     sa.UniqueConstraint("phone_number_id", "source_id"),
 )
 
+# One row per transaction (per few MiB of events), not per message: the insert, its index
+# entries and the delete after the publish are paid once per batch (docs/benchmarks.md).
 outbox = sa.Table(
     "outbox",
     metadata,
-    sa.Column("event_id", sa.String(36), primary_key=True),
-    sa.Column("message_id", sa.String(36), nullable=False),
-    sa.Column("phone_number_id", sa.String(limits.PHONE_NUMBER_ID_MAX), nullable=False),
-    sa.Column("source_id", _SOURCE_ID, nullable=False),
-    sa.Column("topic", sa.String(255), nullable=False),
-    sa.Column("key", sa.LargeBinary, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    # The events, each as event_id, topic, key and payload (see _pack_events).
+    sa.Column("events", sa.LargeBinary, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
     # The claim: who publishes this row, and until when (the database's clock).
     sa.Column("claimed_by", sa.String(128)),
@@ -104,8 +113,20 @@ class SaveResult:
     inserted: frozenset[MessageKey]
     conflicts: frozenset[MessageKey]
     to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
+    # The outbox rows that hold `to_publish`, claimed by the caller: to mark once all of
+    # `to_publish` is out, or to release if it is not.
+    outbox_ids: tuple[str, ...]
     # Conflicts whose unpublished row another worker is publishing right now.
     in_flight: frozenset[MessageKey] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxClaim:
+    """Outbox rows claimed for publishing: their events, and their ids (to mark once
+    all the events are out, or to release)."""
+
+    events: tuple[OutboundEvent, ...]
+    outbox_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,110 +218,104 @@ class Store:
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
-        """Insert messages and their outbox rows in one transaction (the fence).
+        """Insert messages and the outbox row of their events in one transaction (the
+        fence).
 
-        New outbox rows are claimed by `worker_id` for `claim_for`: the inserter is about
-        to publish them, so neither the relay nor another worker's conflicting insert
-        publishes them meanwhile. A conflict whose unpublished row is still claimed by
+        The new outbox row is claimed by `worker_id` for `claim_for`: the inserter is about
+        to publish it, so neither the relay nor another worker's conflicting insert
+        publishes it meanwhile. A conflict whose unpublished row is still claimed by
         another worker comes back in `in_flight` ("not yet", rule 5); one whose claim
-        ran out (the inserter died) or is ours comes back in `to_publish`.
+        ran out (the inserter died) or is ours is claimed, and all the events of its row
+        come back in `to_publish`.
         ``before_commit`` runs inside the transaction after the writes (crash tests).
 
         Raises :class:`UnstorableError` if the database refused the data (nothing is
         committed), :class:`StoreError` if it failed otherwise.
         """
         if not pending:
-            return SaveResult(frozenset(), frozenset(), ())
+            return SaveResult(frozenset(), frozenset(), (), ())
         # One row per key, in key order: concurrent batches that overlap then take their
         # row locks in the same order and cannot deadlock each other on PostgreSQL.
         by_key = {p.message.key: p for p in pending}
         by_key = {k: by_key[k] for k in sorted(by_key)}  # (phone_number_id, wamid) order
+        rows = list(by_key.values())
+        row_ids = _assign_rows(rows)
         try:
             async with self._engine.begin() as conn:
-                rows = list(by_key.values())
                 if self._sqlite:
-                    inserted = await self._insert_messages(conn, rows)
-                else:  # the outbox rows of those inserted go in the same statement
-                    inserted = await _insert_pg(conn, rows, worker_id, claim_for)
-                new = [by_key[k] for k in by_key if k in inserted]
-                if self._sqlite:
-                    await self._insert_outbox(conn, new, worker_id, claim_for)
+                    inserted = await self._insert_messages(conn, rows, row_ids)
+                else:
+                    inserted = await _insert_pg(conn, rows, row_ids)
+                new = [i for i, p in enumerate(rows) if p.message.key in inserted]
+                boxes = await self._insert_outbox(
+                    conn, [(row_ids[i], rows[i].event) for i in new], worker_id, claim_for
+                )
                 conflicts = frozenset(by_key) - inserted
-                stale: tuple[OutboundEvent, ...] = ()
-                busy: frozenset[str] = frozenset()
-                for chunk in _chunks(sorted(by_key[k].event.event_id for k in conflicts)):
-                    ours, theirs = await self._unpublished(conn, chunk, worker_id, claim_for)
-                    stale, busy = stale + ours, busy | theirs
+                claimed, in_flight = await self._unpublished(
+                    conn, [k for k in by_key if k in conflicts], worker_id, claim_for
+                )
                 if before_commit is not None:
                     before_commit()
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"storing {len(by_key)} message(s)") from exc
-        events = tuple(p.event for p in new) + stale
-        in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
-        return SaveResult(frozenset(inserted), conflicts, events, in_flight)
+        return SaveResult(
+            frozenset(inserted),
+            conflicts,
+            tuple(rows[i].event for i in new) + claimed.events,
+            boxes + claimed.outbox_ids,
+            in_flight,
+        )
 
-    async def mark_published(self, event_ids: Sequence[str]) -> None:
-        """Record that these events reached the outbound topic: their outbox rows are
-        done, and leave the outbox (which so holds exactly the events not yet announced;
-        a delete is also cheaper for the database than an update of an indexed row)."""
-        if not event_ids:
+    async def mark_published(self, outbox_ids: Sequence[str]) -> None:
+        """Record that all the events of these outbox rows reached the outbound topic:
+        the rows are done, and leave the outbox (which so holds exactly the events not
+        yet announced; a delete is also cheaper for the database than an update of an
+        indexed row)."""
+        if not outbox_ids:
             return
         try:
             async with self._engine.begin() as conn:
                 if not self._sqlite:  # the ids as one array parameter
-                    await conn.execute(_DELETE_PG, {"ids": list(event_ids)})
+                    await conn.execute(_DELETE_PG, {"ids": list(outbox_ids)})
                     return
-                for chunk in _chunks(sorted(event_ids)):
+                for chunk in _chunks(sorted(outbox_ids)):
                     await conn.execute(
-                        sa.delete(outbox).where(outbox.c.event_id.in_(_locked_in_order(chunk)))
+                        sa.delete(outbox).where(outbox.c.id.in_(_locked_in_order(chunk)))
                     )
         except (SQLAlchemyError, OSError) as exc:
-            raise _failed(exc, f"marking {len(event_ids)} event(s) published") from exc
+            raise _failed(exc, f"marking {len(outbox_ids)} outbox row(s) published") from exc
 
     async def claim_unpublished(
         self, *, worker_id: str, claim_for: dt.timedelta, limit: int
-    ) -> tuple[OutboundEvent, ...]:
-        """Claim outbox rows that were committed but never marked published, and whose
-        inserter's claim ran out (it had LEASE_TTL_S to publish them and did not).
+    ) -> OutboxClaim:
+        """Claim up to `limit` outbox rows that were committed but never marked
+        published, and whose inserter's claim ran out (it had LEASE_TTL_S to publish
+        them and did not).
 
         One atomic UPDATE ... RETURNING: a row is claimed by one relay at a time (on
         PostgreSQL the candidate rows are locked with FOR UPDATE SKIP LOCKED, and the
         outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
         A claim that is not followed by `mark_published` runs out after `claim_for`.
         """
-        free = self._free()
-        candidates = (
-            sa.select(outbox.c.event_id)
-            .where(free)
-            .order_by(outbox.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            sa.update(outbox)
-            .where(outbox.c.event_id.in_(candidates.scalar_subquery()), free)
-            .values(claimed_by=worker_id, claimed_until=self._later(claim_for))
-            .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
-        )
+        stmt = self._claim(self._free(), outbox.c.created_at, limit, worker_id, claim_for)
         try:
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, "claiming unpublished outbox rows") from exc
-        return tuple(
-            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload)) for r in rows
-        )
+        return _claimed(rows)
 
     async def outbox_stats(self) -> tuple[int, float]:
         """How many events are not yet announced, and the age in seconds of the oldest
-        (0 when none), both by the database's clock: the outbox holds exactly those rows,
-        and created_at is indexed."""
+        (0 when none), both by the database's clock: the outbox holds exactly those
+        events, and created_at is indexed."""
         oldest = sa.func.min(outbox.c.created_at)
         if self._sqlite:
             age = (sa.func.julianday("now") - sa.func.julianday(oldest)) * 86400.0
         else:
             age = sa.extract("epoch", sa.func.now() - oldest)
-        stmt = sa.select(sa.func.count(), age).select_from(outbox)
+        count = sa.func.coalesce(sa.func.sum(outbox.c.event_count), 0)
+        stmt = sa.select(count, age).select_from(outbox)
         try:
             async with self._engine.connect() as conn:
                 count, age_s = (await conn.execute(stmt)).one()
@@ -349,7 +364,7 @@ class Store:
     # -- the statements of a save --------------------------------------------------
 
     async def _insert_messages(
-        self, conn: AsyncConnection, pending: list[PendingMessage]
+        self, conn: AsyncConnection, pending: list[PendingMessage], row_ids: list[str]
     ) -> frozenset[MessageKey]:
         stmt = (
             self._insert(messages)
@@ -362,165 +377,192 @@ class Store:
         )
         # executemany + RETURNING: SQLAlchemy sends it as multi-row INSERTs of one cached
         # statement ("insertmanyvalues"), instead of compiling a new statement per batch.
-        rows = (await conn.execute(stmt, [_message_row(p) for p in pending])).all()
+        params = [_message_row(p, row_id) for p, row_id in zip(pending, row_ids, strict=True)]
+        rows = (await conn.execute(stmt, params)).all()
         return frozenset(MessageKey(r.phone_number_id, r.source_id) for r in rows)
 
     async def _insert_outbox(
         self,
         conn: AsyncConnection,
-        new: list[PendingMessage],
+        new: list[tuple[str, OutboundEvent]],
         worker_id: str,
         claim_for: dt.timedelta,
-    ) -> None:
-        if new:
+    ) -> tuple[str, ...]:
+        """The outbox rows of the events inserted (`new`: row id and event, in the
+        order the rows were assigned); returns their ids."""
+        boxes: dict[str, list[OutboundEvent]] = {}
+        for row_id, event in new:
+            boxes.setdefault(row_id, []).append(event)
+        if boxes:
             await conn.execute(
                 sa.insert(outbox).values(
                     created_at=self._now(),
                     claimed_until=self._later(claim_for) if claim_for else None,
                 ),
-                [_outbox_row(p, worker_id or None) for p in new],
+                [
+                    {
+                        "id": row_id,
+                        "event_count": len(events),
+                        "events": _pack_events(events),
+                        "claimed_by": worker_id or None,
+                    }
+                    for row_id, events in boxes.items()
+                ],
             )
+        return tuple(boxes)
 
     async def _unpublished(
         self,
         conn: AsyncConnection,
-        event_ids: list[str],
+        keys: list[MessageKey],
         worker_id: str,
         claim_for: dt.timedelta,
-    ) -> tuple[tuple[OutboundEvent, ...], frozenset[str]]:
-        """Unpublished outbox rows of conflicting keys: (claimed now by us, to publish;
-        claimed by someone else who is publishing them). The claim is one UPDATE, so of
-        two workers (or a worker and a relay) racing for a row exactly one gets it."""
-        if not event_ids:
-            return (), frozenset()
+    ) -> tuple[OutboxClaim, frozenset[MessageKey]]:
+        """The unpublished outbox rows of conflicting keys: (those claimed now by us, to
+        publish; the keys whose row someone else holds, who is publishing it). The claim
+        is one UPDATE, so of two workers (or a worker and a relay) racing for a row
+        exactly one gets it. At most _CONFLICT_ROWS rows are claimed per save (each may
+        hold a batch of other messages' events); the keys of rows beyond that come back
+        held too, and their retry (or the relay) takes them."""
+        if not keys:
+            return OutboxClaim((), ()), frozenset()
+        row_of: dict[MessageKey, str] = {}
+        pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
+        for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
+            found = sa.select(
+                messages.c.phone_number_id, messages.c.source_id, messages.c.outbox_id
+            ).where(pair.in_(chunk), messages.c.outbox_id.is_not(None))
+            for r in (await conn.execute(found)).all():
+                row_of[MessageKey(r[0], r[1])] = r[2]
+        row_ids = sorted(set(row_of.values()))
+        if not row_ids:  # every conflict was announced already
+            return OutboxClaim((), ()), frozenset()
         # A row another transaction has locked (a relay claiming it, a worker claiming or
         # deleting it) is skipped, not waited for: it comes back busy, "not yet". So a
         # save never waits on an outbox row while it holds others, and two batches that
         # conflict on the same rows cannot deadlock (each would lock them in its own
         # scan order). SQLite has no row locks; it serialises writers instead.
+        claimed: list[Any] = []
+        unpublished: set[str] = set()
         claimable = self._free_or_mine(worker_id)
-        unlocked = (
-            sa.select(outbox.c.event_id)
-            .where(outbox.c.event_id.in_(event_ids), claimable)
+        for ids in _chunks(row_ids):
+            room = _CONFLICT_ROWS - len(claimed)
+            if room > 0:
+                where = sa.and_(outbox.c.id.in_(ids), claimable)
+                claim = self._claim(where, outbox.c.id, room, worker_id, claim_for)
+                claimed.extend((await conn.execute(claim)).all())
+            exists = sa.select(outbox.c.id).where(outbox.c.id.in_(ids))
+            unpublished.update(r[0] for r in (await conn.execute(exists)).all())
+        ours = _claimed(claimed)
+        busy = unpublished - set(ours.outbox_ids)
+        return ours, frozenset(k for k, row_id in row_of.items() if row_id in busy)
+
+    def _claim(
+        self,
+        where: sa.ColumnElement[bool],
+        order_by: sa.ColumnElement[Any],
+        limit: int,
+        worker_id: str,
+        claim_for: dt.timedelta,
+    ) -> sa.Update:
+        """Claim up to `limit` rows matching `where` (taken in `order_by` order) for
+        `worker_id` and `claim_for`, returning their ids and events. One atomic UPDATE:
+        on PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED (a row
+        another transaction holds is skipped, not waited for) and `where` is checked
+        again against concurrent claims; SQLite serialises writers."""
+        candidates = (
+            sa.select(outbox.c.id)
+            .where(where)
+            .order_by(order_by)
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        claim = (
+        return (
             sa.update(outbox)
-            .where(outbox.c.event_id.in_(unlocked.scalar_subquery()), claimable)
+            .where(outbox.c.id.in_(candidates.scalar_subquery()), where)
             .values(claimed_by=worker_id or None, claimed_until=self._later(claim_for))
-            .returning(outbox.c.event_id, outbox.c.topic, outbox.c.key, outbox.c.payload)
+            .returning(outbox.c.id, outbox.c.events)
         )
-        ours = tuple(
-            OutboundEvent(r.event_id, r.topic, bytes(r.key), bytes(r.payload))
-            for r in (await conn.execute(claim)).all()
-        )
-        unpublished = sa.select(outbox.c.event_id).where(outbox.c.event_id.in_(event_ids))
-        mine = {e.event_id for e in ours}
-        busy = frozenset(r[0] for r in (await conn.execute(unpublished)).all()) - mine
-        return ours, busy
 
-    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
         """Give up our claim on rows we could not publish, so the next try (ours, another
         worker's or the relay's) need not wait for the claim to run out."""
-        if not event_ids:
+        if not outbox_ids:
             return
         try:
             async with self._engine.begin() as conn:
-                for chunk in _chunks(sorted(event_ids)):
+                for chunk in _chunks(sorted(outbox_ids)):
                     await conn.execute(
                         sa.update(outbox)
                         .where(
-                            outbox.c.event_id.in_(_locked_in_order(chunk)),
+                            outbox.c.id.in_(_locked_in_order(chunk)),
                             outbox.c.claimed_by == worker_id,
                         )
                         .values(claimed_by=None, claimed_until=None)
                     )
         except (SQLAlchemyError, OSError) as exc:
-            raise _failed(exc, f"releasing {len(event_ids)} outbox claim(s)") from exc
+            raise _failed(exc, f"releasing {len(outbox_ids)} outbox claim(s)") from exc
 
 
 # -- PostgreSQL: a batch in one statement, its columns bound as arrays ------------------
 
-# The messages and their outbox rows of a whole batch in one round trip: each column is one
-# array parameter (so the statement text, and PostgreSQL's prepared plan, are the same for
-# every batch, and the driver sends 21 values instead of 21 per message); the outbox rows
-# are inserted only for the messages the fence let in. The CTE that inserts runs to
-# completion whether or not its rows are read.
+# The messages of a whole batch in one round trip: each column is one array parameter (so
+# the statement text, and PostgreSQL's prepared plan, are the same for every batch, and the
+# driver sends 15 values instead of 15 per message).
 _INSERT_PG = sa.text(
     """
-WITH batch AS (
-    SELECT * FROM unnest(
-        CAST(:id AS text[]), CAST(:phone_number_id AS text[]), CAST(:source_id AS text[]),
-        CAST(:sender AS text[]), CAST(:message_type AS text[]),
-        CAST(:message_timestamp AS text[]), CAST(:contact_wa_id AS text[]),
-        CAST(:contact_name AS text[]), CAST(:contact_profile AS text[]),
-        CAST(:raw AS text[]), CAST(:event_id AS text[]), CAST(:source_topic AS text[]),
-        CAST(:source_partition AS integer[]), CAST(:source_offset AS bigint[]),
-        CAST(:topic AS text[]), CAST(:key AS bytea[]), CAST(:payload AS bytea[])
-    ) AS b(id, phone_number_id, source_id, sender, message_type, message_timestamp,
-           contact_wa_id, contact_name, contact_profile, raw, event_id, source_topic,
-           source_partition, source_offset, topic, key, payload)
-), stored AS (
-    INSERT INTO messages (id, phone_number_id, source_id, sender, message_type,
-        message_timestamp, contact_wa_id, contact_name, contact_profile, raw, event_id,
-        source_topic, source_partition, source_offset, created_at)
-    SELECT id, phone_number_id, source_id, sender, message_type, message_timestamp,
-        contact_wa_id, contact_name, CAST(contact_profile AS json), CAST(raw AS json),
-        event_id, source_topic, source_partition, source_offset, now()
-    FROM batch
-    ON CONFLICT DO NOTHING
-    RETURNING phone_number_id, source_id, event_id
-), announced AS (
-    INSERT INTO outbox (event_id, message_id, phone_number_id, source_id, topic, key,
-        payload, created_at, claimed_by, claimed_until)
-    SELECT b.event_id, b.id, b.phone_number_id, b.source_id, b.topic, b.key, b.payload,
-        now(), CAST(:claimed_by AS text),
-        now() + make_interval(secs => CAST(:claim_s AS double precision))
-    FROM stored s JOIN batch b ON b.event_id = s.event_id
-)
-SELECT phone_number_id, source_id FROM stored
+INSERT INTO messages (id, phone_number_id, source_id, sender, message_type,
+    message_timestamp, contact_wa_id, contact_name, contact_profile, raw, event_id,
+    source_topic, source_partition, source_offset, outbox_id, created_at)
+SELECT id, phone_number_id, source_id, sender, message_type, message_timestamp,
+    contact_wa_id, contact_name, CAST(contact_profile AS json), CAST(raw AS json),
+    event_id, source_topic, source_partition, source_offset, outbox_id, now()
+FROM unnest(
+    CAST(:id AS text[]), CAST(:phone_number_id AS text[]), CAST(:source_id AS text[]),
+    CAST(:sender AS text[]), CAST(:message_type AS text[]),
+    CAST(:message_timestamp AS text[]), CAST(:contact_wa_id AS text[]),
+    CAST(:contact_name AS text[]), CAST(:contact_profile AS text[]),
+    CAST(:raw AS text[]), CAST(:event_id AS text[]), CAST(:source_topic AS text[]),
+    CAST(:source_partition AS integer[]), CAST(:source_offset AS bigint[]),
+    CAST(:outbox_id AS text[])
+) AS b(id, phone_number_id, source_id, sender, message_type, message_timestamp,
+       contact_wa_id, contact_name, contact_profile, raw, event_id, source_topic,
+       source_partition, source_offset, outbox_id)
+ON CONFLICT DO NOTHING
+RETURNING phone_number_id, source_id
 """
 )
 
 
-# mark_published on PostgreSQL: the rows locked in event_id order first (see
-# _locked_in_order), the ids bound as one array.
+# mark_published on PostgreSQL: the rows locked in id order first (see _locked_in_order),
+# the ids bound as one array.
 _DELETE_PG = sa.text(
     """
-DELETE FROM outbox WHERE event_id IN (
-    SELECT event_id FROM outbox WHERE event_id = ANY(CAST(:ids AS text[]))
-    ORDER BY event_id FOR UPDATE
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox WHERE id = ANY(CAST(:ids AS text[]))
+    ORDER BY id FOR UPDATE
 )
 """
 )
 
 
 async def _insert_pg(
-    conn: AsyncConnection,
-    pending: list[PendingMessage],
-    worker_id: str,
-    claim_for: dt.timedelta,
+    conn: AsyncConnection, pending: list[PendingMessage], row_ids: list[str]
 ) -> frozenset[MessageKey]:
-    """Insert the batch's messages (ON CONFLICT DO NOTHING) and the outbox rows of those
-    inserted, claimed by `worker_id` for `claim_for`; return the keys inserted."""
+    """Insert the batch's messages (ON CONFLICT DO NOTHING), each naming its outbox row;
+    return the keys inserted."""
     columns: dict[str, list[Any]] = {name: [] for name in _PG_COLUMNS}
-    for p in pending:
+    for p, row_id in zip(pending, row_ids, strict=True):
         # The columns as the portable insert writes them, the JSON ones as text (cast
-        # in the statement), and the outbox row's own.
-        row = _message_row(p)
+        # in the statement).
+        row = _message_row(p, row_id)
         row["contact_profile"] = (
             _json_dumps(row["contact_profile"]) if row["contact_profile"] is not None else None
         )
         row["raw"] = _json_dumps(row["raw"])
-        row["topic"], row["key"], row["payload"] = p.event.topic, p.event.key, p.event.payload
         for name in _PG_COLUMNS:
             columns[name].append(row[name])
-    params: dict[str, Any] = {
-        **columns,
-        "claimed_by": worker_id or None,
-        "claim_s": claim_for.total_seconds() if claim_for else None,
-    }
-    rows = (await conn.execute(_INSERT_PG, params)).all()
+    rows = (await conn.execute(_INSERT_PG, columns)).all()
     return frozenset(MessageKey(r[0], r[1]) for r in rows)
 
 
@@ -539,10 +581,71 @@ _PG_COLUMNS = (
     "source_topic",
     "source_partition",
     "source_offset",
-    "topic",
-    "key",
-    "payload",
+    "outbox_id",
 )
+
+
+# -- outbox rows: a batch's events in one value ---------------------------------------
+
+# Bytes of events per outbox row: a batch of large messages gets a few rows, so that no
+# value comes near PostgreSQL's 1 GB and whoever is handed rows (a conflicting save, the
+# relay) holds a bounded amount.
+_ROW_BYTES = 4 * 1024 * 1024
+# Rows a conflicting save claims at most (each may hold a batch of other messages).
+_CONFLICT_ROWS = 8
+# Per event: the lengths of event_id, topic, key and payload, then those bytes.
+_EVENT_HEADER = struct.Struct(">IIII")
+
+
+def _assign_rows(pending: list[PendingMessage]) -> list[str]:
+    """The outbox row of each message, should it be inserted: one new id for the batch,
+    a next one whenever the events so far would pass _ROW_BYTES."""
+    row_id, size, ids = str(uuid.uuid4()), 0, []
+    for p in pending:
+        weight = len(p.event.payload) + len(p.event.key)
+        if size and size + weight > _ROW_BYTES:
+            row_id, size = str(uuid.uuid4()), 0
+        size += weight
+        ids.append(row_id)
+    return ids
+
+
+def _pack_events(events: Sequence[OutboundEvent]) -> bytes:
+    parts: list[bytes] = []
+    for e in events:
+        event_id, topic = e.event_id.encode(), e.topic.encode()
+        parts += (
+            _EVENT_HEADER.pack(len(event_id), len(topic), len(e.key), len(e.payload)),
+            event_id,
+            topic,
+            e.key,
+            e.payload,
+        )
+    return b"".join(parts)
+
+
+def unpack_events(blob: bytes) -> list[OutboundEvent]:
+    """The events of an outbox row's ``events`` value, in order."""
+    events: list[OutboundEvent] = []
+    pos, end = 0, len(blob)
+    while pos < end:
+        sizes = _EVENT_HEADER.unpack_from(blob, pos)
+        pos += _EVENT_HEADER.size
+        fields = []
+        for size in sizes:
+            fields.append(blob[pos : pos + size])
+            pos += size
+        if pos > end:
+            raise ValueError("an outbox row's events end short")
+        events.append(OutboundEvent(fields[0].decode(), fields[1].decode(), fields[2], fields[3]))
+    return events
+
+
+def _claimed(rows: Sequence[Any]) -> OutboxClaim:
+    """Claimed outbox rows (id, events) as their events and ids."""
+    return OutboxClaim(
+        tuple(e for r in rows for e in unpack_events(bytes(r[1]))), tuple(r[0] for r in rows)
+    )
 
 
 # Ids per statement: asyncpg takes at most 32,767 query arguments, older SQLite 999; a
@@ -550,8 +653,11 @@ _PG_COLUMNS = (
 _CHUNK = 900
 
 
-def _chunks(ids: list[str]) -> list[list[str]]:
-    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+def _chunks(items: list[_T], size: int = _CHUNK) -> list[list[_T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+_T = TypeVar("_T")
 
 
 # strftime's %f is SS.SSS: with it, SQLite writes what SQLAlchemy's DateTime reads.
@@ -584,7 +690,7 @@ def database_problem(exc: BaseException) -> str:
     text = str(orig if orig is not None else exc)
     if state == "3D000":
         return f"{_describe(exc)}; create the database, then run `python -m consumer migrate`"
-    if state == "42P01" or "no such table" in text:
+    if state in ("42P01", "42703") or "no such table" in text or "no such column" in text:
         return "not migrated: run `python -m consumer migrate`"
     if state in ("28P01", "28000"):
         return f"authentication failed: {_describe(exc)}"
@@ -633,25 +739,25 @@ def _describe(exc: BaseException) -> str:
 _SQLA_TAIL = re.compile(r"\s(?:\[SQL:|\(Background on this error)")
 
 
-def _locked_in_order(event_ids: Sequence[str]) -> sa.ScalarSelect[str]:
-    """These outbox rows, locked in event_id order before a statement changes them.
+def _locked_in_order(outbox_ids: Sequence[str]) -> sa.ScalarSelect[str]:
+    """These outbox rows, locked in id order before a statement changes them.
 
-    A plain ``WHERE event_id IN (...)`` locks rows in whatever order its plan scans them,
+    A plain ``WHERE id IN (...)`` locks rows in whatever order its plan scans them,
     which differs between two transactions (seq scan, index scan, a row version moved by
     an update in between); two deletes or releases of overlapping rows could so deadlock.
     Locking in one global order cannot. (PostgreSQL locks the rows in the sorted order
     the subquery returns them; on SQLite this is a plain subquery.)
     """
     return (
-        sa.select(outbox.c.event_id)
-        .where(outbox.c.event_id.in_(list(event_ids)))
-        .order_by(outbox.c.event_id)
+        sa.select(outbox.c.id)
+        .where(outbox.c.id.in_(list(outbox_ids)))
+        .order_by(outbox.c.id)
         .with_for_update()
         .scalar_subquery()
     )
 
 
-def _message_row(p: PendingMessage) -> dict[str, Any]:
+def _message_row(p: PendingMessage, outbox_id: str) -> dict[str, Any]:
     m = p.message
     return {
         "id": m.key.message_id,
@@ -668,6 +774,7 @@ def _message_row(p: PendingMessage) -> dict[str, Any]:
         "source_topic": m.source.topic,
         "source_partition": m.source.partition,
         "source_offset": m.source.offset,
+        "outbox_id": outbox_id,
     }
 
 
@@ -677,22 +784,9 @@ def _text_column(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
-def _outbox_row(p: PendingMessage, claimed_by: str | None) -> dict[str, Any]:
-    return {
-        "event_id": p.event.event_id,
-        "message_id": p.message.key.message_id,
-        "phone_number_id": p.message.key.phone_number_id,
-        "source_id": p.message.key.wamid,
-        "topic": p.event.topic,
-        "key": p.event.key,
-        "payload": p.event.payload,
-        "claimed_by": claimed_by,
-    }
-
-
 class MarkQueue:
-    """Events this process published whose outbox rows it could not delete yet (the
-    database failed right after the publish), retried until the delete works.
+    """Outbox rows whose events this process published but which it could not delete
+    yet (the database failed right after the publish), retried until the delete works.
 
     Our claim on those rows stands for LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S, and nobody
     else republishes a claimed row; retrying as soon as the database answers again keeps
@@ -702,7 +796,7 @@ class MarkQueue:
 
     def __init__(self, store: MessageStore) -> None:
         self._store = store
-        # Published events whose delete failed: carried by the next delete, or retried
+        # Published rows whose delete failed: carried by the next delete, or retried
         # by flush(). Not the deletes under way: a row is deleted by one statement at a
         # time, and a row being deleted now is not "unmarked".
         self._failed: set[str] = set()
@@ -710,13 +804,13 @@ class MarkQueue:
     def __len__(self) -> int:
         return len(self._failed)
 
-    async def mark(self, event_ids: Sequence[str]) -> int:
+    async def mark(self, outbox_ids: Sequence[str]) -> int:
         """Delete these rows, and those whose delete failed before; on failure keep
         them all for the retry and raise. Returns how many of the rows deleted had
         failed before (retried now: with batches overlapping, the next batch's delete
         often carries them before the loop's housekeeping does)."""
         retrying = set(self._failed)
-        await self._delete(set(event_ids) | retrying)
+        await self._delete(set(outbox_ids) | retrying)
         return len(retrying)
 
     async def flush(self) -> int:

@@ -10,7 +10,8 @@ the pipeline's decisions to be checked:
   ``<token>`` (a lease) or ``done:<token>``; acquire is SET NX, release is
   compare-and-delete, finish is compare-and-set.
 * :class:`FakeStore` (a :class:`~consumer.ports.MessageStore`) - a unique
-  ``(phone_number_id, wamid)`` fence plus an outbox of events with a published flag;
+  ``(phone_number_id, wamid)`` fence plus an outbox of one row per event (its id the
+  event_id) with a published flag;
   can fail before or after "committing"; keeps no claims and no clock.
 * :class:`FakePublisher` (an :class:`~consumer.ports.EventSink`) - records what was
   sent; can fail with ``BrokerError``.
@@ -30,7 +31,7 @@ from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
 from consumer.errors import BrokerError, LeaseStoreError, StoreError, UnstorableError
 from consumer.events import OutboundEvent
 from consumer.records import InboundRecord, Invalid, MessageKey
-from consumer.store import PendingMessage, SaveResult
+from consumer.store import OutboxClaim, PendingMessage, SaveResult
 
 PNID = "106540352242922"
 SENDER = "16505551234"
@@ -164,24 +165,26 @@ class FakeStore:
         if self.fail_next_save_after_commit:
             self.fail_next_save_after_commit = False
             raise StoreError("fake database: commit answer lost")
-        return SaveResult(inserted, conflicts, tuple(p.event for p in new) + stale)
+        events = tuple(p.event for p in new) + stale
+        return SaveResult(inserted, conflicts, events, tuple(e.event_id for e in events))
 
-    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
         """The fake keeps no claims: every unpublished row is anyone's to publish."""
 
-    async def mark_published(self, event_ids: Sequence[str]) -> None:
+    async def mark_published(self, outbox_ids: Sequence[str]) -> None:
         if self.fail_mark_published:
             raise StoreError("fake database: update failed")
-        for event_id in event_ids:
+        for event_id in outbox_ids:
             if event_id in self.outbox:
                 self.outbox[event_id].published = True
 
     async def claim_unpublished(
         self, *, worker_id: str, claim_for: dt.timedelta, limit: int
-    ) -> tuple[OutboundEvent, ...]:
+    ) -> OutboxClaim:
         """The first `limit` unpublished rows, in insertion order: with no claims kept,
         every unpublished row is free."""
-        return tuple(row.event for row in self.outbox.values() if not row.published)[:limit]
+        rows = [row.event for row in self.outbox.values() if not row.published][:limit]
+        return OutboxClaim(tuple(rows), tuple(e.event_id for e in rows))
 
     async def outbox_stats(self) -> tuple[int, float]:
         """The unpublished rows, and an age of 0: the fake keeps no clock."""

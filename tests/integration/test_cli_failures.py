@@ -110,6 +110,19 @@ async def test_run_on_a_database_not_migrated_says_migrate(tmp_path: Path) -> No
     assert '"service.start_failed"' in ran.err
 
 
+async def test_run_on_a_database_of_an_older_revision_says_migrate(tmp_path: Path) -> None:
+    """A database migrated by an older release (revision 0003: the outbox of one row per
+    message) is not migrated for this one: run says to migrate, exit 1, instead of
+    failing every batch."""
+    from consumer import migrate
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", "METRICS_PORT": "0"}
+    await asyncio.to_thread(migrate.upgrade, env["DATABASE_URL"], "0003")
+    ran = await cli("run", env=env)
+    assert ran.code == 1, ran
+    assert ran.lines[-1].endswith("not migrated: run `python -m consumer migrate`"), ran.err
+
+
 async def test_migrate_says_which_revision_it_reached(tmp_path: Path) -> None:
     """migrate names the revision it reached, and that it was already there the second
     time."""

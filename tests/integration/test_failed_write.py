@@ -29,6 +29,7 @@ from consumer.store import (
     create_engine,
     messages,
     outbox,
+    unpack_events,
 )
 
 pytestmark = pytest.mark.integration
@@ -188,8 +189,8 @@ async def _rows(engine: AsyncEngine) -> list[tuple[str, str]]:
 
 async def _outbox(engine: AsyncEngine) -> dict[str, tuple[bytes, bool]]:
     async with engine.connect() as conn:
-        result = await conn.execute(sa.select(outbox.c.event_id, outbox.c.payload))
-        return {r[0]: (bytes(r[1]), False) for r in result}
+        result = await conn.execute(sa.select(outbox.c.events))
+        return {e.event_id: (e.payload, False) for r in result for e in unpack_events(r[0])}
 
 
 async def test_failed_write_after_lease_then_redelivery_stores_and_publishes_once(

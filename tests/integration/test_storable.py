@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from consumer import events, intake, limits
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
 from consumer.settings import Settings
-from consumer.store import PendingMessage, Store, create_engine, messages, outbox
+from consumer.store import PendingMessage, Store, create_engine, messages, outbox, unpack_events
 from tests.fuzz.contract import depth
 from tests.fuzz.strategies import ENCODINGS, encode, sent_messages, webhook_bodies
 
@@ -132,10 +132,10 @@ async def _clear(store: Store) -> None:
 async def _stored(store: Store) -> tuple[dict[MessageKey, Any], dict[str, bytes]]:
     async with store.engine.connect() as conn:
         rows = (await conn.execute(sa.select(messages))).all()
-        boxed = (await conn.execute(sa.select(outbox.c.event_id, outbox.c.payload))).all()
+        boxed = (await conn.execute(sa.select(outbox.c.events))).scalars().all()
     return (
         {MessageKey(r.phone_number_id, r.source_id): r for r in rows},
-        {r.event_id: bytes(r.payload) for r in boxed},
+        {e.event_id: e.payload for blob in boxed for e in unpack_events(blob)},
     )
 
 

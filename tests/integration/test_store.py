@@ -12,14 +12,24 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import sqlalchemy as sa
+from _pytest.monkeypatch import MonkeyPatch
 from alembic import command
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer import events, intake, migrate
+from consumer import store as store_module
 from consumer.errors import StoreError
 from consumer.records import InboundRecord, MessageKey, Webhook
-from consumer.store import PendingMessage, SaveResult, Store, create_engine, messages, outbox
+from consumer.store import (
+    PendingMessage,
+    SaveResult,
+    Store,
+    create_engine,
+    messages,
+    outbox,
+    unpack_events,
+)
 from tests.support.dbclock import pass_time
 
 pytestmark = pytest.mark.integration
@@ -71,14 +81,22 @@ async def _row_counts(store: Store) -> collections.Counter[tuple[str, str]]:
 
 
 async def _outbox(store: Store) -> dict[str, tuple[bytes, bool]]:
-    """event_id -> (payload, published?)"""
+    """event_id -> (payload, published?) of every event in the outbox."""
     async with store.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(outbox.c.event_id, outbox.c.payload))).all()
-    return {r[0]: (bytes(r[1]), False) for r in rows}
+        rows = (await conn.execute(sa.select(outbox.c.events))).all()
+    return {e.event_id: (e.payload, False) for r in rows for e in unpack_events(bytes(r[0]))}
+
+
+async def _outbox_rows(store: Store) -> dict[str, int]:
+    """outbox id -> event_count"""
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(outbox.c.id, outbox.c.event_count))).all()
+    return {r[0]: r[1] for r in rows}
 
 
 async def test_save_inserts_and_returns_new_events(store: Store) -> None:
-    """save() inserts every new message with an outbox row and returns their events."""
+    """save() inserts every new message, and one outbox row with all their events, and
+    returns the events and the row; each message names its row."""
     pending = _pending("111", "wamid.A", "wamid.B", "wamid.C")
     result = await store.save(pending)
     assert result.inserted == _keys(pending)
@@ -86,11 +104,54 @@ async def test_save_inserts_and_returns_new_events(store: Store) -> None:
     assert result.to_publish == tuple(p.event for p in pending)
     assert await _row_counts(store) == {("111", w): 1 for w in ("wamid.A", "wamid.B", "wamid.C")}
     assert await _outbox(store) == {p.event.event_id: (p.event.payload, False) for p in pending}
+    assert await _outbox_rows(store) == {result.outbox_ids[0]: 3}
+    assert len(result.outbox_ids) == 1
+    async with store.engine.connect() as conn:
+        named = (await conn.execute(sa.select(messages.c.outbox_id))).scalars().all()
+    assert named == list(result.outbox_ids) * 3
+
+
+async def test_a_save_of_new_and_stored_messages_boxes_only_the_new(store: Store) -> None:
+    """The outbox row of a save holds the events of the messages it inserted, not those
+    of its conflicts (their events are in their own rows: announcing them from this row
+    too would announce them twice)."""
+    first = await store.save(_pending("111", "wamid.A"))
+    await store.mark_published(first.outbox_ids)
+    mixed = _pending("111", "wamid.A", "wamid.B", offset=5)
+    result = await store.save(mixed)
+    assert result.inserted == {MessageKey("111", "wamid.B")}
+    assert result.to_publish == (mixed[1].event,)
+    assert await _outbox(store) == {mixed[1].event.event_id: (mixed[1].event.payload, False)}
+    assert await _outbox_rows(store) == {result.outbox_ids[0]: 1}
+
+
+async def test_a_large_batch_is_boxed_in_several_rows(
+    store: Store, monkeypatch: MonkeyPatch
+) -> None:
+    """Past _ROW_BYTES of events, a save starts another outbox row: whoever is handed
+    rows holds a bounded amount. Each message names the row that holds its event."""
+    pending = _pending("111", *(f"wamid.{i}" for i in range(7)))
+    per_event = len(pending[0].event.payload) + len(pending[0].event.key)
+    monkeypatch.setattr(store_module, "_ROW_BYTES", per_event * 3)
+    result = await store.save(pending)
+    assert len(result.outbox_ids) == 3
+    assert sorted((await _outbox_rows(store)).values()) == [1, 3, 3]
+    async with store.engine.connect() as conn:
+        named = dict(
+            (await conn.execute(sa.select(messages.c.event_id, messages.c.outbox_id))).all()
+        )
+    async with store.engine.connect() as conn:
+        boxes = (await conn.execute(sa.select(outbox.c.id, outbox.c.events))).all()
+    for row_id, blob in boxes:
+        assert {e.event_id for e in unpack_events(bytes(blob))} == {
+            eid for eid, rid in named.items() if rid == row_id
+        }
+    assert await _outbox(store) == {p.event.event_id: (p.event.payload, False) for p in pending}
 
 
 async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: Store) -> None:
-    """A duplicate save inserts nothing and hands back the stored unpublished events verbatim,
-    until mark_published."""
+    """A duplicate save inserts nothing and hands back the stored unpublished events verbatim
+    (its outbox row, claimed), until mark_published."""
     first_at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     first = _pending("111", "wamid.A", "wamid.B", occurred_at=first_at)
     await store.save(first)
@@ -105,12 +166,14 @@ async def test_resave_is_conflict_and_returns_unpublished_outbox_bytes(store: St
     by_id = {e.event_id: e for e in result.to_publish}
     assert by_id == {p.event.event_id: p.event for p in first}
     assert await _row_counts(store) == {("111", "wamid.A"): 1, ("111", "wamid.B"): 1}
+    (row_id,) = result.outbox_ids
 
-    await store.mark_published([first[0].event.event_id])
-    result = await store.save(again)
-    assert [e.event_id for e in result.to_publish] == [first[1].event.event_id]
+    # A redelivery of B alone is handed the whole row: its events go out together.
+    result = await store.save(again[1:])
+    assert {e.event_id for e in result.to_publish} == {p.event.event_id for p in first}
+    assert result.outbox_ids == (row_id,)
 
-    await store.mark_published([first[1].event.event_id])
+    await store.mark_published([row_id])
     result = await store.save(again)
     assert result.conflicts == _keys(first)
     assert result.to_publish == ()
@@ -124,13 +187,14 @@ async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(stor
     worker."""
     ttl = dt.timedelta(seconds=30)
     first = _pending("111", "wamid.A", "wamid.B")
-    await store.save(first, worker_id="w1", claim_for=ttl)
+    for p in first:  # a row each
+        await store.save([p], worker_id="w1", claim_for=ttl)
     event_a, event_b = (p.event for p in first)
     again_b = _pending("111", "wamid.B", offset=9)
 
     await pass_time(store, 25)  # 5 s of the claim left
     relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
-    assert relay == ()
+    assert relay.events == ()
     worker = await store.save(again_b, worker_id="w2", claim_for=ttl)
     assert worker.to_publish == ()
     assert worker.in_flight == {MessageKey("111", "wamid.B")}
@@ -140,7 +204,7 @@ async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(stor
     assert worker.to_publish == (event_b,)
     assert worker.in_flight == frozenset()
     relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
-    assert relay == (event_a,), "B is w2's now; only A is free"
+    assert relay.events == (event_a,), "B is w2's now; only A is free"
 
 
 async def test_claims_and_ages_are_the_databases_time(store: Store) -> None:
@@ -305,12 +369,12 @@ async def test_concurrent_overlapping_saves_one_row_per_key(postgres_url: str) -
         assert len(await _outbox(stores[0])) == len(expected)
 
 
-async def _hold_row_lock(store: Store, event_id: str) -> AsyncConnection:
+async def _hold_row_lock(store: Store, row_id: str) -> AsyncConnection:
     """Another transaction holding the row lock of one outbox row, until rolled back."""
     conn = await store.engine.connect()
     await conn.begin()
-    stmt = sa.select(outbox.c.event_id).where(outbox.c.event_id == event_id).with_for_update()
-    assert (await conn.execute(stmt)).scalar_one() == event_id
+    stmt = sa.select(outbox.c.id).where(outbox.c.id == row_id).with_for_update()
+    assert (await conn.execute(stmt)).scalar_one() == row_id
     return conn
 
 
@@ -325,9 +389,11 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
     try:
         now = dt.datetime.now(dt.UTC)
         pending = _pending("111", "wamid.A", "wamid.B", occurred_at=now)
-        await store.save(pending)  # stored, never published, claimed by nobody
         locked, free = pending
-        holder = await _hold_row_lock(store, locked.event.event_id)
+        # Stored in a row each, never published, claimed by nobody.
+        (locked_row,) = (await store.save([locked])).outbox_ids
+        await store.save([free])
+        holder = await _hold_row_lock(store, locked_row)
         try:
             async with asyncio.timeout(5):
                 saved = await store.save(
@@ -357,20 +423,25 @@ async def _lock_waiters(store: Store) -> int:
 
 
 @pytest.mark.parametrize("operation", ["mark_published", "release_claims"])
-async def test_outbox_rows_are_locked_in_event_id_order(postgres_url: str, operation: str) -> None:
-    """Deleting or releasing a set of outbox rows locks them in event_id order, whatever
-    order the rows lie in on disk: two such statements over overlapping rows then cannot
-    deadlock. The rows are written in descending event_id order, so a statement that locks
-    in scan order takes the last id first; with the smallest id held elsewhere it must
+async def test_outbox_rows_are_locked_in_id_order(postgres_url: str, operation: str) -> None:
+    """Deleting or releasing a set of outbox rows locks them in id order, whatever order
+    the rows lie in on disk: two such statements over overlapping rows then cannot
+    deadlock. The rows are written in descending id order, so a statement that locks in
+    scan order takes the last id first; with the smallest id held elsewhere it must
     instead block before it locks anything else."""
     store = Store(create_engine(postgres_url, pool_size=4, timeout_s=10))
     try:
         now = dt.datetime.now(dt.UTC)
         pending = _pending("111", *(f"wamid.L{k}" for k in range(6)), occurred_at=now)
-        pending.sort(key=lambda p: p.event.event_id, reverse=True)
-        for p in pending:  # one transaction each: rows land on disk in descending order
+        for p in pending:  # a row each
             await store.save([p], worker_id="w1", claim_for=dt.timedelta(seconds=60))
-        ids = [p.event.event_id for p in pending]
+        async with store.engine.begin() as conn:  # rewritten in descending id order
+            rows = (await conn.execute(sa.select(outbox))).mappings().all()
+            await conn.execute(sa.delete(outbox))
+        for row in sorted(rows, key=lambda r: r["id"], reverse=True):
+            async with store.engine.begin() as conn:  # one transaction each
+                await conn.execute(sa.insert(outbox).values(dict(row)))
+        ids = [r["id"] for r in rows]
         smallest, largest = min(ids), max(ids)
         holder = await _hold_row_lock(store, smallest)
         if operation == "mark_published":
@@ -383,7 +454,7 @@ async def test_outbox_rows_are_locked_in_event_id_order(postgres_url: str, opera
                     assert not blocked.done(), "the statement did not wait for the held row"
                     await asyncio.sleep(0.02)
             async with store.engine.connect() as conn:  # NOWAIT: fails if it is locked
-                probe = sa.select(outbox.c.event_id).where(outbox.c.event_id == largest)
+                probe = sa.select(outbox.c.id).where(outbox.c.id == largest)
                 await conn.execute(probe.with_for_update(nowait=True))
                 await conn.rollback()
         finally:
@@ -392,11 +463,11 @@ async def test_outbox_rows_are_locked_in_event_id_order(postgres_url: str, opera
             async with asyncio.timeout(10):
                 await blocked
         async with store.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(outbox.c.event_id, outbox.c.claimed_by))).all()
+            left = (await conn.execute(sa.select(outbox.c.id, outbox.c.claimed_by))).all()
         if operation == "mark_published":
-            assert rows == []
+            assert left == []
         else:
-            assert sorted(rows) == [(i, None) for i in sorted(ids)]
+            assert sorted(left) == [(i, None) for i in sorted(ids)]
     finally:
         await store.close()
 
@@ -409,14 +480,17 @@ async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
 ) -> None:
     """8 workers re-saving overlapping sets of stored keys whose events were never published
     (a crash after COMMIT, or Redis down so only the fence is left) race to claim the same
-    outbox rows. None may fail (a deadlock is a failed batch) and each event goes to exactly
-    one of them to publish; the others are told it is in flight."""
+    outbox rows (the events were stored five to a row). None may fail (a deadlock is a
+    failed batch) and each row, with all its events, goes to exactly one of them to
+    publish; the others are told it is in flight."""
     async with _racers(postgres_url) as stores:
         for rnd in range(CLAIM_ROUNDS):
             wamids = [f"wamid.c{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
             now = dt.datetime.now(dt.UTC)
-            first = await stores[0].save(_pending("111", *wamids, occurred_at=now))
-            assert len(first.inserted) == KEYS_PER_ROUND  # unclaimed: free for anyone
+            stored = _pending("111", *wamids, occurred_at=now)
+            # Unclaimed: free for anyone.
+            firsts = [await stores[0].save(stored[i : i + 5]) for i in range(0, len(stored), 5)]
+            assert sum(len(f.inserted) for f in firsts) == KEYS_PER_ROUND
             handed: collections.Counter[str] = collections.Counter()
             for pending, r in await _race(stores, rnd, wamids, now, claim=True):
                 assert r.conflicts == _keys(pending)
@@ -425,5 +499,94 @@ async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
                 handed.update(ids)
                 for p in pending:  # each key: ours to publish, or in flight elsewhere
                     assert (p.event.event_id in ids) != (p.message.key in r.in_flight)
-            assert set(handed) == {e.event_id for e in first.to_publish}
+            assert set(handed) == {e.event_id for f in firsts for e in f.to_publish}
             assert set(handed.values()) == {1}, "an event was handed to two workers"
+
+
+_OUTBOX_0003 = sa.table(
+    "outbox",
+    *(sa.column(c) for c in ("event_id", "message_id", "phone_number_id", "source_id", "topic")),
+    sa.column("key", sa.LargeBinary),
+    sa.column("payload", sa.LargeBinary),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+_MESSAGES_0003 = sa.table(
+    "messages",
+    *(sa.column(c.name, c.type) for c in messages.c if c.name != "outbox_id"),
+)
+
+
+async def test_the_upgrade_to_rows_per_batch_keeps_what_is_unannounced(database_url: str) -> None:
+    """Revision 0004 on a database of 0003 with announced and unannounced messages: each
+    unpublished per-message row becomes a row of one event, its message points at it, and
+    a redelivery and the relay announce those events with the bytes stored, once; an
+    announced message stays announced. The downgrade turns rows of several events back
+    into rows of one, with their messages."""
+    cfg = migrate.alembic_config(database_url)
+    await asyncio.to_thread(command.downgrade, cfg, "0003")
+    before = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    announced, redelivered, abandoned = _pending("111", "wamid.A", "wamid.B", "wamid.C")
+    engine = create_engine(database_url, pool_size=1, timeout_s=10)
+    try:
+        async with engine.begin() as conn:  # as 0003's code wrote them
+            for p in (announced, redelivered, abandoned):
+                row = store_module._message_row(p, "")
+                del row["outbox_id"]
+                await conn.execute(sa.insert(_MESSAGES_0003).values(**row, created_at=before))
+            for p in (redelivered, abandoned):  # A's row was deleted when it was announced
+                await conn.execute(
+                    sa.insert(_OUTBOX_0003).values(
+                        event_id=p.event.event_id,
+                        message_id=p.message.key.message_id,
+                        phone_number_id=p.message.key.phone_number_id,
+                        source_id=p.message.key.wamid,
+                        topic=p.event.topic,
+                        key=p.event.key,
+                        payload=p.event.payload,
+                        created_at=before,
+                    )
+                )
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(migrate.upgrade, database_url)
+
+    s = Store(create_engine(database_url, pool_size=1, timeout_s=10))
+    try:
+        count, _age = await s.outbox_stats()
+        assert count == 2
+        again = _pending("111", "wamid.A", "wamid.B", offset=7)
+        saved = await s.save(again, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        assert saved.conflicts == _keys(again)
+        assert saved.to_publish == (redelivered.event,), "B's stored bytes; A is announced"
+        assert saved.outbox_ids == (redelivered.event.event_id,)
+        relay = await s.claim_unpublished(
+            worker_id="relay", claim_for=dt.timedelta(seconds=60), limit=10
+        )
+        assert relay.events == (abandoned.event,)
+        # A batch of two after the upgrade, then back to 0003: rows of one event each.
+        later = _pending("111", "wamid.D", "wamid.E")
+        await s.save(later)
+    finally:
+        await s.close()
+    await asyncio.to_thread(command.downgrade, cfg, "0003")
+    engine = create_engine(database_url, pool_size=1, timeout_s=10)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(_OUTBOX_0003))).all()
+    finally:
+        await engine.dispose()
+    expected = {p.event.event_id: p for p in (redelivered, abandoned, *later)}
+    assert {r.event_id for r in rows} == set(expected)
+    for r in rows:
+        p = expected[r.event_id]
+        assert (r.message_id, r.phone_number_id, r.source_id) == (
+            p.message.key.message_id,
+            p.message.key.phone_number_id,
+            p.message.key.wamid,
+        )
+        assert (r.topic, bytes(r.key), bytes(r.payload)) == (
+            p.event.topic,
+            p.event.key,
+            p.event.payload,
+        )
+    await asyncio.to_thread(migrate.upgrade, database_url)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer.settings import Settings
-from consumer.store import create_engine, messages, outbox
+from consumer.store import Store, create_engine, messages
 from consumer.tools import topics
 
 
@@ -131,11 +131,9 @@ async def rows(settings: Settings) -> list[tuple[str, str]]:
 
 
 async def unpublished(settings: Settings) -> int:
-    engine = create_engine(settings.database_url, pool_size=1, timeout_s=10)
+    store = Store(create_engine(settings.database_url, pool_size=1, timeout_s=10))
     try:
-        async with engine.connect() as conn:
-            # The outbox holds only events not yet announced.
-            result = await conn.execute(sa.select(sa.func.count()).select_from(outbox))
-            return int(result.scalar_one())
+        count, _age_s = await store.outbox_stats()  # the events not yet announced
+        return count
     finally:
-        await engine.dispose()
+        await store.close()

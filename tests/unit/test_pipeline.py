@@ -324,9 +324,9 @@ async def test_a_delete_under_way_is_neither_unmarked_nor_repeated() -> None:
     deleted: list[list[str]] = []
     gate = asyncio.Event()
 
-    async def slow_mark_published(event_ids: Sequence[str]) -> None:
-        deleted.append(list(event_ids))
-        if "e1" in event_ids:
+    async def slow_mark_published(outbox_ids: Sequence[str]) -> None:
+        deleted.append(list(outbox_ids))
+        if "e1" in outbox_ids:
             await gate.wait()
 
     store.mark_published = slow_mark_published  # type: ignore[method-assign]

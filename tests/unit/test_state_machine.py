@@ -80,7 +80,7 @@ from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
 from consumer.settings import Settings
-from consumer.store import MarkQueue, PendingMessage, SaveResult
+from consumer.store import MarkQueue, OutboxClaim, PendingMessage, SaveResult
 from consumer.testing import (
     PNID,
     TOPIC,
@@ -190,7 +190,7 @@ class ClaimingStore(FakeStore):
         now = self.clock()
         self.saves.append([p.message.key for p in pending])
         if not pending:
-            return SaveResult(frozenset(), frozenset(), ())
+            return SaveResult(frozenset(), frozenset(), (), ())
         by_key = {p.message.key: p for p in pending}
         inserted = frozenset(k for k in by_key if k not in self.rows)
         conflicts = frozenset(by_key) - inserted
@@ -208,7 +208,8 @@ class ClaimingStore(FakeStore):
             [by_key[k].event.event_id for k in _ordered(conflicts)], worker_id, now, claim_for
         )
         in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
-        return SaveResult(inserted, conflicts, tuple(p.event for p in new) + ours, in_flight)
+        events = tuple(p.event for p in new) + ours
+        return SaveResult(inserted, conflicts, events, tuple(e.event_id for e in events), in_flight)
 
     def _claim_conflicts(
         self, event_ids: list[str], worker_id: str, now: dt.datetime, claim_for: dt.timedelta
@@ -227,15 +228,15 @@ class ClaimingStore(FakeStore):
                 busy.add(event_id)
         return tuple(ours), busy
 
-    async def release_claims(self, event_ids: Sequence[str], worker_id: str) -> None:
-        for event_id in event_ids:
+    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
+        for event_id in outbox_ids:
             row = self.outbox.get(event_id)
             if row and not row.published and self.claims[event_id][0] == worker_id:
                 self.claims[event_id] = (None, None)
 
     async def claim_unpublished(
         self, *, worker_id: str, claim_for: dt.timedelta, limit: int
-    ) -> tuple[OutboundEvent, ...]:
+    ) -> OutboxClaim:
         now = self.clock()
         free = [
             event_id
@@ -245,7 +246,7 @@ class ClaimingStore(FakeStore):
         chosen = sorted(free, key=lambda e: (self.created[e], e))[:limit]
         for event_id in chosen:
             self.claims[event_id] = (worker_id, now + claim_for)
-        return tuple(self.outbox[e].event for e in chosen)
+        return OutboxClaim(tuple(self.outbox[e].event for e in chosen), tuple(chosen))
 
 
 def _free(until: dt.datetime | None, now: dt.datetime) -> bool:
