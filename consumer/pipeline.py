@@ -55,6 +55,10 @@ log = structlog.get_logger(__name__)
 
 _K = TypeVar("_K", MessageKey, RecordKey)
 
+# The ended batches whose outbox claims a member takes back at once (older ones wait
+# for their claims to run out, as another member's would).
+_ENDED_KEPT = 64
+
 # A dead letter's detail in a log line: enough to tell what was wrong, bounded.
 _LOG_DETAIL_CHARS = 200
 
@@ -126,7 +130,8 @@ def _utcnow() -> dt.datetime:
 
 
 class Pipeline:
-    """The per-batch flow. Stateless between batches except for the token counter."""
+    """The per-batch flow. Between batches it keeps only the token counter and the
+    tokens of recent batches that ended without publishing (`_ended`)."""
 
     def __init__(
         self,
@@ -151,6 +156,12 @@ class Pipeline:
         self._crash = crash or CrashPoints("")
         self._clock = clock
         self._seq = itertools.count(1)
+        # Batches of this member that failed after their save was sent, by token, with
+        # when they ended (monotonic): outbox rows they may hold (a commit whose answer
+        # was lost, a release that failed) are ours to take again at once, instead of
+        # after their claim runs out. Only ended batches: a running batch's rows are
+        # never taken by another batch of ours (docs/design.md, rule 7).
+        self._ended: dict[str, float] = {}
         self._debug = settings.debug
         # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
         self._app_secret = settings.app_secret.encode() or None
@@ -383,7 +394,8 @@ class Pipeline:
         try:
             saved = await self._store.save(
                 self._pending(batch),
-                worker_id=self._worker_id,
+                claimant=token,
+                reclaim=self._reclaimable(),
                 claim_for=publish_claim(self._settings),
                 before_commit=lambda: self._crash.hit("after_insert"),
             )
@@ -398,6 +410,7 @@ class Pipeline:
             await self._release(keys, token)
             return _Refused(Reason.UNSTORABLE, str(exc))
         except asyncio.CancelledError:
+            self._end(token)  # the save may have committed rows claimed by it
             await asyncio.shield(self._release(keys, token))
             raise
         except Exception as exc:  # one record's surprise must not stop the partition
@@ -494,16 +507,30 @@ class Pipeline:
         """A step failed: give back our leases (rule 4) and our claims on outbox rows we
         could not publish, so the retry is neither swallowed nor kept waiting."""
         report.failure = f"{type(exc).__name__}: {exc}"
+        self._end(token)
         if isinstance(exc, DependencyError):
             self.metrics.dependency_error(exc)
         log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
         await self._release(keys, token)
         if unpublished:
             try:
-                await self._store.release_claims(unpublished, self._worker_id)
+                await self._store.release_claims(unpublished, token)
             except StoreError as claim_exc:
                 self.metrics.dependency_error(claim_exc)
                 log.warning("outbox.release_claims_failed", error=str(claim_exc))
+
+    def _end(self, token: str) -> None:
+        """The batch `token` failed after its save was sent and runs no more."""
+        self._ended[token] = time.monotonic()
+        while len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
+
+    def _reclaimable(self) -> tuple[str, ...]:
+        """The tokens of our ended batches whose claims may still stand."""
+        horizon = time.monotonic() - publish_claim(self._settings).total_seconds()
+        for token in [t for t, ended in self._ended.items() if ended < horizon]:
+            del self._ended[token]
+        return tuple(self._ended)
 
     async def _release(self, keys: Sequence[LeaseKey], token: str) -> None:
         try:

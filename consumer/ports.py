@@ -18,7 +18,7 @@ dead-letters (docs/design.md, rule 10).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from consumer.dedup import LeaseKey, LeaseState
@@ -68,20 +68,23 @@ class MessageStore(Protocol):
         self,
         pending: Sequence[PendingMessage],
         *,
-        worker_id: str = "",
+        claimant: str = "",
+        reclaim: Collection[str] = (),
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
         """Insert the messages and the outbox rows of their events in one transaction,
         behind the unique fence on (phone_number_id, wamid).
 
-        New outbox rows are claimed by `worker_id` for `claim_for`. A conflict whose
-        unpublished row another worker still claims comes back in ``in_flight``; one
-        whose claim ran out or is ours is claimed by us, and its row's events come back
-        in ``to_publish`` after the new events. ``outbox_ids`` names every row handed
-        back: the caller publishes all of ``to_publish``, then marks those rows (or
-        releases them if it could not). ``before_commit`` runs inside the transaction
-        after the writes.
+        New outbox rows are claimed by `claimant` (one batch) for `claim_for`. A
+        conflict whose unpublished row is still claimed comes back in ``in_flight``; one
+        whose claim ran out, or whose claimant is in `reclaim` (the caller's batches
+        that ended without publishing), is claimed for `claimant`, and its row's events
+        come back in ``to_publish`` after the new events. A running claimant must never
+        be in anyone's `reclaim`: that is what keeps two batches off one row.
+        ``outbox_ids`` names every row handed back: the caller publishes all of
+        ``to_publish``, then marks those rows (or releases them if it could not).
+        ``before_commit`` runs inside the transaction after the writes.
 
         Raises UnstorableError if the data was refused (nothing is committed),
         StoreError if the database failed otherwise (the commit may or may not have
@@ -91,14 +94,14 @@ class MessageStore(Protocol):
         """Record that all the events of these outbox rows reached the outbound topic:
         the rows are done. Raises StoreError."""
 
-    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
-        """Give up `worker_id`'s claims on these rows (others' claims stay), so the next
+    async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
+        """Give up `claimant`'s claims on these rows (others' claims stay), so the next
         try need not wait for the claims to run out. Raises StoreError."""
 
     async def claim_unpublished(
-        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
+        self, *, claimant: str, claim_for: dt.timedelta, limit: int
     ) -> OutboxClaim:
-        """Claim, for `worker_id` and `claim_for`, up to `limit` outbox rows that are not
+        """Claim, for `claimant` and `claim_for`, up to `limit` outbox rows that are not
         published and that nobody claims (their claim ran out), oldest first; a row is
         claimed by one caller at a time. Returns their events and ids. Raises StoreError."""
 

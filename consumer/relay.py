@@ -81,7 +81,7 @@ class Relay:
         one transaction). Returns how many rows."""
         await self._marks.flush()  # our own earlier publishes first: never announce twice
         claimed = await self._store.claim_unpublished(
-            worker_id=self._worker_id, claim_for=self._claim_for, limit=self._batch
+            claimant=self._worker_id, claim_for=self._claim_for, limit=self._batch
         )
         if not claimed.outbox_ids:
             return 0

@@ -31,7 +31,7 @@ import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -214,19 +214,21 @@ class Store:
         self,
         pending: Sequence[PendingMessage],
         *,
-        worker_id: str = "",
+        claimant: str = "",
+        reclaim: Collection[str] = (),
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
         """Insert messages and the outbox row of their events in one transaction (the
         fence).
 
-        The new outbox row is claimed by `worker_id` for `claim_for`: the inserter is about
-        to publish it, so neither the relay nor another worker's conflicting insert
-        publishes it meanwhile. A conflict whose unpublished row is still claimed by
-        another worker comes back in `in_flight` ("not yet", rule 5); one whose claim
-        ran out (the inserter died) or is ours is claimed, and all the events of its row
-        come back in `to_publish`.
+        The new outbox row is claimed by `claimant` (the batch) for `claim_for`: the
+        inserter is about to publish it, so neither the relay nor another batch's
+        conflicting insert publishes it meanwhile. A conflict whose unpublished row is
+        still claimed comes back in `in_flight` ("not yet", rule 5); one whose claim ran
+        out (the inserter died), or whose claimant is in `reclaim` (batches of the caller
+        that ended without publishing, such as one whose COMMIT answer was lost), is
+        claimed for `claimant`, and all the events of its row come back in `to_publish`.
         ``before_commit`` runs inside the transaction after the writes (crash tests).
 
         Raises :class:`UnstorableError` if the database refused the data (nothing is
@@ -248,11 +250,11 @@ class Store:
                     inserted = await _insert_pg(conn, rows, row_ids)
                 new = [i for i, p in enumerate(rows) if p.message.key in inserted]
                 boxes = await self._insert_outbox(
-                    conn, [(row_ids[i], rows[i].event) for i in new], worker_id, claim_for
+                    conn, [(row_ids[i], rows[i].event) for i in new], claimant, claim_for
                 )
                 conflicts = frozenset(by_key) - inserted
                 claimed, in_flight = await self._unpublished(
-                    conn, [k for k in by_key if k in conflicts], worker_id, claim_for
+                    conn, [k for k in by_key if k in conflicts], claimant, reclaim, claim_for
                 )
                 if before_commit is not None:
                     before_commit()
@@ -286,7 +288,7 @@ class Store:
             raise _failed(exc, f"marking {len(outbox_ids)} outbox row(s) published") from exc
 
     async def claim_unpublished(
-        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
+        self, *, claimant: str, claim_for: dt.timedelta, limit: int
     ) -> OutboxClaim:
         """Claim up to `limit` outbox rows that were committed but never marked
         published, and whose inserter's claim ran out (it had LEASE_TTL_S to publish
@@ -297,7 +299,7 @@ class Store:
         outer WHERE is re-checked against concurrent claims; SQLite serialises writers).
         A claim that is not followed by `mark_published` runs out after `claim_for`.
         """
-        stmt = self._claim(self._free(), outbox.c.created_at, limit, worker_id, claim_for)
+        stmt = self._claim(self._free(), outbox.c.created_at, limit, claimant, claim_for)
         try:
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()
@@ -357,9 +359,14 @@ class Store:
         until = outbox.c.claimed_until
         return sa.or_(until.is_(None), until <= self._now())
 
-    def _free_or_mine(self, worker_id: str) -> sa.ColumnElement[bool]:
+    def _free_or_reclaimed(self, reclaim: Collection[str]) -> sa.ColumnElement[bool]:
+        """Free, or claimed by one of `reclaim`: claimants that ended and will never
+        publish what they hold. A claim always names a claimant that is still running
+        when it is taken, and no running claimant is ever in `reclaim`, so of two
+        running batches at most one takes a row (the other then sees it held)."""
         free = self._free()
-        return sa.or_(free, outbox.c.claimed_by == worker_id) if worker_id else free
+        names = sorted({r for r in reclaim if r})
+        return sa.or_(free, outbox.c.claimed_by.in_(names)) if names else free
 
     # -- the statements of a save --------------------------------------------------
 
@@ -385,7 +392,7 @@ class Store:
         self,
         conn: AsyncConnection,
         new: list[tuple[str, OutboundEvent]],
-        worker_id: str,
+        claimant: str,
         claim_for: dt.timedelta,
     ) -> tuple[str, ...]:
         """The outbox rows of the events inserted (`new`: row id and event, in the
@@ -404,7 +411,7 @@ class Store:
                         "id": row_id,
                         "event_count": len(events),
                         "events": _pack_events(events),
-                        "claimed_by": worker_id or None,
+                        "claimed_by": claimant or None,
                     }
                     for row_id, events in boxes.items()
                 ],
@@ -415,12 +422,13 @@ class Store:
         self,
         conn: AsyncConnection,
         keys: list[MessageKey],
-        worker_id: str,
+        claimant: str,
+        reclaim: Collection[str],
         claim_for: dt.timedelta,
     ) -> tuple[OutboxClaim, frozenset[MessageKey]]:
         """The unpublished outbox rows of conflicting keys: (those claimed now by us, to
         publish; the keys whose row someone else holds, who is publishing it). The claim
-        is one UPDATE, so of two workers (or a worker and a relay) racing for a row
+        is one UPDATE, so of two batches (or a batch and a relay) racing for a row
         exactly one gets it. At most _CONFLICT_ROWS rows are claimed per save (each may
         hold a batch of other messages' events); the keys of rows beyond that come back
         held too, and their retry (or the relay) takes them."""
@@ -444,12 +452,12 @@ class Store:
         # scan order). SQLite has no row locks; it serialises writers instead.
         claimed: list[Any] = []
         unpublished: set[str] = set()
-        claimable = self._free_or_mine(worker_id)
+        claimable = self._free_or_reclaimed(reclaim)
         for ids in _chunks(row_ids):
             room = _CONFLICT_ROWS - len(claimed)
             if room > 0:
                 where = sa.and_(outbox.c.id.in_(ids), claimable)
-                claim = self._claim(where, outbox.c.id, room, worker_id, claim_for)
+                claim = self._claim(where, outbox.c.id, room, claimant, claim_for)
                 claimed.extend((await conn.execute(claim)).all())
             exists = sa.select(outbox.c.id).where(outbox.c.id.in_(ids))
             unpublished.update(r[0] for r in (await conn.execute(exists)).all())
@@ -462,11 +470,11 @@ class Store:
         where: sa.ColumnElement[bool],
         order_by: sa.ColumnElement[Any],
         limit: int,
-        worker_id: str,
+        claimant: str,
         claim_for: dt.timedelta,
     ) -> sa.Update:
         """Claim up to `limit` rows matching `where` (taken in `order_by` order) for
-        `worker_id` and `claim_for`, returning their ids and events. One atomic UPDATE:
+        `claimant` and `claim_for`, returning their ids and events. One atomic UPDATE:
         on PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED (a row
         another transaction holds is skipped, not waited for) and `where` is checked
         again against concurrent claims; SQLite serialises writers."""
@@ -480,11 +488,11 @@ class Store:
         return (
             sa.update(outbox)
             .where(outbox.c.id.in_(candidates.scalar_subquery()), where)
-            .values(claimed_by=worker_id or None, claimed_until=self._later(claim_for))
+            .values(claimed_by=claimant or None, claimed_until=self._later(claim_for))
             .returning(outbox.c.id, outbox.c.events)
         )
 
-    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         """Give up our claim on rows we could not publish, so the next try (ours, another
         worker's or the relay's) need not wait for the claim to run out."""
         if not outbox_ids:
@@ -496,7 +504,7 @@ class Store:
                         sa.update(outbox)
                         .where(
                             outbox.c.id.in_(_locked_in_order(chunk)),
-                            outbox.c.claimed_by == worker_id,
+                            outbox.c.claimed_by == claimant,
                         )
                         .values(claimed_by=None, claimed_until=None)
                     )

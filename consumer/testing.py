@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,16 +128,20 @@ class FakeStore:
     refuse: set[str] = field(default_factory=set)
     explode: set[str] = field(default_factory=set)
     saves: list[list[MessageKey]] = field(default_factory=list)
+    # Per save: its claimant, and the claimants whose claims it was allowed to take back.
+    claimants: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
     async def save(
         self,
         pending: Sequence[PendingMessage],
         *,
-        worker_id: str = "",
+        claimant: str = "",
+        reclaim: Collection[str] = (),
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
         self.saves.append([p.message.key for p in pending])
+        self.claimants.append((claimant, frozenset(reclaim)))
         if self.fail_next_save:
             self.fail_next_save = False
             raise StoreError("fake database: connection lost before commit")
@@ -168,7 +172,7 @@ class FakeStore:
         events = tuple(p.event for p in new) + stale
         return SaveResult(inserted, conflicts, events, tuple(e.event_id for e in events))
 
-    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         """The fake keeps no claims: every unpublished row is anyone's to publish."""
 
     async def mark_published(self, outbox_ids: Sequence[str]) -> None:
@@ -179,7 +183,7 @@ class FakeStore:
                 self.outbox[event_id].published = True
 
     async def claim_unpublished(
-        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
+        self, *, claimant: str, claim_for: dt.timedelta, limit: int
     ) -> OutboxClaim:
         """The first `limit` unpublished rows, in insertion order: with no claims kept,
         every unpublished row is free."""

@@ -56,7 +56,7 @@ async def test_relay_publishes_abandoned_rows_once(database_url: str) -> None:
     try:
         pending = _pending(20)
         for i in range(0, 20, 2):  # ten rows: more than the relay's batch of seven
-            await store.save(pending[i : i + 2], worker_id="inserter", claim_for=CLAIM)
+            await store.save(pending[i : i + 2], claimant="inserter", claim_for=CLAIM)
         await pass_time(store, 30)
         publisher = FakePublisher()
         relay = _relay(store, publisher, "w1")
@@ -85,10 +85,10 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
     claim runs out; then another relay publishes them."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
-        await store.save(_pending(3), worker_id="inserter", claim_for=CLAIM)
+        await store.save(_pending(3), claimant="inserter", claim_for=CLAIM)
         await pass_time(store, 120)
         claimed = await store.claim_unpublished(
-            worker_id="dead", claim_for=dt.timedelta(seconds=30), limit=10
+            claimant="dead", claim_for=dt.timedelta(seconds=30), limit=10
         )
         assert len(claimed.events) == 3
         assert len(claimed.outbox_ids) == 1
@@ -102,26 +102,31 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
         await store.close()
 
 
-async def test_conflict_on_a_row_another_worker_is_publishing_is_deferred(
+async def test_conflict_on_a_row_another_batch_is_publishing_is_deferred(
     database_url: str,
 ) -> None:
-    """A duplicate that meets a fresh unpublished row claimed by another worker gets it
-    back as in flight (defer, don't publish twice); once that claim runs out, or for the
-    inserter itself, the row comes back to be published."""
+    """A duplicate that meets a fresh unpublished row claimed by another batch gets it
+    back as in flight (defer, don't publish twice), even when that batch is one of the
+    same worker's (it may still be running); once the claimant is named as ended
+    (`reclaim`), or its claim runs out, the row comes back to be published, once."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
         pending = _pending(2)
-        await store.save(pending, worker_id="a", claim_for=CLAIM)
+        await store.save(pending, claimant="a:1", claim_for=CLAIM)
         keys = {p.message.key for p in pending}
         await pass_time(store, 1)
-        other = await store.save(pending, worker_id="b", claim_for=CLAIM)
+        other = await store.save(pending, claimant="b:1", claim_for=CLAIM)
         assert other.in_flight == keys
         assert other.to_publish == ()
-        mine = await store.save(pending, worker_id="a", claim_for=CLAIM)
+        sibling = await store.save(pending, claimant="a:2", reclaim={"a:0"}, claim_for=CLAIM)
+        assert sibling.in_flight == keys, "a running batch's row is not its sibling's"
+        mine = await store.save(pending, claimant="a:3", reclaim={"a:1"}, claim_for=CLAIM)
         assert mine.in_flight == frozenset()
         assert {e.event_id for e in mine.to_publish} == {p.event.event_id for p in pending}
+        again = await store.save(pending, claimant="a:4", reclaim={"a:1"}, claim_for=CLAIM)
+        assert again.in_flight == keys, "a:3 took it over; a:1's name no longer holds it"
         await pass_time(store, 61)
-        late = await store.save(pending, worker_id="b", claim_for=CLAIM)
+        late = await store.save(pending, claimant="b:2", claim_for=CLAIM)
         assert late.in_flight == frozenset()
         assert len(late.to_publish) == 2
     finally:

@@ -188,22 +188,22 @@ async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(stor
     ttl = dt.timedelta(seconds=30)
     first = _pending("111", "wamid.A", "wamid.B")
     for p in first:  # a row each
-        await store.save([p], worker_id="w1", claim_for=ttl)
+        await store.save([p], claimant="w1", claim_for=ttl)
     event_a, event_b = (p.event for p in first)
     again_b = _pending("111", "wamid.B", offset=9)
 
     await pass_time(store, 25)  # 5 s of the claim left
-    relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
+    relay = await store.claim_unpublished(claimant="relay", claim_for=ttl, limit=10)
     assert relay.events == ()
-    worker = await store.save(again_b, worker_id="w2", claim_for=ttl)
+    worker = await store.save(again_b, claimant="w2", claim_for=ttl)
     assert worker.to_publish == ()
     assert worker.in_flight == {MessageKey("111", "wamid.B")}
 
     await pass_time(store, 5)  # the claim's end
-    worker = await store.save(again_b, worker_id="w2", claim_for=ttl)
+    worker = await store.save(again_b, claimant="w2", claim_for=ttl)
     assert worker.to_publish == (event_b,)
     assert worker.in_flight == frozenset()
-    relay = await store.claim_unpublished(worker_id="relay", claim_for=ttl, limit=10)
+    relay = await store.claim_unpublished(claimant="relay", claim_for=ttl, limit=10)
     assert relay.events == (event_a,), "B is w2's now; only A is free"
 
 
@@ -212,7 +212,7 @@ async def test_claims_and_ages_are_the_databases_time(store: Store) -> None:
     (claimed_until is exactly created_at + the claim on PostgreSQL, where both are the
     transaction's now()); the backlog's age is measured by that clock too (rule 12)."""
     ttl = dt.timedelta(seconds=45)
-    await store.save(_pending("111", "wamid.A"), worker_id="w1", claim_for=ttl)
+    await store.save(_pending("111", "wamid.A"), claimant="w1", claim_for=ttl)
     async with store.engine.connect() as conn:
         created, until = (
             await conn.execute(sa.select(outbox.c.created_at, outbox.c.claimed_until))
@@ -320,23 +320,35 @@ async def _racers(url: str) -> AsyncIterator[list[Store]]:
 
 
 async def _race(
-    stores: list[Store], rnd: int, wamids: list[str], now: dt.datetime, *, claim: bool = False
+    stores: list[Store],
+    rnd: int,
+    wamids: list[str],
+    now: dt.datetime,
+    *,
+    claim: bool = False,
+    sibling_of: str = "",
 ) -> list[tuple[list[PendingMessage], SaveResult]]:
     """Caller i saves keys [3i, 3i + BATCH) of `wamids`, in an order of its own, all at once
-    behind a barrier (with `claim`, as worker w<i> claiming for 60 s); none may fail."""
+    behind a barrier (with `claim`, as worker w<i> claiming for 60 s; with `sibling_of`,
+    as running batches `<sibling_of>:<i + 1>` of one worker that may take back the claims
+    of its ended batch `<sibling_of>:0`); none may fail."""
     barrier = asyncio.Barrier(len(stores))
 
     async def caller(i: int) -> tuple[list[PendingMessage], SaveResult | StoreError]:
         mine = wamids[3 * i : 3 * i + BATCH]
         random.Random(rnd * 100 + i).shuffle(mine)  # noqa: S311 - each caller its own order
         pending = _pending("111", *mine, offset=i, occurred_at=now)
-        worker_id = f"w{i}" if claim else ""
-        claim_for = dt.timedelta(seconds=60 if claim else 0)
+        claimant = f"{sibling_of}:{i + 1}" if sibling_of else f"w{i}" if claim else ""
+        reclaim = {f"{sibling_of}:0"} if sibling_of else set()
+        claim_for = dt.timedelta(seconds=60 if claim or sibling_of else 0)
         await barrier.wait()
         try:
-            return pending, await stores[i].save(pending, worker_id=worker_id, claim_for=claim_for)
+            saved = await stores[i].save(
+                pending, claimant=claimant, reclaim=reclaim, claim_for=claim_for
+            )
         except StoreError as exc:
             return pending, exc
+        return pending, saved
 
     async with asyncio.timeout(60):
         outcomes = await asyncio.gather(*(caller(i) for i in range(len(stores))))
@@ -397,7 +409,7 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
         try:
             async with asyncio.timeout(5):
                 saved = await store.save(
-                    pending, worker_id="w1", claim_for=dt.timedelta(seconds=60)
+                    pending, claimant="w1:1", claim_for=dt.timedelta(seconds=60)
                 )
         finally:
             await holder.rollback()
@@ -405,8 +417,11 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
         assert saved.conflicts == _keys(pending)
         assert saved.to_publish == (free.event,)
         assert saved.in_flight == {locked.message.key}
-        # Once the lock is gone the row is free again, and the other row is still ours.
-        again = await store.save(pending, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        # Once the lock is gone the row is free again, and the other row is the ended
+        # batch w1:1's, ours to take back.
+        again = await store.save(
+            pending, claimant="w1:2", reclaim={"w1:1"}, claim_for=dt.timedelta(seconds=60)
+        )
         assert {e.event_id for e in again.to_publish} == {p.event.event_id for p in pending}
         assert again.in_flight == frozenset()
     finally:
@@ -434,7 +449,7 @@ async def test_outbox_rows_are_locked_in_id_order(postgres_url: str, operation: 
         now = dt.datetime.now(dt.UTC)
         pending = _pending("111", *(f"wamid.L{k}" for k in range(6)), occurred_at=now)
         for p in pending:  # a row each
-            await store.save([p], worker_id="w1", claim_for=dt.timedelta(seconds=60))
+            await store.save([p], claimant="w1", claim_for=dt.timedelta(seconds=60))
         async with store.engine.begin() as conn:  # rewritten in descending id order
             rows = (await conn.execute(sa.select(outbox))).mappings().all()
             await conn.execute(sa.delete(outbox))
@@ -503,6 +518,36 @@ async def test_concurrent_conflicting_saves_hand_each_unpublished_event_to_one(
             assert set(handed.values()) == {1}, "an event was handed to two workers"
 
 
+async def test_overlapping_batches_of_one_worker_take_an_ended_batchs_row_once(
+    postgres_url: str,
+) -> None:
+    """A batch whose COMMIT answer was lost (it ended, its rows stay claimed by it) is
+    redelivered in several overlapping batches of the same worker, running at once. Each
+    may take the ended batch's rows back at once, but each row, with all its events, goes
+    to exactly one of them; the others are told it is in flight. (Were "ours" the worker
+    rather than the ended batch, every one of them would publish the rows it meets.)"""
+    async with _racers(postgres_url) as stores:
+        for rnd in range(CLAIM_ROUNDS):
+            wamids = [f"wamid.s{rnd}.{k}" for k in range(KEYS_PER_ROUND)]
+            now = dt.datetime.now(dt.UTC)
+            stored = _pending("111", *wamids, occurred_at=now)
+            claim = dt.timedelta(seconds=60)
+            firsts = [
+                await stores[0].save(stored[i : i + 10], claimant="w:0", claim_for=claim)
+                for i in range(0, len(stored), 10)
+            ]
+            assert sum(len(f.inserted) for f in firsts) == KEYS_PER_ROUND
+            handed: collections.Counter[str] = collections.Counter()
+            for pending, r in await _race(stores, rnd, wamids, now, sibling_of="w"):
+                assert r.conflicts == _keys(pending)
+                ids = {e.event_id for e in r.to_publish}
+                handed.update(ids)
+                for p in pending:
+                    assert (p.event.event_id in ids) != (p.message.key in r.in_flight)
+            assert set(handed) == {e.event_id for f in firsts for e in f.to_publish}
+            assert set(handed.values()) == {1}, "two batches of one worker took one row"
+
+
 _OUTBOX_0003 = sa.table(
     "outbox",
     *(sa.column(c) for c in ("event_id", "message_id", "phone_number_id", "source_id", "topic")),
@@ -555,12 +600,12 @@ async def test_the_upgrade_to_rows_per_batch_keeps_what_is_unannounced(database_
         count, _age = await s.outbox_stats()
         assert count == 2
         again = _pending("111", "wamid.A", "wamid.B", offset=7)
-        saved = await s.save(again, worker_id="w1", claim_for=dt.timedelta(seconds=60))
+        saved = await s.save(again, claimant="w1", claim_for=dt.timedelta(seconds=60))
         assert saved.conflicts == _keys(again)
         assert saved.to_publish == (redelivered.event,), "B's stored bytes; A is announced"
         assert saved.outbox_ids == (redelivered.event.event_id,)
         relay = await s.claim_unpublished(
-            worker_id="relay", claim_for=dt.timedelta(seconds=60), limit=10
+            claimant="relay", claim_for=dt.timedelta(seconds=60), limit=10
         )
         assert relay.events == (abandoned.event,)
         # A batch of two after the upgrade, then back to 0003: rows of one event each.

@@ -70,7 +70,7 @@ async def test_a_refused_value_is_unstorable_and_nothing_is_committed(store: Sto
     await _refuse_wamids_containing(store, "refuse-me")
     batch = _pending(_messages("wamid.ok1", "wamid.refuse-me", "wamid.ok2"))
     with pytest.raises(UnstorableError) as info:
-        await store.save(batch, worker_id="w1", claim_for=dt.timedelta(seconds=30))
+        await store.save(batch, claimant="w1", claim_for=dt.timedelta(seconds=30))
     text = str(info.value)
     assert "refuse_marked" in text
     assert PII not in text

@@ -262,6 +262,26 @@ async def test_indeterminate_commit_then_retry_announces_once(world: World) -> N
     assert len(world.store.rows) == 2
 
 
+async def test_a_batch_claims_as_itself_and_takes_back_only_ended_batches_claims(
+    world: World,
+) -> None:
+    """Outbox rows are claimed by the batch (its lease token), not the worker. A later
+    batch may take back the claims of a batch that failed after sending its save (the
+    commit may have happened), and never those of a batch that finished or still runs:
+    two batches of one worker in flight at once must not both take one row."""
+    world.store.fail_next_save_after_commit = True
+    await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    await world.pipeline.process(_records(webhook([message("wamid.B")])))
+    await world.pipeline.process(_records(webhook([message("wamid.C")])))
+    tokens = [token for what, _, token in world.leases.calls if what == "acquire"]
+    assert [c for c, _ in world.store.claimants] == tokens
+    assert [r for _, r in world.store.claimants] == [
+        frozenset(),
+        frozenset({tokens[0]}),  # the lost commit's batch ended: its rows are ours again
+        frozenset({tokens[0]}),  # the batch that finished is not among them
+    ]
+
+
 async def test_already_published_conflict_is_not_republished(world: World) -> None:
     """A key stored and announced earlier (done marker expired) is durable, not re-sent."""
     records = _records(webhook([message("wamid.A")]))

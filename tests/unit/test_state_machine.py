@@ -56,7 +56,7 @@ import inspect
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -167,7 +167,8 @@ class ClaimingStore(FakeStore):
     """:class:`FakeStore` with the outbox claims of :class:`consumer.store.Store`.
 
     A new outbox row is claimed by its inserter for ``claim_for``. A conflicting save
-    claims the unpublished rows that are free (claim ran out) or already its own, and
+    claims the unpublished rows that are free (claim ran out) or whose claimant is in
+    its ``reclaim`` (the caller's ended batches), and
     hands them back in ``to_publish``; rows another worker still claims come back in
     ``in_flight``. ``release_claims`` gives claims up; ``claim_unpublished`` is the
     relay's claim. ``inserts`` counts real inserts per key (the fence keeps it <= 1).
@@ -183,7 +184,8 @@ class ClaimingStore(FakeStore):
         self,
         pending: Sequence[PendingMessage],
         *,
-        worker_id: str = "",
+        claimant: str = "",
+        reclaim: Collection[str] = (),
         claim_for: dt.timedelta = dt.timedelta(0),
         before_commit: Callable[[], None] | None = None,
     ) -> SaveResult:
@@ -197,7 +199,7 @@ class ClaimingStore(FakeStore):
         if before_commit is not None:
             before_commit()  # nothing below has happened if it raises (rollback)
         new = [by_key[k] for k in _ordered(inserted)]
-        claim = (worker_id or None, now + claim_for if claim_for else None)
+        claim = (claimant or None, now + claim_for if claim_for else None)
         for p in new:  # commit
             self.rows[p.message.key] = p
             self.outbox[p.event.event_id] = OutboxRow(p.event)
@@ -205,15 +207,23 @@ class ClaimingStore(FakeStore):
             self.created[p.event.event_id] = now
             self.inserts[p.message.key] += 1
         ours, busy = self._claim_conflicts(
-            [by_key[k].event.event_id for k in _ordered(conflicts)], worker_id, now, claim_for
+            [by_key[k].event.event_id for k in _ordered(conflicts)],
+            (claimant, frozenset(reclaim)),
+            now,
+            claim_for,
         )
         in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
         events = tuple(p.event for p in new) + ours
         return SaveResult(inserted, conflicts, events, tuple(e.event_id for e in events), in_flight)
 
     def _claim_conflicts(
-        self, event_ids: list[str], worker_id: str, now: dt.datetime, claim_for: dt.timedelta
+        self,
+        event_ids: list[str],
+        who: tuple[str, frozenset[str]],
+        now: dt.datetime,
+        claim_for: dt.timedelta,
     ) -> tuple[tuple[OutboundEvent, ...], set[str]]:
+        claimant, reclaim = who
         ours: list[OutboundEvent] = []
         busy: set[str] = set()
         for event_id in event_ids:
@@ -221,21 +231,21 @@ class ClaimingStore(FakeStore):
             if row is None or row.published:
                 continue
             by, until = self.claims.get(event_id, (None, None))
-            if _free(until, now) or (worker_id and by == worker_id):
-                self.claims[event_id] = (worker_id or None, now + claim_for)
+            if _free(until, now) or (by is not None and by in reclaim):
+                self.claims[event_id] = (claimant or None, now + claim_for)
                 ours.append(row.event)
             else:
                 busy.add(event_id)
         return tuple(ours), busy
 
-    async def release_claims(self, outbox_ids: Sequence[str], worker_id: str) -> None:
+    async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         for event_id in outbox_ids:
             row = self.outbox.get(event_id)
-            if row and not row.published and self.claims[event_id][0] == worker_id:
+            if row and not row.published and self.claims[event_id][0] == claimant:
                 self.claims[event_id] = (None, None)
 
     async def claim_unpublished(
-        self, *, worker_id: str, claim_for: dt.timedelta, limit: int
+        self, *, claimant: str, claim_for: dt.timedelta, limit: int
     ) -> OutboxClaim:
         now = self.clock()
         free = [
@@ -245,7 +255,7 @@ class ClaimingStore(FakeStore):
         ]
         chosen = sorted(free, key=lambda e: (self.created[e], e))[:limit]
         for event_id in chosen:
-            self.claims[event_id] = (worker_id, now + claim_for)
+            self.claims[event_id] = (claimant, now + claim_for)
         return OutboxClaim(tuple(self.outbox[e].event for e in chosen), tuple(chosen))
 
 

@@ -20,7 +20,7 @@ async def test_the_fakes_are_the_ports() -> None:
     sink: EventSink = FakePublisher()
     assert await leases.acquire([key("wamid.A")], "w1:1") == {key("wamid.A"): LeaseState.ACQUIRED}
     assert await store.outbox_stats() == (0, 0.0)
-    claim = await store.claim_unpublished(worker_id="w1", claim_for=dt.timedelta(0), limit=5)
+    claim = await store.claim_unpublished(claimant="w1", claim_for=dt.timedelta(0), limit=5)
     assert claim == OutboxClaim((), ())
     await sink.publish([])
 
