@@ -61,7 +61,11 @@ class Service:
         pipeline, over Redis and the database)."""
         self.settings = settings
         self.flow_factory = flow_factory
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # At most 63 + 1 + 10 + 1 + 6 = 81 characters, so a batch's token
+        # (`<worker_id>:<seq>`) always fits the outbox's claimed_by (128) whatever the
+        # host's name (a name cut short stays unique by the pid and the random suffix).
+        host = socket.gethostname()[:63]
+        self.worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.crash = CrashPoints(settings.crash_point)
         self.metrics = Metrics()
         self.tracker = Tracker(

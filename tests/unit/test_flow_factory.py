@@ -4,14 +4,17 @@ Redis and the database before Kafka; the bench's pass-through member opens neith
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
+import sqlalchemy as sa
 
 from consumer import service as service_module
 from consumer.crashpoints import CrashPoints
 from consumer.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
+from consumer.store import outbox
 from consumer.tools.passthrough import PASSTHROUGH, PassThrough
 from consumer.wiring import PIPELINE
 
@@ -84,3 +87,21 @@ def test_the_mode_is_no_setting() -> None:
     settings = Settings.from_env({"WAMID_GUARD_MODE": "passthrough"})
     assert not hasattr(settings, "mode")
     assert "mode" not in settings.public()
+
+
+def test_a_batch_token_fits_the_outbox_claim_whatever_the_hosts_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member's id is cut to fit: with the longest host name a system may give, a batch's
+    token (`<worker_id>:<seq>`, the outbox's claimed_by) stays within the column's 128
+    characters, and two members on that host still differ."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "h" * 255)
+    ids = {Service(Settings()).worker_id for _ in range(2)}
+    assert len(ids) == 2
+    column = outbox.c.claimed_by.type
+    assert isinstance(column, sa.String)
+    width = column.length
+    assert width == 128
+    for worker_id in ids:
+        assert len(f"{worker_id}:{2**64}") <= width
+        assert len(f"{worker_id}/relay") <= width
