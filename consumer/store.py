@@ -66,7 +66,10 @@ _SOURCE_ID = sa.String(limits.WAMID_MAX)
 messages = sa.Table(
     "messages",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
+    # The event's message.id, derived from (phone_number_id, source_id): unique because
+    # the fence is, so not indexed (a second unique index cost every insert; migration
+    # 0005). The fence's key identifies a row.
+    sa.Column("id", sa.String(36), nullable=False),
     sa.Column("phone_number_id", sa.String(limits.PHONE_NUMBER_ID_MAX), nullable=False),
     sa.Column("source_id", _SOURCE_ID, nullable=False),
     sa.Column("sender", sa.String(limits.SENDER_MAX), nullable=False),
@@ -376,9 +379,10 @@ class Store:
         stmt = (
             self._insert(messages)
             .values(created_at=self._now())
-            # No conflict target: the primary key is derived from the same
-            # (phone_number_id, source_id), so a concurrent insert may trip either
-            # unique index first; both mean "this message is stored already".
+            # No conflict target: on a database before revision 0005 the primary key
+            # `id`, derived from the same (phone_number_id, source_id), is a second
+            # unique index a concurrent insert may trip first; both mean "this message
+            # is stored already".
             .on_conflict_do_nothing()
             .returning(messages.c.phone_number_id, messages.c.source_id)
         )

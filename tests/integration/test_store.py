@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from _pytest.monkeypatch import MonkeyPatch
 from alembic import command
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer import events, intake, migrate
 from consumer import store as store_module
@@ -635,3 +635,50 @@ async def test_the_upgrade_to_rows_per_batch_keeps_what_is_unannounced(database_
             p.event.payload,
         )
     await asyncio.to_thread(migrate.upgrade, database_url)
+
+
+async def _identity(engine: AsyncEngine) -> tuple[list[str], str | None]:
+    """The primary key's columns of messages, and (PostgreSQL) its replica identity."""
+    async with engine.connect() as conn:
+        pk = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("messages"))
+        replica = None
+        if engine.dialect.name == "postgresql":
+            stmt = sa.text("SELECT relreplident::text FROM pg_class WHERE relname = 'messages'")
+            replica = (await conn.execute(stmt)).scalar_one()
+    return list(pk["constrained_columns"]), replica
+
+
+async def test_the_fence_is_the_only_unique_index_and_the_downgrade_restores_the_key(
+    database_url: str,
+) -> None:
+    """Revision 0005 drops the surrogate primary key of messages (its uniqueness follows
+    from the fence's) and, on PostgreSQL, makes the fence's index the replica identity;
+    the stored rows stay and stay fenced. Its downgrade builds the key again; code of
+    either revision stores and fences on a database of the other."""
+    cfg = migrate.alembic_config(database_url)
+    pg = database_url.startswith("postgresql")
+    s = Store(create_engine(database_url, pool_size=1, timeout_s=10))
+    try:
+        assert await _identity(s.engine) == ([], "i" if pg else None)
+        first = _pending("111", "wamid.A", "wamid.B")
+        assert (await s.save(first)).inserted == _keys(first)
+        await asyncio.to_thread(command.downgrade, cfg, "0004")
+        assert await _identity(s.engine) == (["id"], "d" if pg else None)
+        assert (await s.save(first)).conflicts == _keys(first)
+        second = _pending("111", "wamid.B", "wamid.C", offset=3)
+        saved = await s.save(second)
+        assert (saved.inserted, saved.conflicts) == (
+            _keys(second[1:]),
+            _keys(second[:1]),
+        )
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        assert await _identity(s.engine) == ([], "i" if pg else None)
+        assert (await s.save(first + second)).conflicts == _keys(first + second)
+        assert await _row_counts(s) == dict.fromkeys(
+            [("111", "wamid.A"), ("111", "wamid.B"), ("111", "wamid.C")], 1
+        )
+        async with s.engine.connect() as conn:
+            ids = (await conn.execute(sa.select(messages.c.id, messages.c.source_id))).all()
+        assert {i for i, _ in ids} == {MessageKey("111", w).message_id for _, w in ids}
+    finally:
+        await s.close()
