@@ -30,6 +30,11 @@ log = structlog.get_logger(__name__)
 
 RebalanceHook = Callable[[set[Partition]], Awaitable[None]]
 
+# How long a fetch that found records waits for the partitions' next chunk (see
+# Source.fetch): a round trip to the broker, a few milliseconds; longer only delays a
+# batch of a quiet partition (that chunk waits up to KAFKA_FETCH_MAX_WAIT_S for data).
+TOP_UP_S = 0.005
+
 
 def inbound(record: Any) -> InboundRecord:
     """An aiokafka ConsumerRecord as the project's record (service, dlq and tail)."""
@@ -182,10 +187,37 @@ class Source:
         as `max_records`; BrokerError if the fetch failed (the broker answered an error,
         or a record could not be read: aiokafka then moves past what it had read but not
         returned, so the caller should :meth:`rewind`). Cancelling it loses nothing:
-        records leave aiokafka's buffer only in the step that returns them."""
+        records leave aiokafka's buffer only in the step that returns them, and a cancel
+        during the top-up returns what the first step took.
+
+        The top-up: aiokafka keeps one fetched chunk per partition and asks the broker
+        for the next only once that chunk is taken. So under a steady load the chunk a
+        partition's batch takes holds the records that had come one batch earlier, and
+        those that came while the batch before ran are still on the broker: they would
+        wait for the batch after, about one batch more of latency. When the first step
+        returned records but fewer than `max_records`, a second step waits up to
+        TOP_UP_S (a round trip to the broker) for the chunk asked for when the first was
+        taken, and adds it (docs/benchmarks.md, round five: p50 halved at 7,500
+        records/s). A full batch (a backlog) and an empty fetch (nothing to top up)
+        skip it."""
         only = [_tp(p) for p in sorted(partitions)] if partitions is not None else []
         if partitions is not None and not only:
             return []  # getmany() of no partition would mean every partition
+        records = await self._getmany(only, timeout_s, max_records)
+        if records and len(records) < max_records:
+            try:
+                records += await self._getmany(only, TOP_UP_S, max_records - len(records))
+            except asyncio.CancelledError:
+                # Cut short (a batch ended, or the member stops): the first step's
+                # records left aiokafka's buffer, so they are returned, never dropped.
+                # Our caller runs this as a task of its own; cancelling that task is
+                # all the cancel means.
+                return records
+        return records
+
+    async def _getmany(
+        self, only: list[TopicPartition], timeout_s: float, max_records: int
+    ) -> list[InboundRecord]:
         try:
             fetched = await self._consumer.getmany(
                 *only, timeout_ms=int(timeout_s * 1000), max_records=max(max_records, 1)

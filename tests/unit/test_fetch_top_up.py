@@ -1,0 +1,119 @@
+"""The fetch's top-up (consumer/source.py, Source.fetch): a fetch that found records but
+fewer than a batch waits one short step more for the chunk aiokafka asked for when the
+first was taken, so records that came while the partition's last batch ran join this
+batch instead of the one after. A full fetch and an empty one skip it; a cancel during
+the top-up returns what the first step took (those records left aiokafka's buffer: a
+dropped list would be records the member never processes); an error in the top-up is a
+fetch error like any other (the caller rewinds to its own bookkeeping)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from consumer import source
+from consumer.errors import BrokerError
+from consumer.settings import Settings
+from consumer.source import Source
+
+TP = TopicPartition("whatsapp.webhooks", 0)
+PARTS = {(TP.topic, TP.partition)}
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = TP.topic, TP.partition, offset
+        self.key, self.value, self.headers, self.timestamp = None, b"{}", (), 0
+
+
+class _ScriptedConsumer:
+    """getmany answers from a script, one step per call: a list of offsets, an
+    exception to raise, or "block" (waits until cancelled). Records each call."""
+
+    def __init__(self, *steps: list[int] | Exception | str) -> None:
+        self.steps = list(steps)
+        self.calls: list[dict[str, Any]] = []
+        self.blocked = asyncio.Event()  # set when a "block" step is waiting
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[_Record]]:
+        self.calls.append(
+            {"partitions": partitions, "timeout_ms": timeout_ms, "max_records": max_records}
+        )
+        step = self.steps.pop(0) if self.steps else []
+        if isinstance(step, Exception):
+            raise step
+        if step == "block":
+            self.blocked.set()
+            await asyncio.Event().wait()
+        assert isinstance(step, list)
+        return {TP: [_Record(o) for o in step]} if step else {}
+
+
+def _source(consumer: _ScriptedConsumer) -> Source:
+    return Source(Settings(metrics_port=0), client_id="test", consumer=consumer)
+
+
+async def test_a_short_fetch_is_topped_up_in_order_with_a_short_wait() -> None:
+    consumer = _ScriptedConsumer([4, 5], [6, 7, 8])
+    got = await _source(consumer).fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    assert [r.offset for r in got] == [4, 5, 6, 7, 8]
+    first, top_up = consumer.calls
+    assert first == {"partitions": (TP,), "timeout_ms": 500, "max_records": 10}
+    assert top_up == {
+        "partitions": (TP,),
+        "timeout_ms": int(source.TOP_UP_S * 1000),
+        "max_records": 8,
+    }
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [([1, 2, 3], "a full batch (a backlog) needs nothing more"), ([], "nothing came")],
+)
+async def test_no_top_up_after_a_full_or_an_empty_fetch(first: list[int], why: str) -> None:
+    consumer = _ScriptedConsumer(first, [99])
+    got = await _source(consumer).fetch(timeout_s=0.5, max_records=3, partitions=PARTS)
+    assert [r.offset for r in got] == first, why
+    assert len(consumer.calls) == 1, why
+
+
+async def test_a_cancel_during_the_top_up_returns_what_the_first_step_took() -> None:
+    """The service cancels a fetch when a batch ends first; records already out of
+    aiokafka's buffer must come back to it, or their partition would move on without
+    them (the next fetch starts after them)."""
+    consumer = _ScriptedConsumer([4, 5], "block")
+    task = asyncio.create_task(
+        _source(consumer).fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    )
+    await consumer.blocked.wait()  # the top-up is waiting
+    assert len(consumer.calls) == 2
+    task.cancel()
+    got = await task
+    assert [r.offset for r in got] == [4, 5]
+
+
+async def test_a_cancel_during_the_first_step_is_a_cancel() -> None:
+    consumer = _ScriptedConsumer("block")
+    task = asyncio.create_task(
+        _source(consumer).fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    )
+    await consumer.blocked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_error_in_the_top_up_is_a_fetch_error() -> None:
+    """Not swallowed: aiokafka may have moved past records it read in that step, so
+    the caller must rewind to its own bookkeeping (which does not know the first
+    step's records either: they are read again)."""
+    consumer = _ScriptedConsumer([4, 5], KafkaConnectionError("broker went away"))
+    with pytest.raises(BrokerError, match="broker went away") as caught:
+        await _source(consumer).fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    assert isinstance(caught.value.__cause__, KafkaConnectionError)
