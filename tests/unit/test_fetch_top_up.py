@@ -83,6 +83,19 @@ async def test_no_top_up_after_a_full_or_an_empty_fetch(first: list[int], why: s
     assert len(consumer.calls) == 1, why
 
 
+async def test_the_top_up_waits_no_longer_than_the_fetch_was_asked_to() -> None:
+    """A fetch asked not to wait (retries are due) is not topped up; a fetch asked to
+    wait less than the top-up's step waits only that long."""
+    consumer = _ScriptedConsumer([4, 5], [6])
+    got = await _source(consumer).fetch(timeout_s=0, max_records=10, partitions=PARTS)
+    assert [r.offset for r in got] == [4, 5]
+    assert len(consumer.calls) == 1
+    consumer = _ScriptedConsumer([4, 5], [6])
+    got = await _source(consumer).fetch(timeout_s=0.002, max_records=10, partitions=PARTS)
+    assert [r.offset for r in got] == [4, 5, 6]
+    assert [c["timeout_ms"] for c in consumer.calls] == [2, 2]
+
+
 async def test_a_cancel_during_the_top_up_returns_what_the_first_step_took() -> None:
     """The service cancels a fetch when a batch ends first; records already out of
     aiokafka's buffer must come back to it, or their partition would move on without
