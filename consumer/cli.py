@@ -395,9 +395,10 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench.add_argument("--consumers", type=int, default=2, help="consumer processes")
     bench.add_argument(
         "--rate",
-        type=float,
-        help="produce at this many records/s while "
-        "consuming (latency); default: produce a backlog first, then drain",
+        metavar="RECORDS_PER_S or half",
+        help="produce at this many records/s while consuming (latency); 'half': each "
+        "round first drains a backlog with the pipeline, then runs the modes at half the "
+        "rate it reached; default: produce a backlog first, then drain",
     )
     bench.add_argument(
         "--modes",
@@ -661,6 +662,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("--modes", f"unknown mode(s) {sorted(unknown)}; use {bench.MODES}")
     if args.rounds < 1:
         raise ConfigError("--rounds", f"must be at least 1, not {args.rounds}")
+    rate, rate_of_max = _rate(args.rate)
     cfg = bench.BenchConfig(
         rounds=args.rounds,
         messages_per_webhook=_span("--messages-per-webhook", args.messages_per_webhook),
@@ -668,7 +670,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         dup_ratio=args.dup_ratio,
         partitions=args.partitions,
         consumers=args.consumers,
-        rate=args.rate,
+        rate=rate,
+        rate_of_max=rate_of_max,
         modes=modes,
         per_message_records=args.per_message_records,
         batch_max_records=args.batch_max_records,
@@ -677,6 +680,21 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         profile_dir=Path(args.profile) if args.profile else None,
     )
     return bench.main(settings, cfg, as_json=args.json)
+
+
+def _rate(raw: str | None) -> tuple[float | None, float | None]:
+    """`--rate`: (records/s, None), (None, 0.5) for `half`, or (None, None): a backlog."""
+    if raw is None:
+        return None, None
+    if raw.strip().lower() == "half":
+        return None, 0.5
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ConfigError("--rate", f"expected records/s or 'half', got {raw!r}") from None
+    if not rate > 0 or rate == float("inf"):
+        raise ConfigError("--rate", f"must be a positive number of records/s, not {raw!r}")
+    return rate, None
 
 
 def _span(option: str, raw: str) -> tuple[int, int]:

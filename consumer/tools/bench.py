@@ -37,8 +37,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class BenchConfig:
     partitions: int = 4
     consumers: int = 2
     rate: float | None = None  # records/s; None = backlog (produce first, then drain)
+    # Instead of a fixed rate: each round first drains a backlog with the pipeline (its
+    # maximum rate on this host, now) and runs the modes at this fraction of that rate.
+    rate_of_max: float | None = None
     modes: tuple[str, ...] = DEFAULT_MODES
     messages_per_webhook: tuple[int, int] = (1, 1)  # each record holds lo..hi messages
     per_message_records: int = 5_000
@@ -96,6 +99,7 @@ class ModeResult:
     # CPU microseconds per record: "consumers", "database", "redis", "broker".
     cpu_us_per_record: dict[str, float] = field(default_factory=dict)
     round: int = 1
+    rate: float | None = None  # the records/s it was produced at; None = a backlog
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -407,6 +411,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         consumers=stats,
         counts=counts,
         profile=top_functions(cfg.profile_dir, tag) if cfg.profile_dir else [],
+        rate=cfg.rate,
         cpu_us_per_record={
             "consumers": round(sum(c.cpu_s for c in stats) / n * 1e6, 1),
             **{k: round(v / n * 1e6, 1) for k, v in services_used.items()},
@@ -474,18 +479,35 @@ def main(base: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
         try:
             settings = _services(base, cfg, work, services)
             migrate.upgrade(settings.database_url)
-            results = []
-            for n in range(1, cfg.rounds + 1):
-                for mode in cfg.modes:
-                    result = asyncio.run(run_mode(mode, settings, cfg, work))
-                    result.round = n
-                    results.append(result)
+            results = run_rounds(
+                cfg, lambda mode, c: asyncio.run(run_mode(mode, settings, c, work))
+            )
         finally:
             for s in reversed(services):
                 s.stop()
     report = _report(results, settings, cfg)
     print(json.dumps(report, indent=2) if as_json else _text(report), flush=True)
     return 0
+
+
+def run_rounds(cfg: BenchConfig, run: Callable[[str, BenchConfig], ModeResult]) -> list[ModeResult]:
+    """Every mode, round after round. With `rate_of_max`, a round starts with the
+    pipeline draining a backlog, and its modes run at that fraction of the rate it
+    reached: "p99 at half the maximum rate" measured against the maximum of the same
+    host at the same time, not a figure carried over from another run."""
+    results = []
+    for n in range(1, cfg.rounds + 1):
+        round_cfg = cfg
+        if cfg.rate_of_max is not None:
+            top = run("pipeline", replace(cfg, rate=None))
+            top.round = n
+            results.append(top)
+            round_cfg = replace(cfg, rate=max(1.0, round(top.records_per_s * cfg.rate_of_max)))
+        for mode in cfg.modes:
+            result = run(mode, round_cfg)
+            result.round = n
+            results.append(result)
+    return results
 
 
 def _services(
@@ -513,7 +535,9 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
     """The runs, and each ratio: taken within each round, the median over the rounds."""
     per_round: dict[str, list[float]] = {}
     for n in sorted({r.round for r in results}):
-        for name, value in _ratios({r.mode: r for r in results if r.round == n}).items():
+        # Within a round, the runs of the configured kind (not a rate_of_max's backlog).
+        runs = {r.mode: r for r in results if r.round == n and r.rate == cfg.rate}
+        for name, value in _ratios(runs).items():
             per_round.setdefault(name, []).append(value)
     return {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -543,6 +567,12 @@ def _ratios(by_mode: dict[str, ModeResult]) -> dict[str, float]:
     return ratios
 
 
+def _load(cfg: dict[str, Any]) -> str:
+    if cfg["rate_of_max"] is not None:
+        return f"backlog, then {cfg['rate_of_max']:g} of the pipeline's backlog rate"
+    return "backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"
+
+
 def _text(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lo, hi = cfg["messages_per_webhook"]
@@ -550,14 +580,14 @@ def _text(report: dict[str, Any]) -> str:
     rounds = cfg["rounds"] > 1
 
     def label(m: dict[str, Any]) -> str:
-        return f"{m['mode']}#{m['round']}" if rounds else str(m["mode"])
+        at = f"@{m['rate']:.0f}/s" if m["rate"] is not None and m["rate"] != cfg["rate"] else ""
+        return f"{m['mode']}{at}#{m['round']}" if rounds else f"{m['mode']}{at}"
 
     width = max([13, *(len(label(m)) + 2 for m in report["modes"])])
     lines = [
         f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
         f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
-        f"{cfg['consumers']} consumers, database {cfg['database']}, "
-        + ("backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"),
+        f"{cfg['consumers']} consumers, database {cfg['database']}, " + _load(cfg),
         "",
         f"{'mode':<{width}}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
         f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",

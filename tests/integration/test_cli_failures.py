@@ -147,6 +147,9 @@ async def test_migrate_says_which_revision_it_reached(tmp_path: Path) -> None:
         (["topics", "create", "--partitions", "0"], ["--partitions"]),
         (["broker", "--port", "70000"], ["--port"]),
         (["bench", "--rounds", "0"], ["--rounds", "at least 1"]),
+        (["bench", "--rate", "fast"], ["--rate", "records/s or 'half'"]),
+        (["bench", "--rate", "0"], ["--rate", "positive"]),
+        (["bench", "--rate", "nan"], ["--rate", "positive"]),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) and v and v[0][0] != "-" else None,
 )

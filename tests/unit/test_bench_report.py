@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumer.settings import Settings
-from consumer.tools.bench import BenchConfig, ModeResult, ProcStats, _report, _text
+from consumer.tools.bench import BenchConfig, ModeResult, ProcStats, _report, _text, run_rounds
 
 
 def _run(mode: str, records_per_s: float, n: int) -> ModeResult:
@@ -46,3 +46,37 @@ def test_one_round_reads_as_before() -> None:
     text = _text(report)
     assert "pipeline / pass-through (records/s): 0.6\n" in text + "\n"
     assert "#1" not in text
+
+
+def test_rate_half_runs_each_round_at_half_the_backlog_rate_it_just_measured() -> None:
+    """`--rate half`: the maximum is the pipeline's backlog rate of the same round."""
+    backlog = iter([9000.0, 7000.0])
+    calls: list[tuple[str, float | None]] = []
+
+    def run(mode: str, cfg: BenchConfig) -> ModeResult:
+        calls.append((mode, cfg.rate))
+        speed = next(backlog) if cfg.rate is None else cfg.rate
+        result = _run(mode, speed, 0)
+        result.rate = cfg.rate
+        return result
+
+    cfg = BenchConfig(modes=("pipeline",), rounds=2, rate_of_max=0.5)
+    results = run_rounds(cfg, run)
+    assert calls == [("pipeline", None), ("pipeline", 4500), ("pipeline", None), ("pipeline", 3500)]
+    assert [r.round for r in results] == [1, 1, 2, 2]
+    text = _text(_report(results, Settings(), cfg))
+    assert "backlog, then 0.5 of the pipeline's backlog rate" in text
+    assert "pipeline@4500/s#1" in text
+    assert "pipeline@3500/s#2" in text
+    assert "pipeline#1 " in text  # the backlog run, unmarked
+
+
+def test_rates_at_a_fixed_rate_keep_their_ratios_and_labels() -> None:
+    runs = [_run("pipeline", 6000, 1), _run("pass-through", 6000, 1)]
+    for r in runs:
+        r.rate = 6000
+    cfg = BenchConfig(modes=("pipeline", "pass-through"), rate=6000)
+    text = _text(_report(runs, Settings(), cfg))
+    assert "rate 6000 records/s" in text
+    assert "@" not in text
+    assert "pipeline / pass-through (records/s): 1.0" in text
