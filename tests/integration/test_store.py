@@ -682,3 +682,43 @@ async def test_the_fence_is_the_only_unique_index_and_the_downgrade_restores_the
         assert {i for i, _ in ids} == {MessageKey("111", w).message_id for _, w in ids}
     finally:
         await s.close()
+
+
+async def test_warm_prepares_the_batch_statements_on_every_pool_connection_and_writes_nothing(
+    postgres_url: str,
+) -> None:
+    """A member warms its pool at start (docs/operations.md): each of the pool's
+    connections is open and has the messages insert, the outbox insert and the outbox
+    delete prepared, so a first batch does not pay for them; nothing is left behind."""
+    size = 3
+    store = Store(create_engine(postgres_url, pool_size=size, timeout_s=10))
+    try:
+        await store.warm(size, claim_for=dt.timedelta(seconds=30))
+        assert store.engine.pool.checkedin() == size  # type: ignore[attr-defined]
+        conns = [await store.engine.connect() for _ in range(size)]
+        try:
+            for conn in conns:
+                prepared = (
+                    await conn.execute(sa.text("SELECT statement FROM pg_prepared_statements"))
+                ).scalars()
+                text = " ".join(prepared).lower()
+                assert "insert into messages" in text
+                assert "insert into outbox" in text
+                assert "delete from outbox" in text
+        finally:
+            for conn in conns:
+                await conn.close()
+        assert store.engine.pool.checkedin() == size  # type: ignore[attr-defined]
+        assert not await _row_counts(store)
+        assert not await _outbox_rows(store)
+    finally:
+        await store.close()
+
+
+async def test_warm_skips_sqlite(sqlite_url: str) -> None:
+    store = Store(create_engine(sqlite_url, pool_size=1, timeout_s=10))
+    try:
+        await store.warm(3, claim_for=dt.timedelta(seconds=30))
+        assert not await _outbox_rows(store)
+    finally:
+        await store.close()
