@@ -95,6 +95,39 @@ async def test_a_database_that_does_not_exist_is_told_apart(pg_admin_url: str) -
     assert ran.lines[-1].startswith("wamid-guard run:")
 
 
+async def test_run_as_a_role_that_may_not_write_fails_at_start(postgres_url: str) -> None:
+    """The member prepares a batch's writes on its pool at start (rolled back): a role
+    that may read the tables but not write them is told at start, naming the setting
+    and in the database's words, instead of failing every batch later."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from consumer.store import create_engine
+
+    role = f"wg_ro_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_url, pool_size=1, timeout_s=10)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        await conn.execute(sa.text(f"GRANT SELECT ON messages, outbox TO {role}"))
+    try:
+        url = make_url(postgres_url).set(username=role, password=None)
+        env = {"DATABASE_URL": url.render_as_string(False), "METRICS_PORT": "0"}
+        ran = await cli("run", env=env)
+        assert ran.code == 1, ran
+        assert "Traceback" not in ran.err
+        last = ran.lines[-1]
+        assert last.startswith(f"wamid-guard run: database at DATABASE_URL={env['DATABASE_URL']}:")
+        assert "permission denied" in last, ran.err
+        assert '"service.start_failed"' in ran.err
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f"REVOKE ALL ON messages, outbox FROM {role}"))
+            await conn.execute(sa.text(f"DROP ROLE {role}"))
+        await admin.dispose()
+
+
 async def test_run_on_a_database_not_migrated_says_migrate(tmp_path: Path) -> None:
     """A database that is there but has no tables: run says to migrate, exit 1, and the
     clean-stop line (service.stopped) is not logged for a start that failed."""
