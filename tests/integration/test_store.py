@@ -721,3 +721,51 @@ async def test_warm_skips_sqlite(sqlite_url: str) -> None:
         assert not await _outbox_rows(store)
     finally:
         await store.close()
+
+
+async def _backend_pid(store: Store) -> int:
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(url: str, pid: int) -> None:
+    other = create_engine(url, pool_size=1, timeout_s=10)
+    try:
+        async with other.connect() as conn:
+            await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        await other.dispose()
+    await asyncio.sleep(0.2)
+
+
+async def test_a_connection_idle_past_the_ping_threshold_is_pinged_and_replaced(
+    postgres_url: str, monkeypatch: MonkeyPatch
+) -> None:
+    """The database closed a pooled connection while it sat idle (a restart, a proxy's
+    idle timeout): the next checkout pings it, and hands out a new one instead."""
+    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_S", 0.0)
+    store = Store(create_engine(postgres_url, pool_size=1, timeout_s=10))
+    try:
+        first = await _backend_pid(store)
+        await _terminate(postgres_url, first)
+        assert await _backend_pid(store) != first  # no error: replaced at checkout
+    finally:
+        await store.close()
+
+
+async def test_a_connection_used_moments_ago_is_not_pinged(
+    postgres_url: str, monkeypatch: MonkeyPatch
+) -> None:
+    """Under load no checkout pays a ping (three round trips on asyncpg): a connection
+    that broke within PING_AFTER_IDLE_S fails its statement once (the batch is retried),
+    and the pool replaces it for the next."""
+    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_S", 3600.0)
+    store = Store(create_engine(postgres_url, pool_size=1, timeout_s=10))
+    try:
+        first = await _backend_pid(store)
+        await _terminate(postgres_url, first)
+        with pytest.raises(sa.exc.DBAPIError):
+            await _backend_pid(store)
+        assert await _backend_pid(store) != first
+    finally:
+        await store.close()
