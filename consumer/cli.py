@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -692,7 +693,7 @@ def _rate(raw: str | None) -> tuple[float | None, float | None]:
         rate = float(raw)
     except ValueError:
         raise ConfigError("--rate", f"expected records/s or 'half', got {raw!r}") from None
-    if not rate > 0 or rate == float("inf"):
+    if not (math.isfinite(rate) and rate > 0):
         raise ConfigError("--rate", f"must be a positive number of records/s, not {raw!r}")
     return rate, None
 

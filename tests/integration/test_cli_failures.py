@@ -183,6 +183,7 @@ async def test_migrate_says_which_revision_it_reached(tmp_path: Path) -> None:
         (["bench", "--rate", "fast"], ["--rate", "records/s or 'half'"]),
         (["bench", "--rate", "0"], ["--rate", "positive"]),
         (["bench", "--rate", "nan"], ["--rate", "positive"]),
+        (["bench", "--rate", "inf"], ["--rate", "positive"]),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) and v and v[0][0] != "-" else None,
 )
