@@ -114,7 +114,7 @@ async def _check_database(store: Store, settings: Settings) -> None:
             # release is "not migrated" too, not a failure of every batch later.
             await conn.execute(sa.text("SELECT outbox_id FROM messages WHERE 1 = 0"))
             await conn.execute(sa.text("SELECT id, events FROM outbox WHERE 1 = 0"))
-        # Every pool connection opened, the batch's statements prepared on each.
+        # Every pool connection opened, a save's statements prepared on each.
         await store.warm(settings.db_pool_size, claim_for=publish_claim(settings))
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"database at DATABASE_URL={url}: {database_problem(exc)}") from exc

@@ -729,13 +729,17 @@ async def _backend_pid(store: Store) -> int:
 
 
 async def _terminate(url: str, pid: int) -> None:
+    """End the backend `pid` and wait until it has exited (PostgreSQL 14+), so that the
+    pooled connection is closed before the caller uses it, not after a guessed sleep."""
     other = create_engine(url, pool_size=1, timeout_s=10)
     try:
         async with other.connect() as conn:
-            await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            ended = await conn.execute(
+                sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}
+            )
+            assert ended.scalar_one() is True
     finally:
         await other.dispose()
-    await asyncio.sleep(0.2)
 
 
 async def test_a_connection_idle_past_the_ping_threshold_is_pinged_and_replaced(
