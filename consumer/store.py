@@ -36,10 +36,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiosqlite
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -146,7 +149,7 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
-            connect_args={"timeout": timeout_s},
+            async_creator=_sqlite_connector(url, timeout_s),
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
             hide_parameters=True,
@@ -167,6 +170,37 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
     sa.event.listen(engine.sync_engine, "checkin", _checked_in)
     sa.event.listen(engine.sync_engine, "checkout", _ping_if_idle)
     return engine
+
+
+def _sqlite_connector(url: str, timeout_s: float) -> Callable[[], Any]:
+    """Open aiosqlite connections as SQLAlchemy would, except when opening fails.
+
+    aiosqlite runs each connection on a worker thread. When the file cannot be opened it
+    raises at once and only then queues the thread's stop, whose result the thread posts
+    back to this event loop. A command that fails on that error (`migrate` of a missing
+    folder) leaves its loop and exits before the thread has run: the thread meets a
+    closed loop, prints a traceback from inside interpreter shutdown, and CPython aborts
+    the process (exit -6 instead of 1, seen once in CI). So a failed open waits, bounded,
+    for the thread to finish before the error goes on."""
+    args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
+    kwargs["timeout"] = timeout_s
+
+    async def connect() -> aiosqlite.Connection:
+        connection = aiosqlite.connect(*args, **kwargs)
+        # As SQLAlchemy's own connect does: a connection nobody closed must not keep
+        # the process from exiting.
+        worker = connection._thread
+        worker.daemon = True
+        try:
+            return await connection
+        except BaseException:
+            await asyncio.to_thread(worker.join, _SQLITE_STOP_WAIT_S)
+            raise
+
+    return connect
+
+
+_SQLITE_STOP_WAIT_S = 5.0
 
 
 # A connection idle longer than this is pinged when taken from the pool (and replaced if

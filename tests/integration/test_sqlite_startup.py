@@ -87,3 +87,49 @@ def test_a_wal_file_needs_no_switch(tmp_path: Path) -> None:
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def _sqlite_workers() -> list[threading.Thread]:
+    return [
+        t for t in threading.enumerate() if "_connection_worker_thread" in t.name and t.is_alive()
+    ]
+
+
+def test_a_failed_open_leaves_no_worker_thread_behind(tmp_path: Path) -> None:
+    # aiosqlite queues its worker thread's stop only after the failed open has raised; a
+    # command that exits on that error (migrate of a missing folder) used to leave the
+    # thread to meet a closed event loop during interpreter shutdown, and CPython aborted
+    # the process (exit -6 instead of 1). The error must come only once the thread is gone.
+    url = f"sqlite+aiosqlite:///{tmp_path}/no/such/folder/wg.db"
+
+    async def main() -> None:
+        for _ in range(20):
+            engine = create_engine(url, pool_size=1, timeout_s=5.0)
+            try:
+                with pytest.raises(sa.exc.OperationalError, match="unable to open"):
+                    async with engine.connect():
+                        pass
+                assert _sqlite_workers() == []
+            finally:
+                await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_the_url_options_still_reach_sqlite(tmp_path: Path) -> None:
+    # The engine opens connections itself (above); a URI with mode=ro must still be read-only.
+    path = tmp_path / "wg.db"
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
+    url = f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"
+
+    async def main() -> None:
+        engine = create_engine(url, pool_size=1, timeout_s=5.0)
+        try:
+            async with engine.connect() as conn:
+                assert (await conn.execute(sa.text("SELECT count(*) FROM messages"))).scalar() == 0
+                with pytest.raises(sa.exc.OperationalError, match="readonly"):
+                    await conn.execute(sa.text("DELETE FROM messages"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
