@@ -524,14 +524,7 @@ class Store:
         held too, and their retry (or the relay) takes them."""
         if not keys:
             return OutboxClaim((), ()), frozenset()
-        row_of: dict[MessageKey, str] = {}
-        pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
-        for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
-            found = sa.select(
-                messages.c.phone_number_id, messages.c.source_id, messages.c.outbox_id
-            ).where(pair.in_(chunk), messages.c.outbox_id.is_not(None))
-            for r in (await conn.execute(found)).all():
-                row_of[MessageKey(r[0], r[1])] = r[2]
+        row_of = await (_outbox_of_sqlite if self._sqlite else _outbox_of_pg)(conn, keys)
         row_ids = sorted(set(row_of.values()))
         if not row_ids:  # every conflict was announced already
             return OutboxClaim((), ()), frozenset()
@@ -630,6 +623,48 @@ ON CONFLICT DO NOTHING
 RETURNING phone_number_id, source_id
 """
 )
+
+
+# The outbox rows of a batch's conflicting keys, the keys bound as two arrays: one index
+# lookup per key whatever PostgreSQL believes of the table. A row-value IN list, as on
+# SQLite below, was planned from the table's statistics: on a table that had just grown
+# under one phone_number_id (the usual shape: a business has a few numbers) PostgreSQL
+# scanned every row of that number and tested each against the whole list, 300 ms per
+# 450 keys on 36,000 rows, where this takes 2 ms.
+_OUTBOX_OF_PG = sa.text(
+    """
+SELECT m.phone_number_id, m.source_id, m.outbox_id
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:source_id AS text[]))
+    AS k(phone_number_id, source_id)
+JOIN messages m ON m.phone_number_id = k.phone_number_id AND m.source_id = k.source_id
+WHERE m.outbox_id IS NOT NULL
+"""
+)
+
+
+async def _outbox_of_pg(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
+    """The outbox row of each of these keys that has one (an unannounced message)."""
+    found = await conn.execute(
+        _OUTBOX_OF_PG,
+        {
+            "phone_number_id": [k.phone_number_id for k in keys],
+            "source_id": [k.wamid for k in keys],
+        },
+    )
+    return {MessageKey(r[0], r[1]): r[2] for r in found.all()}
+
+
+async def _outbox_of_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
+    """As _outbox_of_pg, in chunks of a row-value IN list (SQLite binds no arrays)."""
+    row_of: dict[MessageKey, str] = {}
+    pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
+    for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
+        found = sa.select(
+            messages.c.phone_number_id, messages.c.source_id, messages.c.outbox_id
+        ).where(pair.in_(chunk), messages.c.outbox_id.is_not(None))
+        for r in (await conn.execute(found)).all():
+            row_of[MessageKey(r[0], r[1])] = r[2]
+    return row_of
 
 
 # mark_published on PostgreSQL: the rows locked in id order first (see _locked_in_order),
