@@ -625,12 +625,14 @@ RETURNING phone_number_id, source_id
 )
 
 
-# The outbox rows of a batch's conflicting keys, the keys bound as two arrays: one index
-# lookup per key whatever PostgreSQL believes of the table. A row-value IN list, as on
-# SQLite below, was planned from the table's statistics: on a table that had just grown
-# under one phone_number_id (the usual shape: a business has a few numbers) PostgreSQL
-# scanned every row of that number and tested each against the whole list, 300 ms per
-# 450 keys on 36,000 rows, where this takes 2 ms.
+# The outbox rows of a batch's conflicting keys, the keys bound as two arrays and joined
+# on the fence's columns: PostgreSQL reads each row of the table at most once (an index
+# lookup per key, or, if it believes the table small, one scan joined by hash), in one
+# statement for any number of keys. A row-value IN list, as on SQLite below, was planned
+# from the table's statistics too, but on a table that had just grown under one
+# phone_number_id (the usual shape: a business has a few numbers) PostgreSQL read every
+# row of that number and tested each against the whole list: 286 ms per 450 keys on
+# 36,000 rows, where this takes 1.7 ms.
 _OUTBOX_OF_PG = sa.text(
     """
 SELECT m.phone_number_id, m.source_id, m.outbox_id
