@@ -270,6 +270,11 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        # The same pool, for one-statement writes that need no transaction around them:
+        # a statement is atomic by itself, and BEGIN and COMMIT would be two more round
+        # trips (on asyncpg the mode is a flag of the driver's connection, set and reset
+        # at checkout and checkin without a round trip).
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = sqlite.insert if self._sqlite else postgresql.insert
 
     @property
@@ -342,10 +347,11 @@ class Store:
         if not outbox_ids:
             return
         try:
-            async with self._engine.begin() as conn:
-                if not self._sqlite:  # the ids as one array parameter
+            if not self._sqlite:  # one statement, the ids as one array parameter
+                async with self._autocommit.connect() as conn:
                     await conn.execute(_DELETE_PG, {"ids": list(outbox_ids)})
-                    return
+                return
+            async with self._engine.begin() as conn:
                 for chunk in _chunks(sorted(outbox_ids)):
                     await conn.execute(
                         sa.delete(outbox).where(outbox.c.id.in_(_locked_in_order(chunk)))

@@ -513,6 +513,34 @@ async def test_outbox_rows_are_locked_in_id_order(postgres_url: str, operation: 
         await store.close()
 
 
+async def test_the_outbox_delete_is_one_statement_without_a_transaction(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL marking rows published is one DELETE sent on its own (atomic by
+    itself): no BEGIN and COMMIT around it, two round trips fewer after every batch. The
+    pool's connection goes back as it was: the next save on it is a transaction again."""
+    store = Store(create_engine(postgres_url, pool_size=1, timeout_s=10))
+    seen: list[tuple[str, bool]] = []
+
+    def after(conn: sa.Connection, _cursor: object, statement: str, *_rest: object) -> None:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        seen.append((statement.split()[0], driver.is_in_transaction()))
+
+    try:
+        first = await store.save(_pending("111", "wamid.A", "wamid.B"))
+        sa.event.listen(store.engine.sync_engine, "after_cursor_execute", after)
+        await store.mark_published(first.outbox_ids)
+        await store.save(_pending("111", "wamid.C"))
+        assert seen[0] == ("DELETE", False), seen
+        assert [s for s in seen[1:] if s[0] == "INSERT"], seen
+        assert all(in_transaction for _, in_transaction in seen[1:]), seen
+        assert await _outbox_rows(store) != {}, "the second save's row is there"
+        assert not set(first.outbox_ids) & set(await _outbox_rows(store))
+    finally:
+        await store.close()
+
+
 CLAIM_ROUNDS = 12
 
 
