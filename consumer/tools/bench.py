@@ -555,7 +555,28 @@ def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> 
         "modes": [asdict(r) for r in results],
         "ratios": {name: round(statistics.median(values), 3) for name, values in per_round.items()},
         "ratios_per_round": per_round,
+        "latency": _latency_over_rounds(results),
     }
+
+
+def _latency_over_rounds(results: list[ModeResult]) -> dict[str, dict[str, Any]]:
+    """Per mode, the tail latencies of its runs at a rate (a backlog's latency is the
+    time to drain it), round by round, and their median: one round's tail can be one
+    stall of the host (a disk flush under every database session at once), so a target
+    is read off the median and every round is shown beside it."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in dict.fromkeys(r.mode for r in results):
+        runs = [r for r in results if r.mode == mode and r.rate is not None and r.latency_ms]
+        if not runs:
+            continue
+        out[mode] = {
+            q: {
+                "median": statistics.median(r.latency_ms[q] for r in runs),
+                "rounds": [r.latency_ms[q] for r in runs],
+            }
+            for q in ("p99", "p99.9")
+        }
+    return out
 
 
 def _ratios(by_mode: dict[str, ModeResult]) -> dict[str, float]:
@@ -626,6 +647,13 @@ def _text(report: dict[str, Any]) -> str:
             if rounds
             else f"{name}: {value}"
         )
+    for mode, tails in report.get("latency", {}).items():
+        for q, v in tails.items():
+            each = ", ".join(f"{x:.0f}" for x in v["rounds"])
+            lines.append(
+                f"{mode} {q} latency at a rate: {v['median']:.0f} ms"
+                + (f" (median of {len(v['rounds'])} rounds: {each})" if rounds else "")
+            )
     for m in report["modes"]:
         if m["profile"]:
             lines += ["", f"{label(m)}: top functions by self time (% of samples)"]

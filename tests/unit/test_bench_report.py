@@ -71,6 +71,33 @@ def test_rate_half_runs_each_round_at_half_the_backlog_rate_it_just_measured() -
     assert "pipeline#1 " in text  # the backlog run, unmarked
 
 
+def test_tail_latency_is_reported_per_round_and_as_the_median_of_runs_at_a_rate() -> None:
+    """A backlog's latency is the time to drain it: only the runs at a rate count."""
+    results = []
+    for n, (p99, p999) in enumerate([(61.0, 131.0), (130.0, 175.0), (65.0, 69.0)], start=1):
+        backlog = _run("pipeline", 20000, n)
+        backlog.latency_ms = {"p99": 14000.0, "p99.9": 14500.0}
+        at_rate = _run("pipeline", 10000, n)
+        at_rate.rate = 10000
+        at_rate.latency_ms = {"p99": p99, "p99.9": p999}
+        results += [backlog, at_rate]
+    cfg = BenchConfig(modes=("pipeline",), rounds=3, rate_of_max=0.5)
+    report = _report(results, Settings(), cfg)
+    assert report["latency"]["pipeline"]["p99"] == {"median": 65.0, "rounds": [61.0, 130.0, 65.0]}
+    assert report["latency"]["pipeline"]["p99.9"]["median"] == 131.0
+    text = _text(report)
+    assert "pipeline p99 latency at a rate: 65 ms (median of 3 rounds: 61, 130, 65)" in text
+    assert "pipeline p99.9 latency at a rate: 131 ms" in text
+
+
+def test_a_backlog_alone_reports_no_tail_latency() -> None:
+    runs = [_run("pipeline", 6000, 1)]
+    runs[0].latency_ms = {"p99": 9000.0, "p99.9": 9100.0}
+    report = _report(runs, Settings(), BenchConfig(modes=("pipeline",)))
+    assert report["latency"] == {}
+    assert "latency at a rate" not in _text(report)
+
+
 def test_rates_at_a_fixed_rate_keep_their_ratios_and_labels() -> None:
     runs = [_run("pipeline", 6000, 1), _run("pass-through", 6000, 1)]
     for r in runs:
