@@ -26,7 +26,7 @@ import structlog
 
 from consumer import logs
 from consumer.errors import ConfigError, WamidGuardError
-from consumer.settings import Settings
+from consumer.settings import DEFAULT_BATCH_MAX_RECORDS, Settings
 
 if TYPE_CHECKING:
     from consumer.wiring import FlowFactory
@@ -418,7 +418,12 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=5_000,
         help="records for the (slow) per-message mode",
     )
-    bench.add_argument("--batch-max-records", type=int, default=500)
+    bench.add_argument(
+        "--batch-max-records",
+        type=int,
+        default=DEFAULT_BATCH_MAX_RECORDS,
+        help="BATCH_MAX_RECORDS of the members (default: the service's own)",
+    )
     bench.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
     bench.add_argument("--timeout", type=float, default=900.0, help="per mode, seconds")
     bench.add_argument(

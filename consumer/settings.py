@@ -33,6 +33,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
+# Records per batch: each batch pays its round trips and one outbox row whatever its
+# size, so a backlog goes faster in larger ones (docs/benchmarks.md, round seven).
+DEFAULT_BATCH_MAX_RECORDS = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service needs to know, validated.
@@ -57,7 +62,7 @@ class Settings:
     # Meta retries a webhook for up to 7 days; the done marker outlives that.
     done_ttl_s: float = 8 * 24 * 3600.0
 
-    batch_max_records: int = 500
+    batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS
     # Batches one member runs at once, each of its own partitions (1: one at a time).
     max_inflight_batches: int = 4
     poll_timeout_s: float = 0.5

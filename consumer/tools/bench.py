@@ -48,7 +48,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 from consumer import migrate
-from consumer.settings import Settings
+from consumer.settings import DEFAULT_BATCH_MAX_RECORDS, Settings
 from consumer.store import create_engine, messages
 from consumer.tools import embedded, members, topics
 
@@ -69,7 +69,7 @@ class BenchConfig:
     modes: tuple[str, ...] = DEFAULT_MODES
     messages_per_webhook: tuple[int, int] = (1, 1)  # each record holds lo..hi messages
     per_message_records: int = 5_000
-    batch_max_records: int = 500
+    batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS  # the service's default
     bootstrap: str | None = None
     timeout_s: float = 900.0
     profile_dir: Path | None = None  # py-spy each consumer into this folder
