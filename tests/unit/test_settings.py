@@ -217,6 +217,20 @@ def test_smallest_and_largest_legal_values_are_accepted() -> None:
     Settings.from_env({"MAX_PENDING_RECORDS": "1", "BATCH_MAX_RECORDS": "1"})
 
 
+def test_the_default_batch_shrinks_to_a_lower_pending_limit() -> None:
+    """BATCH_MAX_RECORDS defaults to 1000 (it was 500): a MAX_PENDING_RECORDS set lower,
+    alone, makes the default batch that size, so a configuration that started with the
+    old default still starts; both set and contradicting each other still fail."""
+    assert Settings.from_env({}).batch_max_records == 1000
+    assert Settings.from_env({"MAX_PENDING_RECORDS": "600"}).batch_max_records == 600
+    assert Settings.from_env({"MAX_PENDING_RECORDS": "1"}).batch_max_records == 1
+    assert Settings.from_env({"MAX_PENDING_RECORDS": "8000"}).batch_max_records == 1000
+    with pytest.raises(ConfigError, match="MAX_PENDING_RECORDS"):
+        Settings.from_env({"MAX_PENDING_RECORDS": "600", "BATCH_MAX_RECORDS": "1000"})
+    with pytest.raises(ConfigError, match="MAX_PENDING_RECORDS"):
+        Settings.from_env({"MAX_PENDING_RECORDS": "0"})
+
+
 def test_whitespace_only_app_secret_is_refused_not_ignored() -> None:
     """WHATSAPP_APP_SECRET set to blanks would silently turn the signature check off: it
     is refused at start, naming the variable and never the value; an empty one is
