@@ -120,8 +120,12 @@ class Settings:
             if raw.strip() == "":
                 continue
             values[f.name] = _parse(name, raw.strip(), _kind(f.default))
-        pending = values.get("max_pending_records", DEFAULT_BATCH_MAX_RECORDS)
-        if "batch_max_records" not in values and 1 <= pending < DEFAULT_BATCH_MAX_RECORDS:
+        pending = values.get("max_pending_records")
+        if (
+            "batch_max_records" not in values
+            and pending is not None
+            and 1 <= pending < DEFAULT_BATCH_MAX_RECORDS
+        ):
             # A batch never holds more than the pending limit: with only that set (as
             # when the default batch was 500), the default batch shrinks to it, instead
             # of a configuration that started before failing now.
