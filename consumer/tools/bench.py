@@ -647,7 +647,7 @@ def _text(report: dict[str, Any]) -> str:
             if rounds
             else f"{name}: {value}"
         )
-    for mode, tails in report.get("latency", {}).items():
+    for mode, tails in report["latency"].items():
         for q, v in tails.items():
             each = ", ".join(f"{x:.0f}" for x in v["rounds"])
             lines.append(
