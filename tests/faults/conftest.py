@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 
 from consumer.settings import Settings
 from consumer.tools import embedded
+from consumer.tools.services import PostgresServer
 from tests.faults.harness import FaultRun, Profile
-from tests.support.pgserver import PostgresServer
 from tests.support.procs import ConsumerGroup
 from tests.support.proxy import ThreadedProxy
 
