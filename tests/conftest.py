@@ -72,11 +72,11 @@ def _uncached_loggers() -> Iterator[None]:
             logger.__dict__.pop("bind", None)
 
 
-def _service(name: str) -> Iterator[str]:
+def _service(name: str, *, reuse: bool = True) -> Iterator[str]:
     """The service `name` for the session: the one answering at its TEST_* address, else
     one of our own (stopped when the session ends)."""
     try:
-        handle = services.ensure(name, own_port=True)
+        handle = services.ensure(name, own_port=True, reuse=reuse)
     except services.ServiceUnavailable as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI=true and {name} cannot be had here: {exc}", pytrace=False)
@@ -89,8 +89,9 @@ def _service(name: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tansu_bootstrap() -> Iterator[str]:
-    """Tansu, the embedded default broker."""
-    yield from _service("tansu")
+    """Tansu, the embedded default broker: our own unless TEST_TANSU_BOOTSTRAP names one
+    (a broker on its default port, 9092, may be a person's, or the README test's)."""
+    yield from _service("tansu", reuse=bool(os.environ.get("TEST_TANSU_BOOTSTRAP")))
 
 
 @pytest.fixture(scope="session")

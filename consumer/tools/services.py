@@ -675,15 +675,17 @@ class Handle:
             self.running.stop()
 
 
-def ensure(name: str, addresses: Addresses | None = None, *, own_port: bool = False) -> Handle:
-    """The service `name` at its configured address if one answers there; else one we
-    start on loopback: on the configured port, or on a free one with `own_port` (tests,
-    so that two runs on one machine never share what the other stops)."""
+def ensure(
+    name: str, addresses: Addresses | None = None, *, own_port: bool = False, reuse: bool = True
+) -> Handle:
+    """The service `name` at its configured address if one answers there (and `reuse`);
+    else one we start on loopback: on the configured port, or on a free one with
+    `own_port` (tests, so that two runs on one machine never share what the other stops)."""
     if name not in NAMES:
         raise ConfigError("services", f"unknown service {name!r}; one of {NAMES}")
     addresses = addresses or Addresses.from_env()
     address = addresses.address(name)
-    if answers(name, address):
+    if reuse and answers(name, address):
         return Handle(Running(name, address, started=False, how="already answering"))
     setting = Addresses.ENV[name]
     host, port = _host_port(address, setting)
@@ -730,6 +732,10 @@ def ensure(name: str, addresses: Addresses | None = None, *, own_port: bool = Fa
 
 
 def state_path() -> Path:
+    """What `up` started, for `down`: WAMID_GUARD_SERVICES_STATE, else in the cache. A
+    script that must stop only what it started itself (.ci/run) gives its own file."""
+    if given := os.environ.get("WAMID_GUARD_SERVICES_STATE"):
+        return Path(given)
     return cache_dir() / "services" / "state.json"
 
 
