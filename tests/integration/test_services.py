@@ -106,14 +106,19 @@ def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
     assert "is not kafka" in done.stderr
 
 
+def _cannot_run(why: str) -> None:
+    """Skip, saying why; under CI a failure instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and Apache Kafka cannot run here: {why}", pytrace=False)
+    pytest.skip(why)
+
+
 def _kafka_or_skip(nodes: int) -> services.KafkaCluster:
     try:
-        cluster = services.KafkaCluster(nodes)
+        return services.KafkaCluster(nodes)
     except services.ServiceUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and Apache Kafka cannot run here: {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    return cluster
+        _cannot_run(str(exc))
+        raise
 
 
 async def test_a_three_node_cluster_keeps_writing_with_a_node_killed() -> None:
@@ -181,3 +186,46 @@ def test_without_java_the_apache_runs_skip_or_fail_under_ci(
     else:
         assert done.returncode == 0, said
         assert "1 skipped" in said, said
+
+
+def test_the_bench_runs_on_apache_kafka(tmp_path: Path, redis_url: str) -> None:
+    """`bench --broker apache` starts Apache Kafka for the run (through the services
+    module), drains its records through the pipeline, and stops the broker again."""
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "WAMID_GUARD_SERVICES_STATE": str(tmp_path / "state.json"),
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    env.pop("DATABASE_URL", None)  # a SQLite file of the bench's own
+    before = _kafka_processes()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "consumer", "bench", "--broker", "apache", "--json",
+            "--records", "3000", "--modes", "pipeline", "--consumers", "1", "--timeout", "120",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if "needs `java` on PATH" in done.stderr or "needs `mvn` on PATH" in done.stderr:
+        _cannot_run(done.stderr.strip())
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["config"]["broker"] == "apache"
+    (run,) = report["modes"]
+    assert run["counts"]["records"] == 3000
+    assert run["counts"]["stored"] == run["counts"]["rows"] == run["unique_messages"]
+    assert run["counts"]["events"] == run["unique_messages"]
+    assert run["cpu_us_per_record"]["broker"] > 0, "the JVM's CPU is read as the broker's"
+    assert _kafka_processes() == before, "the bench's broker is stopped"
+
+
+def _kafka_processes() -> set[int]:
+    """The Apache Kafka JVMs running on this machine."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"kafka.Kafka" in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
