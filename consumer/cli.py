@@ -477,13 +477,12 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     actions = services.add_subparsers(dest="services_command", required=True)
     for verb, text in (
-        ("up", "use or start the services (all unless named)"),
+        ("up", "use or start the services (postgres, redis and kafka unless named)"),
         ("down", "stop what `up` started (all unless named)"),
-        ("status", "say which services answer, and where"),
+        ("status", "say which services answer, and where (exit 1 if one named does not)"),
     ):
         action = actions.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}.")
-        if verb != "status":
-            action.add_argument("names", nargs="*", metavar="SERVICE", help=", ".join(NAMES))
+        action.add_argument("names", nargs="*", metavar="SERVICE", help=", ".join(NAMES))
     services.set_defaults(func=cmd_services)
 
 
@@ -791,15 +790,16 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services(_settings: Settings, args: argparse.Namespace) -> int:
     from consumer.tools import services
 
+    default = services.DEFAULT_UP if args.services_command == "up" else services.NAMES
+    names = tuple(dict.fromkeys(args.names)) or default
+    if unknown := [n for n in names if n not in services.NAMES]:
+        raise ConfigError("SERVICE", f"unknown {unknown}; of {', '.join(services.NAMES)}")
     if args.services_command == "status":
-        rows = services.status()
+        rows = [row for row in services.status() if row[0] in names]
         for name, address, answering, ours in rows:
             state = "answers" if answering else "not answering"
             print(f"{name}: {address}: {state}{' (started by services up)' if ours else ''}")
         return 0 if all(r[2] for r in rows) else 1
-    names = tuple(dict.fromkeys(args.names)) or services.NAMES
-    if unknown := [n for n in names if n not in services.NAMES]:
-        raise ConfigError("SERVICE", f"unknown {unknown}; of {', '.join(services.NAMES)}")
     if args.services_command == "down":
         stopped = services.down(names)
         for r in stopped:

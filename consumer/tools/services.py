@@ -48,6 +48,10 @@ from consumer.tools import embedded
 
 LOOPBACK = embedded.LOOPBACK
 NAMES = ("postgres", "redis", "tansu", "kafka")
+# What `up` starts unless told: the services a test session reuses. Tansu is cheap and the
+# session starts its own (one on 9092, its default port, would be in the way of a broker
+# a person or the README's test starts there).
+DEFAULT_UP = ("postgres", "redis", "kafka")
 
 # The version compose.yaml deploys; TEST_KAFKA_VERSION chooses another.
 KAFKA_VERSION = "3.9.0"
@@ -237,6 +241,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _check_run(argv: Sequence[str], what: str, timeout_s: float = 60.0) -> None:
+    """Run a setup step; on a failure, an error that says which and ends with its output."""
+    done = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False)
+    if done.returncode != 0:
+        said = (done.stdout + done.stderr).decode(errors="replace")
+        raise EmbeddedServiceError(f"{what} failed (exit {done.returncode}): {said[-1500:]}")
+
+
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
@@ -292,17 +304,7 @@ class PostgresServer:
         return f"postgresql+asyncpg://postgres@{LOOPBACK}:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run(
-            [*self.as_user, str(self.bindir / tool), *args],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise EmbeddedServiceError(
-                f"{tool} {' '.join(args)} failed ({done.returncode}): "
-                f"{done.stderr.decode(errors='replace')[-2000:]}"
-            )
+        _check_run([*self.as_user, str(self.bindir / tool), *args], f"{tool} {' '.join(args)}")
 
     def stop_argv(self, mode: str = "fast") -> list[str]:
         pg_ctl = str(self.bindir / "pg_ctl")
@@ -343,11 +345,7 @@ class PostgresServer:
         start replays the WAL, so what had committed stays and nothing else)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        done = subprocess.run(self.stop_argv(mode), capture_output=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise EmbeddedServiceError(
-                f"pg_ctl stop -m {mode} failed: {done.stderr.decode(errors='replace')[-500:]}"
-            )
+        _check_run(self.stop_argv(mode), f"pg_ctl stop -m {mode}")
         self.proc.wait(30)
 
     def create_database(self, name: str) -> str:
@@ -433,22 +431,15 @@ def kafka_runtime(version: str = KAFKA_VERSION) -> Path:
         binding = "2.0.16" if major >= 4 else "1.7.36"  # the slf4j line Kafka was built with
         (root / "pom.xml").write_text(_POM.format(version=version, slf4j=binding), encoding="utf-8")
         shutil.rmtree(libs, ignore_errors=True)
-        done = subprocess.run(
+        _check_run(
             [
-                "mvn", "-B", "-q", "-f", str(root / "pom.xml"),
+                "mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(root / "pom.xml"),
                 f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
                 f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
             ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+            f"fetching Apache Kafka {version} with Maven (TEST_KAFKA_VERSION={version})",
+            timeout_s=900,
         )  # fmt: skip
-        if done.returncode != 0:
-            raise EmbeddedServiceError(
-                f"fetching Apache Kafka {version} with Maven failed (TEST_KAFKA_VERSION="
-                f"{version}): {(done.stdout + done.stderr)[-1500:]}"
-            )
         (root / "complete").write_text(f"{version}\n", encoding="utf-8")
     return libs
 
@@ -526,17 +517,8 @@ class KafkaCluster:
         return ",".join(f"{LOOPBACK}:{n.port}" for n in self.nodes)
 
     def _java(self, main: str, *args: str) -> None:
-        done = subprocess.run(
-            ["java", "-cp", f"{self.libs}/*", main, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise EmbeddedServiceError(
-                f"Kafka {main} {' '.join(args)} failed: {(done.stdout + done.stderr)[-1500:]}"
-            )
+        argv = ["java", "-cp", f"{self.libs}/*", main, *args]
+        _check_run(argv, f"Kafka's {main} {' '.join(args)}", timeout_s=120)
 
     def start_node(self, node: KafkaNode) -> None:
         with node.log_path.open("ab") as log:
@@ -544,6 +526,7 @@ class KafkaCluster:
                 [
                     "java", f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC",
                     "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                    "-Djava.net.preferIPv4Stack=true",
                     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                     "-Dorg.slf4j.simpleLogger.showDateTime=true",
                     "-cp", f"{self.libs}/*", "kafka.Kafka", str(node.config),

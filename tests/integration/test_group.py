@@ -226,9 +226,10 @@ async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> 
     records += [((i + 1) % 4, text_webhook("111", f"wamid.S{i}")) for i in range(0, 300, 4)]
     ends = await kafka.send(settings, records)
     wait_until(lambda: len(first.named("batch.done")) >= 2, 45, group.logs)
-    group.start(1, batch_max_records=5)
+    (second,) = group.start(1, batch_max_records=5)
     await kafka.wait_committed(settings, ends, timeout_s=90, explain=group.logs)
     assert first.named("partitions.revoked"), "the join really caused a revocation"
+    assert first.proc.poll() is None and second.proc.poll() is None, group.logs()
     _assert_once_each(await kafka.rows(settings), await kafka.events(settings), expected)
 
 

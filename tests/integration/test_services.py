@@ -77,8 +77,8 @@ def test_up_starts_what_does_not_answer_and_down_stops_it(tmp_path: Path) -> Non
         again = _cli(env, "up", "postgres", "redis", "tansu")
         assert again.returncode == 0, again.stderr
         assert again.stdout == first.stdout
-        status = _cli(env, "status")
-        assert "postgres: " in status.stdout
+        status = _cli(env, "status", "postgres", "redis", "tansu")
+        assert status.returncode == 0, status.stdout
         assert status.stdout.count(": answers (started by services up)") == 3, status.stdout
     finally:
         down = _cli(env, "down")
@@ -88,6 +88,11 @@ def test_up_starts_what_does_not_answer_and_down_stops_it(tmp_path: Path) -> Non
         assert not services.port_open("127.0.0.1", port), f"{name} still listens"
     assert not any(f.exists() for f in folders)
     assert json.loads((tmp_path / "state.json").read_text()) == []
+    after = _cli(env, "status", "redis")
+    assert (after.returncode, after.stdout) == (
+        1,
+        f"redis: {env['TEST_REDIS_URL']}: not answering\n",
+    )
 
 
 def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
