@@ -229,7 +229,7 @@ async def test_scale_out_mid_stream_keeps_exactly_once(group: ConsumerGroup) -> 
     (second,) = group.start(1, batch_max_records=5)
     await kafka.wait_committed(settings, ends, timeout_s=90, explain=group.logs)
     assert first.named("partitions.revoked"), "the join really caused a revocation"
-    assert first.proc.poll() is None and second.proc.poll() is None, group.logs()
+    assert [first.proc.poll(), second.proc.poll()] == [None, None], group.logs()
     _assert_once_each(await kafka.rows(settings), await kafka.events(settings), expected)
 
 

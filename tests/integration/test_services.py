@@ -217,7 +217,8 @@ def test_the_bench_runs_on_apache_kafka(tmp_path: Path, redis_url: str) -> None:
     report = json.loads(done.stdout)
     assert report["config"]["broker"] == "apache"
     (run,) = report["modes"]
-    assert run["counts"]["records"] == 3000
+    assert run["records"] == 3000
+    assert run["counts"]["records"] >= 3000  # each batch's records, a retried one again
     assert run["counts"]["stored"] == run["counts"]["rows"] == run["unique_messages"]
     assert run["counts"]["events"] == run["unique_messages"]
     assert run["cpu_us_per_record"]["broker"] > 0, "the JVM's CPU is read as the broker's"
