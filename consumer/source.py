@@ -165,11 +165,37 @@ class Source:
         self._consumer = consumer or AIOKafkaConsumer(
             **consumer_config(settings, client_id=client_id)
         )
+        # Per partition, the offset after the last record a fetch returned since the
+        # partition was assigned: where a rewind puts it when the bookkeeping has no
+        # position of its own (never where aiokafka's position happens to be).
+        self._returned: dict[Partition, int] = {}
+        # A fetch error met after records were already taken (the top-up): raised by
+        # the next fetch, so the caller rewinds after it has those records.
+        self._deferred: BrokerError | None = None
+        # Partitions a rewind could not place (their committed offset was unreadable):
+        # no fetch happens before they are placed.
+        self._unplaced: set[Partition] = set()
 
     async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
         s = self._settings
         await start_client(self._consumer, s.kafka_bootstrap_servers, self._timeout_s)
-        self._consumer.subscribe([s.inbound_topic], listener=_Listener(on_revoked, on_assigned))
+
+        async def revoked(partitions: set[Partition]) -> None:
+            await on_revoked(partitions)
+            self.forget(partitions)
+
+        async def assigned(partitions: set[Partition]) -> None:
+            self.forget(partitions)
+            await on_assigned(partitions)
+
+        self._consumer.subscribe([s.inbound_topic], listener=_Listener(revoked, assigned))
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """A rebalance: what fetches returned of these partitions no longer says where
+        they stand (the group's committed offset does)."""
+        for p in partitions:
+            self._returned.pop(p, None)
+            self._unplaced.discard(p)
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -201,20 +227,38 @@ class Source:
         five: p50 63 -> 44 ms at 7,500 records/s). A full batch (a backlog), an empty
         fetch (nothing to top up) and a fetch asked not to wait (`timeout_s` 0: retries
         are due) skip it."""
+        if self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
+            raise deferred
+        if self._unplaced:
+            await self._place_at_committed()
         only = [_tp(p) for p in sorted(partitions)] if partitions is not None else []
         if partitions is not None and not only:
             return []  # getmany() of no partition would mean every partition
-        records = await self._getmany(only, timeout_s, max_records)
+        records = self._took(await self._getmany(only, timeout_s, max_records))
         top_up_s = min(TOP_UP_S, timeout_s)
         if records and len(records) < max_records and top_up_s > 0:
             try:
-                records += await self._getmany(only, top_up_s, max_records - len(records))
+                records += self._took(
+                    await self._getmany(only, top_up_s, max_records - len(records))
+                )
             except asyncio.CancelledError:
                 # Cut short (a batch ended, or the member stops): the first step's
                 # records left aiokafka's buffer, so they are returned, never dropped.
                 # Our caller runs this as a task of its own; cancelling that task is
                 # all the cancel means.
                 return records
+            except BrokerError as exc:
+                # The first step's records left aiokafka's buffer too: they are
+                # returned, and the error comes with the next fetch (whose caller then
+                # rewinds, knowing these records).
+                self._deferred = exc
+        return records
+
+    def _took(self, records: list[InboundRecord]) -> list[InboundRecord]:
+        for r in records:
+            p = (r.topic, r.partition)
+            self._returned[p] = max(self._returned.get(p, 0), r.offset + 1)
         return records
 
     async def _getmany(
@@ -231,17 +275,41 @@ class Source:
         return [inbound(m) for batch in fetched.values() for m in batch]
 
     async def rewind(self, positions: Mapping[Partition, int]) -> None:
-        """Put every assigned partition back where our bookkeeping says it is (or, for
-        one we never fetched from, where the consumer stands), discarding what aiokafka
-        has buffered."""
+        """Put every assigned partition back where our bookkeeping says it is; else after
+        the last record a fetch returned of it since it was assigned; else (nothing
+        returned yet) at the group's committed offset, or 0 when nothing is committed
+        (as the assignment placed it). Never where aiokafka's position stands: a fetch
+        that failed half-way has moved it past records it read but did not return.
+        Discards what aiokafka has buffered. A partition whose committed offset cannot
+        be read now is placed before the next fetch (which fails until it is)."""
         for tp in self._consumer.assignment():
-            position = positions.get(_p(tp))
+            p = _p(tp)
+            position = positions.get(p, self._returned.get(p))
+            if position is None:
+                self._unplaced.add(p)
+                continue
             try:
-                if position is None:
-                    position = await asyncio.wait_for(self._consumer.position(tp), self._timeout_s)
                 self._consumer.seek(tp, position)
-            except (KafkaError, TimeoutError) as exc:
+            except KafkaError as exc:  # IllegalStateError: no longer ours (rebalancing)
                 log.warning("fetch.rewind_failed", partition=tp.partition, error=repr(exc))
+        try:
+            await self._place_at_committed()
+        except BrokerError as exc:
+            log.warning("fetch.rewind_deferred", error=str(exc), partitions=len(self._unplaced))
+
+    async def _place_at_committed(self) -> None:
+        """Seek each unplaced partition still ours to the group's committed offset (0 if
+        none); BrokerError if those cannot be read."""
+        mine = {_p(tp) for tp in self._consumer.assignment()}
+        self._unplaced &= mine
+        if not self._unplaced:
+            return
+        for p, offset in (await self.committed(self._unplaced)).items():
+            try:
+                self._consumer.seek(_tp(p), offset or 0)
+            except KafkaError as exc:
+                log.warning("fetch.rewind_failed", partition=p[1], error=repr(exc))
+            self._unplaced.discard(p)
 
     # -- offsets -------------------------------------------------------------------
 

@@ -38,6 +38,9 @@ class _FailingConsumer:
         return {}
 
     async def position(self, tp: TopicPartition) -> int:
+        return 9  # past what was read and not returned: never where a rewind goes
+
+    async def committed(self, tp: TopicPartition) -> int | None:
         return 3
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -57,8 +60,9 @@ def _service(consumer: _FailingConsumer) -> Service:
 
 async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
     """getmany raising a UnicodeDecodeError: the partition we read from is sought back to
-    the offset after the last record we got (8), the other to its current position; a
-    due retry is still returned; the next fetch works."""
+    the offset after the last record we got (8), the other (never fetched from) to the
+    group's committed offset (3), not to aiokafka's position (9, past records it read
+    but did not return); a due retry is still returned; the next fetch works."""
     consumer = _FailingConsumer(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"))
     service = _service(consumer)
     service.tracker.ledger.track((TP.topic, TP.partition), 7)

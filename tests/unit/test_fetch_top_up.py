@@ -38,6 +38,16 @@ class _ScriptedConsumer:
         self.steps = list(steps)
         self.calls: list[dict[str, Any]] = []
         self.blocked = asyncio.Event()  # set when a "block" step is waiting
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int, max_records: int
@@ -122,11 +132,31 @@ async def test_a_cancel_during_the_first_step_is_a_cancel() -> None:
         await task
 
 
-async def test_an_error_in_the_top_up_is_a_fetch_error() -> None:
-    """Not swallowed: aiokafka may have moved past records it read in that step, so
-    the caller must rewind to its own bookkeeping (which does not know the first
-    step's records either: they are read again)."""
+async def test_an_error_in_the_top_up_keeps_the_first_steps_records() -> None:
+    """The first step's records have left aiokafka's buffer: they are returned, and the
+    error comes with the next fetch, before it asks aiokafka for anything. The rewind
+    that follows puts the partition after them (aiokafka may have moved further, past
+    records it read in the failed step), even with no bookkeeping of its own yet (a
+    partition freshly assigned)."""
     consumer = _ScriptedConsumer([4, 5], KafkaConnectionError("broker went away"))
+    src = _source(consumer)
+    got = await src.fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    assert [r.offset for r in got] == [4, 5]
     with pytest.raises(BrokerError, match="broker went away") as caught:
-        await _source(consumer).fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+        await src.fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
     assert isinstance(caught.value.__cause__, KafkaConnectionError)
+    assert len(consumer.calls) == 2, "the deferred error asked aiokafka nothing"
+    await src.rewind({})
+    assert consumer.seeks == [(TP, 6)]
+
+
+async def test_a_rewind_of_a_partition_never_returned_goes_to_the_committed_offset() -> None:
+    """A getmany that fails before returning anything of a freshly assigned partition:
+    the rewind places it at the group's committed offset (here none: 0), not where
+    aiokafka's position stands."""
+    consumer = _ScriptedConsumer(KafkaConnectionError("corrupt"))
+    src = _source(consumer)
+    with pytest.raises(BrokerError):
+        await src.fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
+    await src.rewind({})
+    assert consumer.seeks == [(TP, 0)]
