@@ -262,15 +262,19 @@ class Service:
         records: list[InboundRecord] = []
         if free and len(self._inflight) < self.settings.max_inflight_batches:
             records = await self._fetch(free)
-        elif self._inflight:
-            await asyncio.wait(
-                set(self._inflight),
-                timeout=self.settings.poll_timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        else:  # nothing assigned yet (or every partition busy with nothing in flight)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.poll_timeout_s)
+        else:
+            # Nothing to fetch (a standby with no partition, or every partition busy):
+            # still poll, or aiokafka leaves the group after KAFKA_MAX_POLL_INTERVAL_S.
+            await self._source.keep_in_group(self.settings.poll_timeout_s)
+            if self._inflight:
+                await asyncio.wait(
+                    set(self._inflight),
+                    timeout=self.settings.poll_timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.settings.poll_timeout_s)
         async with self._lock:
             self._settle_finished()
             await self._flow.processor.housekeeping()

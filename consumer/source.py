@@ -34,6 +34,8 @@ RebalanceHook = Callable[[set[Partition]], Awaitable[None]]
 # Source.fetch): a round trip to the broker, a few milliseconds; longer only delays a
 # batch of a quiet partition (that chunk waits up to KAFKA_FETCH_MAX_WAIT_S for data).
 TOP_UP_S = 0.005
+# A partition no topic has: what Source.keep_in_group asks for.
+_NO_PARTITION = TopicPartition("", -1)
 
 
 def inbound(record: Any) -> InboundRecord:
@@ -254,6 +256,19 @@ class Source:
                 # rewinds, knowing these records).
                 self._deferred = exc
         return records
+
+    async def keep_in_group(self, timeout_s: float) -> None:
+        """A poll that takes no record, for a turn that fetches nothing (no partition
+        assigned: a standby; or every partition busy with a batch). aiokafka counts the
+        time since getmany was last called, leaves the group once it passes
+        KAFKA_MAX_POLL_INTERVAL_S, and will not rejoin while that lasts: a standby would
+        be out of the group for good, and nobody would take over from a member that goes
+        away. getmany of a partition that is never assigned (-1) returns nothing and
+        resets that clock. Errors are the next fetch's to report."""
+        try:
+            await asyncio.wait_for(self._consumer.getmany(_NO_PARTITION, timeout_ms=0), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("fetch.keep_in_group_failed", error=repr(exc))
 
     def _took(self, records: list[InboundRecord]) -> list[InboundRecord]:
         for r in records:
