@@ -101,6 +101,29 @@ def test_a_failure_stays_degraded_while_its_retry_is_in_flight() -> None:
     assert not t.degraded, "its partition went away with the retry in flight"
 
 
+def test_another_partitions_batch_ending_later_does_not_end_a_failure() -> None:
+    """Batches overlap: batch Y of P1 starts, batch X of P0 fails on a dependency, then Y
+    succeeds. P0's failed records still wait for their backoff, so nothing may resume
+    (new records of P0 would be stored before its failed ones: a contact's events out of
+    order). Only a batch of P0 that succeeds ends it."""
+    t = _tracker()
+    t.assigned({P0, P1})
+    y = t.fetched(_records(1, range(3)))
+    x = t.fetched(_records(0, range(3)))
+    t.settled(_report(retry=x, failure="StoreError: down"), now=0.0)
+    t.settled(_report(durable=y), now=0.1)
+    assert t.degraded
+    assert t.pauses() == {P0: DEGRADED, P1: DEGRADED}
+    more = t.fetched(_records(1, range(3, 5)))  # fetched before the pause took effect
+    t.settled(_report(durable=more), now=0.2)
+    assert t.degraded, "still no batch of P0 has succeeded"
+    due = t.due(now=10.0, limit=10)
+    assert [r.offset for r in due] == [0, 1, 2]
+    t.settled(_report(durable=due), now=10.0)
+    assert not t.degraded
+    assert t.pauses() == {}
+
+
 def test_a_failure_followed_by_a_rebalance_does_not_pause_forever() -> None:
     """The old bug: the failed records' partition is revoked (their retries go with it)
     and another partition is assigned: nothing is degraded any more, the new partition
