@@ -320,16 +320,22 @@ class Service:
             finally:
                 if not getting.done():  # a batch ended first (or we are being cancelled)
                     getting.cancel()
+        me = asyncio.current_task()
         try:
             new = await getting
         except asyncio.CancelledError:
-            me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise
             new = []  # we cut the wait short
         except BrokerError as exc:
             await self._fetch_failed(exc)
             return due
+        if me is not None and me.cancelling():
+            # The loop was cancelled (a forced stop) while the fetch was in its top-up,
+            # which takes a cancel as "return what you have": the cancel reached the
+            # fetch and not us. Not swallowed: the records go untracked and are read
+            # again by whoever owns their partition next.
+            raise asyncio.CancelledError
         new = self.tracker.fetched(new)
         self.metrics.records_consumed.inc(len(new))
         return due + new

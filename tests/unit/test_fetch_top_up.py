@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from consumer import source
 from consumer.errors import BrokerError
+from consumer.service import Service
 from consumer.settings import Settings
 from consumer.source import Source
 
@@ -160,3 +161,20 @@ async def test_a_rewind_of_a_partition_never_returned_goes_to_the_committed_offs
         await src.fetch(timeout_s=0.5, max_records=10, partitions=PARTS)
     await src.rewind({})
     assert consumer.seeks == [(TP, 0)]
+
+
+async def test_a_forced_stop_during_the_top_up_is_not_swallowed() -> None:
+    """The loop cancelled while its fetch waits in the top-up: the fetch returns the
+    first step's records (a cancel of the fetch alone means "return what you have"),
+    but the loop's own cancel still ends the loop, so a forced stop does not go on to
+    start another batch."""
+    consumer = _ScriptedConsumer([4, 5], "block")
+    service = Service(Settings(metrics_port=0))
+    service._source = _source(consumer)
+    service.tracker.assigned(PARTS)
+    fetching = asyncio.create_task(service._fetch(set(PARTS)))
+    await asyncio.wait_for(consumer.blocked.wait(), 5)
+    fetching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+    assert service.tracker.positions() == {}, "nothing tracked: read again by the next owner"
