@@ -410,8 +410,7 @@ class Pipeline:
             await self._release(keys, token)
             return _Refused(Reason.UNSTORABLE, str(exc))
         except asyncio.CancelledError:
-            self._end(token)  # the save may have committed rows claimed by it
-            await asyncio.shield(self._release(keys, token))
+            await self._cancelled(keys, token)
             raise
         except Exception as exc:  # one record's surprise must not stop the partition
             if saved is None:  # nothing committed: find the record and dead-letter it
@@ -423,13 +422,29 @@ class Pipeline:
             await self._failed(exc, keys, token, report, saved.outbox_ids)
             return None
         self._account(saved, batch, report)
-        if saved.in_flight:
-            # Stored by another worker that is publishing it right now: not yet done, so
-            # the record is deferred (rule 5) and our lease goes back for the retry.
-            await self._release(list(saved.in_flight), token)
         finished = [k for k in keys if k not in saved.in_flight]
-        await self._finish(saved.outbox_ids, finished, token, report)
+        try:
+            if saved.in_flight:
+                # Stored by another worker that is publishing it right now: not yet done,
+                # so the record is deferred (rule 5) and our lease goes back for the retry.
+                await self._release(list(saved.in_flight), token)
+            await self._finish(saved.outbox_ids, finished, token, report)
+        except asyncio.CancelledError:
+            # Cut short after the publish: the rows stand and their events are out; a
+            # row not yet deleted is published again (same event_id) by whoever meets
+            # it. The leases still processing go back, as for any cancelled batch.
+            await self._cancelled(keys, token)
+            raise
         return set(finished)
+
+    async def _cancelled(self, keys: list[MessageKey], token: str) -> None:
+        """The batch `token` was cancelled (a forced stop): its leases go back (rule 4;
+        the redelivery is not kept waiting for LEASE_TTL_S), and its token ends, so the
+        member's next batches may take back the outbox rows it had claimed."""
+        try:
+            await asyncio.shield(self._release(keys, token))
+        finally:
+            self._end(token)
 
     def _pending(self, batch: list[Message]) -> list[PendingMessage]:
         """Each message with the event that announces it (built before the commit, so
@@ -507,17 +522,21 @@ class Pipeline:
         """A step failed: give back our leases (rule 4) and our claims on outbox rows we
         could not publish, so the retry is neither swallowed nor kept waiting."""
         report.failure = f"{type(exc).__name__}: {exc}"
-        self._end(token)
         if isinstance(exc, DependencyError):
             self.metrics.dependency_error(exc)
         log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
-        await self._release(keys, token)
-        if unpublished:
-            try:
-                await self._store.release_claims(unpublished, token)
-            except StoreError as claim_exc:
-                self.metrics.dependency_error(claim_exc)
-                log.warning("outbox.release_claims_failed", error=str(claim_exc))
+        try:
+            await self._release(keys, token)
+            if unpublished:
+                try:
+                    await self._store.release_claims(unpublished, token)
+                except StoreError as claim_exc:
+                    self.metrics.dependency_error(claim_exc)
+                    log.warning("outbox.release_claims_failed", error=str(claim_exc))
+        finally:
+            # Ended once it runs no more (design rule 7): only then may the member's
+            # other batches take back what it still claims (a release that failed).
+            self._end(token)
 
     def _end(self, token: str) -> None:
         """The batch `token` failed after its save was sent and runs no more."""

@@ -112,6 +112,10 @@ class Publisher:
                 else:
                     pending.append(future)
         except KafkaError as exc:
+            # As in _send_all: what was enqueued is waited for before we return.
+            await asyncio.gather(
+                *(p for p in pending if not isinstance(p, BaseException)), return_exceptions=True
+            )
             raise BrokerError(
                 f"producing {len(sends)} dead-letter record(s) failed: {exc!r}"
             ) from exc
@@ -126,14 +130,18 @@ class Publisher:
     async def _send_all(self, sends: Sequence[_Send], *, what: str) -> None:
         if not sends:
             return
+        futures: list[Any] = []
         try:
-            futures = [
-                await self._producer.send(topic, value=value, key=key, headers=headers)
-                for topic, key, value, headers in sends
-            ]
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            for topic, key, value, headers in sends:
+                futures.append(
+                    await self._producer.send(topic, value=value, key=key, headers=headers)
+                )
         except KafkaError as exc:
+            # The sends already enqueued go on inside the producer: wait for them, so
+            # none is still under way (and may land after the retry's) when we return.
+            await asyncio.gather(*futures, return_exceptions=True)
             raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
         self._log_acked(sends, results)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:

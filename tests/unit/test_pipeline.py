@@ -494,3 +494,44 @@ def test_drop_removes_revoked_partitions() -> None:
     assert queue.pop_due(100.0, limit=10) == [keep, keep]
     queue.add(gone, now=0.0)  # reassigned later: backoff starts over
     assert queue.next_due_in(0.0) == 1.0
+
+
+# -- cut short, and the order of a failure's clean-up ----------------------------------
+
+
+async def test_a_cancel_after_the_publish_gives_the_leases_back(world: World) -> None:
+    """A forced stop while the batch does its bookkeeping after a good publish: the
+    leases still processing go back (the redelivery is not kept waiting for
+    LEASE_TTL_S), and the batch's token ends, so the member may take back its claims."""
+    blocked = asyncio.Event()
+
+    async def mark_published(outbox_ids: Sequence[str]) -> None:
+        blocked.set()
+        await asyncio.Event().wait()
+
+    world.store.mark_published = mark_published  # type: ignore[method-assign]
+    batch = asyncio.create_task(world.pipeline.process(_records(webhook([message("wamid.A")]))))
+    await asyncio.wait_for(blocked.wait(), 5)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert world.published_ids() == [key("wamid.A").event_id]
+    assert world.leases.owned_by("w1") == set(), "no processing lease left behind"
+    assert world.pipeline._reclaimable() == ("w1:1",)
+
+
+async def test_a_failed_batch_ends_only_after_giving_its_claims_back(world: World) -> None:
+    """Design rule 7: a batch counts as ended (its claims anyone of the member's may
+    take back) once it runs no more: after it released its leases and its claims, not
+    before."""
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    async def release_claims(outbox_ids: Sequence[str], claimant: str) -> None:
+        seen.append((claimant, world.pipeline._reclaimable()))
+
+    world.store.release_claims = release_claims  # type: ignore[method-assign]
+    world.publisher.fail_next_publish = True
+    report = await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    assert report.failure is not None
+    assert seen == [("w1:1", ())], "still running while it gave its claims back"
+    assert world.pipeline._reclaimable() == ("w1:1",)
