@@ -26,7 +26,10 @@ zombie); rebalance (a partition to another member, away and back to the same one
 all of a member's partitions away, leaving it an empty assignment; on_revoked: finish,
 commit, revoke); advance_clock (past a lease, a claim, a done marker); inject_faults
 (one-shot failures of Redis, the database or Kafka, before or after the call took
-effect); relay (one outbox relay pass). MAX_PENDING_RECORDS is 1, 2 or the default.
+effect); fetch_fails_half_way (aiokafka drains records and raises on a later call: in
+the fetch's top-up, or at once with what it read lost; the worker's fetches go through the
+real Source over a modelled consumer, and a failed one is followed by Source.rewind as in
+Service); relay (one outbox relay pass). MAX_PENDING_RECORDS is 1, 2 or the default.
 
 Invariants, after every step:
 
@@ -39,7 +42,10 @@ Invariants, after every step:
 * a done marker only exists for a key that is stored and published; only poison records
   are dead-lettered;
 * committed offsets only grow; a partition's pending work stays within the limit plus the
-  last fetch of it; once nothing is pending, no partition is paused.
+  last fetch of it; once nothing is pending, no partition is paused;
+* no new record of a partition is fetched while records of it that failed on a
+  dependency wait for their retry (batches overlap: another partition's batch that
+  succeeds later must not lift the degraded pause).
 
 At teardown the world heals (faults cleared, zombies and batches finished, leases and
 claims run out, every worker drains its partitions and retries) and then: exactly one row
@@ -51,6 +57,7 @@ key.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import os
@@ -62,6 +69,8 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CorruptRecordException
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -80,6 +89,7 @@ from consumer.pipeline import BatchReport, Pipeline, publish_claim
 from consumer.records import InboundRecord, MessageKey, RecordKey
 from consumer.relay import Relay
 from consumer.settings import Settings
+from consumer.source import Source
 from consumer.store import MarkQueue, OutboxClaim, PendingMessage, SaveResult
 from consumer.testing import (
     PNID,
@@ -445,6 +455,61 @@ FAULTS: list[Fault] = [
 ]
 
 
+class ModelConsumer:
+    """What the real :class:`~consumer.source.Source` asks of aiokafka, over the modelled
+    log and the worker's fetch positions: getmany (at most `per_partition` records of
+    each partition asked, per call), seek, assignment, committed. Like aiokafka, a call
+    may drain records and leave an error for the next call (`fail_after`): the records
+    it returned have moved the position, and so have those it read and then dropped."""
+
+    def __init__(self, machine: PipelineMachine, worker: Worker) -> None:
+        self._machine = machine
+        self._worker = worker
+        self.per_partition = 1
+        self.fail_after: int | None = None  # calls that still answer before one raises
+        self.dropped = 0  # records read then lost with a raise (the bug's raw material)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(t, p) for t, p in self._worker.position}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._worker.position[(tp.topic, tp.partition)] = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self._worker.position[(tp.topic, tp.partition)]
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self._machine.committed[tp.partition] or None
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for tp in partitions:
+            part = (tp.topic, tp.partition)
+            pos = self._worker.position[part]
+            got = self._machine.log[tp.partition][pos : pos + min(self.per_partition, max_records)]
+            self._worker.position[part] = pos + len(got)
+            max_records -= len(got)
+            if got:
+                out[tp] = [_consumer_record(r) for r in got]
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                self.fail_after = None
+                self.dropped += sum(len(rs) for rs in out.values())
+                raise CorruptRecordException("modelled: an error stored for a partition")
+            self.fail_after -= 1
+        return out
+
+
+def _consumer_record(r: InboundRecord) -> ConsumerRecord[bytes, bytes]:
+    """The modelled log's record as aiokafka hands it out."""
+    return ConsumerRecord(
+        r.topic, r.partition, r.offset, r.timestamp_ms, 0, r.key, r.value, None, 0, 0,
+        list(r.headers),
+    )  # fmt: skip
+
+
 @dataclass
 class Worker:
     """One consumer-group member: its pipeline and relay, its real bookkeeping unit, and
@@ -459,6 +524,12 @@ class Worker:
     # Batches in flight (at most MAX_FLIGHTS), each of partitions no other one holds:
     # Service overlaps batches of different partitions (MAX_INFLIGHT_BATCHES).
     flights: list[Flight] = field(default_factory=list)
+    # The real Source over a ModelConsumer (set by the machine when it spawns the worker).
+    source: Source | None = None
+    consumer: ModelConsumer | None = None
+    # Records of a batch that failed on a dependency, not yet durable: no newer record of
+    # their partition may be fetched before them (the degraded pause).
+    failed: set[tuple[str, int, int]] = field(default_factory=set)
 
     def __repr__(self) -> str:
         return f"Worker({self.worker_id}, owns={sorted(p for _, p in self.position)})"
@@ -533,7 +604,10 @@ class PipelineMachine(RuleBasedStateMachine):
             retry_backoff_s=self.settings.retry_backoff_s,
             retry_backoff_max_s=self.settings.retry_backoff_max_s,
         )
-        return Worker(worker_id, pipeline, relay, tracker)
+        worker = Worker(worker_id, pipeline, relay, tracker)
+        worker.consumer = ModelConsumer(self, worker)
+        worker.source = Source(self.settings, client_id=worker_id, consumer=worker.consumer)
+        return worker
 
     def _owner(self, partition: int) -> Worker:
         return next(w for w in self.workers if (TOPIC, partition) in w.position)
@@ -541,6 +615,8 @@ class PipelineMachine(RuleBasedStateMachine):
     def _assign(self, worker: Worker, part: Partition) -> None:
         """The new owner resumes from the group's committed offset (re-delivery)."""
         worker.position[part] = self.committed[part[1]]
+        assert worker.source is not None
+        worker.source.forget({part})
         worker.tracker.assigned({part})
 
     def _advance(self, seconds: float) -> None:
@@ -561,22 +637,35 @@ class PipelineMachine(RuleBasedStateMachine):
         return worker.tracker.next_due_in(self.leases.now, worker.free()) is not None
 
     def _fetch(self, worker: Worker, k: int, only: int | None = None) -> list[InboundRecord]:
-        """Due retries first, then up to k new records of each owned partition the
-        tracker does not pause (or of the `only`-th one), handed to the tracker."""
+        """Due retries first, then new records of each owned partition the tracker does
+        not pause (or of the `only`-th one), through the real Source (its first step
+        and its top-up: up to k records a partition each), handed to the tracker. A
+        fetch that raises is followed by the rewind Service does (to the tracker's
+        positions, through Source.rewind)."""
+        assert worker.source is not None
+        assert worker.consumer is not None
         owned = worker.free()
         if only is not None and owned:
             owned = [owned[only % len(owned)]]
         due = worker.tracker.due(self.leases.now, FETCH_MAX, owned)
         paused = worker.tracker.pauses()
-        new: list[InboundRecord] = []
-        for part in owned:
-            if part in paused:
-                continue
-            pos = worker.position[part]
-            got = self.log[part[1]][pos : pos + k]
-            worker.position[part] = pos + len(got)
-            worker.last_fetch[part] = len(got)
-            new.extend(got)
+        asked = [part for part in owned if part not in paused]
+        worker.consumer.per_partition = k
+        try:
+            new = drive(worker.source.fetch(timeout_s=1.0, max_records=FETCH_MAX, partitions=asked))
+        except BrokerError:
+            # In an event loop of its own: reading committed offsets is bounded in time.
+            asyncio.run(worker.source.rewind(worker.tracker.positions()))
+            new = []
+        for part in asked:
+            worker.last_fetch[part] = sum(1 for r in new if (r.topic, r.partition) == part)
+        waiting = worker.failed - {r.coordinates for r in due}
+        for r in new:
+            overtaken = sorted(c for c in waiting if (c[0], c[1]) == (r.topic, r.partition))
+            assert not overtaken, (
+                f"{worker}: new record {r.coordinates} fetched while {overtaken} of its "
+                "partition, which failed on a dependency, wait for their retry"
+            )
         return due + worker.tracker.fetched(new)
 
     def _start(self, worker: Worker, records: list[InboundRecord], run: bool) -> None:
@@ -596,6 +685,11 @@ class PipelineMachine(RuleBasedStateMachine):
         worker.flights.remove(flight)
         reported = Counter(r.coordinates for r in [*report.durable, *report.retry])
         assert reported == Counter(r.coordinates for r in batch), "each record reported once"
+        if report.failure is not None:
+            worker.failed |= {r.coordinates for r in report.retry}
+        else:
+            worker.failed -= {r.coordinates for r in batch}
+        worker.failed -= {r.coordinates for r in report.durable}
         worker.tracker.settled(report, self.leases.now)
         self._commit(worker)
 
@@ -633,6 +727,9 @@ class PipelineMachine(RuleBasedStateMachine):
         for part in parts:
             del worker.position[part]
             worker.last_fetch.pop(part, None)
+        worker.failed = {c for c in worker.failed if (c[0], c[1]) not in parts}
+        assert worker.source is not None
+        worker.source.forget(parts)
 
     # -- setup -----------------------------------------------------------------------
 
@@ -786,6 +883,58 @@ class PipelineMachine(RuleBasedStateMachine):
         self._advance(self.settings.retry_backoff_max_s + 1)  # the retry is due now
         self._start(worker, self._fetch(worker, FETCH_MAX), run=True)  # the other partition
         self._land_all(worker)
+
+    @rule(who=st.integers(0, 2), k=st.integers(1, 3), after=st.integers(0, 1), run=st.booleans())
+    def fetch_fails_half_way(self, who: int, k: int, after: int, run: bool) -> None:
+        """aiokafka drains records and raises on a later call, with its position past
+        what it read: with `after` 1 the fetch's top-up raises after its first step
+        returned records; with 0 the first step raises, the records it read lost with
+        it. The fetch (or the next one) raises, the worker rewinds as Service does, and
+        nothing may be skipped: a record the group commits past is durable (P4), and at
+        the end every key is stored (P1)."""
+        worker = self.workers[who % len(self.workers)]
+        assert worker.consumer is not None
+        if not worker.can_start():
+            return
+        worker.consumer.fail_after = after
+        self._start(worker, self._fetch(worker, k), run)
+        worker.consumer.fail_after = None  # not reached: nothing was there to read
+
+    @rule(
+        who=st.integers(0, 2),
+        failing_lands_first=st.booleans(),
+        wamids=st.lists(st.sampled_from(WAMIDS), min_size=3, max_size=3),
+        pnid_index=st.integers(0, len(PNIDS) - 1),
+    )
+    def fail_and_succeed_overlapping(
+        self, who: int, failing_lands_first: bool, wamids: list[str], pnid_index: int
+    ) -> None:
+        """Two batches of one worker in flight, of two partitions: the one of the first
+        partition fails on the database, the other succeeds, in either order; then a new
+        record comes to the failed batch's partition and the worker fetches. It must not
+        take the new record before the failed ones (the invariant in _fetch): a success
+        of another partition's batch does not end the degraded pause."""
+        worker = self.workers[who % len(self.workers)]
+        if worker.flights or len(worker.position) < 2:
+            return
+        first, second = sorted(worker.position)[:2]
+        self._append(first[1], _valid_body([wamids[0]], pnid_index))
+        self._append(second[1], _valid_body([wamids[1]], pnid_index))
+        self._start(worker, self._fetch(worker, FETCH_MAX, only=0), run=False)
+        self._start(worker, self._fetch(worker, FETCH_MAX, only=0), run=False)
+        failing = [f for f in worker.flights if first in f.partitions]
+        other = [f for f in worker.flights if first not in f.partitions]
+        if len(failing) != 1 or len(other) != 1:
+            self._land_all(worker)  # paused (the limit, a failure), or a batch already ended
+            return
+        self.faults.append(("store", "save", "before"))
+        self.disturbed = True
+        order = [failing[0], other[0]] if failing_lands_first else [other[0], failing[0]]
+        for flight in order:
+            self._land(worker, flight)
+        self.faults[:] = [f for f in self.faults if f != ("store", "save", "before")]
+        self._append(first[1], _valid_body([wamids[2]], 1 - pnid_index))
+        self._start(worker, self._fetch(worker, FETCH_MAX, only=0), run=True)
 
     @rule(who=st.integers(0, 2), run=st.booleans())
     def retry(self, who: int, run: bool) -> None:
