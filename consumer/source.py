@@ -216,7 +216,8 @@ class Source:
         or a record could not be read: aiokafka then moves past what it had read but not
         returned, so the caller should :meth:`rewind`). Cancelling it loses nothing:
         records leave aiokafka's buffer only in the step that returns them, and a cancel
-        during the top-up returns what the first step took.
+        during the top-up returns what the first step took; so does an error in the
+        top-up, which the next fetch raises (docs/design.md, "Fetching").
 
         The top-up: aiokafka keeps one fetched chunk per partition and asks the broker
         for the next only once that chunk is taken. So under a steady load the chunk a
