@@ -14,4 +14,4 @@ The operator's and developer's tools (dlq, produce, tail's reader, demo, bench) 
 ``consumer.tools``; nothing there is imported by ``python -m consumer run``.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
