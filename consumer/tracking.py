@@ -18,9 +18,8 @@ Decisions out:
     lag(partition, end)       records of a partition not yet durable
 
 Pauses follow from the state, never from a memory of what was paused: a partition is
-paused while the member is *degraded* (a batch failed on a dependency, no batch of its
-partitions has succeeded since, and records of that failure still wait for their retry,
-or are in a batch retrying them), or while
+paused while the member is *degraded* (records of a batch that failed on a dependency
+still wait for their retry, or are in a batch retrying them), or while
 more than MAX_PENDING_RECORDS of its records are unfinished (until half of them are done:
 hysteresis). So a rebalance that takes away the failed records also ends the
 degradation, a partition that comes back starts unpaused with nothing pending, and once
@@ -136,8 +135,6 @@ class Tracker:
         self.retries = RetryQueue(retry_backoff_s, retry_backoff_max_s)
         self._owned: set[Partition] = set()
         self._assigned = False  # an assignment arrived (possibly empty) and stands
-        # Partitions whose last batch failed on a dependency and has not succeeded since.
-        self._failing: set[Partition] = set()
         self._pressed: set[Partition] = set()  # paused for pending work, until half is done
 
     # -- facts ---------------------------------------------------------------------
@@ -159,7 +156,6 @@ class Tracker:
         self.retries.drop(gone)
         self.ledger.forget(gone)
         self._pressed -= gone
-        self._failing -= gone
         self._assigned = False
 
     def fetched(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
@@ -172,10 +168,8 @@ class Tracker:
         return mine
 
     def settled(self, report: BatchReport, now: float) -> None:
-        """A batch ended: durable records are done, the others wait for their retry. A
-        failure makes its records' partitions failing; only a batch of the same
-        partition that succeeds ends that (not another partition's batch that happens
-        to end later: batches overlap)."""
+        """A batch ended: durable records are done, the others wait for their retry
+        (marked failed when the batch failed on a dependency)."""
         failed = report.failure is not None
         for r in report.durable:
             self.ledger.done(_partition(r), r.offset)
@@ -185,10 +179,6 @@ class Tracker:
                 self.retries.add(r, now, failed=failed)
             else:
                 self.retries.ended(r)
-        if failed:
-            self._failing |= {_partition(r) for r in report.retry} & self._owned
-        else:
-            self._failing -= {_partition(r) for r in (*report.durable, *report.retry)}
         self._press()
 
     def committed(self, offsets: Mapping[Partition, int]) -> None:
@@ -208,13 +198,14 @@ class Tracker:
 
     @property
     def degraded(self) -> bool:
-        """A dependency failed, and records of that failure still wait for their retry (or
-        are in the batch retrying them: with batches overlapping, the loop decides pauses
-        while a retry is in flight, and must not resume the partitions until it ends).
-        It ends when a batch of each failing partition has succeeded (so no new record
-        of a partition overtakes its failed ones), or when a rebalance takes the failed
-        records away: new records will show whether the dependency is back."""
-        return bool(self._failing) and self.retries.has_failed()
+        """Records of a batch that failed on a dependency wait for their retry (or are in
+        the batch retrying them: with batches overlapping, the loop decides pauses while
+        a retry is in flight, and must not resume the partitions until it ends). It ends
+        when those records are through (durable, or deferred by a batch that did not
+        fail), or when a rebalance takes them away. Not when some other batch succeeds:
+        batches overlap, and new records of a partition must not overtake its failed
+        ones (docs/design.md, "Fetching")."""
+        return self.retries.has_failed()
 
     def due(
         self, now: float, limit: int, partitions: Collection[Partition] | None = None

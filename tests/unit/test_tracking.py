@@ -124,6 +124,25 @@ def test_another_partitions_batch_ending_later_does_not_end_a_failure() -> None:
     assert t.pauses() == {}
 
 
+def test_a_deferred_record_of_the_same_partition_does_not_end_a_failure() -> None:
+    """A record of P0 was deferred (another worker held its lease); then a batch of P0
+    failed on a dependency. The deferred record falls due first and its batch succeeds:
+    the failed record still waits, so P0 stays paused (found by the state machine)."""
+    t = _tracker()
+    t.assigned({P0})
+    deferred, failed = t.fetched(_records(0, range(2)))
+    t.settled(_report(durable=[], retry=[deferred]), now=0.0)  # held: deferred
+    t.settled(_report(retry=[failed], failure="StoreError: down"), now=0.5)
+    (due,) = t.due(now=1.2, limit=10)  # the deferred one is due first (1 s backoff)
+    assert due is deferred
+    t.settled(_report(durable=[due]), now=1.2)
+    assert t.degraded, "the failed record still waits"
+    assert t.pauses() == {P0: DEGRADED}
+    (again,) = t.due(now=10.0, limit=10)
+    t.settled(_report(durable=[again]), now=10.0)
+    assert not t.degraded
+
+
 def test_a_failure_followed_by_a_rebalance_does_not_pause_forever() -> None:
     """The old bug: the failed records' partition is revoked (their retries go with it)
     and another partition is assigned: nothing is degraded any more, the new partition
