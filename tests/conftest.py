@@ -34,7 +34,7 @@ from consumer import migrate
 from consumer.settings import Settings
 from consumer.store import Store, create_engine
 from consumer.tools import embedded, services, topics
-from tests.support.config import run_settings
+from tests.support.config import run_settings, unavailable
 from tests.support.procs import ConsumerGroup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
@@ -78,9 +78,7 @@ def _service(name: str, *, reuse: bool = True) -> Iterator[str]:
     try:
         handle = services.ensure(name, own_port=True, reuse=reuse)
     except services.ServiceUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true and {name} cannot be had here: {exc}", pytrace=False)
-        pytest.skip(f"{name} cannot be had on this machine: {exc}")
+        unavailable(name, str(exc))
     try:
         yield handle.address
     finally:

@@ -584,16 +584,9 @@ class KafkaCluster:
         """Stop every node at once (one by one, the last would wait for a quorum that
         has gone), then remove the folders."""
         live = [n.proc for n in self.nodes if n.proc is not None and n.alive()]
+        _end_groups([proc.pid for proc in live], timeout_s=10)
         for proc in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in live:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            proc.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

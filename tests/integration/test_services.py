@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer.tools import embedded, services
 from consumer.tools.services import Addresses
+from tests.support.config import unavailable
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,19 +112,11 @@ def test_a_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
     assert "is not kafka" in done.stderr
 
 
-def _cannot_run(why: str) -> None:
-    """Skip, saying why; under CI a failure instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and Apache Kafka cannot run here: {why}", pytrace=False)
-    pytest.skip(why)
-
-
 def _kafka_or_skip(nodes: int) -> services.KafkaCluster:
     try:
         return services.KafkaCluster(nodes)
     except services.ServiceUnavailable as exc:
-        _cannot_run(str(exc))
-        raise
+        unavailable("Apache Kafka", str(exc))
 
 
 async def test_a_three_node_cluster_keeps_writing_with_a_node_killed() -> None:
@@ -212,7 +205,7 @@ def test_the_bench_runs_on_apache_kafka(tmp_path: Path, redis_url: str) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     if "needs `java` on PATH" in done.stderr or "needs `mvn` on PATH" in done.stderr:
-        _cannot_run(done.stderr.strip())
+        unavailable("Apache Kafka", done.stderr.strip())
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["config"]["broker"] == "apache"
