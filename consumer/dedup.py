@@ -10,7 +10,11 @@ Taking a lease is one atomic ``SET key token NX PX ttl`` (inside a script that a
 reports *why* it failed: held by someone else, or already done). Release and the
 switch to done are compare-and-set scripts, so a worker never touches a key that
 another worker owns now. Redis is the fast path only: the database's unique
-constraint is the authority (docs/design.md, rule 1).
+constraint is the authority (docs/design.md, rule 1), and a done marker is a hint that
+the pipeline has the database confirm before it skips a message (a Redis that outlived
+its database, or another deployment's keys under the same prefix, cost a lookup, never
+a message). A key under the prefix that is neither (no TTL, a longer TTL than a lease
+has, another type) is reported as FOREIGN and never waited on.
 
 The key cannot collide (rule 11): the length of the phone_number_id says where it ends,
 so ``("1:2", "3")`` and ``("1", "2:3")`` are two keys. The ``#`` after the prefix (which
@@ -43,15 +47,26 @@ KEY_SEPARATOR = "#"
 # for redis-py to pack) and answers one number per key, in KEYS order. A script runs
 # atomically, so every per-key step below is as atomic as a single command.
 
-# ARGV[1] token, ARGV[2] lease ms. Per key: 1 acquired (SET NX PX), 0 held, 2 done.
+# ARGV[1] token, ARGV[2] lease ms. Per key: 1 acquired (SET NX PX), 0 held, 2 done,
+# 3 foreign: a key this project did not write, so nothing says when it ends (no TTL, a
+# TTL longer than any lease of ours has, or not a string). Redis calls on a key go
+# through pcall: a key of another type must not fail the whole batch, and so its
+# partition, for as long as it lives.
 _ACQUIRE = """
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
     out[i] = 1
   else
-    local v = redis.call('GET', key)
-    if v and string.sub(v, 1, 5) == 'done:' then out[i] = 2 else out[i] = 0 end
+    local v = redis.pcall('GET', key)
+    if type(v) == 'table' then
+      out[i] = 3
+    elseif v and string.sub(v, 1, 5) == 'done:' then
+      out[i] = 2
+    else
+      local ttl = redis.call('PTTL', key)
+      if ttl == -1 or ttl > tonumber(ARGV[2]) then out[i] = 3 else out[i] = 0 end
+    end
   end
 end
 return out
@@ -60,7 +75,7 @@ return out
 _RELEASE = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then out[i] = redis.call('DEL', key) else out[i] = 0 end
+  if redis.pcall('GET', key) == ARGV[1] then out[i] = redis.call('DEL', key) else out[i] = 0 end
 end
 return out
 """
@@ -70,7 +85,7 @@ return out
 _FINISH = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
+  local v = redis.pcall('GET', key)
   if v == ARGV[1] or not v then
     redis.call('SET', key, 'done:' .. ARGV[1], 'PX', ARGV[2])
     if v then out[i] = 1 else out[i] = 2 end
@@ -87,10 +102,16 @@ _CHUNK = 1000
 class LeaseState(enum.Enum):
     ACQUIRED = "acquired"
     HELD = "held"  # another worker is on it: not yet, not skip (docs/design.md, rule 5)
-    DONE = "done"  # stored and announced already
+    # Stored and announced already, says the marker: a hint the database confirms before
+    # anything is skipped (docs/design.md, rule 1).
+    DONE = "done"
+    # A key under the prefix that is neither a lease nor a marker of ours (nothing says
+    # when it ends): left alone, and the message goes to the database's fence without a
+    # lease, so it never waits on the key (docs/design.md, "Keys we did not write").
+    FOREIGN = "foreign"
 
 
-_STATES = {1: LeaseState.ACQUIRED, 0: LeaseState.HELD, 2: LeaseState.DONE}
+_STATES = {1: LeaseState.ACQUIRED, 0: LeaseState.HELD, 2: LeaseState.DONE, 3: LeaseState.FOREIGN}
 
 
 class Leases:

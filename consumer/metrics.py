@@ -86,8 +86,20 @@ class Metrics:
             "wamid_guard_duplicates",
             "Duplicate message copies, by the layer that caught them: in_batch (same key "
             "twice in one batch), lease_held (another worker holds the key: deferred), "
-            "done_marker (Redis knows it is stored), database (the unique constraint).",
+            "done_marker (a Redis marker the database confirmed), database (the unique "
+            "constraint).",
             ["layer"],
+            registry=r,
+        )
+        self.redis_overruled = Counter(
+            "wamid_guard_redis_overruled",
+            "Message keys Redis could not vouch for, sent through the database's fence "
+            "without a lease: done_unconfirmed (a done marker whose message the database "
+            "does not hold announced: a Redis that outlived its database, or another "
+            "deployment under the same REDIS_KEY_PREFIX), foreign (a key under the prefix "
+            "that is neither a lease nor a marker: no TTL, a TTL longer than LEASE_TTL_S, "
+            "or not a string).",
+            ["kind"],
             registry=r,
         )
         self.records_retried = Counter(
@@ -217,6 +229,8 @@ class Metrics:
             self.events_published.labels(path)
         for reason in ("deferred", "failure"):
             self.records_retried.labels(reason)
+        for kind in ("done_unconfirmed", "foreign"):
+            self.redis_overruled.labels(kind)
         for outcome in ("ok", "failed"):
             self.batches.labels(outcome)
         for outcome in ("ok", "rejected", "failed"):

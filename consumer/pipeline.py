@@ -70,7 +70,11 @@ class BatchReport:
     records: int = 0
     messages: int = 0
     stored: int = 0
-    dup_done_marker: int = 0
+    dup_done_marker: int = 0  # done markers the database confirmed
+    # Done markers the database did not confirm (their message went through the fence),
+    # and keys under the prefix that are not ours (docs/design.md, "Keys we did not write").
+    markers_unconfirmed: int = 0
+    foreign_keys: int = 0
     dup_database: int = 0
     dup_in_batch: int = 0
     held: int = 0
@@ -233,6 +237,8 @@ class Pipeline:
         m.duplicates.labels("lease_held").inc(report.held)
         m.duplicates.labels("done_marker").inc(report.dup_done_marker)
         m.duplicates.labels("database").inc(report.dup_database)
+        m.redis_overruled.labels("done_unconfirmed").inc(report.markers_unconfirmed)
+        m.redis_overruled.labels("foreign").inc(report.foreign_keys)
         m.events_published.labels("pipeline").inc(report.events)
         m.statuses.inc(report.statuses)
         m.leases_lost.inc(report.leases_lost)
@@ -256,6 +262,10 @@ class Pipeline:
         if states is None:
             report.retry.extend(i.record for i in invalid)
             return
+        # A foreign key (not ours, no end in sight) cannot say the letter was sent: it
+        # is sent, without a lease (at worst twice, as after a crash).
+        foreign = [k for k, s in states.items() if s is LeaseState.FOREIGN]
+        report.foreign_keys += len(foreign)
         mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
         for k, state in states.items():
             if state is LeaseState.DONE:
@@ -263,21 +273,21 @@ class Pipeline:
                 report.durable.extend(i.record for i in by_key[k])
             elif state is LeaseState.HELD:
                 report.retry.extend(i.record for i in by_key[k])
-        letters = [by_key[k][0] for k in mine]
+        letters = [by_key[k][0] for k in mine + foreign]
         try:
             await self._publisher.dead_letter(letters)
         except DependencyError as exc:
             self.metrics.dependency_error(exc)
             await self._release(mine, token)
             report.failure = report.failure or f"dead-letter: {exc}"
-            report.retry.extend(i.record for k in mine for i in by_key[k])
+            report.retry.extend(i.record for k in mine + foreign for i in by_key[k])
             log.warning("dlq.failed", count=len(letters), error=str(exc))
             return
         for i in letters:
             log.warning("record.dead_lettered", **i.log_context(), detail=_loggable(i.detail))
             self.metrics.dead_lettered.labels(str(i.reason)).inc()
         report.dead_lettered += len(letters)
-        report.durable.extend(i.record for k in mine for i in by_key[k])
+        report.durable.extend(i.record for k in mine + foreign for i in by_key[k])
         try:
             await self._leases.finish(mine, token)
         except LeaseStoreError as exc:  # a redelivery would dead-letter it once more
@@ -349,18 +359,84 @@ class Pipeline:
             return _internal(exc)
         if states is None:
             return None
-        done = {k for k, s in states.items() if s is LeaseState.DONE}
         mine = [k for k, s in states.items() if s is LeaseState.ACQUIRED]
+        marked = [k for k, s in states.items() if s is LeaseState.DONE]
+        done = await self._confirm(marked, report)
+        if done is None:
+            await self._release(mine, token)
+            return None
+        fenced = self._unvouched(states, done, first, report)
+        self._crash.hit("after_lease")
+        stored = await self._store_and_publish(
+            [first[k] for k in mine + fenced], token, report, unleased=frozenset(fenced)
+        )
+        if stored is None or isinstance(stored, _Refused):
+            return stored
+        return stored | done
+
+    async def _confirm(
+        self, marked: list[MessageKey], report: BatchReport
+    ) -> frozenset[MessageKey] | None:
+        """The keys of `marked` (done markers in Redis) that the database holds stored
+        and announced; None when it cannot be asked (the batch fails, as for any
+        dependency). A marker is a hint: believed alone, a Redis that outlived its
+        database would skip messages the database lost."""
+        if not marked:
+            return frozenset()
+        try:
+            return await self._store.announced(marked)
+        except StoreError as exc:
+            self.metrics.dependency_error(exc)
+            report.failure = f"confirming done markers: {exc}"
+            log.warning("lease.confirm_failed", messages=len(marked), error=str(exc))
+            return None
+
+    def _unvouched(
+        self,
+        states: dict[MessageKey, LeaseState],
+        done: frozenset[MessageKey],
+        first: dict[MessageKey, Message],
+        report: BatchReport,
+    ) -> list[MessageKey]:
+        """Count the lease states, and return what Redis cannot vouch for: a marker the
+        database does not confirm, a key that is not ours. Those go to the database's
+        fence without a lease (rule 1)."""
+        foreign = [k for k, s in states.items() if s is LeaseState.FOREIGN]
+        marked = [k for k, s in states.items() if s is LeaseState.DONE]
+        fenced = [k for k in marked if k not in done] + foreign
         report.dup_done_marker = len(done)
-        report.held = len(states) - len(done) - len(mine)
+        report.markers_unconfirmed = len(marked) - len(done)
+        report.foreign_keys = len(foreign)
+        report.held = sum(1 for s in states.values() if s is LeaseState.HELD)
         if self._debug:
             for k in done:
                 log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
-        self._crash.hit("after_lease")
-        stored = await self._store_and_publish([first[k] for k in mine], token, report)
-        if stored is None or isinstance(stored, _Refused):
-            return stored
-        return done | stored
+        if fenced:
+            self._overruled(fenced, foreign, first, report)
+        return fenced
+
+    def _overruled(
+        self,
+        fenced: list[MessageKey],
+        foreign: list[MessageKey],
+        first: dict[MessageKey, Message],
+        report: BatchReport,
+    ) -> None:
+        """Say that Redis was overruled: an operator should know that its done markers
+        do not match the database (restored from a backup, failed over to a lagging
+        replica, or a REDIS_KEY_PREFIX shared with another deployment), or that someone
+        else writes keys under the prefix."""
+        log.warning(
+            "lease.redis_overruled",
+            markers_unconfirmed=report.markers_unconfirmed,
+            foreign_keys=report.foreign_keys,
+            first=first[fenced[0]].log_context(),
+            note="stored through the database's fence without a lease",
+        )
+        if self._debug:
+            for k in fenced:
+                kind = "foreign" if k in foreign else "done_unconfirmed"
+                log.debug("message.redis_overruled", kind=kind, **first[k].log_context())
 
     def _token(self) -> str:
         return f"{self._worker_id}:{next(self._seq)}"
@@ -384,9 +460,16 @@ class Pipeline:
         return {k: states[k] for k in keys}
 
     async def _store_and_publish(
-        self, batch: list[Message], token: str, report: BatchReport
+        self,
+        batch: list[Message],
+        token: str,
+        report: BatchReport,
+        *,
+        unleased: frozenset[MessageKey] = frozenset(),
     ) -> set[MessageKey] | _Refused | None:
-        """Commit, then publish; on a failure give everything back for the retry."""
+        """Commit, then publish; on a failure give everything back for the retry.
+        `unleased`: keys of `batch` stored without our lease (the fence alone guards
+        them): their Redis key is someone else's, so it is not made a done marker."""
         if not batch:
             return set()
         keys = [m.key for m in batch]
@@ -428,7 +511,8 @@ class Pipeline:
                 # Stored by another worker that is publishing it right now: not yet done,
                 # so the record is deferred (rule 5) and our lease goes back for the retry.
                 await self._release(list(saved.in_flight), token)
-            await self._finish(saved.outbox_ids, finished, token, report)
+            leased = [k for k in finished if k not in unleased] if unleased else finished
+            await self._finish(saved.outbox_ids, leased, token, report)
         except asyncio.CancelledError:
             # Cut short after the publish: the rows stand and their events are out; a
             # row not yet deleted is published again (same event_id) by whoever meets

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from consumer.dedup import LeaseKey, LeaseState
 from consumer.events import OutboundEvent
-from consumer.records import Invalid
+from consumer.records import Invalid, MessageKey
 from consumer.store import OutboxClaim, PendingMessage, SaveResult
 
 __all__ = ["EventSink", "LeaseStore", "MessageStore"]
@@ -93,6 +93,10 @@ class MessageStore(Protocol):
     async def mark_published(self, outbox_ids: Sequence[str]) -> None:
         """Record that all the events of these outbox rows reached the outbound topic:
         the rows are done. Raises StoreError."""
+
+    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
+        """Which of these messages are stored and announced: what a done marker claims,
+        confirmed. Raises StoreError."""
 
     async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         """Give up `claimant`'s claims on these rows (others' claims stay), so the next

@@ -359,6 +359,24 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"marking {len(outbox_ids)} outbox row(s) published") from exc
 
+    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
+        """Which of these messages are stored and announced (a row whose outbox row is
+        gone: a published row is deleted): what a done marker in Redis claims, confirmed
+        by the authority. One statement, no transaction (PostgreSQL: the keys bound as
+        two arrays; SQLite: a row-value IN list per chunk)."""
+        if not keys:
+            return frozenset()
+        ordered = sorted(keys)
+        try:
+            async with self._autocommit.connect() as conn:
+                if self._sqlite:
+                    found = await _announced_sqlite(conn, ordered)
+                else:
+                    found = await _announced_pg(conn, ordered)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _failed(exc, f"confirming {len(keys)} done marker(s)") from exc
+        return found
+
     async def claim_unpublished(
         self, *, claimant: str, claim_for: dt.timedelta, limit: int
     ) -> OutboxClaim:
@@ -673,6 +691,43 @@ async def _outbox_of_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> di
         for r in (await conn.execute(found)).all():
             row_of[MessageKey(r[0], r[1])] = r[2]
     return row_of
+
+
+# Store.announced on PostgreSQL: the keys as two arrays, joined on the unique index.
+_ANNOUNCED_PG = sa.text(
+    """
+SELECT m.phone_number_id, m.source_id
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:source_id AS text[]))
+    AS k(phone_number_id, source_id)
+JOIN messages m ON m.phone_number_id = k.phone_number_id AND m.source_id = k.source_id
+LEFT JOIN outbox o ON o.id = m.outbox_id
+WHERE o.id IS NULL
+"""
+)
+
+
+async def _announced_pg(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[MessageKey]:
+    found = await conn.execute(
+        _ANNOUNCED_PG,
+        {
+            "phone_number_id": [k.phone_number_id for k in keys],
+            "source_id": [k.wamid for k in keys],
+        },
+    )
+    return frozenset(MessageKey(r[0], r[1]) for r in found.all())
+
+
+async def _announced_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[MessageKey]:
+    pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
+    out: set[MessageKey] = set()
+    for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
+        found = (
+            sa.select(messages.c.phone_number_id, messages.c.source_id)
+            .select_from(messages.outerjoin(outbox, outbox.c.id == messages.c.outbox_id))
+            .where(pair.in_(chunk), outbox.c.id.is_(None))
+        )
+        out.update(MessageKey(r[0], r[1]) for r in (await conn.execute(found)).all())
+    return frozenset(out)
 
 
 # mark_published on PostgreSQL: the rows locked in id order first (see _locked_in_order),

@@ -7,8 +7,8 @@ builds on the pipeline can test it without any network. The fakes satisfy the po
 the pipeline's decisions to be checked:
 
 * :class:`FakeLeases` (a :class:`~consumer.ports.LeaseStore`) - one value per key:
-  ``<token>`` (a lease) or ``done:<token>``; acquire is SET NX, release is
-  compare-and-delete, finish is compare-and-set.
+  ``<token>`` (a lease) or ``done:<token>``, or a key of someone else's (foreign);
+  acquire is SET NX, release is compare-and-delete, finish is compare-and-set.
 * :class:`FakeStore` (a :class:`~consumer.ports.MessageStore`) - a unique
   ``(phone_number_id, wamid)`` fence plus an outbox of one row per event (its id the
   event_id) with a published flag;
@@ -44,6 +44,8 @@ class FakeLeases:
 
     def __init__(self) -> None:
         self.values: dict[LeaseKey, str] = {}
+        # Keys this project did not write (no TTL): reported FOREIGN, never changed.
+        self.foreign: set[LeaseKey] = set()
         self.fail_on: set[str] = set()  # "acquire", "release", "finish"
         self.calls: list[tuple[str, tuple[LeaseKey, ...], str]] = []
 
@@ -56,6 +58,11 @@ class FakeLeases:
     def mark_done(self, key: LeaseKey, owner: str = "other-worker:1") -> None:
         """`key` carries a done marker (stored and announced earlier)."""
         self.values[key] = DONE_PREFIX + owner
+
+    def plant_foreign(self, key: LeaseKey, value: str = "someone-else") -> None:
+        """`key` holds a value another program wrote, with no TTL."""
+        self.values[key] = value
+        self.foreign.add(key)
 
     def owned_by(self, token_prefix: str) -> set[LeaseKey]:
         """Keys whose *lease* (not done marker) has a token starting with the prefix."""
@@ -74,6 +81,8 @@ class FakeLeases:
             if value is None:
                 self.values[key] = token
                 out[key] = LeaseState.ACQUIRED
+            elif key in self.foreign:
+                out[key] = LeaseState.FOREIGN
             elif value.startswith(DONE_PREFIX):
                 out[key] = LeaseState.DONE
             else:
@@ -84,7 +93,7 @@ class FakeLeases:
         self._record("release", keys, token)
         released = 0
         for key in keys:
-            if self.values.get(key) == token:
+            if self.values.get(key) == token and key not in self.foreign:
                 del self.values[key]
                 released += 1
         return released
@@ -94,7 +103,7 @@ class FakeLeases:
         finished = 0
         for key in keys:
             value = self.values.get(key)
-            if value is None or value == token:
+            if key not in self.foreign and (value is None or value == token):
                 self.values[key] = DONE_PREFIX + token
                 finished += 1
         return finished
@@ -123,6 +132,7 @@ class FakeStore:
     fail_next_save: bool = False  # raise before anything is committed
     fail_next_save_after_commit: bool = False  # commit, then lose the answer
     fail_mark_published: bool = False
+    fail_next_announced: bool = False
     # A save holding one of these wamids is refused like a CHECK constraint refuses it
     # (nothing of it is committed); one holding a wamid of `explode` raises a surprise.
     refuse: set[str] = field(default_factory=set)
@@ -181,6 +191,16 @@ class FakeStore:
         for event_id in outbox_ids:
             if event_id in self.outbox:
                 self.outbox[event_id].published = True
+
+    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
+        """The keys stored whose event is out (its outbox row published)."""
+        if self.fail_next_announced:
+            self.fail_next_announced = False
+            raise StoreError("fake database: lookup failed")
+        unpublished = self.unpublished()
+        return frozenset(
+            k for k in keys if k in self.rows and self.rows[k].event.event_id not in unpublished
+        )
 
     async def claim_unpublished(
         self, *, claimant: str, claim_for: dt.timedelta, limit: int

@@ -196,3 +196,42 @@ async def test_same_wamid_two_numbers_two_keys_both_acquired(
     assert await leases.acquire([a, b], "tok") == {a: LeaseState.ACQUIRED, b: LeaseState.ACQUIRED}
     assert await redis_client.get(leases.key(a)) == b"tok"
     assert await redis_client.get(leases.key(b)) == b"tok"
+
+
+async def test_a_key_we_did_not_write_is_foreign_and_left_alone(
+    leases: Leases, redis_client: aioredis.Redis
+) -> None:
+    """A key under the prefix that no lease of ours could be (no TTL, a TTL longer than
+    LEASE_TTL_S, another type) is FOREIGN, never HELD: held, it would defer its record,
+    and so its partition's commits, for as long as the key lives. No script touches it,
+    and a key of another type fails no script (the whole batch would fail with it)."""
+    no_ttl, long_ttl, a_hash, a_lease = (
+        MessageKey("106540352242922", f"wamid.{n}") for n in "ABCD"
+    )
+    await redis_client.set(leases.key(no_ttl), b"someone-else")
+    await redis_client.set(leases.key(long_ttl), b"w9:1", px=int(LEASE_TTL_S * 1000) + 60_000)
+    await redis_client.hset(leases.key(a_hash), "field", "value")
+    await redis_client.set(leases.key(a_lease), b"w9:1", px=int(LEASE_TTL_S * 1000))
+    keys = [no_ttl, long_ttl, a_hash, a_lease]
+
+    assert await leases.acquire(keys, "tok") == {
+        no_ttl: LeaseState.FOREIGN,
+        long_ttl: LeaseState.FOREIGN,
+        a_hash: LeaseState.FOREIGN,
+        a_lease: LeaseState.HELD,  # a lease's TTL: someone's lease, over within LEASE_TTL_S
+    }
+    assert await leases.release(keys, "tok") == 0
+    assert await leases.finish(keys, "tok") == 0
+    assert await redis_client.get(leases.key(no_ttl)) == b"someone-else"
+    assert await redis_client.pttl(leases.key(no_ttl)) == -1
+    assert await redis_client.hget(leases.key(a_hash), "field") == b"value"
+    assert await redis_client.get(leases.key(a_lease)) == b"w9:1"
+
+
+async def test_a_done_marker_without_ttl_is_still_a_done_marker(
+    leases: Leases, redis_client: aioredis.Redis
+) -> None:
+    """Whatever its TTL, a value in the marker's format reads DONE: the pipeline has the
+    database confirm it before anything is skipped."""
+    await redis_client.set(leases.key(KEY), f"{DONE_PREFIX}restored".encode())
+    assert await leases.acquire([KEY], "tok") == {KEY: LeaseState.DONE}

@@ -233,6 +233,23 @@ def _naive(moment: dt.datetime) -> dt.datetime:
     return moment.replace(tzinfo=None) if moment.tzinfo else moment
 
 
+async def test_announced_names_the_stored_messages_whose_events_are_out(store: Store) -> None:
+    """announced() confirms a done marker: a key is announced when its row is stored and
+    its outbox row is gone; a key without a row, or whose event is still in the outbox,
+    is not. Same answer on both databases, for many keys at once (chunked on SQLite)."""
+    out = _pending("111", *(f"wamid.out.{n}" for n in range(700)))
+    boxed = _pending("111", "wamid.boxed")
+    saved = await store.save(out)
+    await store.mark_published(saved.outbox_ids)
+    await store.save(boxed)
+    missing = MessageKey("111", "wamid.never")
+    other_tenant = MessageKey("222", "wamid.out.1")
+    asked = [*_keys(out), *_keys(boxed), missing, other_tenant]
+
+    assert await store.announced(asked) == _keys(out)
+    assert await store.announced([]) == frozenset()
+
+
 async def test_mixed_batch_inserts_new_and_reports_conflicts(store: Store) -> None:
     """A batch with one stored and one new key inserts only the new one; same wamid under
     another number is a new message."""

@@ -52,6 +52,21 @@ class World:
     def published_ids(self) -> list[str]:
         return [e.event_id for e in self.publisher.published]
 
+    async def stored_by_another_worker(self, *wamids: str) -> None:
+        """Another member (same Redis, database and topic) stores and announces these."""
+        other = Pipeline(
+            Settings(),
+            self.leases,
+            self.store,
+            self.publisher,
+            worker_id="w2",
+            metrics=Metrics(),
+            marks=MarkQueue(self.store),
+            clock=lambda: NOW,
+        )
+        report = await other.process(_records(webhook([message(w) for w in wamids])))
+        assert report.stored == len(wamids)
+
 
 @pytest.fixture
 def world() -> World:
@@ -143,24 +158,104 @@ async def test_deferred_record_completes_once_the_other_worker_is_done(world: Wo
     first = await world.pipeline.process(records)
     assert first.retry == records
 
-    world.leases.mark_done(key("wamid.HELD"), owner="w2:9")
+    del world.leases.values[key("wamid.HELD")]  # w2 gave it back, and stores it anew
+    await world.stored_by_another_worker("wamid.HELD")
     second = await world.pipeline.process(records)
     assert second.durable == records
     assert second.retry == []
-    assert world.published_ids() == [key("wamid.OTHER").event_id]  # nothing twice
+    assert (second.dup_done_marker, second.markers_unconfirmed) == (2, 0)
+    # Each once: OTHER by us, HELD by the other worker.
+    assert world.published_ids() == [key("wamid.OTHER").event_id, key("wamid.HELD").event_id]
 
 
 async def test_done_marker_is_a_duplicate(world: World) -> None:
-    """A key with a done marker is a duplicate: durable, not stored again, no event."""
-    world.leases.mark_done(key("wamid.A"))
+    """A key with a done marker the database confirms is a duplicate: durable, not
+    stored again, no event."""
+    await world.stored_by_another_worker("wamid.A")
+    assert world.leases.done_keys() == {key("wamid.A")}
+    saves = len(world.store.saves)
     records = _records(webhook([message("wamid.A")]))
     report = await world.pipeline.process(records)
 
     assert report.durable == records
-    assert report.dup_done_marker == 1
-    assert world.store.rows == {}
-    assert world.store.saves == []
-    assert world.publisher.published == []
+    assert (report.dup_done_marker, report.markers_unconfirmed) == (1, 0)
+    assert len(world.store.saves) == saves  # confirmed by a lookup, not an insert
+    assert world.published_ids() == [key("wamid.A").event_id]  # the other worker's, once
+
+
+async def test_done_marker_the_database_does_not_hold_is_overruled(world: World) -> None:
+    """A Redis that outlived its database (a restore from backup, a lagging replica,
+    another deployment sharing the prefix): the marker claims a message the database
+    does not hold. The database is the authority: the message is stored and announced."""
+    world.leases.mark_done(key("wamid.A"), owner="restored:1")
+    records = _records(webhook([message("wamid.A"), message("wamid.B")]))
+    report = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert (report.dup_done_marker, report.markers_unconfirmed, report.stored) == (0, 1, 2)
+    assert set(world.store.rows) == {key("wamid.A"), key("wamid.B")}
+    assert sorted(world.published_ids()) == sorted(
+        [key("wamid.A").event_id, key("wamid.B").event_id]
+    )
+    assert world.leases.values[key("wamid.A")] == "done:restored:1"  # not ours: untouched
+    # Met again: now the database confirms the marker.
+    again = await world.pipeline.process(records)
+    assert (again.dup_done_marker, again.markers_unconfirmed, again.events) == (2, 0, 0)
+
+
+async def test_done_marker_of_an_unannounced_row_announces_it(world: World) -> None:
+    """A marker whose row is stored but whose event is still in the outbox (the
+    database was restored to a moment between the commit and the publish): not done,
+    so the event is published."""
+    await world.stored_by_another_worker("wamid.A")
+    world.store.outbox[key("wamid.A").event_id].published = False
+    records = _records(webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert (report.markers_unconfirmed, report.republished) == (1, 1)
+    assert world.store.unpublished() == set()
+
+
+async def test_confirming_markers_fails_with_the_database(world: World) -> None:
+    """The lookup that confirms markers fails: a dependency failure like any other,
+    the batch retries and gives back the leases it took."""
+    await world.stored_by_another_worker("wamid.A")
+    world.store.fail_next_announced = True
+    records = _records(webhook([message("wamid.A"), message("wamid.B")]))
+    report = await world.pipeline.process(records)
+
+    assert report.retry == records
+    assert report.failure is not None
+    assert "confirming done markers" in report.failure
+    assert key("wamid.B") not in world.leases.values  # released
+    assert key("wamid.B") not in world.store.rows
+
+
+async def test_foreign_key_never_stalls_its_message(world: World) -> None:
+    """A key under the prefix this project did not write (no TTL): the message goes
+    through the database's fence without a lease, and the key is left alone."""
+    world.leases.plant_foreign(key("wamid.A"), "staging-wrote-this")
+    records = _records(webhook([message("wamid.A")]))
+    report = await world.pipeline.process(records)
+
+    assert report.durable == records
+    assert (report.foreign_keys, report.stored, report.events) == (1, 1, 1)
+    assert world.leases.values[key("wamid.A")] == "staging-wrote-this"
+    again = await world.pipeline.process(records)  # the fence catches the copy
+    assert (again.foreign_keys, again.dup_database, again.events) == (1, 1, 0)
+    assert world.published_ids() == [key("wamid.A").event_id]
+
+
+async def test_foreign_key_of_a_dead_letter_sends_it(world: World) -> None:
+    """A bad record whose dead-letter key is foreign is dead-lettered all the same."""
+    bad = _records(b"not json")
+    world.leases.plant_foreign(bad[0].dead_letter_key)
+    report = await world.pipeline.process(bad)
+
+    assert report.durable == bad
+    assert report.foreign_keys == 1
+    assert [i.reason for i in world.publisher.dead_letters] == [Reason.NOT_JSON]
 
 
 async def test_lease_store_failure_retries_everything(world: World) -> None:
