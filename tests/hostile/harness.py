@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from consumer import http
+from consumer.dedup import DONE_PREFIX, lease_key
+from consumer.records import MessageKey
 from consumer.settings import Settings
 from consumer.store import create_engine
 from consumer.tools import embedded, topics
@@ -811,13 +814,54 @@ class HostileRun:
         return ", ".join(found) or "not as promised"
 
     async def execute(self, *, first: int, late: int) -> Verdict:
-        """The whole run: drive, drain, read, audit, check the members."""
+        """The whole run: Redis poisoned, drive, drain, read, audit, check the members."""
+        planted = await self.poison_redis()
         await self.drive(first, late)
         committed = await self.settle()
         observed = await self.observe(committed)
         self.audit(observed)
         await self.check_members()
+        self._check_overruled(planted)
         return self.verdict
+
+    async def poison_redis(self) -> collections.Counter[str]:
+        """Before any member starts, Redis says what the database does not: of the
+        messages to be stored (good traffic and STORED cases), every third carries a done
+        marker of another deployment (as a Redis that outlived its database, or a shared
+        prefix, would), every third a key another program wrote without a TTL, and a few
+        a hash. Each must be stored and announced once all the same, and no partition
+        may wait on a key (docs/design.md, "Keys we did not write")."""
+        client = aioredis.Redis.from_url(self.settings.redis_url)
+        planted: collections.Counter[str] = collections.Counter()
+        try:
+            keys = sorted({m.key for items in self.halves for i in items for m in _planned(i)})
+            for n, (pnid, wamid) in enumerate(keys):
+                name = lease_key(self.settings.redis_key_prefix, MessageKey(pnid, wamid))
+                if n % 3 == 0:
+                    await client.set(name, f"{DONE_PREFIX}other-deployment:1", ex=3600)
+                    planted["done_unconfirmed"] += 1
+                elif n % 9 == 1:
+                    await client.hset(name, "not", "ours")
+                    planted["foreign"] += 1
+                elif n % 3 == 1:
+                    await client.set(name, b"not-ours")
+                    planted["foreign"] += 1
+        finally:
+            await client.aclose()
+        self._mark(f"redis poisoned: {dict(planted)}")
+        return planted
+
+    def _check_overruled(self, planted: collections.Counter[str]) -> None:
+        """Every planted key was met, and overruled (each at least once)."""
+        seen = {
+            "done_unconfirmed": self.group.totals("markers_unconfirmed"),
+            "foreign": self.group.totals("foreign_keys"),
+        }
+        for kind, count in planted.items():
+            if seen[kind] < count:
+                self.verdict.run.append(
+                    f"{count} {kind} key(s) planted in Redis, only {seen[kind]} overruled"
+                )
 
     # -- the members at the end -----------------------------------------------------
 
@@ -875,6 +919,13 @@ class HostileRun:
 
 
 @functools.lru_cache(maxsize=1024)
+def _planned(item: Item) -> tuple[Expected, ...]:
+    """The messages of a record to send that must be stored."""
+    if item.case is not None and item.case.expect != STORED:
+        return ()
+    return _messages(item.record.value)
+
+
 def _messages(value: bytes | None) -> tuple[Expected, ...]:
     """messages_in, once per distinct body (the audit asks often; one body is 250 KB)."""
     return tuple(messages_in(value))
