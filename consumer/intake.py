@@ -54,6 +54,8 @@ def decode(
     With `app_secret` (WHATSAPP_APP_SECRET, encoded once by the caller) the record's
     signature is checked first; without it no header is looked at.
     """
+    if record.problem is not None:  # it stands for records the client could not read
+        return Invalid(record, *record.problem)
     try:
         if app_secret:
             _check_signature(record, app_secret)

@@ -30,6 +30,10 @@ class InboundRecord:
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]  # a header's value may be null
     timestamp_ms: int
+    # Set on a record that stands for records the client could not read (a batch that
+    # does not decode, or decompresses beyond its bound: consumer/lenient.py): why, and
+    # what. Never set from a record's own bytes.
+    problem: tuple[Reason, str] | None = None
 
     @property
     def coordinates(self) -> tuple[str, int, int]:
@@ -161,6 +165,10 @@ class Reason(enum.StrEnum):
     UNSTORABLE = "unstorable"
     # An unexpected exception while processing it; the detail names the exception type.
     INTERNAL_ERROR = "internal_error"
+    # A fetched batch the client cannot decode (corrupt or unknown compression, a CRC
+    # that does not match, records that do not parse): one dead letter stands for the
+    # records of the batch not read, at the batch's last offset (consumer/lenient.py).
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,15 +39,22 @@ _NO_PARTITION = TopicPartition("", -1)
 
 
 def inbound(record: Any) -> InboundRecord:
-    """An aiokafka ConsumerRecord as the project's record (service, dlq and tail)."""
+    """An aiokafka ConsumerRecord as the project's record (service, dlq and tail). A
+    record standing for a batch the client could not read (consumer/lenient.py) comes
+    with its problem, to be dead-lettered."""
+    value = record.value
+    problem = None
+    if isinstance(value, lenient.Problem):
+        problem, value = (value.reason, value.detail), b""
     return InboundRecord(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         key=record.key,
-        value=record.value,
+        value=value,
         headers=tuple(record.headers or ()),
         timestamp_ms=int(record.timestamp or 0),
+        problem=problem,
     )
 
 
@@ -163,7 +170,9 @@ class Source:
         """`consumer`: an AIOKafkaConsumer-like object to use instead (tests)."""
         self._settings = settings
         self._timeout_s = settings.kafka_request_timeout_s
-        lenient.install()  # a record aiokafka cannot decode must not stop a partition
+        # A batch aiokafka cannot decode, or that decompresses beyond the bound
+        # MAX_RECORD_BYTES sets, must not stop a partition (it is dead-lettered).
+        lenient.install(settings.max_record_bytes)
         self._consumer = consumer or AIOKafkaConsumer(
             **consumer_config(settings, client_id=client_id)
         )
