@@ -70,7 +70,10 @@ def build(message: Message, *, topic: str, occurred_at: dt.datetime) -> Outbound
         },
     }
     try:
-        payload = orjson.dumps(body)
+        # A copy of its own length: orjson (3.12 on) hands back its whole buffer, at least
+        # 4 KiB and about 12 times a long string's length, and an event lives until its
+        # publish (a 600-byte event held 4 KiB; 2,000 of a 180 KB name's, 2 GB).
+        payload = bytes(memoryview(orjson.dumps(body)))
     except (TypeError, orjson.JSONEncodeError) as exc:
         # Intake's limits make this unreachable; if it happens, it is this record's data.
         raise UnstorableError(f"the event cannot be encoded: {exc}") from exc

@@ -13,6 +13,11 @@ be hostile (huge, deeply nested, full of terminal escapes).
 
 The work per record is linear in its size: one parse, at most one walk of the tree (only
 when the body has more brackets than the depth limit), contacts matched through a dict.
+So is its output: a record whose rows and events would hold more than
+``limits.MAX_OUTPUT_FACTOR`` times its size (a contact's profile shared by thousands of
+messages) is refused, as estimated while decoding. A change of another field than
+``messages`` is reported as ignored (``Webhook.ignored``), or refused if it holds
+messages. Numbers orjson cannot carry exactly are read as written (see below).
 
 With Meta's App Secret configured, a record must first prove it comes from Meta: its
 ``X-Hub-Signature-256`` header (any case) must be ``sha256=`` and the hex HMAC-SHA256 of
@@ -21,8 +26,11 @@ the raw value under the secret, checked on the bytes as received, before any par
 
 from __future__ import annotations
 
+import decimal
 import hmac
 import itertools
+import json
+import math
 import re
 import string
 from typing import Any
@@ -119,17 +127,122 @@ def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Reject(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
+    # A number orjson would not carry exactly sends the body through the exact reading.
+    exact = _may_be_inexact(value)
     try:
-        body = orjson.loads(value)
+        parsed: Any = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):  # orjson's own limit (1024) is far above ours
             raise _Reject(Reason.TOO_DEEP, _too_deep()) from None
-        raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
+        if not (exact and _BEYOND_A_DOUBLE in str(exc)):
+            raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
+        parsed = None  # 1e400: valid JSON that orjson refuses; the exact reading takes it
+    if parsed is not None and not isinstance(parsed, dict):
+        raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(parsed)}, not an object")
+    _check_depth(value)
+    body = _read_exactly(value, validated=parsed is not None) if exact else parsed
     if not isinstance(body, dict):
         raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(body)}, not an object")
-    _check_depth(value)
     _check_event_size(value, body)
     return body
+
+
+# -- numbers carried as sent ---------------------------------------------------------
+#
+# The event and the row carry a message's content as sent, numbers included; orjson reads
+# an integer beyond 64 bits as a float (123456789012345678901234567890 comes out as
+# 1.2345678901234568e+29), a float a double cannot hold as the nearest double (1e-400 as
+# 0.0, 0.1000000000000000000001 as 0.1), and refuses one beyond a double's range (1e400).
+# A number orjson does read exactly is an integer of at most 15 digits or a float of at
+# most 15 significant digits and an exponent of at most two digits (within a double's
+# normal range, where 15 digits always come back the same). So a body none of whose
+# numbers has 16 characters of digits and points, or an exponent of three digits, is read
+# by orjson alone, found so in about a microsecond a kilobyte (_may_be_inexact). The
+# exact reading is the standard library's parser, whose number hooks keep a number orjson
+# would change as an orjson.Fragment of its text, which orjson writes back verbatim into
+# the event and the JSON columns; every other number comes out as orjson gives it.
+
+# The body's bytes as classes: a digit or a point "0", e/E "e", a sign "+", a byte a
+# number may follow (':', ',', '[') "s", anything else "x"; JSON whitespace is dropped
+# (a number holds none). In that view a number starts right after an "s".
+_NUMBER_VIEW = bytes(
+    ord("0")
+    if c in b"0123456789."
+    else ord("e")
+    if c in b"eE"
+    else ord("+")
+    if c in b"+-"
+    else ord("s")
+    if c in b":,["
+    else ord("x")
+    for c in range(256)
+)
+_WHITESPACE = b" \t\n\r"
+# In the view: a number of 16 digits and points, or with a 3-digit exponent. The view
+# turns the search into one for a literal ("s"), which the regular-expression engine
+# runs at C speed; on the raw bytes the same search takes twenty times as long.
+_INEXACT_IN_VIEW = re.compile(rb"s\+?0(?:0{15}|0*e\+?000)")
+
+
+def _may_be_inexact(value: bytes) -> bool:
+    """Whether the body may hold a number orjson does not read exactly. A match inside a
+    string (a ':' followed by 16 digits in a text) only costs the exact reading."""
+    return _INEXACT_IN_VIEW.search(value.translate(_NUMBER_VIEW, _WHITESPACE)) is not None
+
+
+_BEYOND_A_DOUBLE = "number is infinity when parsed as double"
+_I64_MIN = -(2**63)
+_U64_MAX = 2**64 - 1
+# An integer longer than '-' and 20 digits is beyond 64 bits (JSON has no leading zeros):
+# it is kept as text without int(), whose time grows with the square of the digits (and
+# which refuses more than 4,300).
+_INT_CHARS = 21
+
+
+def _read_exactly(value: bytes, *, validated: bool) -> Any:
+    """The body read by the standard library's parser, numbers exactly. `validated`: orjson
+    read the same text (so it is JSON as orjson takes it: no lone surrogate, no NaN); else
+    orjson stopped at a number beyond a double, and the text after it is checked here.
+    The depth is already checked (the standard parser recurses)."""
+    try:
+        body = json.loads(
+            value.decode("utf-8"),
+            parse_int=_exact_int,
+            parse_float=_exact_float,
+            parse_constant=_no_constant,
+        )
+    except ValueError as exc:  # json.JSONDecodeError, or _no_constant
+        raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
+    if not validated:
+        try:
+            orjson.dumps(body)  # refuses a string holding a lone surrogate, as orjson.loads does
+        except orjson.JSONEncodeError as exc:
+            raise _Reject(Reason.NOT_JSON, str(exc)[:200]) from None
+    return body
+
+
+def _exact_int(text: str) -> int | orjson.Fragment:
+    if len(text) <= _INT_CHARS:
+        number = int(text)
+        if _I64_MIN <= number <= _U64_MAX:
+            return number
+    return orjson.Fragment(text.encode())
+
+
+def _exact_float(text: str) -> float | orjson.Fragment:
+    """The float orjson would give, if it is the number written (its shortest form, which
+    orjson writes back, has the same decimal value); else the text itself."""
+    number = float(text)
+    try:
+        if math.isfinite(number) and decimal.Decimal(repr(number)) == decimal.Decimal(text):
+            return number
+    except (ArithmeticError, ValueError):  # an exponent beyond what decimal takes
+        pass
+    return orjson.Fragment(text.encode())
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # the standard parser takes NaN and Infinity
 
 
 def _check_event_size(value: bytes, body: dict[str, Any]) -> None:
@@ -183,28 +296,102 @@ def _webhook(record: InboundRecord, body: dict[str, Any]) -> Webhook:
     if not entries:
         raise _Reject(Reason.BAD_SHAPE, "entry is empty")
     messages: list[Message] = []
-    statuses = errors = ignored = 0
+    statuses = errors = shared = 0
+    ignored: list[tuple[str, str]] = []
     for i, entry in enumerate(entries):
         for j, change in enumerate(_list(_obj(entry, f"entry[{i}]"), "changes", f"entry[{i}]")):
             where = f"entry[{i}].changes[{j}]"
             change = _obj(change, where)
             value = _obj(change.get("value"), f"{where}.value")
-            if change.get("field", "messages") != "messages":
-                ignored += 1
+            field = change.get("field", "messages")
+            if field != "messages":
+                _check_holds_no_messages(value, field, where)
+                ignored.append((where, field_label(field)))
                 continue
-            found = _messages(record, value, where)
+            found, shares = _messages(record, value, where)
             messages.extend(found)
+            shared += shares
             statuses += len(_optional_list(value, "statuses", where))
             errors += len(_optional_list(value, "errors", where))
             if not found and "statuses" not in value and "errors" not in value:
-                ignored += 1
-    return Webhook(record, tuple(messages), statuses, errors, ignored)
+                ignored.append((where, "messages"))
+    _check_output(record, len(messages), shared)
+    return Webhook(record, tuple(messages), statuses, errors, len(ignored), tuple(ignored))
 
 
-def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[Message]:
+# Meta's documented webhook fields of a WhatsApp Business Account: the values a change's
+# field is counted under (wamid_guard_changes_ignored_total); any other is "other", so
+# that no label comes from the input.
+WEBHOOK_FIELDS: frozenset[str] = frozenset(
+    {
+        "account_alerts",
+        "account_review_update",
+        "account_update",
+        "automatic_events",
+        "business_capability_update",
+        "calls",
+        "flows",
+        "history",
+        "message_template_components_update",
+        "message_template_quality_update",
+        "message_template_status_update",
+        "messages",
+        "partner_solutions",
+        "payment_configuration_update",
+        "phone_number_name_update",
+        "phone_number_quality_update",
+        "security",
+        "smb_app_state_sync",
+        "smb_message_echoes",
+        "template_category_update",
+        "user_preferences",
+    }
+)
+OTHER_FIELD = "other"
+
+
+def field_label(field: object) -> str:
+    """A change's field as a metric label: one of WEBHOOK_FIELDS, or "other"."""
+    return field if isinstance(field, str) and field in WEBHOOK_FIELDS else OTHER_FIELD
+
+
+def _check_holds_no_messages(value: dict[str, Any], field: object, where: str) -> None:
+    """A change of another field is ignored, but not one holding messages (`"field":
+    null`, `"Messages"`): ignoring it would drop them without a trace."""
+    held = value.get("messages")
+    if held is None or held == []:
+        return
+    named = f"'{field}'" if field_label(field) != OTHER_FIELD else _kind(field)
+    raise _Reject(
+        Reason.BAD_SHAPE,
+        f"{where}.value holds messages, but {where}.field is {named}, not 'messages'",
+    )
+
+
+def _check_output(record: InboundRecord, messages: int, shared: int) -> None:
+    """The rows and events of a record's messages may hold at most MAX_OUTPUT_FACTOR
+    times its size (limits.py): estimated from what decoding found, no copy made."""
+    if not messages:
+        return
+    size = len(record.value or b"")
+    estimate = 3 * size + messages * limits.MESSAGE_OVERHEAD_BYTES + shared
+    if estimate > limits.MAX_OUTPUT_FACTOR * size:
+        raise _Reject(
+            Reason.OVERSIZE,
+            f"its {messages} messages would make about {estimate} bytes of rows and events "
+            f"(their shared parts copied into each: a contact's profile, the display "
+            f"number), more than {limits.MAX_OUTPUT_FACTOR} times the record's {size} bytes",
+        )
+
+
+def _messages(
+    record: InboundRecord, value: dict[str, Any], where: str
+) -> tuple[list[Message], int]:
+    """A change's messages, and the bytes their rows and events will copy of the parts
+    they share (see _check_output)."""
     raw_messages = _optional_list(value, "messages", where)
     if not raw_messages:
-        return []  # statuses / errors only: no message needs the phone_number_id
+        return [], 0  # statuses / errors only: no message needs the phone_number_id
     metadata = value.get("metadata")
     pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     if isinstance(pnid, int) and not isinstance(pnid, bool):
@@ -213,8 +400,13 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
         raise _Reject(Reason.MISSING_PHONE_NUMBER_ID, f"{where}.value.metadata.phone_number_id")
     assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
     _check_id(pnid, f"{where}.value.metadata.phone_number_id", limits.PHONE_NUMBER_ID_MAX)
-    display = metadata.get("display_phone_number")
+    display = _display_phone_number(metadata, where)
     by_wa_id, lone = _contacts(_optional_list(value, "contacts", where))
+    # Every row and event of the change copies these: the phone_number_id in the row, the
+    # event and its key, the display number in the event.
+    per_message = 3 * _utf8_len(pnid) + _utf8_len(display)
+    contact_shares: dict[int, int] = {}  # by the contact's index: each measured once
+    shared = 0
     out = []
     for k, raw in enumerate(raw_messages):
         at = f"{where}.value.messages[{k}]"
@@ -226,21 +418,67 @@ def _messages(record: InboundRecord, value: dict[str, Any], where: str) -> list[
         sender = _id(raw, "from", at, limits.SENDER_MAX)
         contact = by_wa_id.get(sender, lone)
         profile = contact[1].get("profile") if contact else None
+        if not isinstance(profile, dict):
+            profile = None
+        contact_wa_id = _contact_wa_id(contact, where)
+        contact_name = _opt_str(profile.get("name")) if profile is not None else None
+        shared += per_message
+        if contact is not None:
+            share = contact_shares.get(contact[0])
+            if share is None:
+                share = contact_shares[contact[0]] = _contact_share(
+                    profile, contact_name, contact_wa_id
+                )
+            shared += share
         out.append(
             Message(
                 key=MessageKey(pnid, wamid),
                 sender=sender,
                 type=_id(raw, "type", at, limits.MESSAGE_TYPE_MAX),
                 timestamp=_id(raw, "timestamp", at, limits.TIMESTAMP_MAX),
-                contact_wa_id=_contact_wa_id(contact, where),
-                contact_name=_opt_str(profile.get("name")) if isinstance(profile, dict) else None,
-                contact_profile=profile if isinstance(profile, dict) else None,
-                display_phone_number=_opt_str(display),
+                contact_wa_id=contact_wa_id,
+                contact_name=contact_name,
+                contact_profile=profile,
+                display_phone_number=display,
                 raw=raw,
                 source=record,
             )
         )
-    return out
+    return out, shared
+
+
+def _display_phone_number(metadata: dict[str, Any], where: str) -> str | None:
+    """metadata.display_phone_number, checked like an identifier (every event of the
+    change copies it); an integer is taken as its decimal string; absent or null: None."""
+    display = metadata.get("display_phone_number")
+    if display is None:
+        return None
+    if isinstance(display, int) and not isinstance(display, bool):
+        display = str(display)
+    if not isinstance(display, str) or not display:
+        raise _Reject(
+            Reason.INVALID_FIELD,
+            f"{where}.value.metadata.display_phone_number is {_kind(display)}, not a phone number",
+        )
+    if len(display) > limits.DISPLAY_PHONE_NUMBER_MAX or _CONTROL.search(display):
+        _check_id(
+            display, f"{where}.value.metadata.display_phone_number", limits.DISPLAY_PHONE_NUMBER_MAX
+        )
+    return display
+
+
+def _contact_share(profile: dict[str, Any] | None, name: str | None, wa_id: str | None) -> int:
+    """What each message matched to this contact copies of it: the profile (the row's
+    contact_profile), the name twice (the row's contact_name, the event's contact.name),
+    the wa_id twice (the row, the event). Measured once per contact, not per message."""
+    share = 2 * (_utf8_len(name) + _utf8_len(wa_id))
+    if profile is not None:
+        share += len(orjson.dumps(profile))
+    return share
+
+
+def _utf8_len(text: str | None) -> int:
+    return len(text.encode("utf-8", "surrogatepass")) if text else 0
 
 
 # A contact entry and its index in the change's contacts (to name it in a dead letter).

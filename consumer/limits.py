@@ -15,12 +15,18 @@ Why these numbers (Meta's documentation and real payloads, with room for change)
   business-scoped user ids such as ``US.13491208655302741918``.
 * ``type`` is a word such as ``text``, ``interactive`` or ``request_welcome`` (15).
 * ``timestamp`` is Unix seconds as a decimal string (10 digits until the year 2286).
+* ``display_phone_number`` is the business number as shown, digits as Meta sends it
+  (``15550783881``; E.164 has at most 15), room for a formatted one (``+1 555-078-3881``).
+  Every event of its change copies it, so it is bounded like an identifier.
 * Free text (a text body, a contact's name) is not limited beyond the record's size, and
   may hold any character Meta can send, NUL included: it is stored faithfully in JSON
   columns (PostgreSQL ``json``, which keeps ``\\u0000``; ``jsonb`` refuses it).
 * Identifiers may hold no control character (Unicode category Cc, NUL included): the
   database's text columns refuse NUL, and the derived ids rely on ``\\x1f`` never being
   part of a ``phone_number_id`` (``records.MessageKey``).
+* Output: every message's row and event copy parts of the record that many messages
+  share (the change's numbers, the contact matched to the sender); see
+  ``MAX_OUTPUT_FACTOR``.
 * Nesting: Meta's deepest documented message (an order, an interactive reply) nests
   about twelve levels below the body. The event re-encodes the content two levels deeper
   than the message sits in the body; orjson re-encodes at most 254 levels.
@@ -37,6 +43,8 @@ SENDER_MAX: Final = 64
 CONTACT_WA_ID_MAX: Final = 64
 MESSAGE_TYPE_MAX: Final = 32
 TIMESTAMP_MAX: Final = 20
+# Not a column: the event's display_phone_number (and the change's, in raw form).
+DISPLAY_PHONE_NUMBER_MAX: Final = 64
 
 # Deepest nesting of arrays and objects a body may have (the body itself is level 1).
 MAX_JSON_DEPTH: Final = 64
@@ -60,3 +68,17 @@ EVENT_ENVELOPE_BYTES: Final = 4096
 JSON_GROWTH: Final = 4.5
 # The largest MAX_RECORD_BYTES that still lets every event fit one produce request.
 MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES
+
+# What one record may make its rows and events hold, estimated at decode: each message's
+# own content about three times (the row's raw, its columns, the event: counted as three
+# times the record's size), plus per message a fixed MESSAGE_OVERHEAD_BYTES (ids, the
+# event's envelope, the source topic twice) and the parts it shares with other messages
+# of the record (its contact's profile, the name twice, the wa_id twice; the change's
+# phone_number_id three times and display number once). A record whose estimate passes
+# MAX_OUTPUT_FACTOR times its size is dead-lettered (oversize): one contact's large
+# profile copied into thousands of messages made 300 MB of events from 190 KB. The
+# samples estimate 3.9-4.5 times their size; the most messages a record can hold (49
+# bytes each, nothing shared) 22.5 times; a few messages may share a contact as large as
+# the record (nine: 30 times). docs/design.md, "The storage contract", has the figures.
+MESSAGE_OVERHEAD_BYTES: Final = 1024
+MAX_OUTPUT_FACTOR: Final = 32

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
+from consumer.intake import OTHER_FIELD, WEBHOOK_FIELDS
 from consumer.records import Message, Reason
 
 # A batch takes milliseconds when healthy and up to the dependency timeouts when not.
@@ -133,6 +134,16 @@ class Metrics:
             "Status updates (sent/delivered/read) seen in webhooks; they create no message.",
             registry=r,
         )
+        self.changes_ignored = Counter(
+            "wamid_guard_changes_ignored",
+            "Changes of usable webhooks that create no message, carry no status and no "
+            "error, by field: one of Meta's webhook field names (account_update, history, "
+            "...), messages for a messages change holding none of them, or other (a field "
+            "Meta does not document, null, or a name spelt otherwise, such as Messages). A "
+            "change that is not field messages but holds messages is dead-lettered instead.",
+            ["field"],
+            registry=r,
+        )
         self.leases_lost = Counter(
             "wamid_guard_leases_lost",
             "Leases that ran out while their batch was still working (LEASE_TTL_S too "
@@ -237,6 +248,8 @@ class Metrics:
             self.offset_commits.labels(outcome)
         for reason in Reason:
             self.dead_lettered.labels(str(reason))
+        for name in (*sorted(WEBHOOK_FIELDS), OTHER_FIELD):
+            self.changes_ignored.labels(name)
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""

@@ -80,6 +80,9 @@ class BatchReport:
     held: int = 0
     statuses: int = 0
     errors: int = 0
+    # Changes that created nothing (not field "messages", or holding no message, status
+    # or error); by field as a metric label (intake.field_label) in ignored_fields.
+    ignored_changes: int = 0
     dead_lettered: int = 0
     dead_letters_repeated: int = 0  # records met again whose dead letter was sent already
     isolated: int = 0  # records refused by the database or the encoder, or that raised
@@ -87,6 +90,7 @@ class BatchReport:
     republished: int = 0
     leases_lost: int = 0
     failure: str | None = None
+    ignored_fields: dict[str, int] = field(default_factory=dict)
     durable: list[InboundRecord] = field(default_factory=list)
     retry: list[InboundRecord] = field(default_factory=list)
 
@@ -211,8 +215,19 @@ class Pipeline:
         for hook in webhooks:
             report.statuses += hook.statuses
             report.errors += hook.errors
+            if hook.ignored:
+                self._ignored(hook, report)
         await self._store_isolating(webhooks, report, invalid)
         await self._dead_letter(invalid, report)
+
+    def _ignored(self, hook: Webhook, report: BatchReport) -> None:
+        """Count each change that created nothing by its field, and say where it was (at
+        debug): no change vanishes without a trace."""
+        for where, name in hook.ignored:
+            report.ignored_changes += 1
+            report.ignored_fields[name] = report.ignored_fields.get(name, 0) + 1
+            if self._debug:
+                log.debug("change.ignored", **hook.log_context(), change=where, field=name)
 
     def _decode(self, record: InboundRecord) -> Webhook | Invalid:
         return intake.decode(
@@ -241,6 +256,8 @@ class Pipeline:
         m.redis_overruled.labels("foreign").inc(report.foreign_keys)
         m.events_published.labels("pipeline").inc(report.events)
         m.statuses.inc(report.statuses)
+        for name, count in report.ignored_fields.items():
+            m.changes_ignored.labels(name).inc(count)
         m.leases_lost.inc(report.leases_lost)
         m.dead_letters_repeated.inc(report.dead_letters_repeated)
         if report.retry:

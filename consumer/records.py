@@ -138,6 +138,10 @@ class Webhook:
     statuses: int = 0
     errors: int = 0
     ignored_changes: int = 0
+    # Each change that created nothing, as (where, field): its place in the body
+    # ("entry[0].changes[1]") and its field as a metric label (intake.field_label:
+    # one of Meta's field names, "messages" for one holding nothing, or "other").
+    ignored: tuple[tuple[str, str], ...] = ()
 
     def log_context(self) -> dict[str, Any]:
         return self.record.log_context()

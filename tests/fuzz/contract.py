@@ -104,11 +104,14 @@ def _message_problems(record: InboundRecord, m: Message) -> list[str]:
         *_identifier(m.timestamp, "timestamp", limits.TIMESTAMP_MAX),
         *_identifier(m.contact_wa_id, "contact wa_id", limits.CONTACT_WA_ID_MAX, optional=True),
     ]
+    if m.display_phone_number is not None:
+        found += _identifier(
+            m.display_phone_number, "display_phone_number", limits.DISPLAY_PHONE_NUMBER_MAX
+        )
     if m.source is not record:
         found.append("the message does not carry its record")
-    for name, value in (("contact_name", m.contact_name), ("display", m.display_phone_number)):
-        if value is not None and not isinstance(value, str):
-            found.append(f"{name} is {type(value).__name__}")
+    if m.contact_name is not None and not isinstance(m.contact_name, str):
+        found.append(f"contact_name is {type(m.contact_name).__name__}")
     return found + _json_problems(m)
 
 

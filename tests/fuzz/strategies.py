@@ -145,6 +145,13 @@ TYPES = identifiers(
 )
 TIMESTAMPS = identifiers(limits.TIMESTAMP_MAX, ["1749416383", "0", "99999999999999999999"])
 WA_IDS = identifiers(limits.CONTACT_WA_ID_MAX, ["16505551234", "US.13491208655302741918"])
+# The business number as displayed: a string within its limit, or an integer (taken as
+# its decimal string); null stands for none.
+DISPLAY_PHONE_NUMBERS: st.SearchStrategy[str | int | None] = st.one_of(
+    identifiers(limits.DISPLAY_PHONE_NUMBER_MAX, ["15550783881", "+1 555-078-3881"]),
+    st.integers(0, 2**64 - 1),
+    st.none(),
+)
 PHONE_NUMBER_IDS: st.SearchStrategy[str | int] = st.one_of(
     identifiers(limits.PHONE_NUMBER_ID_MAX, ["106540352242922", "1"]),
     st.integers(0, 2**64 - 1),
@@ -277,7 +284,7 @@ def message_changes(draw: st.DrawFn) -> dict[str, Any]:
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {
-            "display_phone_number": draw(FREE_TEXT | st.just("15550783881")),
+            "display_phone_number": draw(DISPLAY_PHONE_NUMBERS),
             "phone_number_id": draw(PHONE_NUMBER_IDS),
         },
         "contacts": draw(st.lists(contacts(senders), max_size=3)),

@@ -5,8 +5,8 @@ gives it:
 
 * ``STORED``: every message in it ends in exactly one row and exactly one
   ``message_created`` event per (phone_number_id, wamid), with the values as sent;
-* ``STATUS``: a valid webhook that creates no message (statuses only): no row, no event,
-  no dead letter;
+* ``STATUS``: a valid webhook that creates no message (statuses, or changes of other
+  fields): no row, no event, no dead letter;
 * a dead-letter reason (``Reason``): each copy of each record ends on the dead-letter
   topic, once, at its own source (partition, offset), with that ``dlq.reason``; none of
   its messages is stored or announced.
@@ -14,7 +14,11 @@ gives it:
 The harness sends every record of every case twice, on two different partitions
 (``Case.copies``), interleaved with good traffic. Values are built from small helpers so
 that a case is one line; ``deep(n)`` stands for ``n`` levels of nesting, written into the
-JSON text when the body is encoded (orjson itself cannot write more than 254 levels).
+JSON text when the body is encoded (orjson itself cannot write more than 254 levels), and
+``number(text)`` for a number written as `text` (1e-400, 30 digits: no encoder writes
+them so). Bodies and what comes out are read with ``loads_exact``, every number as
+written: an integer as an int, any other as a Decimal of its text (a float would turn
+1e-400 into 0.0 and hide the very loss the cases look for).
 
 The markers (``NAME_MARK``, ``TEXT_MARK``, ``SENDER_MARK``) are personal data by
 construction: they are in contact names, text bodies and senders, and must never appear
@@ -23,6 +27,8 @@ in a member's log.
 
 from __future__ import annotations
 
+import decimal
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,6 +100,7 @@ class Case:
 # -- building bodies ---------------------------------------------------------------------
 
 _DEEP = re.compile(rb'"@@deep:(\d+):(array|object)@@"')
+_NUMBER = re.compile(rb'"@@number:([-+.0-9eE]+)@@"')
 
 
 def deep(levels: int, kind: str = "array") -> str:
@@ -107,9 +114,32 @@ def _nested(levels: int, kind: bytes) -> bytes:
     return b'{"d":' * levels + b'"x"' + b"}" * levels
 
 
+def number(text: str) -> str:
+    """A placeholder for a JSON number written exactly as `text`."""
+    return f"@@number:{text}@@"
+
+
 def encode(body: Any) -> bytes:
-    """JSON text of `body`, with every ``deep(n)`` placeholder written out."""
-    return _DEEP.sub(lambda m: _nested(int(m.group(1)), m.group(2)), orjson.dumps(body))
+    """JSON text of `body`, with every ``deep(n)`` and ``number(text)`` written out."""
+    text = _DEEP.sub(lambda m: _nested(int(m.group(1)), m.group(2)), orjson.dumps(body))
+    return _NUMBER.sub(lambda m: m.group(1), text)
+
+
+def loads_exact(text: bytes | str) -> Any:
+    """JSON with every number as written: integers as int (any size), every other number
+    as a Decimal of its text (-0.0 keeps its sign, 1e-400 is not 0.0)."""
+    return json.loads(text, parse_float=decimal.Decimal)
+
+
+def dumps_exact(value: Any) -> bytes:
+    """JSON of a value read by loads_exact, its Decimals written as they were read."""
+    return orjson.dumps(value, default=_decimal_text)
+
+
+def _decimal_text(value: Any) -> orjson.Fragment:
+    if isinstance(value, decimal.Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(type(value).__name__)
 
 
 def message(
@@ -134,6 +164,7 @@ def value(
     pnid: Any = PNID,
     name: str = f"{NAME_MARK} Test",
     contacts: list[Any] | None = None,
+    display: Any = "15550783881",
     **extra: Any,
 ) -> dict[str, Any]:
     """One change's value: metadata, the sender's contact (named `name`), the messages."""
@@ -145,7 +176,7 @@ def value(
         contacts = [contact]
     v: dict[str, Any] = {
         "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+        "metadata": {"display_phone_number": display, "phone_number_id": pnid},
         "contacts": contacts,
     }
     if messages:
@@ -158,6 +189,12 @@ def body(*values: dict[str, Any], obj: Any = OBJECT) -> dict[str, Any]:
     """A webhook body: one entry, one change per value."""
     changes = [{"field": "messages", "value": v} for v in values]
     return {"object": obj, "entry": [{"id": "1", "changes": changes}]}
+
+
+def fields(*changes: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+    """A webhook body: one entry, one change per (field, value)."""
+    listed = [{"field": f, "value": v} for f, v in changes]
+    return {"object": OBJECT, "entry": [{"id": "1", "changes": listed}]}
 
 
 def hook(*messages: dict[str, Any], obj: Any = OBJECT, **value_args: Any) -> dict[str, Any]:
@@ -216,6 +253,22 @@ def encode_growing() -> bytes:
     text = encode(growing_numbers())
     room = 256 * 1024 - len(text) - 64
     return text.replace(b'"@@numbers@@"', b"[" + b",".join([b"9e15"] * (room // 5)) + b"]")
+
+
+PROBE_BYTES = 190_000
+PROBE_MESSAGES = 2000
+
+
+def probe_record() -> dict[str, Any]:
+    """The outside probe's shape: about 190 KB, one contact whose name fills it, and
+    thousands of tiny messages that each would copy the name into a row and an event
+    (two of these made 301 MB of events and 599 MiB of database)."""
+    msgs = [
+        message(f"w.p{i}", sender="1", timestamp="1", type_="t", text=None)
+        for i in range(PROBE_MESSAGES)
+    ]
+    empty = len(orjson.dumps(hook(*msgs, name="")))
+    return hook(*msgs, name=NAME_MARK + "N" * (PROBE_BYTES - empty - len(NAME_MARK)))
 
 
 FORGED_HEADERS = (
@@ -314,8 +367,20 @@ CASES: tuple[Case, ...] = (
     stored("a header name that is not UTF-8", Record(encode(hook(message(W + "raw.header"))), raw_headers=((b"\xff\xfe-hostile", b"v"),))),  # noqa: E501
     # a contact's wa_id is an identifier too
     dead("a contact wa_id of CONTACT_WA_ID_MAX + 1", INVALID, hook(message(W + "contact.long"), contacts=[{"profile": {"name": NAME_MARK}, "wa_id": "9" * (limits.CONTACT_WA_ID_MAX + 1)}])),  # noqa: E501
+    # the display number, copied into every event of its change, is an identifier too
+    stored("display_phone_number of DISPLAY_PHONE_NUMBER_MAX", hook(message(W + "display.max"), display=padded("+1 555", limits.DISPLAY_PHONE_NUMBER_MAX))),  # noqa: E501
+    dead("display_phone_number of DISPLAY_PHONE_NUMBER_MAX + 1", INVALID, hook(message(W + "display.max1"), display=padded("+1 555", limits.DISPLAY_PHONE_NUMBER_MAX + 1)), detail="display_phone_number"),  # noqa: E501
+    dead("ESC in the display_phone_number", INVALID, hook(message(W + "display.esc"), display="1555\x1b[2J0783881"), detail="display_phone_number"),  # noqa: E501
+    # amplification: one contact's large name shared by thousands of messages
+    dead("a 190 KB record: one contact's 80 KB name, 2,000 tiny messages (the probe)", Reason.OVERSIZE, probe_record(), detail=f"more than {limits.MAX_OUTPUT_FACTOR} times"),  # noqa: E501
+    # not field "messages": counted and ignored, or dead-lettered if they hold messages
+    dead("messages under a change of field null", Reason.BAD_SHAPE, fields((None, value(message(W + "field.null")))), detail="field is null"),  # noqa: E501
+    dead("messages under a change of field 'Messages'", Reason.BAD_SHAPE, fields(("Messages", value(message(W + "field.Messages")))), detail="not 'messages'"),  # noqa: E501
+    status("a change of another field, no messages", fields(("account_update", {"event": "VERIFIED_ACCOUNT", "note": NAME_MARK}))),  # noqa: E501
+    stored("a message change beside changes of other fields", fields(("message_template_status_update", {"event": "APPROVED"}), ("messages", value(message(W + "field.beside"))), ("zz_undocumented", {"messages": []}))),  # noqa: E501
     # content the event and the row must carry exactly
     stored("large numbers and floats", hook(message(W + "numbers", numbers={"u64": 18446744073709551615, "big": 1e308, "negzero": -0.0}))),  # noqa: E501
+    stored("integers beyond 64 bits and 1e-400 in a text message, carried as sent", hook(message(W + "numbers.exact", numbers={"big": number("123456789012345678901234567890"), "u64p1": number("18446744073709551616"), "i64m1": number("-9223372036854775809"), "tiny": number("1e-400"), "negtiny": number("-1e-400"), "huge": number("1E+400"), "long": number("0.1000000000000000000001"), "u64": 18446744073709551615}))),  # noqa: E501
     # shape
     dead("not JSON, with forged dlq.* headers", Reason.NOT_JSON, Record(b"{not json " + TEXT_MARK.encode(), FORGED_HEADERS)),  # noqa: E501
     dead("id given as a number", Reason.MESSAGE_WITHOUT_ID, hook(message(12345))),
@@ -369,12 +434,44 @@ class Expected:
 
 
 def messages_in(value_bytes: bytes | None) -> list[Expected]:
-    """Every message a body holds, read leniently (nothing if it does not parse)."""
+    """Every message a body holds, under a change of any field, read leniently (nothing
+    if it does not parse), numbers exactly (loads_exact)."""
+    parsed = _parse(value_bytes)
+    return [] if parsed is None else list(_walk(parsed))
+
+
+def ignored_in(value_bytes: bytes | None) -> int:
+    """The changes of a body that create nothing: of a field other than "messages", or
+    holding no messages, statuses or errors."""
+    parsed = _parse(value_bytes)
+    entries = parsed.get("entry") if isinstance(parsed, dict) else None
+    count = 0
+    for entry in entries if isinstance(entries, list) else []:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
+                continue
+            v = change["value"]
+            if change.get("field", "messages") != "messages" or not (
+                v.get("messages") or "statuses" in v or "errors" in v
+            ):
+                count += 1
+    return count
+
+
+def _parse(value_bytes: bytes | None) -> Any:
+    """The body exactly, or as orjson reads it if it nests too deep for the standard
+    parser, or None if it is not JSON."""
     try:
-        parsed = orjson.loads(value_bytes or b"")
+        return loads_exact(value_bytes or b"")
+    except RecursionError:
+        pass
+    except ValueError:
+        return None
+    try:
+        return orjson.loads(value_bytes or b"")
     except orjson.JSONDecodeError:
-        return []
-    return list(_walk(parsed))
+        return None
 
 
 def _walk(parsed: Any) -> Iterator[Expected]:

@@ -8,17 +8,25 @@ under that case's name, with what was expected and what was found.
 from __future__ import annotations
 
 import collections
+import decimal
 import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from consumer.settings import Settings
-from tests.hostile.cases import BY_NAME, NAME_MARK, REFUSAL, SENDER_MARK, Case
+from tests.hostile.cases import (
+    BY_NAME,
+    NAME_MARK,
+    REFUSAL,
+    SENDER_MARK,
+    Case,
+    dumps_exact,
+    loads_exact,
+)
 from tests.hostile.harness import (
     GOOD,
     DeadLetter,
@@ -33,6 +41,7 @@ from tests.support.procs import ConsumerProc
 
 pytestmark = pytest.mark.hostile
 
+D = decimal.Decimal
 CASES = tuple(
     BY_NAME[n]
     for n in (
@@ -69,7 +78,7 @@ def _perfect(run: HostileRun) -> Observed:
     rows: dict[tuple[str, str], list[Row]] = {}
     events: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for m in run.expected_stored():
-        raw = json.loads(orjson.dumps(m.raw))
+        raw = loads_exact(dumps_exact(m.raw))
         rows[m.key] = [Row(m.sender, m.type, m.timestamp, m.contact_name, m.contact_wa_id, raw)]
         message = {**m.content, "id": "x", "source_id": m.key[1], "from": m.sender}
         message |= {"type": m.type, "timestamp": m.timestamp}
@@ -77,7 +86,7 @@ def _perfect(run: HostileRun) -> Observed:
             {
                 "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, repr(m.key))),
                 "phone_number_id": m.key[0],
-                "message": json.loads(orjson.dumps(message)),
+                "message": loads_exact(dumps_exact(message)),
                 "contact": {"wa_id": m.contact_wa_id, "name": m.contact_name},
             }
         ]
@@ -111,7 +120,7 @@ def _drop_row(run: HostileRun, obs: Observed) -> None:
 
 
 def _negative_zero_lost(run: HostileRun, obs: Observed) -> None:
-    obs.rows[_key(NUMBERS)][0].raw["numbers"]["negzero"] = 0.0
+    obs.rows[_key(NUMBERS)][0].raw["numbers"]["negzero"] = decimal.Decimal("0.0")
 
 
 def _event_twice(run: HostileRun, obs: Observed) -> None:
@@ -224,12 +233,20 @@ def test_personal_data_in_a_log_is_reported(tmp_path: Path) -> None:
         ({"t": {"body": "a\x00b"}}, {"t": {"body": "a\ufffdb"}}, "t.body: expected 'a\\x00b'"),
         ({"a": [1, [2]]}, {"a": [1, [2, 3]]}, "a[1]: 1 items expected, got 2"),
         ({"a": 1}, {"a": 1, "b": 2}, "keys ['a'] expected"),
+        (D("-0.0"), D("0.0"), "expected -0.0, got 0.0"),
+        (D("1E-400"), D("0.0"), "expected 1E-400, got 0.0"),
+        (D("1E-400"), 0.0, "expected Decimal('1E-400'), got 0.0"),
+        (10**29, D("1.2345678901234568E+29"), "expected 100000000000000000000000000000"),
     ],
 )
 def test_difference_is_exact(expected: Any, got: Any, says: str) -> None:
-    """Values compare exactly: a number's type and a float's sign count, and the first
-    difference is named by its path."""
+    """Values compare exactly: a number's type and a float's sign count, a number read
+    as written (a Decimal) compares by value and sign, and the first difference is named
+    by its path."""
     found = difference(expected, got)
     assert found is not None
     assert says in found, found
-    assert difference(expected, json.loads(json.dumps(expected))) is None
+    if isinstance(expected, D):
+        assert difference(expected, loads_exact(dumps_exact(expected))) is None
+    else:
+        assert difference(expected, json.loads(json.dumps(expected))) is None

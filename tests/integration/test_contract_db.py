@@ -5,15 +5,17 @@ largest identifiers the contract admits really fit, unique index included."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from consumer import events, intake, limits
 from consumer.records import Webhook
-from consumer.store import PendingMessage, Store, create_engine, metadata
+from consumer.store import PendingMessage, Store, create_engine, metadata, outbox, unpack_events
 from consumer.testing import message, record, webhook
 
 pytestmark = pytest.mark.integration
@@ -56,3 +58,39 @@ async def test_the_largest_identifiers_fit(database_url: str) -> None:
         assert len((await store.save(pending)).conflicts) == 1
     finally:
         await store.close()
+
+
+async def test_numbers_orjson_would_change_are_stored_and_announced_as_sent(
+    database_url: str,
+) -> None:
+    """An integer beyond 64 bits, 1e-400 and 1e400 in a message's content and in its
+    contact's profile reach the JSON columns (PostgreSQL json, SQLite text) and the event
+    in the outbox digit for digit: read back as text, each is the number as sent."""
+    sent = ["123456789012345678901234567890", "1e-400", "-1E+400", "0.1000000000000000000001"]
+    contact = {"wa_id": "16505551234", "profile": {"name": "N", "n": "@@"}}
+    body = json.dumps(webhook([message("wamid.BIG")], contacts=[contact]))
+    body = body.replace('"text": {', '"n": [' + ", ".join(sent) + '], "text": {', 1)
+    body = body.replace('"n": "@@"', '"n": [' + ", ".join(sent) + "]", 1)
+    decoded = intake.decode(record(body.encode()), max_bytes=1 << 20)
+    assert isinstance(decoded, Webhook), decoded
+    now = dt.datetime.now(dt.UTC)
+    pending = [
+        PendingMessage(m, events.build(m, topic="out", occurred_at=now)) for m in decoded.messages
+    ]
+    store = Store(create_engine(database_url, pool_size=1, timeout_s=10))
+    try:
+        assert len((await store.save(pending)).inserted) == 1
+        async with store.engine.connect() as conn:
+            raw, profile = (
+                await conn.execute(
+                    sa.text("SELECT CAST(raw AS TEXT), CAST(contact_profile AS TEXT) FROM messages")
+                )
+            ).one()
+            (packed,) = (await conn.execute(sa.select(outbox.c.events))).one()
+    finally:
+        await store.close()
+    (event,) = unpack_events(bytes(packed))
+    for text in (raw, profile, event.payload.decode()):
+        numbers = text[text.index('"n":') :]
+        numbers = numbers[numbers.index("[") + 1 : numbers.index("]")]
+        assert [n.strip() for n in numbers.split(",")] == sent, text

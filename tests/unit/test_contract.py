@@ -5,6 +5,7 @@ tests/integration/test_contract_db.py.)"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from jsonschema import Draft202012Validator
 
-from consumer import intake, limits
+from consumer import events, intake, limits
 from consumer.records import Reason, Webhook
 from consumer.store import messages
 from consumer.testing import message, record, webhook
@@ -21,7 +22,8 @@ from consumer.testing import message, record, webhook
 SCHEMAS = Path(__file__).parents[2] / "schemas"
 CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 
-# (table, column) -> the limit its VARCHAR length must be.
+# (table, column) -> the limit its VARCHAR length must be. (display_phone_number has no
+# column: only the event carries it, and raw does not hold it.)
 COLUMNS = {
     (messages, "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
     (messages, "source_id"): limits.WAMID_MAX,
@@ -52,6 +54,7 @@ WEBHOOK_FIELDS = {
     ("$defs", "message", "properties", "type"): limits.MESSAGE_TYPE_MAX,
     ("$defs", "message", "properties", "timestamp"): limits.TIMESTAMP_MAX,
     ("$defs", "contact", "properties", "wa_id"): limits.CONTACT_WA_ID_MAX,
+    ("$defs", "metadata", "properties", "display_phone_number"): limits.DISPLAY_PHONE_NUMBER_MAX,
 }
 EVENT_FIELDS = {
     ("properties", "phone_number_id"): limits.PHONE_NUMBER_ID_MAX,
@@ -60,6 +63,7 @@ EVENT_FIELDS = {
     ("$defs", "message", "properties", "type"): limits.MESSAGE_TYPE_MAX,
     ("$defs", "message", "properties", "timestamp"): limits.TIMESTAMP_MAX,
     ("$defs", "contact", "properties", "wa_id"): limits.CONTACT_WA_ID_MAX,
+    ("properties", "display_phone_number"): limits.DISPLAY_PHONE_NUMBER_MAX,
 }
 
 
@@ -88,6 +92,7 @@ def test_schemas_have_the_limits(schema: str, fields: dict[tuple[str, ...], int]
         assert node["pattern"] == CONTROL, path
     if schema == "webhook.v1.json":
         assert f"nests at most {limits.MAX_JSON_DEPTH} levels" in loaded["description"]
+        assert f"more than {limits.MAX_OUTPUT_FACTOR} times its size" in loaded["description"]
 
 
 def _body_with(field: str, value: str) -> dict[str, Any]:
@@ -121,6 +126,50 @@ def test_intake_and_the_webhook_schema_agree_at_the_boundary(
     refused = intake.decode(record(with_control), max_bytes=1 << 20)
     assert not isinstance(refused, Webhook)
     assert refused.reason is Reason.INVALID_FIELD
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_intake_and_both_schemas_agree_on_the_display_phone_number(extra: int) -> None:
+    """At DISPLAY_PHONE_NUMBER_MAX both the webhook schema and intake accept, and the
+    event carries it valid under the event schema; one more character, or a control
+    character, and both refuse (intake as invalid_field)."""
+    webhook_schema = Draft202012Validator(_schema("webhook.v1.json"))
+    event_schema = Draft202012Validator(_schema("message_created.v1.json"))
+
+    def body(display: str) -> dict[str, Any]:
+        b = webhook([message("wamid.A")])
+        b["entry"][0]["changes"][0]["value"]["metadata"]["display_phone_number"] = display
+        return b
+
+    wide = body("9" * (limits.DISPLAY_PHONE_NUMBER_MAX + extra))
+    decoded = intake.decode(record(wide), max_bytes=1 << 20)
+    assert webhook_schema.is_valid(wide) == (extra == 0)
+    assert isinstance(decoded, Webhook) == (extra == 0)
+    if isinstance(decoded, Webhook):
+        event = events.build(decoded.messages[0], topic="out", occurred_at=dt.datetime.now(dt.UTC))
+        assert event_schema.is_valid(json.loads(event.payload))
+    else:
+        assert decoded.reason is Reason.INVALID_FIELD
+    with_control = body("1555\x1b")
+    assert not webhook_schema.is_valid(with_control)
+    refused = intake.decode(record(with_control), max_bytes=1 << 20)
+    assert not isinstance(refused, Webhook)
+    assert refused.reason is Reason.INVALID_FIELD
+
+
+def test_the_webhook_schema_refuses_messages_under_another_field() -> None:
+    """As intake does: a change of another field may hold no messages (but an empty
+    list, or null); it is valid without them."""
+    validator = Draft202012Validator(_schema("webhook.v1.json"))
+    held = webhook([message("wamid.A")])
+    held["entry"][0]["changes"][0]["field"] = "history"
+    assert not validator.is_valid(held)
+    assert not isinstance(intake.decode(record(held), max_bytes=1 << 20), Webhook)
+    empty: list[object] | None
+    for empty in ([], None):
+        held["entry"][0]["changes"][0]["value"]["messages"] = empty
+        assert validator.is_valid(held)
+        assert isinstance(intake.decode(record(held), max_bytes=1 << 20), Webhook)
 
 
 def test_an_event_of_the_largest_record_fits_a_produce_request() -> None:

@@ -274,6 +274,77 @@ def test_other_fields_are_ignored_not_invalid() -> None:
     assert isinstance(hook, Webhook)
     assert [m.key.wamid for m in hook.messages] == ["wamid.A"]
     assert hook.ignored_changes == 1
+    assert hook.ignored == (("entry[0].changes[1]", "account_update"),)
+
+
+def _with_change(field: object, value: dict[str, Any]) -> dict[str, Any]:
+    """A webhook of one good message, then a change of `field` (... : no field key)."""
+    body = webhook([message("wamid.A")])
+    change: dict[str, Any] = {"value": value}
+    if field is not ...:
+        change["field"] = field
+    body["entry"][0]["changes"].append(change)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [
+        pytest.param(None, "null", id="null"),
+        pytest.param("Messages", "a string of 8 characters", id="Messages"),
+        pytest.param("messages ", "a string of 9 characters", id="trailing-space"),
+        pytest.param("history", "'history'", id="documented-other"),
+        pytest.param(7, "a number", id="number"),
+    ],
+)
+def test_messages_under_another_field_are_dead_lettered_not_dropped(
+    field: object, said: str
+) -> None:
+    """A change that is not field "messages" but holds messages used to be skipped whole:
+    no row, no dead letter, no trace. It is bad_shape now, the detail naming where and
+    what the field is (a documented name, or its kind), never the messages."""
+    value = webhook([message("wamid.B", text="Sheena's secret")])["entry"][0]["changes"][0]
+    invalid = _invalid(_with_change(field, value["value"]))
+    assert invalid.reason is Reason.BAD_SHAPE
+    assert "entry[0].changes[1]" in invalid.detail
+    assert said in invalid.detail
+    assert "Sheena" not in invalid.detail
+    assert "Messages" not in invalid.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "label"),
+    [
+        pytest.param("account_update", {"event": "x"}, "account_update", id="documented"),
+        pytest.param("zz_Sheena_field", {"event": "x"}, "other", id="undocumented"),
+        pytest.param(None, {"event": "x"}, "other", id="null"),
+        pytest.param("Messages", {"messages": []}, "other", id="Messages-empty"),
+        pytest.param("history", {"messages": None}, "history", id="null-messages"),
+        pytest.param("messages", {"messaging_product": "whatsapp"}, "messages", id="empty"),
+    ],
+)
+def test_a_change_without_messages_is_counted_by_a_bounded_field_label(
+    field: object, value: dict[str, Any], label: str
+) -> None:
+    """A change that creates nothing is reported, where it is and under which field: one
+    of Meta's documented names, "messages" for a messages change holding nothing, and
+    "other" for anything else (never a label taken from the input)."""
+    hook = _decode(_with_change(field, value))
+    assert isinstance(hook, Webhook), hook
+    assert [m.key.wamid for m in hook.messages] == ["wamid.A"]
+    assert hook.ignored == (("entry[0].changes[1]", label),)
+    assert hook.ignored_changes == 1
+    assert label in intake.WEBHOOK_FIELDS | {intake.OTHER_FIELD}
+
+
+def test_a_change_without_a_field_is_a_messages_change() -> None:
+    """No `field` key at all is read as "messages" (as before): its messages are
+    stored, not refused."""
+    value = webhook([message("wamid.B")])["entry"][0]["changes"][0]["value"]
+    hook = _decode(_with_change(..., value))
+    assert isinstance(hook, Webhook), hook
+    assert [m.key.wamid for m in hook.messages] == ["wamid.A", "wamid.B"]
+    assert hook.ignored == ()
 
 
 def test_same_wamid_under_two_numbers_is_two_keys() -> None:

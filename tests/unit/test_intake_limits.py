@@ -73,6 +73,74 @@ def test_phone_number_id_limit() -> None:
     assert "metadata.phone_number_id" in refused.detail
 
 
+def _with_display(display: object) -> dict[str, Any]:
+    """A one-message webhook whose metadata.display_phone_number is `display`."""
+    body = webhook([message("wamid.A")])
+    body["entry"][0]["changes"][0]["value"]["metadata"]["display_phone_number"] = display
+    return body
+
+
+def test_display_phone_number_limit() -> None:
+    """metadata.display_phone_number, which every event of its change copies: 64
+    characters (four-byte ones too) are carried; 65 are invalid_field, named."""
+    at_limit = "\U0001f600" * (limits.DISPLAY_PHONE_NUMBER_MAX - 1) + "1"
+    (m,) = _accepted(_with_display(at_limit)).messages
+    assert m.display_phone_number == at_limit
+    refused = _refused(_with_display(at_limit + "1"), Reason.INVALID_FIELD)
+    assert "metadata.display_phone_number" in refused.detail
+    assert str(limits.DISPLAY_PHONE_NUMBER_MAX) in refused.detail
+    assert "\U0001f600" not in refused.detail
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x1f", "\x7f", "\x85", "\n", "\t"])
+def test_a_control_character_in_the_display_phone_number_is_refused(char: str) -> None:
+    """Like every identifier: the detail names the field and the code point, not the
+    value."""
+    refused = _refused(_with_display(f"1555{char}0783881"), Reason.INVALID_FIELD)
+    assert "metadata.display_phone_number" in refused.detail
+    assert f"U+{ord(char):04X}" in refused.detail
+    assert "1555" not in refused.detail
+
+
+@pytest.mark.parametrize(
+    ("display", "carried"),
+    [
+        pytest.param("15550783881", "15550783881", id="string"),
+        pytest.param("+1 555-078-3881", "+1 555-078-3881", id="formatted"),
+        pytest.param(15550783881, "15550783881", id="integer"),
+        pytest.param(None, None, id="null"),
+        pytest.param(..., None, id="absent"),
+    ],
+)
+def test_display_phone_number_forms(display: object, carried: str | None) -> None:
+    """A string is carried as sent, an integer as its decimal string (as the
+    phone_number_id), null or absent as null."""
+    body = _with_display(display)
+    if display is ...:
+        del body["entry"][0]["changes"][0]["value"]["metadata"]["display_phone_number"]
+    (m,) = _accepted(body).messages
+    assert m.display_phone_number == carried
+
+
+@pytest.mark.parametrize(
+    "display",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(True, id="boolean"),
+        pytest.param(1.5, id="float"),
+        pytest.param(["Sheena Nelson"], id="array"),
+        pytest.param({"n": "Sheena Nelson" * 1000}, id="object"),
+    ],
+)
+def test_a_display_phone_number_that_is_not_one_is_refused(display: object) -> None:
+    """Anything else is invalid_field (it used to become null silently, or be copied
+    whole into every event): the detail says what it is, never what it holds."""
+    refused = _refused(_with_display(display), Reason.INVALID_FIELD)
+    assert "metadata.display_phone_number" in refused.detail
+    assert "Sheena" not in refused.detail
+    assert len(refused.detail) < 200
+
+
 @pytest.mark.parametrize("char", ["\x00", "\x1b", "\x1f", "\x7f", "\x85", "\n", "\t"])
 @pytest.mark.parametrize("field", ["id", "from", "type", "timestamp"])
 def test_a_control_character_in_an_identifier_is_refused(field: str, char: str) -> None:
