@@ -28,7 +28,8 @@ Why it is built this way:
   message that was stored already is not stored or announced twice.
 * A dead letter whose key, value or headers were cut or left out no longer holds the
   original record; replaying it would turn a good webhook into a broken one (or drop its
-  signature), so it is refused, saying what is missing.
+  signature), so it is refused, saying what is missing. So is an ``unreadable`` one,
+  which stands for a batch no client could decode and holds no record.
 
 Pure parts (argument parsing, selection, rendering, replay planning) are separate from
 the two adapters that talk to Kafka (:class:`DlqReader`, :func:`send_replays`), which
@@ -53,6 +54,7 @@ from consumer import deadletters, lenient
 from consumer.errors import BrokerError, ConfigError, MissingTopicError
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
+from consumer.records import Reason
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
 from consumer.source import inbound
@@ -472,7 +474,16 @@ class Skip:
 def plan_replay(letter: DeadLetter, inbound_topic: str) -> Replay | Skip:
     """The inbound record again: its key, value and headers exactly as it had them
     (x-hub-signature-256 included), plus ``dlq.replayed_from`` naming this dead letter.
-    Refused when the dead letter no longer holds the whole record."""
+    Refused when the dead letter no longer holds the whole record, and for an
+    ``unreadable`` one, which never held a record (it stands for a batch no client
+    could decode: there is nothing to send)."""
+    if letter.reason == str(Reason.UNREADABLE):
+        return Skip(
+            letter.coordinates,
+            "unreadable",
+            "stands for a batch no client could decode: it holds no record to send "
+            "(read the batch with the broker's tools; docs/operations.md)",
+        )
     missing = letter.missing()
     if missing:
         return Skip(

@@ -348,6 +348,16 @@ def test_truncated_dead_letters_are_not_replayed() -> None:
     assert "195.3KiB" in plan.why
 
 
+def test_an_unreadable_dead_letter_is_not_replayed() -> None:
+    """An `unreadable` dead letter stands for a batch no client could decode and holds no
+    record: replaying it would send an empty value. Refused, saying why."""
+    letter = _dead_letter(Reason.UNREADABLE, value=b"", key=None, headers=())
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert plan.kind == "unreadable"
+    assert "holds no record" in plan.why
+
+
 def test_idle_must_be_positive() -> None:
     """--idle 0 would stop before the first fetch and list nothing: refused."""
     with pytest.raises(ConfigError, match="--idle"):
