@@ -4,16 +4,30 @@ A few GET routes on asyncio's own server, in the service's event loop (no thread
 framework): a handler sees the live state without locks. Each connection answers one
 request and closes, which is all Prometheus and container health checks need.
 
-The endpoint may face anything that reaches its port, so what a client can hold is
-bounded: at most ``max_connections`` at once (one more is answered 503 and closed at
-once, without reading it), each with ``read_timeout_s`` to send its request, a request
-line and header lines of at most 64 KiB each (asyncio's line limit), at most 100 headers.
+The endpoint may face anything that reaches its port, and a liveness probe must still be
+answered while other clients hold connections open without finishing their request (a
+slowloris), or flood it. So:
+
+- A connection is a protocol object, not a task: its request head (request line and
+  headers, at most ``_MAX_HEAD_BYTES``) is parsed as the bytes arrive and must be complete
+  within ``read_timeout_s`` of connecting; the answer must be sent within
+  ``write_timeout_s``. Nothing else is read.
+- At most ``max_connections`` are open, and a new one is always taken: at the limit the
+  *oldest* connection that has not sent its whole request head yet is closed to make room
+  (if every one has, the oldest of all). A probe sends its request at once and is answered
+  a loop turn or two later, so only ``max_connections`` newer connections within those
+  milliseconds could push it out; clients that send nothing, or a byte a second, only push
+  out each other. Memory stays bounded by the limit whatever the number of clients.
+- Requests for a path whose answer is being computed share it: one readiness check, one
+  render of the metrics page, however many ask at once. A flood of complete requests
+  costs a parse and a write each, not a round of Redis, database and Kafka checks each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -27,17 +41,28 @@ log = structlog.get_logger(__name__)
 Response = tuple[int, str, bytes]  # status, content type, body
 Route = Callable[[], Awaitable[Response]]
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+# Health checks and scrapes are a handful a minute. At most this many connections are
+# open (each holding at most _MAX_HEAD_BYTES of request, or one answer being sent); more
+# than asyncio takes in (100 a loop turn) between a probe's connect and its request, so a
+# flood of newcomers does not push the probe out before its request is read.
+MAX_CONNECTIONS = 128
+# From the connection to the end of the request head. A probe or a scrape sends its
+# whole head (a few hundred bytes, one TCP segment) right after connecting: this is for
+# slow links and retransmissions, not for a client's thinking time. Holding a connection
+# this long costs a probe nothing (the oldest unfinished connection gives way).
 _READ_TIMEOUT_S = 5.0
-_MAX_HEADER_LINES = 100
-# Health checks and scrapes are a handful a minute; far more at once is not a monitor.
-MAX_CONNECTIONS = 32
-_REFUSE_READ_S = 0.1
-_REFUSE_READ_BYTES = 64 * 1024
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
-)
+# From the answer being queued to it being sent (the metrics page is tens of KB).
+_WRITE_TIMEOUT_S = 10.0
+_MAX_HEAD_BYTES = 32 * 1024
+_HEAD_END = re.compile(rb"\n\r?\n")
+_EVICTION_LOG_EVERY_S = 60.0
 
 
 class HttpServer:
@@ -49,16 +74,26 @@ class HttpServer:
         *,
         max_connections: int = MAX_CONNECTIONS,
         read_timeout_s: float = _READ_TIMEOUT_S,
+        write_timeout_s: float = _WRITE_TIMEOUT_S,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._host = host
         self._port = port
         self._routes = routes
         self._max_connections = max_connections
-        self._read_timeout_s = read_timeout_s
-        self._open = 0
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.refused = 0  # connections turned away at the limit, for tests and logs
+        self.read_timeout_s = read_timeout_s
+        self.write_timeout_s = write_timeout_s
+        # Open connections in the order they came, by phase: still reading their request
+        # head, or answering (waiting for the route, or writing).
+        self._reading: dict[_Connection, None] = {}
+        self._answering: dict[_Connection, None] = {}
+        # Per path: the connections waiting for the answer being computed.
+        self._waiting: dict[str, dict[_Connection, None]] = {}
+        self._routes_running: set[asyncio.Task[None]] = set()
+        self.evicted = 0  # connections closed to make room, for tests and logs
+        self._evicted_logged = 0
+        self._eviction_logged_at = -_EVICTION_LOG_EVERY_S
         self._server: asyncio.Server | None = None
 
     @property
@@ -68,97 +103,198 @@ class HttpServer:
             return self._port
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def _open(self) -> int:
+        return len(self._reading) + len(self._answering)
+
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self._host, self._port, start_serving=False
+            )
         except OSError as exc:
             raise EndpointError(
                 f"METRICS_PORT: cannot listen on {self._host}:{self._port} "
                 f"({exc.strerror or exc}); another member on this host? Give each member "
                 "its own METRICS_PORT (9108, 9109, ...), or 0 to turn the endpoint off"
             ) from exc
+        await self._server.start_serving()
         log.info("http.listening", host=self._host, port=self.port, paths=sorted(self._routes))
 
     async def stop(self) -> None:
-        """Stop listening and end the connections in flight. Their handlers are not
-        cancelled (on Python 3.11 asyncio logs a cancelled connection handler as an
-        error): their sockets are closed, and each handler ends at its next read."""
+        """Stop listening, drop the connections in flight and the answers being computed."""
         if self._server is None:
             return
         self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        handlers = [t for t in self._handlers if not t.done()]
-        if handlers:
-            await asyncio.wait(handlers, timeout=self._read_timeout_s)
+        for conn in [*self._reading, *self._answering]:
+            conn.drop()
+        running = list(self._routes_running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # -- connections (called by _Connection) --------------------------------------------
+
+    def _admit(self, conn: _Connection) -> bool:
+        if self._server is None or not self._server.is_serving():
+            return False  # accepted as stop() began
         if self._open >= self._max_connections:
-            await self._refuse(reader, writer)
-            return
-        self._open += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        self._writers.add(writer)
-        try:
-            await self._answer(reader, writer)
-        finally:
-            self._open -= 1
-            self._writers.discard(writer)
-            if task is not None:
-                self._handlers.discard(task)
+            victim = next(iter(self._reading), None) or next(iter(self._answering))
+            self._evict(victim)
+        self._reading[conn] = None
+        return True
 
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Over the limit: say 503 without waiting for the request. What the client sent
-        already is read (briefly) first: closing a socket with unread data resets it, and
-        the client would see a reset instead of the answer."""
-        self.refused += 1
-        with contextlib.suppress(TimeoutError, ConnectionError, ValueError):
-            await asyncio.wait_for(reader.read(_REFUSE_READ_BYTES), _REFUSE_READ_S)
-        try:
-            writer.write(_BUSY)
-            await asyncio.wait_for(writer.drain(), _REFUSE_READ_S)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def _evict(self, victim: _Connection) -> None:
+        victim.drop()
+        self.evicted += 1
+        now = time.monotonic()
+        if now - self._eviction_logged_at >= _EVICTION_LOG_EVERY_S:
+            log.warning(
+                "http.connections_evicted",
+                evicted=self.evicted - self._evicted_logged,
+                max_connections=self._max_connections,
+                hint="more clients hold the metrics port open than any monitor would",
+            )
+            self._evicted_logged = self.evicted
+            self._eviction_logged_at = now
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            method, path = await asyncio.wait_for(_read_request(reader), self._read_timeout_s)
-            status, ctype, body = await self._respond(method, path)
-            head = (
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode()
-            writer.write(head if method == "HEAD" else head + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
-            pass  # a client that went away or spoke nonsense: nothing to answer
-        finally:
-            writer.close()
+    def _forget(self, conn: _Connection) -> None:
+        self._reading.pop(conn, None)
+        self._answering.pop(conn, None)
+        if conn.waits_for is not None:
+            self._waiting.get(conn.waits_for, {}).pop(conn, None)
 
-    async def _respond(self, method: str, path: str) -> Response:
-        route = self._routes.get(path.split("?", 1)[0])
+    def _request(self, conn: _Connection, method: str, target: str) -> None:
+        """`conn` sent its request head: answer it, or wait for its route's answer."""
+        self._reading.pop(conn, None)
+        self._answering[conn] = None
+        path = target.split("?", 1)[0]
+        route = self._routes.get(path)
         if route is None:
-            return 404, "text/plain", b"not found\n"
+            conn.respond((404, "text/plain", b"not found\n"))
+            return
         if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"GET only\n"
-        return await route()
+            conn.respond((405, "text/plain", b"GET only\n"))
+            return
+        conn.waits_for = path
+        waiting = self._waiting.get(path)
+        if waiting is None:
+            waiting = self._waiting[path] = {}
+            task = asyncio.get_running_loop().create_task(self._run(path, route))
+            self._routes_running.add(task)
+            task.add_done_callback(self._routes_running.discard)
+        waiting[conn] = None
+
+    async def _run(self, path: str, route: Route) -> None:
+        try:
+            response = await route()
+        except Exception:  # one broken page must not take the endpoint down
+            log.exception("http.route_failed", path=path)
+            response = (500, "text/plain", b"internal error\n")
+        finally:
+            waiting = self._waiting.pop(path, {})
+        for conn in waiting:
+            conn.respond(response)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    line = (await reader.readline()).decode("latin-1").split()
-    if len(line) < 2:
-        raise ValueError("not an HTTP request")
-    for _ in range(_MAX_HEADER_LINES):
-        if (await reader.readline()) in (b"\r\n", b"\n", b""):
-            break
-    return line[0].upper(), line[1]
+class _Connection(asyncio.Protocol):
+    """One client: its request head as it arrives, then one answer."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._head = bytearray()
+        self._request_line: tuple[str, str] | None = None  # method, target
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False  # the request head is read (or the connection dropped)
+        self.waits_for: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream server's
+        self._transport = transport
+        if not self._server._admit(self):
+            self.drop()
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._server.read_timeout_s, self.drop)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        start = max(0, len(self._head) - 2)
+        self._head += data
+        if self._request_line is None:
+            end = self._head.find(b"\n")
+            if end < 0:
+                if len(self._head) > _MAX_HEAD_BYTES:
+                    self.drop()
+                return
+            words = bytes(self._head[:end]).decode("latin-1").split()
+            if len(words) < 2:
+                self.drop()  # not HTTP: nothing to answer
+                return
+            self._request_line = (words[0].upper(), words[1])
+            start = end
+        if _HEAD_END.search(self._head, start) is not None:
+            self._complete()
+        elif len(self._head) > _MAX_HEAD_BYTES:
+            self.drop()
+
+    def eof_received(self) -> bool | None:
+        if self._done:
+            return True  # keep the transport open for the answer
+        if self._request_line is not None:
+            self._complete()  # the client sent its request and shut its side
+            return True
+        self.drop()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._done = True
+        self._server._forget(self)
+
+    def _complete(self) -> None:
+        assert self._request_line is not None  # noqa: S101 - only called once it is read
+        assert self._transport is not None  # noqa: S101
+        self._done = True
+        self._head = bytearray()
+        self._cancel_timer()
+        self._transport.pause_reading()
+        self._server._request(self, *self._request_line)
+
+    def respond(self, response: Response) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._request_line is None:
+            return
+        status, ctype, body = response
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        transport.write(head if self._request_line[0] == "HEAD" else head + body)
+        if transport.get_write_buffer_size():
+            # A client that does not read: the rest is dropped after write_timeout_s.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._server.write_timeout_s, self.drop)
+        transport.close()
+
+    def drop(self) -> None:
+        """Close at once, unanswered (or with what was written so far)."""
+        self._cancel_timer()
+        self._done = True
+        self._server._forget(self)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def probe(url: str, timeout_s: float) -> tuple[bool, str]:
