@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +25,17 @@ pytestmark = pytest.mark.integration
 def _diff(conn: Connection) -> list[object]:
     context = MigrationContext.configure(conn, opts={"compare_type": True})
     return list(compare_metadata(context, metadata))
+
+
+def _pending(body: dict[str, Any] | bytes) -> list[PendingMessage]:
+    """The body decoded by intake, each message with its event, as the pipeline builds
+    them for a save."""
+    decoded = intake.decode(record(body), max_bytes=1 << 20)
+    assert isinstance(decoded, Webhook), decoded
+    now = dt.datetime.now(dt.UTC)
+    return [
+        PendingMessage(m, events.build(m, topic="out", occurred_at=now)) for m in decoded.messages
+    ]
 
 
 async def test_migrations_match_the_table_definition(database_url: str) -> None:
@@ -46,12 +58,7 @@ async def test_the_largest_identifiers_fit(database_url: str) -> None:
     msg["timestamp"] = wide * limits.TIMESTAMP_MAX
     contact = {"wa_id": wide * limits.CONTACT_WA_ID_MAX, "profile": {"name": wide * 1000}}
     body = webhook([msg], pnid=wide * limits.PHONE_NUMBER_ID_MAX, contacts=[contact])
-    decoded = intake.decode(record(body), max_bytes=1 << 20)
-    assert isinstance(decoded, Webhook), decoded
-    now = dt.datetime.now(dt.UTC)
-    pending = [
-        PendingMessage(m, events.build(m, topic="out", occurred_at=now)) for m in decoded.messages
-    ]
+    pending = _pending(body)
     store = Store(create_engine(database_url, pool_size=1, timeout_s=10))
     try:
         assert len((await store.save(pending)).inserted) == 1
@@ -71,12 +78,7 @@ async def test_numbers_orjson_would_change_are_stored_and_announced_as_sent(
     body = json.dumps(webhook([message("wamid.BIG")], contacts=[contact]))
     body = body.replace('"text": {', '"n": [' + ", ".join(sent) + '], "text": {', 1)
     body = body.replace('"n": "@@"', '"n": [' + ", ".join(sent) + "]", 1)
-    decoded = intake.decode(record(body.encode()), max_bytes=1 << 20)
-    assert isinstance(decoded, Webhook), decoded
-    now = dt.datetime.now(dt.UTC)
-    pending = [
-        PendingMessage(m, events.build(m, topic="out", occurred_at=now)) for m in decoded.messages
-    ]
+    pending = _pending(body.encode())
     store = Store(create_engine(database_url, pool_size=1, timeout_s=10))
     try:
         assert len((await store.save(pending)).inserted) == 1
