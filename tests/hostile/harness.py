@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer import http
 from consumer.dedup import DONE_PREFIX, lease_key
@@ -497,7 +498,12 @@ class HostileRun:
         good: int,
         cases: Sequence[Case] = CASES,
         seed: int = 11,
+        inbound_config: dict[str, str] | None = None,
     ) -> None:
+        """`inbound_config`: topic settings for the inbound topic (Apache Kafka refuses
+        a record above max.message.bytes, 1 MiB by default, and the suite sends one of
+        1.9 MB to see it dead-lettered as oversize; Tansu has no such limit)."""
+        self.inbound_config = inbound_config or {}
         self.cases = cases
         self.settings = settings
         self.database = database
@@ -526,6 +532,10 @@ class HostileRun:
     async def drive(self, first: int, late: int) -> None:
         """`first` members and the first half; then `late` more members join while the
         second half flows (a rebalance in the middle of the traffic)."""
+        if self.inbound_config:  # created first, with its settings; kept as it is below
+            await _create_topic(
+                self.settings, self.settings.inbound_topic, PARTITIONS, self.inbound_config
+            )
         await topics.create_topics(
             self.settings.kafka_bootstrap_servers,
             {
@@ -939,7 +949,17 @@ class HostileRun:
                     break
 
 
-@functools.lru_cache(maxsize=1024)
+async def _create_topic(
+    settings: Settings, topic: str, partitions: int, config: dict[str, str]
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
 def _planned(item: Item) -> tuple[Expected, ...]:
     """The messages of a record to send that must be stored."""
     if item.case is not None and item.case.expect != STORED:
@@ -947,6 +967,7 @@ def _planned(item: Item) -> tuple[Expected, ...]:
     return _messages(item.record.value)
 
 
+@functools.lru_cache(maxsize=1024)
 def _messages(value: bytes | None) -> tuple[Expected, ...]:
     """messages_in, once per distinct body (the audit asks often; one body is 250 KB)."""
     return tuple(messages_in(value))
