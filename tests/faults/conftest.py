@@ -23,9 +23,16 @@ class FaultEnv:
     """Everything one scenario owns; torn down by the fixture."""
 
     def __init__(
-        self, settings: Settings, workdir: Path, pg: ThreadedProxy, redis: ThreadedProxy
+        self,
+        settings: Settings,
+        workdir: Path,
+        pg: ThreadedProxy,
+        redis: ThreadedProxy,
+        *,
+        broker: str = "tansu",
     ) -> None:
         self.settings = settings
+        self.broker = broker  # the test's broker (tests marked `brokers` run on each)
         self.workdir = workdir
         self.pg = pg
         self.redis = redis
@@ -89,7 +96,7 @@ class FaultEnv:
             {s.inbound_topic: partitions, s.outbound_topic: partitions, s.dlq_topic: 1},
         )
         self.group = ConsumerGroup(s, self.workdir)
-        return FaultRun(name, self.group, partitions=partitions, crash=crash)
+        return FaultRun(name, self.group, partitions=partitions, crash=crash, broker=self.broker)
 
     def close(self) -> None:
         if self.group is not None:
@@ -106,7 +113,7 @@ class FaultEnv:
 
 @pytest.fixture
 def fault_env(
-    settings: Settings, redis_url: str, postgres_url: str, tmp_path: Path
+    settings: Settings, redis_url: str, postgres_url: str, tmp_path: Path, broker: str
 ) -> Iterator[FaultEnv]:
     """The test's settings, with PostgreSQL and Redis reached through fault proxies and
     timings short enough for faults to bite within seconds."""
@@ -128,7 +135,7 @@ def fault_env(
         redis_timeout_s=1.0,
         relay_interval_s=1.0,
     )
-    env = FaultEnv(settings, tmp_path, pg, redis)
+    env = FaultEnv(settings, tmp_path, pg, redis, broker=broker)
     try:
         yield env
     finally:

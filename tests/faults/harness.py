@@ -131,6 +131,7 @@ class Figures:
     fault: str
     profile: str
     crash: bool
+    broker: str
     messages: int
     records: int
     duplicates_injected: int
@@ -161,8 +162,10 @@ class FaultRun:
         crash: bool = False,
         profile: Profile | None = None,
         seed: int = 7,
+        broker: str = "tansu",
     ) -> None:
         self.name = name
+        self.broker = broker
         self.group = group
         self.profile = profile or Profile.current()
         self.crash = crash
@@ -270,6 +273,7 @@ class FaultRun:
             fault=self.name,
             profile=self.profile.name,
             crash=self.crash,
+            broker=self.broker,
             messages=len(expected),
             records=self.records_sent,
             duplicates_injected=self.copies_sent - len(expected),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 COLUMNS = [
     ("fault", "fault"),
+    ("broker", "broker"),
     ("messages", "messages"),
     ("duplicates_injected", "dups in"),
     ("poison", "poison"),
@@ -34,7 +35,7 @@ def render(lines: list[dict[str, object]]) -> str:
     rule = "|" + "---|" * (len(COLUMNS) + 1)
     rows = [
         "| "
-        + " | ".join(str(d[key]) for key, _ in COLUMNS)
+        + " | ".join(str(d.get(key, "")) for key, _ in COLUMNS)
         + f" | {'yes' if d['crash'] else 'no'} |"
         for d in lines
     ]

@@ -42,7 +42,7 @@ from tests.support import kafka
 from tests.support.procs import ConsumerProc, wait_until
 from tests.support.proxy import ThreadedProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.brokers]
 
 PENDING = "wamid_guard_pending_records"
 PAUSED = "wamid_guard_paused_partitions"
