@@ -18,19 +18,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka import errors as kafka_errors
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    IncompatibleBrokerVersion,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from consumer import deadletters
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, ConfigError
 from consumer.events import OutboundEvent
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.records import Invalid
 
-__all__ = ["MAX_REQUEST_BYTES", "Publisher", "producer_config"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Idempotence",
+    "Publisher",
+    "decide_idempotence",
+    "probe_producer_id",
+    "producer_config",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -170,9 +186,15 @@ def _too_large(result: object) -> bool:
 
 
 def producer_config(
-    bootstrap: str, *, client_id: str, request_timeout_s: float, max_request_bytes: int
+    bootstrap: str,
+    *,
+    client_id: str,
+    request_timeout_s: float,
+    max_request_bytes: int,
+    idempotence: bool = False,
 ) -> dict[str, Any]:
-    """Producer settings: every replica acks, no linger.
+    """Producer settings: every replica acks, no linger, idempotence as decided at start
+    (:func:`decide_idempotence`, ``KAFKA_IDEMPOTENCE``).
 
     A batch's events need no linger to share requests: send() appends to the partition's
     pending batch and does not yield unless that batch is full, so all of a pipeline
@@ -181,15 +203,98 @@ def producer_config(
     at 9,000 records/s took 8.1 ms (median), with none 2.5 ms, and the backlog rate rose
     too (docs/benchmarks.md, round six).
 
-    Idempotence stays off: the dedup is ours (event_id), and Tansu refuses InitProducerId.
+    Order per partition (aiokafka 0.14's sender, with or without idempotence): at most one
+    batch per partition is in flight (the partition is muted until its request ends), and
+    a batch to retry goes back to the *front* of its partition's queue, so batches reach
+    the log in the order send() made them. Without idempotence a retry can write a batch
+    twice (the broker wrote it, the answer was lost: a timeout, a leader that died before
+    it answered); the copy lands right after the first, before any later batch, and
+    carries the same ``event_id``. A batch that fails for good (a timeout past
+    ``KAFKA_REQUEST_TIMEOUT_S``) fails its publish, and the pipeline sends its events again
+    later, after what was sent meanwhile. With idempotence the broker drops a retried
+    batch it already has (producer id and sequence), and a retriable error is retried
+    until it succeeds, never expired. docs/design.md, "Broker facts", says what that
+    costs.
     """
     return {
         "bootstrap_servers": bootstrap,
         "client_id": client_id,
         "acks": "all",
-        "enable_idempotence": False,
+        "enable_idempotence": idempotence,
         "linger_ms": 0,
         "request_timeout_ms": int(request_timeout_s * 1000),
         "max_request_size": max_request_bytes,
         "retry_backoff_ms": 200,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotence:
+    """Whether the producer runs idempotent, and why (logged at start)."""
+
+    enabled: bool
+    reason: str
+
+
+# InitProducerId answers that mean "not yet" (a coordinator loading, moving), not "no".
+_PID_NOT_YET = (
+    kafka_errors.CoordinatorLoadInProgressError,
+    kafka_errors.CoordinatorNotAvailableError,
+    kafka_errors.NotCoordinatorError,
+)
+
+
+async def probe_producer_id(bootstrap: str, *, timeout_s: float) -> tuple[bool, str]:
+    """Ask the broker for a producer id, as an idempotent producer's start does: (True,
+    why) when it grants one, (False, why) when it refuses. ApiVersions cannot tell: Tansu
+    0.6 advertises InitProducerId (api key 22, versions 0-5) and answers it with
+    UNKNOWN_SERVER_ERROR. Raises KafkaError or TimeoutError when no broker answers."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap,
+        client_id="wamid-guard-idempotence-probe",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        while True:
+            node = client.get_random_node()
+            request = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
+            try:
+                response = await asyncio.wait_for(
+                    client.send(node, request), max(deadline - time.monotonic(), 0.1)
+                )
+            except IncompatibleBrokerVersion:
+                return False, "the broker does not offer InitProducerId (ApiVersions)"
+            error = kafka_errors.for_code(response.error_code)
+            if error is kafka_errors.NoError:
+                return True, "the broker granted a producer id (InitProducerId)"
+            if error not in _PID_NOT_YET or time.monotonic() > deadline:
+                return False, f"the broker answered InitProducerId with {error.__name__}"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+
+
+async def decide_idempotence(
+    mode: str, bootstrap: str, *, timeout_s: float, setting: str = "KAFKA_IDEMPOTENCE"
+) -> Idempotence:
+    """`off`: no. `on`: yes, or a ConfigError naming the setting if the broker refuses a
+    producer id. `auto`: whether the broker grants one (:func:`probe_producer_id`).
+    A broker that does not answer at all is a BrokerError, as for any client's start."""
+    if mode == "off":
+        return Idempotence(enabled=False, reason=f"{setting}=off")
+    try:
+        granted, why = await probe_producer_id(bootstrap, timeout_s=timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap} to ask for a "
+            f"producer id ({setting}={mode}): {exc!r}"
+        ) from exc
+    if mode == "on" and not granted:
+        raise ConfigError(
+            setting,
+            f"is on, but the broker at KAFKA_BOOTSTRAP_SERVERS={bootstrap} refuses idempotent "
+            f"producers ({why}); set {setting}=auto or off",
+        )
+    return Idempotence(enabled=granted, reason=f"{setting}={mode}: {why}")

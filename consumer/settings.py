@@ -29,6 +29,7 @@ CRASH_POINTS = (
 )
 LOG_FORMATS = ("auto", "json", "console")
 REDIS_OUTAGE_POLICIES = ("pause", "fence")
+KAFKA_IDEMPOTENCE_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -76,6 +77,10 @@ class Settings:
     kafka_max_poll_interval_s: float = 300.0
     kafka_request_timeout_s: float = 30.0
     kafka_fetch_max_wait_s: float = 0.05
+    # The producer's idempotence (no duplicate from its own retries): "on", "off", or
+    # "auto" (on when the broker grants a producer id: Apache Kafka yes, Tansu no). Off
+    # by default for now: see docs/design.md, "Broker facts", what aiokafka's costs.
+    kafka_idempotence: str = "off"
     redis_timeout_s: float = 5.0
     db_pool_size: int = 5
     db_timeout_s: float = 30.0
@@ -271,6 +276,11 @@ def _validate(s: Settings) -> None:
     )
     _require(s.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
     _require(s.log_format in LOG_FORMATS, "log_format", f"must be one of {LOG_FORMATS}")
+    _require(
+        s.kafka_idempotence in KAFKA_IDEMPOTENCE_MODES,
+        "kafka_idempotence",
+        f"must be one of {KAFKA_IDEMPOTENCE_MODES}, got {s.kafka_idempotence!r}",
+    )
     _require(
         s.redis_outage_policy in REDIS_OUTAGE_POLICIES,
         "redis_outage_policy",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import sqlalchemy as sa
+import structlog
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,11 +22,13 @@ from consumer.crashpoints import CrashPoints
 from consumer.errors import LeaseStoreError, StoreError
 from consumer.metrics import Metrics
 from consumer.pipeline import BatchProcessor, Pipeline, publish_claim
-from consumer.publish import MAX_REQUEST_BYTES, Publisher, producer_config
+from consumer.publish import MAX_REQUEST_BYTES, Publisher, decide_idempotence, producer_config
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
 from consumer.source import require_topics, start_client
 from consumer.store import MarkQueue, Store, create_engine, database_problem
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -135,12 +138,21 @@ async def check_topics(settings: Settings) -> None:
 
 
 async def start_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
+    """The member's one producer (events, dead letters, the relay), idempotent as
+    KAFKA_IDEMPOTENCE decides (logged: ``producer.idempotence``)."""
+    idempotence = await decide_idempotence(
+        settings.kafka_idempotence,
+        settings.kafka_bootstrap_servers,
+        timeout_s=settings.kafka_request_timeout_s,
+    )
+    log.info("producer.idempotence", enabled=idempotence.enabled, reason=idempotence.reason)
     producer = AIOKafkaProducer(
         **producer_config(
             settings.kafka_bootstrap_servers,
             client_id=client_id,
             request_timeout_s=settings.kafka_request_timeout_s,
             max_request_bytes=MAX_REQUEST_BYTES,
+            idempotence=idempotence.enabled,
         )
     )
     await start_client(producer, settings.kafka_bootstrap_servers, settings.kafka_request_timeout_s)

@@ -504,7 +504,7 @@ class KafkaCluster:
             )
             for i in range(nodes)
         ]
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        self.cluster_id = _cluster_id()
         voters = ",".join(f"{n.node_id}@{LOOPBACK}:{n.controller_port}" for n in self.nodes)
         for node in self.nodes:
             node.config.parent.mkdir(parents=True)
@@ -588,6 +588,15 @@ class KafkaCluster:
         for proc in live:
             proc.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _cluster_id() -> str:
+    """A random cluster id, never starting with '-' (the storage tool would take it for
+    an option, 1 time in 64; Kafka's own Uuid.randomUuid avoids them for that reason)."""
+    while True:
+        made = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not made.startswith("-"):
+            return made
 
 
 def _server_properties(node: KafkaNode, voters: str, nodes: int) -> str:

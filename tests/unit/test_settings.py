@@ -112,6 +112,8 @@ def test_unrelated_environment_is_ignored() -> None:
         ({"WHATSAPP_APP_SECRET": "   "}, "WHATSAPP_APP_SECRET"),
         ({"WHATSAPP_APP_SECRET": "\t\n"}, "WHATSAPP_APP_SECRET"),
         ({"KAFKA_HEARTBEAT_INTERVAL_S": "10"}, "KAFKA_HEARTBEAT_INTERVAL_S"),
+        ({"KAFKA_IDEMPOTENCE": "yes"}, "KAFKA_IDEMPOTENCE"),
+        ({"KAFKA_IDEMPOTENCE": "ON"}, "KAFKA_IDEMPOTENCE"),
     ],
 )
 def test_bad_value_raises_config_error_naming_variable(env: dict[str, str], named: str) -> None:
@@ -127,6 +129,13 @@ def test_infinite_duration_is_rejected(name: str) -> None:
     """An infinite duration fails at start with a ConfigError, not later in int(s * 1000)."""
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: "inf"})
+
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+def test_kafka_idempotence_modes(mode: str) -> None:
+    """KAFKA_IDEMPOTENCE takes auto, on or off (the default, for now)."""
+    assert Settings().kafka_idempotence == "off"
+    assert Settings.from_env({"KAFKA_IDEMPOTENCE": f" {mode} "}).kafka_idempotence == mode
 
 
 def test_config_error_carries_setting_attribute() -> None:
