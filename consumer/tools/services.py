@@ -612,16 +612,21 @@ def _server_properties(node: KafkaNode, voters: str, nodes: int) -> str:
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": node.log_dir,
-        # As compose.yaml: topics only from `topics create`, the first rebalance at once.
+        # As compose.yaml (tests/unit/test_compose_kafka.py compares them, and lists the
+        # differences with their reasons): topics only from `topics create`, the first
+        # rebalance at once.
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
         "num.partitions": 1,
         "default.replication.factor": replicas,
         "min.insync.replicas": 2 if nodes >= 3 else 1,
         "offsets.topic.replication.factor": replicas,
+        # Tests only: a fresh broker creates __consumer_offsets at the first group join,
+        # 10 partitions in 0.5 s, Kafka's 50 in up to 3.6 s.
         "offsets.topic.num.partitions": 10,
         "transaction.state.log.replication.factor": replicas,
         "transaction.state.log.min.isr": 2 if nodes >= 3 else 1,
+        # Unknown to 3.9.0 (ignored); for TEST_KAFKA_VERSION=4.x.
         "share.coordinator.state.topic.replication.factor": replicas,
         "share.coordinator.state.topic.min.isr": 2 if nodes >= 3 else 1,
     }

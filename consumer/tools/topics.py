@@ -12,27 +12,87 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, for_code
 
-from consumer import lenient
-from consumer.errors import BrokerError
+from consumer import lenient, limits
+from consumer.errors import BrokerError, ConfigError
 from consumer.source import start_client
 
+# The answers to CreateTopics that are not a failure: created, or there already.
+_CREATED, _EXISTS, _INVALID_REPLICATION = 0, 36, 38
 
-async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
-    """Create topics (replication 1 is for local brokers); existing ones are kept."""
+
+async def create_topics(
+    bootstrap: str,
+    partitions: dict[str, int],
+    *,
+    replication: int = 1,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create topics with `replication` replicas and the topic `configs` (see
+    :func:`topic_configs`); existing ones are kept as they are (nothing is altered).
+
+    A replication factor above the brokers the cluster lists fails before anything is
+    created, saying how many there are; any refusal of the broker's (Kafka answers each
+    topic with an error code, it raises nothing) fails naming the topic and the error.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
+        if replication > 1:
+            brokers = len((await admin.describe_cluster())["brokers"])
+            if replication > brokers:
+                raise BrokerError(
+                    f"--replication-factor {replication} needs {replication} brokers, and "
+                    f"the cluster at KAFKA_BOOTSTRAP_SERVERS={bootstrap} has {brokers}: ask "
+                    f"for at most {brokers}, or add brokers"
+                )
         for name, count in partitions.items():
-            try:
-                await admin.create_topics([NewTopic(name, count, 1)])
-            except TopicAlreadyExistsError:
-                continue
+            topic = NewTopic(name, count, replication, topic_configs=dict(configs or {}))
+            answer = (await admin.create_topics([topic])).to_object()
+            for err in answer["topic_errors"]:
+                code, said = err["error_code"], err.get("error_message")
+                if code in (_CREATED, _EXISTS):
+                    continue
+                if code == _INVALID_REPLICATION:
+                    raise BrokerError(
+                        f"creating {name!r}: the broker refuses --replication-factor "
+                        f"{replication}: {said}"
+                    )
+                raise BrokerError(
+                    f"creating {name!r} failed: {for_code(code).__name__}: {said or code}"
+                )
     except KafkaError as exc:
         raise BrokerError(f"creating topics {sorted(partitions)} failed: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+async def layout(
+    bootstrap: str, names: Iterable[str], wait_s: float = 10.0
+) -> dict[str, tuple[int, int]]:
+    """(partitions, replication factor) of each of `names` that exists. On a cluster a
+    topic just created reaches every broker's metadata a moment later: asks again, for up
+    to `wait_s`, until every name is there."""
+    wanted = sorted(names)
+    deadline = time.monotonic() + wait_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            described = await admin.describe_topics(wanted)
+        except KafkaError as exc:
+            raise BrokerError(f"describing topics {wanted} failed: {exc!r}") from exc
+        finally:
+            await admin.close()
+        found = {
+            d["topic"]: (len(d["partitions"]), len(d["partitions"][0]["replicas"]))
+            for d in described
+            if not d["error_code"] and d["partitions"]
+        }
+        if len(found) == len(wanted) or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.2)
 
 
 # `topics create`: the inbound and outbound topics get the same count (a partition is the
@@ -40,6 +100,50 @@ async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
 # and keeps them in the order they failed.
 DEFAULT_PARTITIONS = 4
 DLQ_PARTITIONS = 1
+
+# `topics create` on a cluster (docs/operations.md, "Broker settings wamid-guard needs").
+DEFAULT_REPLICATION = 1
+"""For a local broker; a production cluster wants 3."""
+MAX_MESSAGE_BYTES = limits.MAX_REQUEST_BYTES + 12
+"""Kafka's default max.message.bytes (1048588: a produce request's 1 MiB plus a batch's
+offset and length), set on each topic, and the least `topics create` accepts: every event
+and dead letter is built to fit MAX_REQUEST_BYTES, and a topic that takes less refuses a
+large event after its row was committed (the batch is retried until the limit is raised)."""
+
+
+def default_min_insync(replication: int) -> int:
+    """2 from 3 replicas on (an ack survives one broker lost, and writes go on with one
+    down); 1 below (with 2 replicas, 2 would stop every write while one broker is down)."""
+    return 2 if replication >= 3 else 1
+
+
+def topic_configs(
+    replication: int, min_insync: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> dict[str, str]:
+    """The configs `topics create` gives each topic, checked: a bad value raises
+    ConfigError naming its option. Kafka takes a min.insync.replicas above the replication
+    factor without a word and applies the replication factor instead (measured on 3.9.0:
+    replication 1, min.insync.replicas 2, an acks=all write acknowledged), so the topic
+    would not do what it says."""
+    if replication < 1:
+        raise ConfigError("--replication-factor", f"must be 1 or more, not {replication}")
+    isr = default_min_insync(replication) if min_insync is None else min_insync
+    if isr < 1:
+        raise ConfigError("--min-insync-replicas", f"must be 1 or more, not {isr}")
+    if isr > replication:
+        raise ConfigError(
+            "--min-insync-replicas",
+            f"is {isr}, more than --replication-factor {replication}: Kafka would accept "
+            f"it and apply {replication} (every replica) instead",
+        )
+    if max_message_bytes < MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            "--max-message-bytes",
+            f"is {max_message_bytes}, less than {MAX_MESSAGE_BYTES} (Kafka's default): "
+            f"events and dead letters are up to {limits.MAX_REQUEST_BYTES} bytes "
+            "(MAX_REQUEST_BYTES), and a topic that refuses one blocks its batch",
+        )
+    return {"min.insync.replicas": str(isr), "max.message.bytes": str(max_message_bytes)}
 
 
 async def list_topics(
