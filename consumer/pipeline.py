@@ -404,7 +404,9 @@ class Pipeline:
             return await self._store.announced(marked)
         except StoreError as exc:
             self.metrics.dependency_error(exc)
-            report.failure = f"confirming done markers: {exc}"
+            # As every database failure reads in batch.done: "StoreError: ..." (the
+            # message says it was the confirmation).
+            report.failure = f"{type(exc).__name__}: {exc}"
             log.warning("lease.confirm_failed", messages=len(marked), error=str(exc))
             return None
 

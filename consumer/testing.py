@@ -196,7 +196,7 @@ class FakeStore:
         """The keys stored whose event is out (its outbox row published)."""
         if self.fail_next_announced:
             self.fail_next_announced = False
-            raise StoreError("fake database: lookup failed")
+            raise StoreError("confirming done markers failed: fake database gone")
         unpublished = self.unpublished()
         return frozenset(
             k for k in keys if k in self.rows and self.rows[k].event.event_id not in unpublished
