@@ -171,10 +171,15 @@ _LZ4_BLOCK_MAX = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
 _ZSTD_BLOCK_MAX = 128 << 10
 
 
-def _lz4_bound(data: memoryview, limit: int) -> int:
-    """An upper bound of the output, from the frames' block headers (a compressed block
-    holds at most the frame's block size); above `limit`, any number above it. Headers
-    that do not parse give what was counted so far: the decompressor has the last word."""
+# One frame's output bound and where it ends (stopping once above `room`), from where its
+# magic number starts; None when the magic is not the format's.
+_Frame = Callable[[memoryview, int, int, int], "tuple[int, int] | None"]
+
+
+def _frames_bound(data: memoryview, limit: int, frame: _Frame) -> int:
+    """An upper bound of the output of a run of frames (skippable ones skipped, each
+    other one measured by `frame`); above `limit`, any number above it. Headers that do
+    not parse give what was counted so far: the decompressor has the last word."""
     bound, pos, end = 0, 0, len(data)
     try:
         while pos < end and bound <= limit:
@@ -182,47 +187,53 @@ def _lz4_bound(data: memoryview, limit: int) -> int:
             if magic in _SKIPPABLE:
                 pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
                 continue
-            flags, descriptor = data[pos + 4], data[pos + 5]
-            block_max = _LZ4_BLOCK_MAX.get((descriptor >> 4) & 7)
-            if magic != _LZ4_MAGIC or flags >> 6 != 1 or block_max is None:
+            measured = frame(data, pos, magic, limit - bound)
+            if measured is None:
                 break
-            pos += 7 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0)
-            checksum = 4 if flags & 0x10 else 0
-            while bound <= limit:
-                (size,) = struct.unpack_from("<I", data, pos)
-                pos += 4
-                if size == 0:
-                    break
-                stored = size & 0x7FFFFFFF
-                bound += stored if size & 0x80000000 else block_max
-                pos += stored + checksum
-            pos += 4 if flags & 0x04 else 0
+            size, pos = measured
+            bound += size
     except (struct.error, IndexError):
         pass
     return bound
+
+
+def _lz4_bound(data: memoryview, limit: int) -> int:
+    """From the frames' block headers: a compressed block holds at most the frame's
+    block size."""
+    return _frames_bound(data, limit, _lz4_frame)
+
+
+def _lz4_frame(data: memoryview, pos: int, magic: int, room: int) -> tuple[int, int] | None:
+    flags, descriptor = data[pos + 4], data[pos + 5]
+    block_max = _LZ4_BLOCK_MAX.get((descriptor >> 4) & 7)
+    if magic != _LZ4_MAGIC or flags >> 6 != 1 or block_max is None:
+        return None
+    pos += 7 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0)
+    checksum = 4 if flags & 0x10 else 0
+    bound = 0
+    while bound <= room:
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if size == 0:
+            break
+        stored = size & 0x7FFFFFFF
+        bound += stored if size & 0x80000000 else block_max
+        pos += stored + checksum
+    return bound, pos + (4 if flags & 0x04 else 0)
 
 
 def _zstd_bound(data: memoryview, limit: int) -> int:
-    """An upper bound of the output, from the frames' headers (the content size when a
-    frame states it) and block headers (a compressed block holds at most 128 KiB, or the
-    window); above `limit`, any number above it. As for lz4, a header that does not
-    parse ends the count."""
-    bound, pos, end = 0, 0, len(data)
-    try:
-        while pos < end and bound <= limit:
-            (magic,) = struct.unpack_from("<I", data, pos)
-            if magic in _SKIPPABLE:
-                pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
-                continue
-            if magic != _ZSTD_MAGIC:
-                break
-            pos, content_size, block_max, checksum = _zstd_frame_header(data, pos + 4)
-            frame, pos = _zstd_blocks(data, pos, block_max, limit - bound)
-            bound += frame if content_size is None else min(frame, content_size)
-            pos += checksum
-    except (struct.error, IndexError):
-        pass
-    return bound
+    """From the frames' headers (the content size when a frame states it) and block
+    headers (a compressed block holds at most 128 KiB, or the window)."""
+    return _frames_bound(data, limit, _zstd_frame)
+
+
+def _zstd_frame(data: memoryview, pos: int, magic: int, room: int) -> tuple[int, int] | None:
+    if magic != _ZSTD_MAGIC:
+        return None
+    pos, content_size, block_max, checksum = _zstd_frame_header(data, pos + 4)
+    frame, pos = _zstd_blocks(data, pos, block_max, room)
+    return (frame if content_size is None else min(frame, content_size)), pos + checksum
 
 
 def _zstd_frame_header(data: memoryview, pos: int) -> tuple[int, int | None, int, int]:

@@ -460,10 +460,9 @@ def _display_phone_number(metadata: dict[str, Any], where: str) -> str | None:
             Reason.INVALID_FIELD,
             f"{where}.value.metadata.display_phone_number is {_kind(display)}, not a phone number",
         )
-    if len(display) > limits.DISPLAY_PHONE_NUMBER_MAX or _CONTROL.search(display):
-        _check_id(
-            display, f"{where}.value.metadata.display_phone_number", limits.DISPLAY_PHONE_NUMBER_MAX
-        )
+    _check_id(
+        display, f"{where}.value.metadata.display_phone_number", limits.DISPLAY_PHONE_NUMBER_MAX
+    )
     return display
 
 

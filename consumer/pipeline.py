@@ -382,7 +382,7 @@ class Pipeline:
         if done is None:
             await self._release(mine, token)
             return None
-        fenced = self._unvouched(states, done, first, report)
+        fenced = self._unvouched(states, marked, done, first, report)
         self._crash.hit("after_lease")
         stored = await self._store_and_publish(
             [first[k] for k in mine + fenced], token, report, unleased=frozenset(fenced)
@@ -413,15 +413,15 @@ class Pipeline:
     def _unvouched(
         self,
         states: dict[MessageKey, LeaseState],
+        marked: list[MessageKey],
         done: frozenset[MessageKey],
         first: dict[MessageKey, Message],
         report: BatchReport,
     ) -> list[MessageKey]:
-        """Count the lease states, and return what Redis cannot vouch for: a marker the
-        database does not confirm, a key that is not ours. Those go to the database's
-        fence without a lease (rule 1)."""
+        """Count the lease states, and return what Redis cannot vouch for: a marker
+        (`marked`) the database does not confirm (`done`), a key that is not ours. Those
+        go to the database's fence without a lease (rule 1)."""
         foreign = [k for k, s in states.items() if s is LeaseState.FOREIGN]
-        marked = [k for k, s in states.items() if s is LeaseState.DONE]
         fenced = [k for k in marked if k not in done] + foreign
         report.dup_done_marker = len(done)
         report.markers_unconfirmed = len(marked) - len(done)

@@ -670,14 +670,16 @@ WHERE m.outbox_id IS NOT NULL
 
 async def _outbox_of_pg(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
     """The outbox row of each of these keys that has one (an unannounced message)."""
-    found = await conn.execute(
-        _OUTBOX_OF_PG,
-        {
-            "phone_number_id": [k.phone_number_id for k in keys],
-            "source_id": [k.wamid for k in keys],
-        },
-    )
+    found = await conn.execute(_OUTBOX_OF_PG, _key_arrays(keys))
     return {MessageKey(r[0], r[1]): r[2] for r in found.all()}
+
+
+def _key_arrays(keys: list[MessageKey]) -> dict[str, list[str]]:
+    """Keys as the two array parameters the unnest() statements join on."""
+    return {
+        "phone_number_id": [k.phone_number_id for k in keys],
+        "source_id": [k.wamid for k in keys],
+    }
 
 
 async def _outbox_of_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
@@ -707,13 +709,7 @@ WHERE o.id IS NULL
 
 
 async def _announced_pg(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[MessageKey]:
-    found = await conn.execute(
-        _ANNOUNCED_PG,
-        {
-            "phone_number_id": [k.phone_number_id for k in keys],
-            "source_id": [k.wamid for k in keys],
-        },
-    )
+    found = await conn.execute(_ANNOUNCED_PG, _key_arrays(keys))
     return frozenset(MessageKey(r[0], r[1]) for r in found.all())
 
 

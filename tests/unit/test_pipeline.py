@@ -38,12 +38,16 @@ class World:
         self.leases = FakeLeases()
         self.store = FakeStore()
         self.publisher = FakePublisher()
-        self.pipeline = Pipeline(
+        self.pipeline = self.worker("w1", settings)
+
+    def worker(self, worker_id: str, settings: Settings | None = None) -> Pipeline:
+        """A member's pipeline over this world's Redis, database and topic."""
+        return Pipeline(
             settings or Settings(),
             self.leases,
             self.store,
             self.publisher,
-            worker_id="w1",
+            worker_id=worker_id,
             metrics=Metrics(),
             marks=MarkQueue(self.store),
             clock=lambda: NOW,
@@ -54,17 +58,7 @@ class World:
 
     async def stored_by_another_worker(self, *wamids: str) -> None:
         """Another member (same Redis, database and topic) stores and announces these."""
-        other = Pipeline(
-            Settings(),
-            self.leases,
-            self.store,
-            self.publisher,
-            worker_id="w2",
-            metrics=Metrics(),
-            marks=MarkQueue(self.store),
-            clock=lambda: NOW,
-        )
-        report = await other.process(_records(webhook([message(w) for w in wamids])))
+        report = await self.worker("w2").process(_records(webhook([message(w) for w in wamids])))
         assert report.stored == len(wamids)
 
 
