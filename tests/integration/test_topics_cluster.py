@@ -34,7 +34,22 @@ def _names(monkeypatch: pytest.MonkeyPatch, bootstrap: str) -> list[str]:
 
 
 async def _described(bootstrap: str, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each topic's replication factor and the configs `topics create` sets."""
+    """Each topic's replication factor and the configs `topics create` sets.
+
+    CreateTopics answers once the controller has the topics; the broker that answers
+    DescribeConfigs may learn of them a moment later and answers without entries until
+    then (seen on three nodes in CI), so this asks again until every topic has its
+    configs, for up to 30 seconds."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        out = await _describe_once(bootstrap, names)
+        complete = all(set(CONFIGS) <= set(out.get(n, ())) for n in names)
+        if complete or asyncio.get_running_loop().time() > deadline:
+            return out
+        await asyncio.sleep(0.5)
+
+
+async def _describe_once(bootstrap: str, names: list[str]) -> dict[str, dict[str, Any]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
