@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     IncompatibleBrokerVersion,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
@@ -59,7 +60,22 @@ _Send = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
 class Publisher:
-    """Wraps one producer shared by the pipeline (and later the outbox relay)."""
+    """The member's producing: events (pipeline and outbox relay) and dead letters.
+
+    With an idempotent producer (``KAFKA_IDEMPOTENCE``), dead letters go through a second,
+    plain producer (``dead_letters``): aiokafka does not reset an idempotent producer's
+    sequence after a batch the broker refuses for good (a dead letter above the topic's
+    ``max.message.bytes`` is one), and every later batch to that partition would fail
+    with OutOfOrderSequenceNumber. For the same reason a failed event batch *renews* the
+    events producer (``renew`` makes a new one, with a new producer id; the old one is
+    stopped in the background), so the member recovers without a restart.
+
+    An idempotent batch is retried until the broker takes it, never expired; so a publish
+    waits at most ``wait_s`` for its acks and then fails (BrokerError, the batch is
+    retried), while the producer keeps the sends. A later publish of the same events
+    (same ``event_id``: the pipeline's retry, the relay) waits for those sends instead of
+    making new ones, which would land a second time after the first.
+    """
 
     def __init__(
         self,
@@ -68,20 +84,47 @@ class Publisher:
         dlq_topic: str,
         max_request_bytes: int,
         debug: bool = False,
+        dead_letters: AIOKafkaProducer | None = None,
+        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        wait_s: float | None = None,
     ) -> None:
         self._producer = producer
+        self._dlq_producer = dead_letters
+        self._renew = renew
+        self._wait_s = wait_s
         self._dlq_topic = dlq_topic
         self._max_value = deadletters.max_value_bytes(max_request_bytes)
+        # event_id -> the send of it the producer has not finished (acked or failed).
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.renewals = 0
         # At DEBUG, one line per acknowledged record with where the broker put it: the
         # fault suite checks that everything acknowledged can be read back.
         self._debug = debug
 
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
-        """Send events and wait until the broker has acknowledged all of them."""
+        """Send events and wait until the broker has acknowledged all of them (at most
+        ``wait_s``: then BrokerError, the sends going on inside the producer)."""
+        sends: list[_Send] = [
+            (e.topic, e.key, e.payload, [("event_id", e.event_id.encode())]) for e in events
+        ]
         await self._send_all(
-            [(e.topic, e.key, e.payload, [("event_id", e.event_id.encode())]) for e in events],
-            what="message_created",
+            sends, what="message_created", producer=self._producer, ids=[e.event_id for e in events]
         )
+
+    async def close(self) -> None:
+        """Flush and stop the producers (and any renewed one still stopping). An
+        idempotent producer's flush never gives up during an outage: each stop is given
+        ``wait_s``, then the member exits anyway (what was not acknowledged stays in the
+        outbox, for the relay of whichever member comes next)."""
+        stops = [self._producer, *([self._dlq_producer] if self._dlq_producer else [])]
+        tasks = [asyncio.create_task(_stop_quietly(p)) for p in stops]
+        _done, late = await asyncio.wait({*tasks, *self._retiring}, timeout=self._wait_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("producer.stop_abandoned", producers=len(late), wait_s=self._wait_s)
 
     async def dead_letter(self, invalid: Sequence[Invalid]) -> None:
         """Send bad records to the dead-letter topic, with why and where from; one the
@@ -110,7 +153,25 @@ class Publisher:
             error=repr(refused[0][1]),
         )
         minimal = [deadletters.minimal(i, failed_at_ms=failed_at_ms) for i, _ in refused]
-        await self._send_all([self._dlq_send(letter) for letter in minimal], what="dead-letter")
+        await self._send_all(
+            [self._dlq_send(letter) for letter in minimal],
+            what="dead-letter",
+            producer=self._dlq_producer or self._producer,
+        )
+
+    async def _renew_after(self, broken: AIOKafkaProducer, cause: BaseException) -> None:
+        """Replace the events producer after a batch of it failed (once, whoever of
+        the concurrent publishes gets here first)."""
+        assert self._renew is not None  # noqa: S101 - publish() checked
+        async with self._renewing:
+            if self._producer is not broken:
+                return
+            self._producer = await self._renew()
+            self.renewals += 1
+        log.warning("producer.renewed", cause=repr(cause), renewals=self.renewals)
+        task = asyncio.create_task(_stop_quietly(broken), name="producer-retire")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _dlq_send(self, letter: deadletters.Outgoing) -> _Send:
         return (self._dlq_topic, letter.key, letter.value, letter.headers)
@@ -118,11 +179,12 @@ class Publisher:
     async def _send_each(self, sends: list[_Send]) -> list[Any]:
         """Each record's metadata or its error: a record the producer refuses at once
         (too large) does not stop the others. Any other error of send() raises."""
+        producer = self._dlq_producer or self._producer
         pending: list[Any] = []
         try:
             for topic, key, value, headers in sends:
                 try:
-                    future = await self._producer.send(topic, value=value, key=key, headers=headers)
+                    future = await producer.send(topic, value=value, key=key, headers=headers)
                 except _TOO_LARGE as exc:
                     pending.append(exc)
                 else:
@@ -143,28 +205,69 @@ class Publisher:
         self._log_acked(sends, outcomes)
         return outcomes
 
-    async def _send_all(self, sends: Sequence[_Send], *, what: str) -> None:
+    async def _send_all(
+        self,
+        sends: Sequence[_Send],
+        *,
+        what: str,
+        producer: AIOKafkaProducer,
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        """Send and wait for every ack; with `ids` (events), a send of the same event
+        still under way is waited for instead of sent again, and the wait is bounded by
+        ``wait_s``."""
         if not sends:
             return
         futures: list[Any] = []
         try:
-            for topic, key, value, headers in sends:
-                futures.append(
-                    await self._producer.send(topic, value=value, key=key, headers=headers)
-                )
+            for n, (topic, key, value, headers) in enumerate(sends):
+                pending = self._pending.get(ids[n]) if ids is not None else None
+                if pending is not None:
+                    futures.append(pending)
+                    continue
+                future = await producer.send(topic, value=value, key=key, headers=headers)
+                if ids is not None:
+                    self._track(ids[n], future)
+                futures.append(future)
         except KafkaError as exc:
             # The sends already enqueued go on inside the producer: wait for them, so
             # none is still under way (and may land after the retry's) when we return.
-            await asyncio.gather(*futures, return_exceptions=True)
+            await self._settle(futures)
             raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        late = await self._settle(futures)
+        if late:
+            raise BrokerError(
+                f"{late} of {len(sends)} {what} record(s) not acknowledged within "
+                f"{self._wait_s:g} s (KAFKA_REQUEST_TIMEOUT_S); the producer goes on "
+                "sending them, and the retry waits for those sends"
+            ) from KafkaTimeoutError()
+        results = [_outcome(f) for f in futures]
         self._log_acked(sends, results)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
+            if ids is not None and self._renew is not None:
+                # An idempotent batch fails only for good, leaving a gap in its sequence.
+                await self._renew_after(producer, failures[0])
             raise BrokerError(
                 f"{len(failures)} of {len(sends)} {what} record(s) were not acknowledged: "
                 f"{failures[0]!r}"
             ) from failures[0]
+
+    async def _settle(self, futures: Sequence[asyncio.Future[Any]]) -> int:
+        """Wait for the sends (at most ``wait_s`` if set); how many are still under way."""
+        if not futures:
+            return 0
+        _done, late = await asyncio.wait(set(futures), timeout=self._wait_s)
+        return len(late)
+
+    def _track(self, event_id: str, future: asyncio.Future[Any]) -> None:
+        self._pending[event_id] = future
+
+        def _forget(done: asyncio.Future[Any]) -> None:
+            if self._pending.get(event_id) is done:
+                del self._pending[event_id]
+
+        future.add_done_callback(_forget)
 
     def _log_acked(self, sends: Sequence[_Send], results: Sequence[Any]) -> None:
         if not self._debug:
@@ -178,6 +281,21 @@ class Publisher:
                     offset=r.offset,
                     event_id=(dict(headers).get("event_id") or b"").decode(),
                 )
+
+
+def _outcome(future: asyncio.Future[Any]) -> Any:
+    """A finished send's metadata, or its error."""
+    if future.cancelled():
+        return asyncio.CancelledError()
+    return future.exception() or future.result()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    """Stop a producer (flushing what it holds); a failure is logged, not raised."""
+    try:
+        await producer.stop()
+    except Exception as exc:  # noqa: BLE001 - stopping: nothing left to do but say so
+        log.warning("producer.stop_failed", error=repr(exc))
 
 
 def _too_large(result: object) -> bool:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from consumer import dedup
 from consumer.crashpoints import CrashPoints
@@ -35,7 +34,7 @@ from consumer.lag import LagSampler
 from consumer.metrics import Metrics
 from consumer.offsets import Partition
 from consumer.pipeline import BatchProcessor, BatchReport
-from consumer.publish import MAX_REQUEST_BYTES, Publisher
+from consumer.publish import Publisher
 from consumer.records import InboundRecord
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
@@ -47,7 +46,7 @@ from consumer.wiring import (
     FlowFactory,
     check_topics,
     open_backends,
-    start_producer,
+    start_publisher,
 )
 
 log = structlog.get_logger(__name__)
@@ -82,7 +81,7 @@ class Service:
         self._started = False
         self._http: HttpServer | None = None
         self._backends: Backends | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
         self._source: Source | None = None
         self._flow: Flow | None = None
         self._lag: LagSampler | None = None
@@ -124,13 +123,7 @@ class Service:
                 "database": backends.store.ping,
             }
         await check_topics(s)
-        self._producer = await start_producer(s, client_id=client_id)
-        publisher = Publisher(
-            self._producer,
-            dlq_topic=s.dlq_topic,
-            max_request_bytes=MAX_REQUEST_BYTES,
-            debug=s.debug,
-        )
+        self._publisher = publisher = await start_publisher(s, client_id=client_id)
         self._flow = self.flow_factory.build(
             s,
             self._backends,
@@ -167,8 +160,8 @@ class Service:
             async with self._lock:
                 await self._commit()
             await _quietly(self._source.stop(), "consumer.stop")
-        if self._producer is not None:
-            await _quietly(self._producer.stop(), "producer.stop")
+        if self._publisher is not None:
+            await _quietly(self._publisher.close(), "producer.stop")
         if self._backends is not None:
             await _quietly(self._backends.close(), "backends.close")
         if self._lag is not None:

@@ -77,10 +77,9 @@ class Settings:
     kafka_max_poll_interval_s: float = 300.0
     kafka_request_timeout_s: float = 30.0
     kafka_fetch_max_wait_s: float = 0.05
-    # The producer's idempotence (no duplicate from its own retries): "on", "off", or
-    # "auto" (on when the broker grants a producer id: Apache Kafka yes, Tansu no). Off
-    # by default for now: see docs/design.md, "Broker facts", what aiokafka's costs.
-    kafka_idempotence: str = "off"
+    # The events producer's idempotence (no duplicate from its own retries): "on", "off",
+    # or "auto" (on when the broker grants a producer id: Apache Kafka yes, Tansu no).
+    kafka_idempotence: str = "auto"
     redis_timeout_s: float = 5.0
     db_pool_size: int = 5
     db_timeout_s: float = 30.0

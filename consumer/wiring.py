@@ -137,22 +137,53 @@ async def check_topics(settings: Settings) -> None:
     )
 
 
-async def start_producer(settings: Settings, *, client_id: str) -> AIOKafkaProducer:
-    """The member's one producer (events, dead letters, the relay), idempotent as
-    KAFKA_IDEMPOTENCE decides (logged: ``producer.idempotence``)."""
+async def start_publisher(settings: Settings, *, client_id: str) -> Publisher:
+    """The member's producing: one producer for events and dead letters, or, when
+    KAFKA_IDEMPOTENCE makes it idempotent (logged: ``producer.idempotence``), an
+    idempotent one for events, renewed after a batch that fails, and a plain one for
+    dead letters (:class:`consumer.publish.Publisher` says why)."""
+    s = settings
     idempotence = await decide_idempotence(
-        settings.kafka_idempotence,
-        settings.kafka_bootstrap_servers,
-        timeout_s=settings.kafka_request_timeout_s,
+        s.kafka_idempotence, s.kafka_bootstrap_servers, timeout_s=s.kafka_request_timeout_s
     )
     log.info("producer.idempotence", enabled=idempotence.enabled, reason=idempotence.reason)
+    if not idempotence.enabled:
+        producer = await start_producer(s, client_id=client_id)
+        return Publisher(
+            producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES, debug=s.debug
+        )
+
+    async def renew() -> AIOKafkaProducer:
+        return await start_producer(s, client_id=client_id, idempotence=True)
+
+    events = await renew()
+    try:
+        dead_letters = await start_producer(s, client_id=f"{client_id}-dlq")
+    except BaseException:
+        await events.stop()
+        raise
+    return Publisher(
+        events,
+        dlq_topic=s.dlq_topic,
+        max_request_bytes=MAX_REQUEST_BYTES,
+        debug=s.debug,
+        dead_letters=dead_letters,
+        renew=renew,
+        wait_s=s.kafka_request_timeout_s,
+    )
+
+
+async def start_producer(
+    settings: Settings, *, client_id: str, idempotence: bool = False
+) -> AIOKafkaProducer:
+    """A started producer (acks=all, no linger: :func:`consumer.publish.producer_config`)."""
     producer = AIOKafkaProducer(
         **producer_config(
             settings.kafka_bootstrap_servers,
             client_id=client_id,
             request_timeout_s=settings.kafka_request_timeout_s,
             max_request_bytes=MAX_REQUEST_BYTES,
-            idempotence=idempotence.enabled,
+            idempotence=idempotence,
         )
     )
     await start_client(producer, settings.kafka_bootstrap_servers, settings.kafka_request_timeout_s)

@@ -53,7 +53,7 @@ from aiokafka.errors import KafkaError
 from consumer import deadletters, lenient
 from consumer.errors import BrokerError, ConfigError, MissingTopicError
 from consumer.limits import MAX_REQUEST_BYTES
-from consumer.publish import decide_idempotence, producer_config
+from consumer.publish import producer_config
 from consumer.records import Reason
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
@@ -618,22 +618,19 @@ class Sent:
 
 async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Sent]:
     """Send every replay (acks=all) and report each outcome; one failure does not stop
-    the others, so the summary can say exactly what went through."""
-    try:
-        idempotence = await decide_idempotence(
-            settings.kafka_idempotence,
-            settings.kafka_bootstrap_servers,
-            timeout_s=settings.kafka_request_timeout_s,
-        )
-    except BrokerError as exc:
-        raise BrokerError(_unreachable(settings, exc.__cause__ or exc)) from exc
+    the others, so the summary can say exactly what went through.
+
+    The producer is never idempotent, whatever KAFKA_IDEMPOTENCE says: a replay the
+    broker refuses (too large for the inbound topic) would leave a gap in an idempotent
+    producer's sequence and fail every later replay to that partition (aiokafka does not
+    reset it), and an idempotent send is never expired, so an outage would hold the
+    command. A replay written twice by a retry is harmless: the members deduplicate it."""
     producer = AIOKafkaProducer(
         **producer_config(
             settings.kafka_bootstrap_servers,
             client_id=f"{settings.client_id}-dlq-replay",
             request_timeout_s=settings.kafka_request_timeout_s,
             max_request_bytes=MAX_REQUEST_BYTES,
-            idempotence=idempotence.enabled,
         )
     )
     try:

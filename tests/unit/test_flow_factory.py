@@ -35,13 +35,13 @@ def _record_startup(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     async def check_topics(*_args: object, **_kwargs: object) -> None:
         steps.append("topics")
 
-    async def start_producer(*_args: object, **_kwargs: object) -> None:
+    async def start_publisher(*_args: object, **_kwargs: object) -> None:
         steps.append("producer")
         raise Stop
 
     monkeypatch.setattr(service_module, "open_backends", open_backends)
     monkeypatch.setattr(service_module, "check_topics", check_topics)
-    monkeypatch.setattr(service_module, "start_producer", start_producer)
+    monkeypatch.setattr(service_module, "start_publisher", start_publisher)
     return steps
 
 

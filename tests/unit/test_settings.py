@@ -133,8 +133,8 @@ def test_infinite_duration_is_rejected(name: str) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "on", "off"])
 def test_kafka_idempotence_modes(mode: str) -> None:
-    """KAFKA_IDEMPOTENCE takes auto, on or off (the default, for now)."""
-    assert Settings().kafka_idempotence == "off"
+    """KAFKA_IDEMPOTENCE takes auto (the default), on or off."""
+    assert Settings().kafka_idempotence == "auto"
     assert Settings.from_env({"KAFKA_IDEMPOTENCE": f" {mode} "}).kafka_idempotence == mode
 
 

@@ -1,0 +1,133 @@
+"""A batch the broker refuses for good, with the producer idempotent (Apache Kafka).
+
+aiokafka does not reset an idempotent producer's sequence after a refused batch: every
+later batch to that partition fails with OutOfOrderSequenceNumber until the producer is
+replaced. So the member renews its events producer after a failed batch, and sends dead
+letters through a plain producer of their own. Both are proven here with a real member:
+an outbound topic whose max.message.bytes is below one event (then raised: everything
+goes through, without a restart), and a dead-letter topic below one dead letter (it lands
+in its minimal form, and the next one lands too)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from consumer.settings import Settings
+from consumer.tools import topics
+from tests.support import kafka
+from tests.support.bodies import text_webhook
+from tests.support.config import run_settings
+from tests.support.procs import ConsumerGroup, wait_until
+
+pytestmark = pytest.mark.integration
+
+SMALL_LIMIT = 4000  # bytes: below one event of BIG_TEXT, above the others
+
+
+async def _limit(settings: Settings, topic: str, max_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)}
+        )
+        await admin.alter_configs([resource])
+    finally:
+        await admin.close()
+
+
+def _refused(done: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [d for d in done if "MessageSizeTooLarge" in str(d.get("failure", ""))]
+
+
+@pytest.fixture
+async def apache_settings(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str
+) -> Settings:
+    """Two inbound partitions, one outbound and one dead-letter partition, on Apache
+    Kafka; members run with KAFKA_IDEMPOTENCE=on."""
+    s = run_settings(kafka_bootstrap, redis_url, key_prefix, postgres_url, kafka_idempotence="on")
+    await topics.create_topics(
+        kafka_bootstrap, {s.inbound_topic: 2, s.outbound_topic: 1, s.dlq_topic: 1}
+    )
+    return s
+
+
+async def test_an_event_refused_as_too_large_renews_the_producer(
+    apache_settings: Settings, tmp_path: Path
+) -> None:
+    """An event above the outbound topic's limit is refused (its row stays in the
+    outbox, its record uncommitted); each failed publish renews the producer. Once the
+    limit is raised, that event and every later one are announced, once each, by the
+    same member: without the renewal, the partition's sequence gap would refuse every
+    later batch until a restart."""
+    s = apache_settings
+    await _limit(s, s.outbound_topic, SMALL_LIMIT)
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        group.wait_all_assigned([member])
+        (line,) = member.named("producer.idempotence")
+        assert line["enabled"] is True, line
+
+        await kafka.send(s, [(0, text_webhook("111", "wamid.small-1"))])
+        wait_until(lambda: group.totals("stored") >= 1, 30, group.logs)
+        await kafka.send(s, [(0, text_webhook("111", "wamid.big", text="x" * 8000))])
+        await asyncio.to_thread(
+            wait_until, lambda: len(_refused(member.named("batch.done"))) >= 2, 60, group.logs
+        )
+        await kafka.send(s, [(1, text_webhook("111", "wamid.small-2"))])
+        await asyncio.sleep(2)
+        await _limit(s, s.outbound_topic, 1048588)
+        await kafka.send(s, [(1, text_webhook("111", "wamid.small-3"))])
+
+        await kafka.wait_committed(s, {0: 2, 1: 2}, timeout_s=60, explain=group.logs)
+        records = await topics.read_all(s.kafka_bootstrap_servers, s.outbound_topic, idle_s=3)
+        announced = collections.Counter(r.headers[0][1] for r in records)
+        assert len(records) == 4, f"four events, once each: {len(records)} read"
+        assert len(announced) == 4, announced
+        assert await kafka.unpublished(s) == 0
+        assert member.proc.poll() is None, group.logs()
+        assert not member.named("command.failed"), group.logs()
+        renewed = member.named("producer.renewed")
+        assert "MessageSizeTooLarge" in renewed[0]["cause"], renewed[0]
+        print(f"\nrenewals while the limit was low: {len(renewed)}")
+    finally:
+        group.kill_all()
+
+
+async def test_a_dead_letter_refused_as_too_large_does_not_block_the_next(
+    apache_settings: Settings, tmp_path: Path
+) -> None:
+    """A dead letter above the dead-letter topic's limit is sent again in its minimal
+    form, and a later dead letter lands too: they go through a plain producer, which a
+    refused batch does not break (an idempotent one would refuse every later batch)."""
+    s = apache_settings
+    await _limit(s, s.dlq_topic, SMALL_LIMIT)
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        group.wait_all_assigned([member])
+        # A first letter that lands: the broker then holds the producer's sequence for
+        # the partition (with none, Kafka 3.9 takes any first sequence, gap or not).
+        await kafka.send(s, [(0, b"not json")])
+        await kafka.wait_committed(s, {0: 1}, timeout_s=60, explain=group.logs)
+        await kafka.send(s, [(0, b"not json " + b"y" * 20_000)])
+        await kafka.wait_committed(s, {0: 2}, timeout_s=60, explain=group.logs)
+        await kafka.send(s, [(0, b"not json either"), (1, text_webhook("111", "wamid.ok"))])
+        await kafka.wait_committed(s, {0: 3, 1: 1}, timeout_s=60, explain=group.logs)
+
+        letters = await topics.read_all(s.kafka_bootstrap_servers, s.dlq_topic, idle_s=3)
+        offsets = sorted(int(dict(r.headers)["dlq.source.offset"]) for r in letters)
+        assert offsets == [0, 1, 2], offsets
+        assert len(member.named("dlq.minimal")) == 1, group.logs()
+        assert member.proc.poll() is None, group.logs()
+        assert not member.named("producer.renewed"), "dead letters never touch the events producer"
+    finally:
+        group.kill_all()
