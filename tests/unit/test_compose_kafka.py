@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from consumer import cli
 from consumer.tools import services
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
@@ -83,3 +84,19 @@ def test_compose_runs_kafka_as_the_tests_do() -> None:
     assert differ == {}, "compose.yaml vs consumer/tools/services.py (compose, tests)"
     assert compose["group.initial.rebalance.delay.ms"] == "0"
     assert compose["offsets.topic.replication.factor"] == "1"
+
+
+def test_the_topics_service_creates_them_with_the_service_s_own_command() -> None:
+    """compose's one-shot `topics` runs `python -m consumer topics create` from the app
+    image (the names from the shared environment, max.message.bytes set on each topic),
+    not kafka-topics.sh with its own copy of the names; its arguments parse."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    block = text[text.index("\n  topics:\n") : text.index("\n  migrate:\n")]
+    assert "<<: *app" in block
+    assert "kafka-topics.sh --bootstrap-server" not in text
+    (command,) = re.findall(r"command: \[(.*)\]", block)
+    argv = [a.strip().strip('"') for a in command.split(",")]
+    argv = [re.sub(r"\$\{INBOUND_PARTITIONS:-(\d+)\}", r"\1", a) for a in argv]
+    assert argv == ["topics", "create", "--wait", "60", "--partitions", "6"]
+    parsed = cli._parser().parse_args(argv)
+    assert (parsed.partitions, parsed.wait) == (6, 60.0)
