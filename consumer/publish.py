@@ -56,6 +56,11 @@ log = structlog.get_logger(__name__)
 # size). RecordTooLargeError is the consumer's (a fetch), not a produce error.
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
+# How long the sends of a publish that gave up waiting are kept for its retry: well past
+# the pipeline's retry (RETRY_BACKOFF_MAX_S) and the relay's claim (LEASE_TTL_S +
+# KAFKA_REQUEST_TIMEOUT_S) at their defaults.
+KEEP_GIVEN_UP_S = 600.0
+
 _Send = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
@@ -94,8 +99,8 @@ class Publisher:
         self._wait_s = wait_s
         self._dlq_topic = dlq_topic
         self._max_value = deadletters.max_value_bytes(max_request_bytes)
-        # event_id -> the send of it the producer has not finished (acked or failed).
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        # event_id -> the send of it a publish gave up waiting for, and when.
+        self._given_up: dict[str, tuple[asyncio.Future[Any], float]] = {}
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.renewals = 0
@@ -221,20 +226,18 @@ class Publisher:
         futures: list[Any] = []
         try:
             for n, (topic, key, value, headers) in enumerate(sends):
-                pending = self._pending.get(ids[n]) if ids is not None else None
-                if pending is not None:
-                    futures.append(pending)
+                earlier = self._earlier_send(ids[n]) if ids is not None else None
+                if earlier is not None:
+                    futures.append(earlier)
                     continue
-                future = await producer.send(topic, value=value, key=key, headers=headers)
-                if ids is not None:
-                    self._track(ids[n], future)
-                futures.append(future)
+                futures.append(await producer.send(topic, value=value, key=key, headers=headers))
         except KafkaError as exc:
             # The sends already enqueued go on inside the producer: wait for them, so
             # none is still under way (and may land after the retry's) when we return.
-            await self._settle(futures)
+            self._keep_if_late(ids, futures, await self._settle(futures))
             raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
         late = await self._settle(futures)
+        self._keep_if_late(ids, futures, late)
         if late:
             raise BrokerError(
                 f"{late} of {len(sends)} {what} record(s) not acknowledged within "
@@ -260,14 +263,45 @@ class Publisher:
         _done, late = await asyncio.wait(set(futures), timeout=self._wait_s)
         return len(late)
 
-    def _track(self, event_id: str, future: asyncio.Future[Any]) -> None:
-        self._pending[event_id] = future
+    def _earlier_send(self, event_id: str) -> asyncio.Future[Any] | None:
+        """The send of this event a publish gave up waiting for, if it is still under
+        way or was acknowledged since (then it counts: sending again would land a copy);
+        None if there is none, or it failed (then it is sent again)."""
+        kept = self._given_up.get(event_id)
+        if kept is None:
+            return None
+        future = kept[0]
+        if future.done() and (future.cancelled() or future.exception() is not None):
+            del self._given_up[event_id]
+            return None
+        return future
 
-        def _forget(done: asyncio.Future[Any]) -> None:
-            if self._pending.get(event_id) is done:
-                del self._pending[event_id]
+    def _keep_if_late(
+        self, ids: Sequence[str] | None, futures: Sequence[asyncio.Future[Any]], late: int
+    ) -> None:
+        """Events only: keep the sends of a publish that gave up waiting, forget those
+        of one that saw all its sends end (its outcome is final, the caller acts on it)."""
+        if ids is None:
+            return
+        if late:
+            self._remember(ids, futures)
+        else:
+            self._forget(ids, futures)
 
-        future.add_done_callback(_forget)
+    def _remember(self, ids: Sequence[str], futures: Sequence[asyncio.Future[Any]]) -> None:
+        """Keep a given-up publish's sends for its retry (the pipeline's, within
+        RETRY_BACKOFF_MAX_S; the relay's, within the outbox claim), for KEEP_GIVEN_UP_S."""
+        now = time.monotonic()
+        for stale in [k for k, (_, at) in self._given_up.items() if now - at > KEEP_GIVEN_UP_S]:
+            del self._given_up[stale]
+        for event_id, future in zip(ids, futures, strict=False):
+            self._given_up[event_id] = (future, now)
+
+    def _forget(self, ids: Sequence[str], futures: Sequence[asyncio.Future[Any]]) -> None:
+        for event_id, future in zip(ids, futures, strict=False):
+            kept = self._given_up.get(event_id)
+            if kept is not None and kept[0] is future:
+                del self._given_up[event_id]
 
     def _log_acked(self, sends: Sequence[_Send], results: Sequence[Any]) -> None:
         if not self._debug:

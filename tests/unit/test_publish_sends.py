@@ -124,6 +124,25 @@ async def test_a_publish_past_its_wait_fails_and_its_retry_waits_for_the_same_se
     await again
 
 
+async def test_sends_acknowledged_after_their_publish_gave_up_count_for_its_retry() -> None:
+    """The producer lands the sends after the publish gave up (the broker came back):
+    the retry finds them acknowledged and sends nothing (a new send would be a copy), and
+    a failed one is sent again."""
+    producer = _Held()
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=1 << 20, wait_s=0.05)
+    batch = _events()
+    with pytest.raises(BrokerError, match="not acknowledged within"):
+        await publisher.publish(batch)
+    producer.sent[0][1].set_result(_Acked())
+    producer.sent[1][1].set_result(_Acked())
+    producer.sent[2][1].set_exception(OutOfOrderSequenceNumber())
+    retry = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.01)
+    assert len(producer.sent) == 4, "only the failed send goes again"
+    producer.release()
+    await retry
+
+
 async def test_a_failed_batch_renews_the_idempotent_producer_once() -> None:
     """A batch that fails for good leaves a gap in an idempotent producer's sequence
     (aiokafka does not reset it): the publisher makes a new producer, once for all the
