@@ -479,7 +479,12 @@ class KafkaNode:
 
 class KafkaCluster:
     """Apache Kafka in KRaft mode on loopback: one node (broker and controller in one
-    process) or three. Nodes can be killed and started again on the same folders."""
+    process) or three. Nodes can be killed and started again on the same folders, and
+    frozen and thawed (fault tests).
+
+    `advertised_port` (one node only) is the port the node tells clients to connect to
+    instead of its own: a fault proxy's, so that after bootstrap every client connection
+    goes through the proxy."""
 
     def __init__(
         self,
@@ -487,7 +492,12 @@ class KafkaCluster:
         version: str = KAFKA_VERSION,
         port: int | None = None,
         heap: str = "1g",
+        advertised_port: int | None = None,
     ) -> None:
+        if advertised_port is not None and nodes != 1:
+            # Brokers replicate through the advertised listener: one proxy port cannot
+            # stand for three nodes.
+            raise ConfigError("advertised_port", f"one node only, not {nodes}")
         self.version = version
         self.libs = kafka_runtime(version)
         self.root = Path(tempfile.mkdtemp(prefix="wamid-guard-kafka-"))
@@ -508,7 +518,9 @@ class KafkaCluster:
         voters = ",".join(f"{n.node_id}@{LOOPBACK}:{n.controller_port}" for n in self.nodes)
         for node in self.nodes:
             node.config.parent.mkdir(parents=True)
-            node.config.write_text(_server_properties(node, voters, nodes), encoding="utf-8")
+            node.config.write_text(
+                _server_properties(node, voters, nodes, advertised_port), encoding="utf-8"
+            )
             self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                        "-c", str(node.config))  # fmt: skip
 
@@ -568,6 +580,20 @@ class KafkaCluster:
             node.proc.kill()
             node.proc.wait(30)
 
+    def pause(self) -> None:
+        """Freeze every node (SIGSTOP to its JVM): connections stay open, nothing
+        answers, and none of the broker's timers runs until :meth:`resume`."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw what :meth:`pause` froze (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.alive():
+                node.proc.send_signal(sig)
+
     def running(self, seconds: float) -> Running:
         nodes = len(self.nodes)
         return Running(
@@ -582,7 +608,9 @@ class KafkaCluster:
 
     def close(self) -> None:
         """Stop every node at once (one by one, the last would wait for a quorum that
-        has gone), then remove the folders."""
+        has gone), then remove the folders. A frozen node is thawed first: it would
+        not act on SIGTERM until then."""
+        self.resume()
         live = [n.proc for n in self.nodes if n.proc is not None and n.alive()]
         _end_groups([proc.pid for proc in live], timeout_s=10)
         for proc in live:
@@ -599,7 +627,11 @@ def _cluster_id() -> str:
             return made
 
 
-def _server_properties(node: KafkaNode, voters: str, nodes: int) -> str:
+def _server_properties(
+    node: KafkaNode, voters: str, nodes: int, advertised_port: int | None = None
+) -> str:
+    """The node's server.properties. `advertised_port`: the PLAINTEXT port clients are
+    told to use (a proxy's); the node still binds its own."""
     replicas = min(nodes, 3)
     settings = {
         "process.roles": "broker,controller",
@@ -607,7 +639,7 @@ def _server_properties(node: KafkaNode, voters: str, nodes: int) -> str:
         "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://{LOOPBACK}:{node.port},CONTROLLER://{LOOPBACK}:"
         f"{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{node.port}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{advertised_port or node.port}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",

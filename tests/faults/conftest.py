@@ -4,6 +4,8 @@ their own to restart or freeze."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,8 +15,9 @@ from sqlalchemy.engine import make_url
 
 from consumer.settings import Settings
 from consumer.tools import embedded
-from consumer.tools.services import PostgresServer
+from consumer.tools.services import KafkaCluster, PostgresServer, ServiceUnavailable
 from tests.faults.harness import FaultRun, Profile
+from tests.support.config import unavailable
 from tests.support.procs import ConsumerGroup
 from tests.support.proxy import ThreadedProxy
 
@@ -37,7 +40,8 @@ class FaultEnv:
         self.pg = pg
         self.redis = redis
         self.own_redis: embedded.ServiceProcess | None = None
-        self.own_broker: embedded.ServiceProcess | None = None
+        # Tansu (a process) or a one-node Apache Kafka: either can pause() and resume().
+        self.own_broker: embedded.ServiceProcess | KafkaCluster | None = None
         self.own_pg: PostgresServer | None = None
         self.broker_proxy: ThreadedProxy | None = None
         self.group: ConsumerGroup | None = None
@@ -75,14 +79,27 @@ class FaultEnv:
         )
 
     def with_own_broker(self) -> None:
-        """A Tansu of this scenario's own, advertised through a proxy, so it can be
-        frozen and its connections cut without touching the other tests' broker."""
+        """A broker of this scenario's own (Tansu, or a one-node Apache Kafka for the
+        `apache` run), advertised through a proxy, so it can be frozen and its
+        connections cut without touching the other tests' broker: clients bootstrap
+        through the proxy and are told to come back through it."""
         listen = embedded.free_port()
         self.broker_proxy = ThreadedProxy(embedded.LOOPBACK, listen)
         self.broker_proxy.start()
-        self.own_broker = embedded.start_broker(
-            self.workdir, port=listen, advertised_port=self.broker_proxy.port
-        )
+        if self.broker == "apache":
+            try:
+                # A fault scenario's topics are small: half the session broker's heap does.
+                cluster = KafkaCluster(
+                    1, port=listen, heap="512m", advertised_port=self.broker_proxy.port
+                )
+            except ServiceUnavailable as exc:  # TEST_KAFKA_BOOTSTRAP answers; no Java here
+                unavailable("Apache Kafka", str(exc))
+            self.own_broker = cluster  # torn down by close(), even if it fails to start
+            cluster.start()
+        else:
+            self.own_broker = embedded.start_broker(
+                self.workdir, port=listen, advertised_port=self.broker_proxy.port
+            )
         self.settings = self.settings.replace(
             kafka_bootstrap_servers=f"{embedded.LOOPBACK}:{self.broker_proxy.port}"
         )
@@ -104,8 +121,13 @@ class FaultEnv:
         for proxy in (self.pg, self.redis, self.broker_proxy):
             if proxy is not None:
                 proxy.stop()
+        if isinstance(self.own_broker, KafkaCluster):
+            # Its folder goes with it: keep the node's log with the members' (tmp_path).
+            with contextlib.suppress(OSError):
+                shutil.copy(self.own_broker.nodes[0].log_path, self.workdir / "kafka.log")
+            self.own_broker.close()
         for service in (self.own_redis, self.own_broker):
-            if service is not None:
+            if isinstance(service, embedded.ServiceProcess):
                 service.stop()
         if self.own_pg is not None:
             self.own_pg.close()

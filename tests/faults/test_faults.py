@@ -300,6 +300,7 @@ async def test_outbox_delete_lost_after_publish(fault_env: FaultEnv) -> None:
     assert retried > 0, "the lost deletes were retried"
 
 
+@pytest.mark.brokers
 async def test_broker_frozen_then_resumed(fault_env: FaultEnv) -> None:
     """The broker freezes (SIGSTOP) past the session timeout, then resumes: no loss, no
     offset past unfinished work, recovery without a restart."""
@@ -320,6 +321,7 @@ async def test_broker_frozen_then_resumed(fault_env: FaultEnv) -> None:
     assert all(p.proc.poll() is None for p in run.group.procs), "no member died"
 
 
+@pytest.mark.brokers
 @pytest.mark.parametrize("which", ["outbound", "dead-letter"])
 async def test_output_topic_failing(fault_env: FaultEnv, which: str) -> None:
     """Every request naming the outbound (or the dead-letter) topic is reset for a while:
@@ -349,6 +351,7 @@ async def test_output_topic_failing(fault_env: FaultEnv, which: str) -> None:
 # not found on the outbound topic); 56 runs since (20 of them under two CPU burners, 30
 # with the outage landing mid-batch as below) were clean. The audit now also checks that
 # every event the broker acknowledged reads back where it was put: see docs/reliability.md.
+@pytest.mark.brokers
 async def test_broker_unreachable(fault_env: FaultEnv) -> None:
     """Every connection to the broker is cut and refused for a while (longer than the
     session timeout), starting while batches are in flight: no loss, no offset past

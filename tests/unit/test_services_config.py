@@ -62,3 +62,15 @@ def test_server_properties_of_one_node_and_of_three() -> None:
     for text in (one, three):  # nothing binds beyond loopback
         listeners = next(line for line in text.splitlines() if line.startswith("listeners="))
         assert listeners.count("127.0.0.1") == 2
+    assert "advertised.listeners=PLAINTEXT://127.0.0.1:19092\n" in one
+
+
+def test_one_node_can_advertise_a_proxy_port() -> None:
+    """A fault scenario's own node binds its port and sends clients to the proxy's;
+    three nodes cannot share one proxy port (they replicate through it)."""
+    node = services.KafkaNode(1, 19092, 19093, Path("/d"), Path("/c"), Path("/l"))
+    text = services._server_properties(node, "1@127.0.0.1:19093", 1, advertised_port=29092)
+    assert "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093\n" in text
+    assert "advertised.listeners=PLAINTEXT://127.0.0.1:29092\n" in text
+    with pytest.raises(ConfigError, match="advertised_port: one node only"):
+        services.KafkaCluster(3, advertised_port=29092)
