@@ -58,7 +58,7 @@ from consumer.records import Reason
 from consumer.safetext import clip, escape, json_line, quote, token
 from consumer.settings import Settings
 from consumer.source import inbound
-from consumer.tools.topics import COMPLETE_IDLE_S
+from consumer.tools.topics import COMPLETE_IDLE_S, partition_count
 
 UNKNOWN_REASON = "unknown"
 # How long `list` and `replay` read on after the last record, unless --idle says
@@ -545,8 +545,13 @@ class DlqReader:
             raise BrokerError(_unreachable(self._settings, exc)) from exc
         try:
             self.require_topic("DLQ_TOPIC", self._settings.dlq_topic)
-            partitions = self._consumer.partitions_for_topic(self._settings.dlq_topic) or ()
-            self._tps = [TopicPartition(self._settings.dlq_topic, p) for p in sorted(partitions)]
+            # Not the consumer's partitions_for_topic(): it answers from the metadata the
+            # client already holds, which on Apache Kafka has no topic yet (topics() does
+            # not store what it fetched), so the DLQ read as empty there.
+            count = await partition_count(
+                self._settings.kafka_bootstrap_servers, self._settings.dlq_topic
+            )
+            self._tps = [TopicPartition(self._settings.dlq_topic, p) for p in range(count)]
             self._consumer.assign(self._tps)
             for tp in self._tps:
                 # Offset 0, not seek_to_beginning: see the module doc.

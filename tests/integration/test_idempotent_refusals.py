@@ -15,8 +15,6 @@ import collections
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.settings import Settings
 from consumer.tools import topics
@@ -31,15 +29,9 @@ SMALL_LIMIT = 4000  # bytes: below one event of BIG_TEXT, above the others
 
 
 async def _limit(settings: Settings, topic: str, max_bytes: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        resource = ConfigResource(
-            ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)}
-        )
-        await admin.alter_configs([resource])
-    finally:
-        await admin.close()
+    await kafka.alter_topic(
+        settings.kafka_bootstrap_servers, topic, {"max.message.bytes": str(max_bytes)}
+    )
 
 
 def _refused(done: list[dict[str, object]]) -> list[dict[str, object]]:

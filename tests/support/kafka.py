@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.settings import Settings
 from consumer.store import Store, create_engine, messages
@@ -94,6 +96,16 @@ async def commit(settings: Settings, offsets: dict[int, int]) -> None:
         await client.commit(tps)
     finally:
         await client.stop()
+
+
+async def alter_topic(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Set configs of a topic (Apache Kafka; Tansu 0.6 does not alter configs)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
 
 
 async def read_all(
