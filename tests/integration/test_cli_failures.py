@@ -18,7 +18,7 @@ from consumer.settings import Settings
 from consumer.tools import embedded, topics
 from consumer.tools.members import settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 
 @dataclass

@@ -32,7 +32,7 @@ from consumer.store import (
     unpack_events,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 PNID = "106540352242922"
 WAMIDS = ("wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=", "wamid.SECOND")

@@ -22,7 +22,7 @@ from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, wait_until
 from tests.support.slowclients import Slowloris, failures, open_files, probe
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.brokers]
 
 PNID = "106540352242922"
 

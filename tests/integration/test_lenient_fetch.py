@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from consumer import lenient
 from consumer.tools import topics
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 # A producer that writes a header name of raw bytes: aiokafka's pure-Python record
 # builder (AIOKAFKA_NO_EXTENSIONS=1) encodes names with str.encode, which this str

@@ -30,7 +30,7 @@ from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup, wait_until
 from tests.support.proxy import ThreadedProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.brokers]
 
 PNID = "106540352242922"
 

@@ -26,7 +26,7 @@ from tests.support import kafka
 from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.brokers]
 
 PNID = "106540352242922"
 FIRST = 40  # stored by the first member, then half of them lost to the "restore"

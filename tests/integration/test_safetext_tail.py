@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from consumer import safetext
 from consumer.tools import topics
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 # Longer than the ~5 s for which the embedded broker may not yet show a partition's end.
 IDLE_EXIT_S = "6"

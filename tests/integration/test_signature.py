@@ -23,7 +23,7 @@ from consumer.tools import produce
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 SECRET = "integration-app-secret-4f2a"  # noqa: S105 - a made-up secret for the test
 PNID = "106540352242922"
