@@ -129,6 +129,12 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.producer_renewals = Counter(
+            "wamid_guard_producer_renewals",
+            "Idempotent events producers replaced after a batch the broker refused for "
+            "good (its sequence would refuse every later batch to that partition).",
+            registry=r,
+        )
         self.statuses = Counter(
             "wamid_guard_statuses_ignored",
             "Status updates (sent/delivered/read) seen in webhooks; they create no message.",

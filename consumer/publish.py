@@ -92,8 +92,10 @@ class Publisher:
         dead_letters: AIOKafkaProducer | None = None,
         renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
         wait_s: float | None = None,
+        on_renewed: Callable[[], None] | None = None,
     ) -> None:
         self._producer = producer
+        self._on_renewed = on_renewed
         self._dlq_producer = dead_letters
         self._renew = renew
         self._wait_s = wait_s
@@ -173,6 +175,8 @@ class Publisher:
                 return
             self._producer = await self._renew()
             self.renewals += 1
+            if self._on_renewed is not None:
+                self._on_renewed()
         log.warning("producer.renewed", cause=repr(cause), renewals=self.renewals)
         task = asyncio.create_task(_stop_quietly(broken), name="producer-retire")
         self._retiring.add(task)

@@ -123,7 +123,9 @@ class Service:
                 "database": backends.store.ping,
             }
         await check_topics(s)
-        self._publisher = publisher = await start_publisher(s, client_id=client_id)
+        self._publisher = publisher = await start_publisher(
+            s, client_id=client_id, on_renewed=self.metrics.producer_renewals.inc
+        )
         self._flow = self.flow_factory.build(
             s,
             self._backends,

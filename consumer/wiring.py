@@ -8,6 +8,7 @@ setting (``cannot reach Redis at REDIS_URL=...``), before the member joins its g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -137,7 +138,9 @@ async def check_topics(settings: Settings) -> None:
     )
 
 
-async def start_publisher(settings: Settings, *, client_id: str) -> Publisher:
+async def start_publisher(
+    settings: Settings, *, client_id: str, on_renewed: Callable[[], None] | None = None
+) -> Publisher:
     """The member's producing: one producer for events and dead letters, or, when
     KAFKA_IDEMPOTENCE makes it idempotent (logged: ``producer.idempotence``), an
     idempotent one for events, renewed after a batch that fails, and a plain one for
@@ -170,6 +173,7 @@ async def start_publisher(settings: Settings, *, client_id: str) -> Publisher:
         dead_letters=dead_letters,
         renew=renew,
         wait_s=s.kafka_request_timeout_s,
+        on_renewed=on_renewed,
     )
 
 

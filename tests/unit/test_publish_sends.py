@@ -149,6 +149,7 @@ async def test_a_failed_batch_renews_the_idempotent_producer_once() -> None:
     publishes that saw the failure, stops the old one, and the retry goes through."""
     first, second = _Held("first"), _Held("second")
     made = iter([second])
+    counted: list[int] = []
 
     async def renew() -> Any:
         return next(made)
@@ -159,6 +160,7 @@ async def test_a_failed_batch_renews_the_idempotent_producer_once() -> None:
         max_request_bytes=1 << 20,
         renew=renew,
         wait_s=1.0,
+        on_renewed=lambda: counted.append(1),
     )
     batches = [_events(2), _events(3)[2:]]
     both = asyncio.gather(*(publisher.publish(b) for b in batches), return_exceptions=True)
@@ -167,6 +169,7 @@ async def test_a_failed_batch_renews_the_idempotent_producer_once() -> None:
     results = await both
     assert all(isinstance(r, BrokerError) for r in results), results
     assert publisher.renewals == 1
+    assert counted == [1], "counted once (wamid_guard_producer_renewals_total)"
     await asyncio.sleep(0)
     assert first.stopped, "the broken producer is stopped"
     retry = asyncio.create_task(publisher.publish(batches[0]))
