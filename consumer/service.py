@@ -444,7 +444,7 @@ class Service:
     async def on_assigned(self, assigned: set[Partition]) -> None:
         assert self._source is not None  # noqa: S101 - set in startup
         async with self._lock:  # no batch may commit before the positions are set
-            fresh = await self._source.start_uncommitted_at_zero(assigned)
+            fresh = await self._source.start_at_committed(assigned)
             self.tracker.assigned(assigned, fresh=fresh)
         log.info("partitions.assigned", partitions=sorted(f"{t}:{p}" for t, p in assigned))
 

@@ -61,7 +61,7 @@ def inbound(record: Any) -> InboundRecord:
 def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
     """The group member's consumer: manual commits only (rule 8), from the start of a
     partition the group never committed (the member seeks offset 0 itself, see
-    Source.start_uncommitted_at_zero)."""
+    Source.start_at_committed)."""
     s = settings
     return {
         "bootstrap_servers": s.kafka_bootstrap_servers,
@@ -186,6 +186,11 @@ class Source:
         # Partitions a rewind could not place (their committed offset was unreadable):
         # no fetch happens before they are placed.
         self._unplaced: set[Partition] = set()
+        # Placements (start_at_committed) so far, and the one that last placed each
+        # partition: records a fetch took before a placement of their partition come
+        # from before its seek, and are not returned (see start_at_committed).
+        self._placements = 0
+        self._placed_by: dict[Partition, int] = {}
 
     async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
         s = self._settings
@@ -247,25 +252,26 @@ class Source:
         only = [_tp(p) for p in sorted(partitions)] if partitions is not None else []
         if partitions is not None and not only:
             return []  # getmany() of no partition would mean every partition
-        records = self._took(await self._getmany(only, timeout_s, max_records))
+        records = await self._getmany(only, timeout_s, max_records)
+        took_at = self._placements  # what the first step took precedes later placements
         top_up_s = min(TOP_UP_S, timeout_s)
         if records and len(records) < max_records and top_up_s > 0:
             try:
-                records += self._took(
-                    await self._getmany(only, top_up_s, max_records - len(records))
-                )
+                more = await self._getmany(only, top_up_s, max_records - len(records))
             except asyncio.CancelledError:
                 # Cut short (a batch ended, or the member stops): the first step's
                 # records left aiokafka's buffer, so they are returned, never dropped.
                 # Our caller runs this as a task of its own; cancelling that task is
                 # all the cancel means.
-                return records
+                return self._took(records, took_at)
             except BrokerError as exc:
                 # The first step's records left aiokafka's buffer too: they are
                 # returned, and the error comes with the next fetch (whose caller then
                 # rewinds, knowing these records).
                 self._deferred = exc
-        return records
+            else:
+                return self._took(records, took_at) + self._took(more, self._placements)
+        return self._took(records, took_at)
 
     async def keep_in_group(self, timeout_s: float) -> None:
         """A poll that takes no record, for a turn that fetches nothing (no partition
@@ -280,7 +286,21 @@ class Source:
         except (KafkaError, TimeoutError) as exc:
             log.debug("fetch.keep_in_group_failed", error=repr(exc))
 
-    def _took(self, records: list[InboundRecord]) -> list[InboundRecord]:
+    def _took(self, records: list[InboundRecord], took_at: int) -> list[InboundRecord]:
+        """Note where the returned records leave each partition. Records taken out of
+        aiokafka's buffer before a placement of their partition (the first step of a
+        fetch, when the placement came during its top-up; `took_at`: the placements
+        then) came from before its seek: they are dropped, and read again from there."""
+        if self._placements != took_at:
+            placed = {p for p, n in self._placed_by.items() if n > took_at}
+            kept = [r for r in records if (r.topic, r.partition) not in placed]
+            if len(kept) != len(records):
+                log.info(
+                    "fetch.dropped_before_placement",
+                    records=len(records) - len(kept),
+                    partitions=sorted(f"{t}:{n}" for t, n in placed),
+                )
+            records = kept
         for r in records:
             p = (r.topic, r.partition)
             self._returned[p] = max(self._returned.get(p, 0), r.offset + 1)
@@ -368,17 +388,27 @@ class Source:
             raise BrokerError(f"reading committed offsets failed: {exc!r}") from exc
         return dict(found)
 
-    async def start_uncommitted_at_zero(self, partitions: set[Partition]) -> set[Partition]:
-        """Position each of `partitions` the group committed nothing for at offset 0, and
-        return them.
+    async def start_at_committed(self, partitions: set[Partition]) -> set[Partition]:
+        """Position each of `partitions` (just assigned) at the group's committed offset,
+        or at offset 0 when nothing is committed; return the latter.
 
-        That is what the reset policy (auto_offset_reset="earliest") means, but aiokafka
-        applies it by asking the broker where the log starts, and the embedded broker can
-        name an offset past records it holds (docs/design.md, "Broker facts"). Where
-        offset 0 is below the log start (Apache Kafka after retention), the broker answers
-        OffsetOutOfRange and the reset policy applies. If the committed offsets cannot be
-        read, the reset policy decides alone (with a warning).
-        """
+        Every partition is placed, not only the uncommitted ones: aiokafka installs an
+        assignment and fetches for it before our assignment hook has run (this reads the
+        committed offsets, a round trip), so a fetch under way can return records of a
+        partition the bookkeeping does not own yet. Those are dropped (tracking.Tracker
+        .fetched), and aiokafka's position has moved past them: without this seek the
+        next fetch would start after them, and the first commit would skip them (seen on
+        a three-node cluster: 990 records of one partition never stored). A seek also
+        discards what aiokafka buffered of the partition, and a fetch that had taken
+        records of it before the seek and was waiting in its top-up drops them.
+
+        Offset 0, not the reset policy, for the uncommitted: aiokafka applies
+        auto_offset_reset="earliest" by asking the broker where the log starts, and the
+        embedded broker can name an offset past records it holds (docs/design.md,
+        "Broker facts"); where 0 is below the log start (Apache Kafka after retention),
+        the broker answers OffsetOutOfRange and the reset policy applies. If the
+        committed offsets cannot be read, the partitions are placed before the next fetch
+        (which fails until they can be)."""
         if not partitions:
             return set()
         try:
@@ -387,18 +417,23 @@ class Source:
             log.warning(
                 "partitions.committed_unknown",
                 error=str(exc),
-                fallback="auto_offset_reset=earliest",
+                fallback="placed before the next fetch",
                 partitions=sorted(f"{t}:{n}" for t, n in partitions),
             )
+            self._unplaced |= partitions
             return set()
         fresh = set()
-        for p in sorted(p for p, offset in committed.items() if offset is None):
+        for p in sorted(committed):
+            self._returned.pop(p, None)
             try:
-                self._consumer.seek(_tp(p), 0)
+                self._consumer.seek(_tp(p), committed[p] or 0)
             except KafkaError as exc:  # IllegalStateError: no longer ours (rebalancing)
                 log.warning("partition.seek_failed", partition=f"{p[0]}:{p[1]}", error=repr(exc))
                 continue
-            fresh.add(p)
+            self._placements += 1
+            self._placed_by[p] = self._placements
+            if committed[p] is None:
+                fresh.add(p)
         if fresh:
             log.info("partitions.start_at_zero", partitions=[f"{t}:{n}" for t, n in sorted(fresh)])
         return fresh

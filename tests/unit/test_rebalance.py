@@ -1,10 +1,13 @@
 """Where a member starts the partitions it is assigned (Service.on_assigned, through
-Source.start_uncommitted_at_zero, into the Tracker).
+Source.start_at_committed, into the Tracker).
 
-A partition the group committed nothing for starts at offset 0, set explicitly: the
-reset policy's "earliest" asks the broker where the log starts, and the embedded broker
-can name an offset past records it holds. A failure to read the committed offsets
-leaves the choice to the reset policy, with a warning, and never crashes the member.
+Every assigned partition is placed explicitly: at the group's committed offset (a fetch
+under way when the assignment came may have taken records the bookkeeping did not own
+yet, and dropped them: they must be read again), or at offset 0 when nothing is
+committed (the reset policy's "earliest" asks the broker where the log starts, and the
+embedded broker can name an offset past records it holds). A failure to read the
+committed offsets leaves the partitions to be placed before the next fetch, with a
+warning, and never crashes the member.
 """
 
 from __future__ import annotations
@@ -60,14 +63,15 @@ def _service(consumer: FakeConsumer, request_timeout_s: float = 30.0) -> Service
     return service
 
 
-async def test_uncommitted_partitions_start_at_offset_zero() -> None:
-    """Partitions without a committed offset are positioned at 0; a partition with one is
-    left to start at its committed offset; the member counts itself assigned."""
+async def test_every_partition_starts_at_its_committed_offset_or_zero() -> None:
+    """Partitions without a committed offset are positioned at 0, one with a committed
+    offset at that offset (not where aiokafka's position stands); the member counts
+    itself assigned."""
     consumer = FakeConsumer({P0: 7, P1: None, P2: None})
     service = _service(consumer)
     with structlog.testing.capture_logs() as logs:
         await service.on_assigned({P0, P1, P2})
-    assert consumer.seeks == {P1: 0, P2: 0}
+    assert consumer.seeks == {P0: 7, P1: 0, P2: 0}
     assert service.tracker.has_assignment
     assert service.tracker.owned == {(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)}
     (started,) = [e for e in logs if e["event"] == "partitions.start_at_zero"]
@@ -88,9 +92,9 @@ async def test_records_fetched_before_the_seek_do_not_count_towards_a_commit() -
     assert ledger.committable((TOPIC, 0)) == 7, "a committed partition is untouched"
 
 
-async def test_failure_to_read_committed_offsets_falls_back_to_the_reset_policy() -> None:
+async def test_failure_to_read_committed_offsets_places_them_before_the_next_fetch() -> None:
     """A broker error while reading the committed offsets: no seek, a warning naming the
-    fallback, no exception out of the rebalance listener."""
+    fallback, no exception out of the rebalance listener; the next fetch places them."""
     consumer = FakeConsumer({}, fail=KafkaConnectionError("connection refused"))
     service = _service(consumer)
     with structlog.testing.capture_logs() as logs:
@@ -99,13 +103,15 @@ async def test_failure_to_read_committed_offsets_falls_back_to_the_reset_policy(
     assert service.tracker.has_assignment
     (warning,) = [e for e in logs if e["event"] == "partitions.committed_unknown"]
     assert warning["log_level"] == "warning"
-    assert warning["fallback"] == "auto_offset_reset=earliest"
+    assert warning["fallback"] == "placed before the next fetch"
     assert "KafkaConnectionError" in warning["error"]
+    assert service._source is not None
+    assert service._source._unplaced == {(TOPIC, 0), (TOPIC, 1)}
 
 
 async def test_committed_offsets_that_never_come_are_given_up_after_the_request_timeout() -> None:
     """aiokafka retries a retriable failure without end; the member waits at most
-    KAFKA_REQUEST_TIMEOUT_S, then falls back to the reset policy."""
+    KAFKA_REQUEST_TIMEOUT_S, then leaves the partitions to the next fetch to place."""
     consumer = FakeConsumer({}, hang=True)
     service = _service(consumer, request_timeout_s=0.2)
     with structlog.testing.capture_logs() as logs:
@@ -116,7 +122,7 @@ async def test_committed_offsets_that_never_come_are_given_up_after_the_request_
 
 async def test_a_partition_lost_before_the_seek_is_skipped() -> None:
     """A seek refused because the partition is no longer assigned (another rebalance
-    began) is logged; the other partitions are still positioned at 0."""
+    began) is logged; the other partitions are still positioned."""
     consumer = FakeConsumer({P0: None, P1: None}, refuse_seek={P0})
     service = _service(consumer)
     with structlog.testing.capture_logs() as logs:
