@@ -69,6 +69,13 @@ class BrokerError(DependencyError):
     from_broker = True  # the broker (or the way to it) failed, not the client
 
 
+class PublishPendingError(BrokerError):
+    """A publish gave up waiting for its acknowledgements while its sends go on inside an
+    idempotent producer (never expired): they may still land. Whoever holds the outbox
+    claims of those events keeps them, so that no other member's relay sends the events
+    again meanwhile; the holder's own retry waits for (or counts) the same sends."""
+
+
 class UnreadableFetchError(BrokerError):
     """A fetch came back, but the client failed while unpacking its records (a record it
     cannot decode): the member rewinds and tries again, loudly."""

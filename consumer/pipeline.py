@@ -36,7 +36,13 @@ import structlog
 from consumer import events, intake, safetext
 from consumer.crashpoints import CrashPoints
 from consumer.dedup import LeaseKey, LeaseState
-from consumer.errors import DependencyError, LeaseStoreError, StoreError, UnstorableError
+from consumer.errors import (
+    DependencyError,
+    LeaseStoreError,
+    PublishPendingError,
+    StoreError,
+    UnstorableError,
+)
 from consumer.metrics import Metrics
 from consumer.ports import EventSink, LeaseStore, MessageStore
 from consumer.records import (
@@ -630,7 +636,13 @@ class Pipeline:
         log.warning("batch.store_or_publish_failed", messages=len(keys), error=str(exc))
         try:
             await self._release(keys, token)
-            if unpublished:
+            if unpublished and isinstance(exc, PublishPendingError):
+                # The sends may still land: the claims stand until they run out
+                # (LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S), so another member's relay does
+                # not send the events again meanwhile. This member's retry takes them
+                # back at once (the batch has ended) and waits for the same sends.
+                log.info("outbox.claims_kept", rows=len(unpublished), reason="publish pending")
+            elif unpublished:
                 try:
                     await self._store.release_claims(unpublished, token)
                 except StoreError as claim_exc:

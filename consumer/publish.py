@@ -35,7 +35,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from consumer import deadletters
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, PublishPendingError
 from consumer.events import OutboundEvent
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.records import Invalid
@@ -243,7 +243,7 @@ class Publisher:
         late = await self._settle(futures)
         self._keep_if_late(ids, futures, late)
         if late:
-            raise BrokerError(
+            raise PublishPendingError(
                 f"{late} of {len(sends)} {what} record(s) not acknowledged within "
                 f"{self._wait_s:g} s (KAFKA_REQUEST_TIMEOUT_S); the producer goes on "
                 "sending them, and the retry waits for those sends"

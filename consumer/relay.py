@@ -16,7 +16,7 @@ import datetime as dt
 
 import structlog
 
-from consumer.errors import DependencyError
+from consumer.errors import DependencyError, PublishPendingError
 from consumer.metrics import Metrics
 from consumer.ports import EventSink, MessageStore
 from consumer.store import MarkQueue
@@ -87,6 +87,8 @@ class Relay:
             return 0
         try:
             await self._publisher.publish(claimed.events)
+        except PublishPendingError:
+            raise  # the sends may still land: the claims stand until they run out
         except DependencyError:
             await self._store.release_claims(claimed.outbox_ids, self._worker_id)
             raise

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
-from consumer.errors import BrokerError, LeaseStoreError, StoreError, UnstorableError
+from consumer.errors import (
+    BrokerError,
+    LeaseStoreError,
+    PublishPendingError,
+    StoreError,
+    UnstorableError,
+)
 from consumer.events import OutboundEvent
 from consumer.records import InboundRecord, Invalid, MessageKey
 from consumer.store import OutboxClaim, PendingMessage, SaveResult
@@ -226,6 +232,8 @@ class FakePublisher:
     published: list[OutboundEvent] = field(default_factory=list)
     dead_letters: list[Invalid] = field(default_factory=list)
     fail_next_publish: bool = False
+    # A publish that gives up with its sends under way (PublishPendingError) instead.
+    pending_next_publish: bool = False
     fail_next_dead_letter: bool = False
     publish_calls: int = 0
     dead_letter_calls: int = 0
@@ -235,6 +243,9 @@ class FakePublisher:
         if self.fail_next_publish:
             self.fail_next_publish = False
             raise BrokerError("fake Kafka: message_created not acknowledged")
+        if self.pending_next_publish:
+            self.pending_next_publish = False
+            raise PublishPendingError("fake Kafka: message_created not acknowledged yet")
         self.published.extend(events)
 
     async def dead_letter(self, invalid: Sequence[Invalid]) -> None:

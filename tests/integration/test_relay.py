@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from consumer import events, intake
+from consumer.errors import BrokerError, PublishPendingError
 from consumer.metrics import Metrics
 from consumer.ports import EventSink
 from consumer.records import Invalid
@@ -98,6 +99,29 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
         await pass_time(store, 31)
         assert await other.relay_once() == 1
         assert len(publisher.published) == 3
+    finally:
+        await store.close()
+
+
+async def test_a_publish_still_under_way_keeps_the_relays_claim(database_url: str) -> None:
+    """A relay whose publish gave up while its sends go on (PublishPendingError) keeps
+    its claim: another relay does not send the events again until the claim runs out;
+    a publish that failed outright gives the claim back at once."""
+    store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
+    try:
+        await store.save(_pending(3), claimant="inserter", claim_for=CLAIM)
+        await pass_time(store, 120)
+        pending = FakePublisher(pending_next_publish=True)
+        with pytest.raises(PublishPendingError):
+            await _relay(store, pending, "w1").relay_once()
+        other = FakePublisher()
+        assert await _relay(store, other, "w2").relay_once() == 0, "the claim stands"
+        await pass_time(store, 31)
+        failing = FakePublisher(fail_next_publish=True)
+        with pytest.raises(BrokerError):
+            await _relay(store, failing, "w3").relay_once()
+        assert await _relay(store, other, "w2").relay_once() == 1, "given back at once"
+        assert len(other.published) == 3
     finally:
         await store.close()
 

@@ -624,3 +624,26 @@ async def test_a_failed_batch_ends_only_after_giving_its_claims_back(world: Worl
     assert report.failure is not None
     assert seen == [("w1:1", ())], "still running while it gave its claims back"
     assert world.pipeline._reclaimable() == ("w1:1",)
+
+
+async def test_a_publish_still_under_way_keeps_its_claims(world: World) -> None:
+    """A publish that gave up while its sends go on (an idempotent producer never expires
+    them): the batch fails, its leases go back, but its outbox claims stand, so no other
+    member's relay sends the events again while they may still land; the batch has
+    ended, so the member's own retry takes the rows back at once."""
+    released: list[str] = []
+
+    async def release_claims(outbox_ids: Sequence[str], claimant: str) -> None:
+        released.append(claimant)
+
+    world.store.release_claims = release_claims  # type: ignore[method-assign]
+    world.publisher.pending_next_publish = True
+    report = await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    assert report.failure is not None
+    assert "PublishPendingError" in report.failure
+    assert released == [], "claims kept"
+    assert world.leases.owned_by("w1") == set(), "leases given back"
+    assert world.pipeline._reclaimable() == ("w1:1",)
+    retry = await world.pipeline.process(_records(webhook([message("wamid.A")])))
+    assert retry.failure is None
+    assert world.published_ids() == [key("wamid.A").event_id]
