@@ -56,6 +56,13 @@ class Fault:
     frozen_s: float = 0.0
     copies: bool = False
 
+    def bites(self, log_text: str, victim: int) -> int:
+        """How often a member's log shows the fault: its `sign`, or, for a killed node,
+        a connection it refused (a member with no fetch in flight at the kill meets the
+        dead node when it reconnects: seen once in CI, the kill of an inbound leader)."""
+        signs = [self.sign] + ([] if self.frozen_s else ["Unable connect to node with id {victim}"])
+        return sum(log_text.count(sign.format(victim=victim)) for sign in signs)
+
 
 FAULTS = [
     # Fetches from the node fail; the members go on with the new leader.
@@ -238,10 +245,7 @@ async def test_a_node_fails_mid_run(
         await traffic
 
         events = await kc.audit(settings, group, sent)
-        bit = sum(
-            m.log_path.read_text(errors="replace").count(fault.sign.format(victim=victim))
-            for m in members
-        )
+        bit = sum(fault.bites(m.log_path.read_text(errors="replace"), victim) for m in members)
         assert bit > 0, f"the fault never bit (no {fault.sign!r}):\n{group.logs()}"
         duplicates = kc.copies(events)
         ids = kc.event_ids(events)
