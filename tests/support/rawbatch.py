@@ -17,6 +17,7 @@ import cramjam
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c
 
@@ -204,3 +205,29 @@ async def produce(bootstrap: str, topic: str, partition: int, data: bytes) -> Pr
     """One batch, on a connection of its own."""
     async with RawProducer(bootstrap) as producer:
         return await producer.send(topic, partition, data)
+
+
+async def stored_codecs(bootstrap: str, topic: str, partition: int) -> list[int]:
+    """The codec of every batch the broker holds in a partition from offset 0 (its
+    attributes as the log has them: what a consumer is handed), read by a FetchRequest
+    of our own."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    await client.bootstrap()
+    try:
+        await client._wait_on_metadata(topic)
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = FetchRequest(500, 1, 64 << 20, 0, [(topic, [(partition, 0, 64 << 20)])])
+        response = await client.send(leader, request)
+    finally:
+        await client.close()
+    _, parts = response.topics[0]
+    _, code, *_, data = parts[0]
+    if code:
+        raise AssertionError(f"fetch of {topic}-{partition}: {for_code(code).__name__}")
+    codecs, at = [], 0
+    while at + HEADER.size <= len(data):
+        (length,) = struct.unpack_from(">i", data, at + 8)
+        (attributes,) = struct.unpack_from(">h", data, at + ATTRIBUTES_AT)
+        codecs.append(attributes & 0x07)
+        at += 12 + length
+    return codecs
