@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from consumer import cli, events, intake
+from consumer.commands.run import serve
 from consumer.crashpoints import CrashPoints
 from consumer.errors import DependencyError
 from consumer.metrics import Metrics
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog="python -m consumer.tools.passthrough", description=__doc__
     ).parse_args(argv)
-    return cli.run_command("passthrough", lambda settings: cli.serve(settings, PASSTHROUGH))
+    return cli.run_command("passthrough", lambda settings: serve(settings, PASSTHROUGH))
 
 
 if __name__ == "__main__":

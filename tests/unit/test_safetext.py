@@ -164,7 +164,7 @@ def test_cut_utf8_of_a_long_detail() -> None:
     assert got.decode() == "€" * 341
 
 
-# --- tail's rendering (consumer.cli.format_event) ---------------------------------------
+# --- tail's rendering (consumer.tools.tail.format_event) -------------------------------
 
 
 def _event() -> bytes:

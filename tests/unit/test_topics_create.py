@@ -1,7 +1,8 @@
-"""`topics create` for a real cluster (consumer/tools/topics.py, consumer/cli.py): the
-replication factor, min.insync.replicas and max.message.bytes options, their defaults
-(a one-broker setup works untouched) and their refusals, each naming its option; and
-what create_topics makes of the broker's answers (a fake admin client)."""
+"""`topics create` for a real cluster (consumer/tools/topics.py,
+consumer/commands/topics.py): the replication factor, min.insync.replicas and
+max.message.bytes options, their defaults (a one-broker setup works untouched) and their
+refusals, each naming its option; and what create_topics makes of the broker's answers
+(a fake admin client)."""
 
 from __future__ import annotations
 
