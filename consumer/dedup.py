@@ -25,7 +25,6 @@ DONE_TTL_S, and meanwhile the database fence catches a redelivery of their messa
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,11 +32,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from consumer.errors import LeaseStoreError
+from consumer.ports import LeaseKey, LeaseState
 from consumer.records import MessageKey, RecordKey
-
-# What a lease guards: a message (stored and announced once) or an inbound record that
-# is not usable (dead-lettered once).
-LeaseKey = MessageKey | RecordKey
 
 DONE_PREFIX = "done:"
 # Between REDIS_KEY_PREFIX and the rest of a key; the prefix may not contain it.
@@ -95,20 +91,8 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-# Keys per script call: bounds how long one call holds Redis (about a millisecond).
+# Keys per script call: bounds how long one call holds Redis.
 _CHUNK = 1000
-
-
-class LeaseState(enum.Enum):
-    ACQUIRED = "acquired"
-    HELD = "held"  # another worker is on it: not yet, not skip (docs/design.md, rule 5)
-    # Stored and announced already, says the marker: a hint the database confirms before
-    # anything is skipped (docs/design.md, rule 1).
-    DONE = "done"
-    # A key under the prefix that is neither a lease nor a marker of ours (nothing says
-    # when it ends): left alone, and the message goes to the database's fence without a
-    # lease, so it never waits on the key (docs/design.md, "Keys we did not write").
-    FOREIGN = "foreign"
 
 
 _STATES = {1: LeaseState.ACQUIRED, 0: LeaseState.HELD, 2: LeaseState.DONE, 3: LeaseState.FOREIGN}

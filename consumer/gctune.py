@@ -1,5 +1,5 @@
-"""The cyclic garbage collector, tuned for a member process (docs/benchmarks.md, round
-three: about a tenth of a member's CPU went to it)."""
+"""The cyclic garbage collector, tuned for a member process: untuned, it took a visible
+share of a member's CPU (docs/benchmarks.md, round three)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import structlog
 
 from consumer.errors import BrokerError
 from consumer.metrics import Metrics
-from consumer.offsets import Partition
+from consumer.records import Partition
 from consumer.source import Source
 from consumer.tracking import Tracker
 

@@ -1,6 +1,6 @@
 """The storage contract: what intake accepts is what Redis, the database and the event
 can hold (docs/design.md, rule 9). One place for every limit; the table definition
-(``store.py``), the migrations and the JSON Schemas in ``schemas/`` are checked against
+(``schema.py``), the migrations and the JSON Schemas in ``schemas/`` are checked against
 these numbers by ``tests/unit/test_contract.py``.
 
 Why these numbers (Meta's documentation and real payloads, with room for change):

@@ -307,8 +307,8 @@ class BatchHistogram(Collector):
     """A histogram with one label that takes a batch of observations in one call.
 
     prometheus_client's Histogram takes a lock and walks its buckets in Python for every
-    observation: two per message made 2.6 us of a member's CPU per message. This one
-    finds each bucket by bisection and is exposed exactly as a Histogram with the same
+    observation, a cost paid twice per message (docs/benchmarks.md). This one finds each
+    bucket by bisection and is exposed exactly as a Histogram with the same
     name, label and buckets is (``_bucket`` per ``le``, cumulative, ``_count``, ``_sum``).
     Not thread-safe: the event loop's thread observes and collects.
     """

@@ -12,9 +12,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumer.engine import create_engine
 from consumer.errors import StoreError
 from consumer.settings import mask_url
-from consumer.store import create_engine, database_problem
+from consumer.store import database_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Partition = tuple[str, int]
+from consumer.records import Partition
 
 
 @dataclass(slots=True)

@@ -23,19 +23,17 @@ neighbours are stored as usual. So no record, however crafted, stops a partition
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import structlog
 
 from consumer import events, intake, safetext
 from consumer.crashpoints import CrashPoints
-from consumer.dedup import LeaseKey, LeaseState
 from consumer.errors import (
     DependencyError,
     LeaseStoreError,
@@ -44,8 +42,19 @@ from consumer.errors import (
     UnstorableError,
 )
 from consumer.metrics import Metrics
-from consumer.ports import EventSink, LeaseStore, MessageStore
+from consumer.outbox import MarkQueue
+from consumer.ports import (
+    Claim,
+    EventSink,
+    LeaseKey,
+    LeaseState,
+    LeaseStore,
+    MessageStore,
+    PendingMessage,
+    SaveResult,
+)
 from consumer.records import (
+    BatchReport,
     InboundRecord,
     Invalid,
     Message,
@@ -54,8 +63,6 @@ from consumer.records import (
     RecordKey,
     Webhook,
 )
-from consumer.settings import Settings
-from consumer.store import MarkQueue, PendingMessage, SaveResult
 
 log = structlog.get_logger(__name__)
 
@@ -69,50 +76,18 @@ _ENDED_KEPT = 64
 _LOG_DETAIL_CHARS = 200
 
 
-@dataclass(slots=True)
-class BatchReport:
-    """What happened to one batch: counts for logs and metrics, records for offsets."""
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The settings the pipeline reads (from :class:`consumer.settings.Settings`)."""
 
-    records: int = 0
-    messages: int = 0
-    stored: int = 0
-    dup_done_marker: int = 0  # done markers the database confirmed
-    # Done markers the database did not confirm (their message went through the fence),
-    # and keys under the prefix that are not ours (docs/design.md, "Keys we did not write").
-    markers_unconfirmed: int = 0
-    foreign_keys: int = 0
-    dup_database: int = 0
-    dup_in_batch: int = 0
-    held: int = 0
-    statuses: int = 0
-    errors: int = 0
-    # Changes that created nothing (not field "messages", or holding no message, status
-    # or error); by field as a metric label (intake.field_label) in ignored_fields.
-    ignored_changes: int = 0
-    dead_lettered: int = 0
-    dead_letters_repeated: int = 0  # records met again whose dead letter was sent already
-    isolated: int = 0  # records refused by the database or the encoder, or that raised
-    events: int = 0
-    republished: int = 0
-    leases_lost: int = 0
-    failure: str | None = None
-    ignored_fields: dict[str, int] = field(default_factory=dict)
-    durable: list[InboundRecord] = field(default_factory=list)
-    retry: list[InboundRecord] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        """Every count, by its field name, and how many records are to be retried."""
-        out = {f.name: getattr(self, f.name) for f in _COUNT_FIELDS}
-        out["retry"] = len(self.retry)
-        return out
-
-    def add(self, other: BatchReport) -> None:
-        """Add another report's counts (not its records or failure) to these."""
-        for f in _COUNT_FIELDS:
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-_COUNT_FIELDS = tuple(f for f in dataclasses.fields(BatchReport) if f.type == "int")
+    outbound_topic: str
+    max_record_bytes: int
+    lease_ttl_s: float
+    # How long a batch's outbox claims hold: a lease's worth plus one produce timeout.
+    claim_for: dt.timedelta
+    redis_outage_policy: str = "pause"  # "pause" or "fence"
+    app_secret: str = ""  # WHATSAPP_APP_SECRET; empty: no signature check
+    debug: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +108,6 @@ class BatchProcessor(Protocol):
         """Work between batches (never raises for a failing dependency)."""
 
 
-def publish_claim(settings: Settings) -> dt.timedelta:
-    """How long whoever claims an outbox row may take to publish it before others may:
-    a lease's worth plus one full produce timeout."""
-    return dt.timedelta(seconds=settings.lease_ttl_s + settings.kafka_request_timeout_s)
-
-
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -149,7 +118,7 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: Settings,
+        config: PipelineConfig,
         leases: LeaseStore,
         store: MessageStore,
         publisher: EventSink,
@@ -162,7 +131,7 @@ class Pipeline:
     ) -> None:
         """`metrics` and `marks` are the member's, shared with its relay: one registry,
         and one queue of outbox deletes to retry before the relay could announce again."""
-        self._settings = settings
+        self._config = config
         self._leases = leases
         self._store = store
         self._publisher = publisher
@@ -176,9 +145,9 @@ class Pipeline:
         # after their claim runs out. Only ended batches: a running batch's rows are
         # never taken by another batch of ours (docs/design.md, rule 7).
         self._ended: dict[str, float] = {}
-        self._debug = settings.debug
+        self._debug = config.debug
         # Encoded once, not per record; None: no signature check (WHATSAPP_APP_SECRET unset).
-        self._app_secret = settings.app_secret.encode() or None
+        self._app_secret = config.app_secret.encode() or None
         self.metrics = metrics
         self.marks = marks
 
@@ -237,7 +206,7 @@ class Pipeline:
 
     def _decode(self, record: InboundRecord) -> Webhook | Invalid:
         return intake.decode(
-            record, max_bytes=self._settings.max_record_bytes, app_secret=self._app_secret
+            record, max_bytes=self._config.max_record_bytes, app_secret=self._app_secret
         )
 
     def _unexpected(
@@ -475,7 +444,7 @@ class Pipeline:
         except LeaseStoreError as exc:
             self.metrics.dependency_error(exc)
             await self._release(keys, token)  # whatever the failed pipeline did set
-            if self._settings.redis_outage_policy == "pause":
+            if self._config.redis_outage_policy == "pause":
                 report.failure = f"lease: {exc}"
                 return None
             # "fence": go on with the database's unique constraint as the only guard.
@@ -500,13 +469,8 @@ class Pipeline:
         keys = [m.key for m in batch]
         saved: SaveResult | None = None
         try:
-            saved = await self._store.save(
-                self._pending(batch),
-                claimant=token,
-                reclaim=self._reclaimable(),
-                claim_for=publish_claim(self._settings),
-                before_commit=lambda: self._crash.hit("after_insert"),
-            )
+            claim = Claim(token, self._config.claim_for, frozenset(self._reclaimable()))
+            saved = await self._store.save(self._pending(batch), claim)
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
             self._published(saved, batch)
@@ -559,7 +523,7 @@ class Pipeline:
         """Each message with the event that announces it (built before the commit, so
         the outbox holds the exact bytes)."""
         now = self._clock()
-        topic = self._settings.outbound_topic
+        topic = self._config.outbound_topic
         return [PendingMessage(m, events.build(m, topic=topic, occurred_at=now)) for m in batch]
 
     def _published(self, saved: SaveResult, batch: list[Message]) -> None:
@@ -617,7 +581,7 @@ class Pipeline:
             # the database fenced it, but LEASE_TTL_S is shorter than our batches take.
             report.leases_lost = len(keys) - finished
             log.warning(
-                "lease.lost", count=report.leases_lost, lease_ttl_s=self._settings.lease_ttl_s
+                "lease.lost", count=report.leases_lost, lease_ttl_s=self._config.lease_ttl_s
             )
 
     async def _failed(
@@ -661,7 +625,7 @@ class Pipeline:
 
     def _reclaimable(self) -> tuple[str, ...]:
         """The tokens of our ended batches whose claims may still stand."""
-        horizon = time.monotonic() - publish_claim(self._settings).total_seconds()
+        horizon = time.monotonic() - self._config.claim_for.total_seconds()
         for token in [t for t, ended in self._ended.items() if ended < horizon]:
             del self._ended[token]
         return tuple(self._ended)

@@ -1,10 +1,11 @@
 """The ports of the flow: what the pipeline and the relay need of Redis, the database
-and Kafka, as Protocols.
+and Kafka, as Protocols, and the values that cross them.
 
 ``Pipeline``, ``Relay`` and ``MarkQueue`` are written against these, never against an
 adapter. The adapters (:class:`consumer.dedup.Leases`, :class:`consumer.store.Store`,
 :class:`consumer.publish.Publisher`) satisfy them structurally, as do the in-memory
-fakes of :mod:`consumer.testing`; mypy checks both.
+fakes of :mod:`consumer.testing`; mypy checks both. This module imports no adapter and
+no client library.
 
 What a method promises is part of the port: an outage raises a
 :class:`~consumer.errors.DependencyError` subclass (a lease store failure is a
@@ -18,15 +19,100 @@ dead-letters (docs/design.md, rule 10).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Sequence
+import enum
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from consumer.dedup import LeaseKey, LeaseState
 from consumer.events import OutboundEvent
-from consumer.records import Invalid, MessageKey
-from consumer.store import OutboxClaim, PendingMessage, SaveResult
+from consumer.records import Invalid, Message, MessageKey, RecordKey
 
-__all__ = ["EventSink", "LeaseStore", "MessageStore"]
+__all__ = [
+    "UNCLAIMED",
+    "Claim",
+    "EventSink",
+    "LeaseKey",
+    "LeaseState",
+    "LeaseStore",
+    "MessageStore",
+    "OutboxClaim",
+    "PendingMessage",
+    "SaveResult",
+]
+
+# -- the lease store's values ----------------------------------------------------------
+
+# What a lease guards: a message (stored and announced once) or an inbound record that
+# is not usable (dead-lettered once).
+LeaseKey = MessageKey | RecordKey
+
+
+class LeaseState(enum.Enum):
+    """A key's state as :meth:`LeaseStore.acquire` found it."""
+
+    ACQUIRED = "acquired"
+    HELD = "held"  # another worker is on it: not yet, not skip (docs/design.md, rule 5)
+    # Stored and announced already, says the marker: a hint the database confirms before
+    # anything is skipped (docs/design.md, rule 1).
+    DONE = "done"
+    # A key under the prefix that is neither a lease nor a marker of ours (nothing says
+    # when it ends): left alone, and the message goes to the database's fence without a
+    # lease, so it never waits on the key (docs/design.md, "Keys we did not write").
+    FOREIGN = "foreign"
+
+
+# -- the message store's values --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message and the event that announces it, ready for the transaction."""
+
+    message: Message
+    event: OutboundEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who a save claims outbox rows for, and for how long (docs/design.md, rule 7).
+
+    `claimant` names one batch; `claim_for` is how long its claim holds; `reclaim` names
+    the caller's batches that ended without publishing, whose claims this save may take
+    back at once. A running claimant is never in anyone's `reclaim`."""
+
+    claimant: str = ""
+    claim_for: dt.timedelta = dt.timedelta(0)
+    reclaim: frozenset[str] = frozenset()
+
+
+UNCLAIMED = Claim()
+"""A save that claims nothing: its rows are free for the relay at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What one batch's transaction did."""
+
+    inserted: frozenset[MessageKey]
+    conflicts: frozenset[MessageKey]
+    to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
+    # The outbox rows that hold `to_publish`, claimed by the caller: to mark once all of
+    # `to_publish` is out, or to release if it is not.
+    outbox_ids: tuple[str, ...]
+    # Conflicts whose unpublished row another worker is publishing right now.
+    in_flight: frozenset[MessageKey] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxClaim:
+    """Outbox rows claimed for publishing: their events, and their ids (to mark once
+    all the events are out, or to release)."""
+
+    events: tuple[OutboundEvent, ...]
+    outbox_ids: tuple[str, ...]
+
+
+# -- the ports ---------------------------------------------------------------------------
 
 
 class LeaseStore(Protocol):
@@ -64,27 +150,16 @@ class MessageStore(Protocol):
     data.
     """
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        claimant: str = "",
-        reclaim: Collection[str] = (),
-        claim_for: dt.timedelta = dt.timedelta(0),
-        before_commit: Callable[[], None] | None = None,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         """Insert the messages and the outbox rows of their events in one transaction,
         behind the unique fence on (phone_number_id, wamid).
 
-        New outbox rows are claimed by `claimant` (one batch) for `claim_for`. A
-        conflict whose unpublished row is still claimed comes back in ``in_flight``; one
-        whose claim ran out, or whose claimant is in `reclaim` (the caller's batches
-        that ended without publishing), is claimed for `claimant`, and its row's events
-        come back in ``to_publish`` after the new events. A running claimant must never
-        be in anyone's `reclaim`: that is what keeps two batches off one row.
-        ``outbox_ids`` names every row handed back: the caller publishes all of
-        ``to_publish``, then marks those rows (or releases them if it could not).
-        ``before_commit`` runs inside the transaction after the writes.
+        New outbox rows are claimed for `claim`. A conflict whose unpublished row is
+        still claimed comes back in ``in_flight``; one whose claim ran out, or whose
+        claimant is in ``claim.reclaim``, is claimed for ``claim.claimant``, and its
+        row's events come back in ``to_publish`` after the new events. ``outbox_ids``
+        names every row handed back: the caller publishes all of ``to_publish``, then
+        marks those rows (or releases them if it could not).
 
         Raises UnstorableError if the data was refused (nothing is committed),
         StoreError if the database failed otherwise (the commit may or may not have

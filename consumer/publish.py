@@ -354,10 +354,9 @@ def producer_config(
 
     A batch's events need no linger to share requests: send() appends to the partition's
     pending batch and does not yield unless that batch is full, so all of a pipeline
-    batch's events are in the accumulator before the sender task runs. A linger only
-    made the last, partial batch of each publish wait it out: with 5 ms, the publish step
-    at 9,000 records/s took 8.1 ms (median), with none 2.5 ms, and the backlog rate rose
-    too (docs/benchmarks.md, round six).
+    batch's events are in the accumulator before the sender task runs. A linger would
+    only make the last, partial batch of each publish wait it out (docs/benchmarks.md,
+    round six).
 
     Order per partition (aiokafka 0.14's sender, with or without idempotence): at most one
     batch per partition is in flight (the partition is muted until its request ends), and

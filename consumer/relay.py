@@ -18,8 +18,8 @@ import structlog
 
 from consumer.errors import DependencyError, PublishPendingError
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue
 from consumer.ports import EventSink, MessageStore
-from consumer.store import MarkQueue
 
 log = structlog.get_logger(__name__)
 

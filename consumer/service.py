@@ -32,10 +32,9 @@ from consumer.health import Health
 from consumer.http import HttpServer
 from consumer.lag import LagSampler
 from consumer.metrics import Metrics
-from consumer.offsets import Partition
-from consumer.pipeline import BatchProcessor, BatchReport
+from consumer.pipeline import BatchProcessor
 from consumer.publish import Publisher
-from consumer.records import InboundRecord
+from consumer.records import BatchReport, InboundRecord, Partition
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
 from consumer.tracking import Tracker

@@ -22,8 +22,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumer import lenient
 from consumer.errors import BrokerError, MissingTopicError, UnreadableFetchError
-from consumer.offsets import Partition
-from consumer.records import InboundRecord
+from consumer.records import InboundRecord, Partition
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,7 +74,7 @@ def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         "max_poll_interval_ms": int(s.kafka_max_poll_interval_s * 1000),
         "request_timeout_ms": int(s.kafka_request_timeout_s * 1000),
         # A fetch returns after at most this long even with little data: bounds the
-        # latency a quiet partition adds (the default 500 ms dominated p99 at low rates).
+        # latency a quiet partition adds.
         "fetch_max_wait_ms": int(s.kafka_fetch_max_wait_s * 1000),
     }
 
@@ -240,10 +239,9 @@ class Source:
         wait for the batch after, about one batch more of latency. When the first step
         returned records but fewer than `max_records`, a second step waits up to
         TOP_UP_S (a round trip to the broker), never longer than `timeout_s`, for the
-        chunk asked for when the first was taken, and adds it (docs/benchmarks.md, round
-        five: p50 63 -> 44 ms at 7,500 records/s). A full batch (a backlog), an empty
-        fetch (nothing to top up) and a fetch asked not to wait (`timeout_s` 0: retries
-        are due) skip it."""
+        chunk asked for when the first was taken, and adds it. A full batch (a
+        backlog), an empty fetch (nothing to top up) and a fetch asked not to wait
+        (`timeout_s` 0: retries are due) skip it."""
         if self._deferred is not None:
             deferred, self._deferred = self._deferred, None
             raise deferred

@@ -3,11 +3,11 @@
 One transaction per batch writes the messages with ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING`` (the fence: ``UNIQUE (phone_number_id, source_id)``) and, for the rows it
 really inserted, one outbox row holding the exact ``message_created`` bytes of all their
-events (a very large batch gets a few rows; see :func:`_assign_rows`). Each message row
-names the outbox row that announces it (``messages.outbox_id``). A conflicting key is a
-duplicate; if its outbox row was never published (a crash between commit and publish, or
-a commit whose answer was lost), the row is handed back to be published again, with the
-same event ids and bytes.
+events (a very large batch gets a few rows: :func:`consumer.outbox.assign_rows`). Each
+message row names the outbox row that announces it (``messages.outbox_id``). A
+conflicting key is a duplicate; if its outbox row was never published (a crash between
+commit and publish, or a commit whose answer was lost), the row is handed back to be
+published again, with the same event ids and bytes.
 
 An outbox row is published, marked and claimed as a whole: whoever is handed a row
 publishes all its events and then marks (deletes) or releases the row by its id.
@@ -21,6 +21,9 @@ bodies and phone numbers, and end up in logs.
 
 Every time compared across workers (outbox claims, the age of the oldest unpublished
 event) is the database's own (rule 12): a worker's clock never meets another's.
+
+The tables are in :mod:`consumer.schema`, the engine in :mod:`consumer.engine`, the
+outbox row's byte format in :mod:`consumer.outbox`.
 """
 
 from __future__ import annotations
@@ -29,246 +32,39 @@ import asyncio
 import datetime as dt
 import re
 import sqlite3
-import struct
-import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import aiosqlite
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from consumer import limits
+from consumer.engine import create_engine, json_dumps
 from consumer.errors import StoreError, UnstorableError
 from consumer.events import OutboundEvent
-from consumer.records import Message, MessageKey
+from consumer.outbox import assign_rows, pack_events, unpack_events
+from consumer.ports import UNCLAIMED, Claim, OutboxClaim, PendingMessage, SaveResult
+from consumer.records import MessageKey
+from consumer.schema import TS, messages, outbox
 
-if TYPE_CHECKING:  # ports imports this module's SaveResult and PendingMessage
-    from consumer.ports import MessageStore
-
-metadata = sa.MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-# PostgreSQL's json, not jsonb: it keeps the text as Meta sent it, \u0000 included (jsonb
-# refuses it, and a text body may hold one).
-_JSON = sa.JSON().with_variant(postgresql.JSON(), "postgresql")
-_TS = sa.DateTime(timezone=True)
-_SOURCE_ID = sa.String(limits.WAMID_MAX)
-
-messages = sa.Table(
-    "messages",
-    metadata,
-    # The event's message.id, derived from (phone_number_id, source_id): unique because
-    # the fence is, so not indexed (a second unique index cost every insert; migration
-    # 0005). The fence's key identifies a row.
-    sa.Column("id", sa.String(36), nullable=False),
-    sa.Column("phone_number_id", sa.String(limits.PHONE_NUMBER_ID_MAX), nullable=False),
-    sa.Column("source_id", _SOURCE_ID, nullable=False),
-    sa.Column("sender", sa.String(limits.SENDER_MAX), nullable=False),
-    sa.Column("message_type", sa.String(limits.MESSAGE_TYPE_MAX), nullable=False),
-    sa.Column("message_timestamp", sa.String(limits.TIMESTAMP_MAX), nullable=False),
-    sa.Column("contact_wa_id", sa.String(limits.CONTACT_WA_ID_MAX)),
-    # A copy for queries and display; NUL (which text columns refuse) is U+FFFD here, and
-    # the name as sent is in contact_profile and raw.
-    sa.Column("contact_name", sa.Text),
-    sa.Column("contact_profile", _JSON),
-    sa.Column("raw", _JSON, nullable=False),
-    sa.Column("event_id", sa.String(36), nullable=False),
-    sa.Column("source_topic", sa.String(255), nullable=False),
-    sa.Column("source_partition", sa.Integer, nullable=False),
-    sa.Column("source_offset", sa.BigInteger, nullable=False),
-    sa.Column("created_at", _TS, nullable=False),
-    # The outbox row that announces this message: while it exists, the event is not yet
-    # announced (a redelivery finds it here, through the unique key). Not indexed.
-    sa.Column("outbox_id", sa.String(36)),
-    sa.UniqueConstraint("phone_number_id", "source_id"),
-)
-
-# One row per transaction (per few MiB of events), not per message: the insert, its index
-# entries and the delete after the publish are paid once per batch (docs/benchmarks.md).
-outbox = sa.Table(
-    "outbox",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("event_count", sa.Integer, nullable=False),
-    # The events, each as event_id, topic, key and payload (see _pack_events).
-    sa.Column("events", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", _TS, nullable=False),
-    # The claim: who publishes this row, and until when (the database's clock).
-    sa.Column("claimed_by", sa.String(128)),
-    sa.Column("claimed_until", _TS),
-    sa.Index("ix_outbox_created_at", "created_at"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResult:
-    """What one batch's transaction did."""
-
-    inserted: frozenset[MessageKey]
-    conflicts: frozenset[MessageKey]
-    to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
-    # The outbox rows that hold `to_publish`, claimed by the caller: to mark once all of
-    # `to_publish` is out, or to release if it is not.
-    outbox_ids: tuple[str, ...]
-    # Conflicts whose unpublished row another worker is publishing right now.
-    in_flight: frozenset[MessageKey] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxClaim:
-    """Outbox rows claimed for publishing: their events, and their ids (to mark once
-    all the events are out, or to release)."""
-
-    events: tuple[OutboundEvent, ...]
-    outbox_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PendingMessage:
-    """A message and the event that announces it, ready for the transaction."""
-
-    message: Message
-    event: OutboundEvent
-
-
-def create_engine(url: str, *, pool_size: int, timeout_s: float) -> AsyncEngine:
-    """An engine for PostgreSQL (asyncpg) or the embedded SQLite (aiosqlite)."""
-    if url.startswith("sqlite"):
-        engine = create_async_engine(
-            url,
-            async_creator=_sqlite_connector(url, timeout_s),
-            json_serializer=_json_dumps,
-            json_deserializer=orjson.loads,
-            hide_parameters=True,
-        )
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-        pool_timeout=timeout_s,
-        connect_args={"timeout": timeout_s, "command_timeout": timeout_s},
-        # Error texts must not carry message bodies and phone numbers into the logs.
-        hide_parameters=True,
-    )
-    sa.event.listen(engine.sync_engine, "checkin", _checked_in)
-    sa.event.listen(engine.sync_engine, "checkout", _ping_if_idle)
-    return engine
-
-
-def _sqlite_connector(url: str, timeout_s: float) -> Callable[[], Any]:
-    """Open aiosqlite connections as SQLAlchemy would, except when opening fails.
-
-    aiosqlite runs each connection on a worker thread. When the file cannot be opened it
-    raises at once and only then queues the thread's stop, whose result the thread posts
-    back to this event loop. A command that fails on that error (`migrate` of a missing
-    folder) leaves its loop and exits before the thread has run: the thread meets a
-    closed loop, prints a traceback from inside interpreter shutdown, and CPython aborts
-    the process (exit -6 instead of 1, seen once in CI). So a failed open waits, bounded,
-    for the thread to finish before the error goes on."""
-    args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
-    kwargs["timeout"] = timeout_s
-
-    async def connect() -> aiosqlite.Connection:
-        connection = aiosqlite.connect(*args, **kwargs)
-        # As SQLAlchemy's own connect does: a connection nobody closed must not keep
-        # the process from exiting.
-        worker = connection._thread
-        worker.daemon = True
-        try:
-            return await connection
-        except BaseException:
-            await asyncio.to_thread(worker.join, _SQLITE_STOP_WAIT_S)
-            raise
-
-    return connect
-
-
-_SQLITE_STOP_WAIT_S = 5.0
-
-
-# A connection idle longer than this is pinged when taken from the pool (and replaced if
-# the ping fails); one in use more often is not. SQLAlchemy's pool_pre_ping pings every
-# checkout, and its asyncpg ping is three round trips (BEGIN, a query, ROLLBACK): under
-# load that was six round trips a batch (the save and the outbox delete each take a
-# connection) for connections used milliseconds before.
-PING_AFTER_IDLE_S = 2.0
-
-
-def _checked_in(_dbapi_connection: Any, record: Any) -> None:
-    record.info["checked_in"] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """Ping a connection that sat idle: a database restart, a proxy's idle timeout or a
-    failover may have closed it meanwhile. A failed ping makes the pool drop it and take
-    another (DisconnectionError), so the batch never sees it. A connection that broke in
-    the last PING_AFTER_IDLE_S fails its batch once, which is retried on a new one."""
-    idle_since = record.info.get("checked_in")
-    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
-        return
-    try:
-        dbapi_connection.ping()
-    except Exception as exc:  # any failure: the connection is not usable
-        raise sa_exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
-
-
-def _json_dumps(value: Any) -> str:
-    # orjson instead of the stdlib: the raw message and profile of every row go through it.
-    return orjson.dumps(value).decode()
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; busy_timeout makes several consumer
-    # processes on one file queue for the write lock instead of failing at once.
-    # `migrate` leaves the file in WAL mode (the mode is stored in the file), so a
-    # consumer only reads it here. Switching a file that is not yet in WAL mode needs an
-    # exclusive lock, and two processes switching at once deadlock: SQLite answers one of
-    # them "database is locked" at once, without waiting out busy_timeout. Hence the
-    # read first, and a few tries with a pause for a file someone else is switching.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA busy_timeout=30000")
-        for attempt in range(_WAL_SWITCH_TRIES):
-            try:
-                cursor.execute("PRAGMA journal_mode")
-                if str(cursor.fetchone()[0]).lower() in ("wal", "memory"):
-                    break
-                cursor.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt + 1 == _WAL_SWITCH_TRIES:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
-
-
-_WAL_SWITCH_TRIES = 20
+# Rows a conflicting save claims at most (each may hold a batch of other messages).
+_CONFLICT_ROWS = 8
 
 
 class Store:
-    """Batch writes and outbox bookkeeping over one engine."""
+    """Batch writes and outbox bookkeeping over one engine.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    `after_insert`, if given, runs inside a save's transaction after its writes, before
+    the commit: the crash tests' ``after_insert`` point (:mod:`consumer.crashpoints`)."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, after_insert: Callable[[], None] | None = None
+    ) -> None:
         self._engine = engine
+        self._after_insert = after_insert
         self._sqlite = engine.dialect.name == "sqlite"
         # The same pool, for one-statement writes that need no transaction around them:
         # a statement is atomic by itself, and BEGIN and COMMIT would be two more round
@@ -277,30 +73,35 @@ class Store:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = sqlite.insert if self._sqlite else postgresql.insert
 
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int,
+        timeout_s: float,
+        after_insert: Callable[[], None] | None = None,
+    ) -> Store:
+        """A Store over a new engine for `url` (:func:`consumer.engine.create_engine`)."""
+        engine = create_engine(url, pool_size=pool_size, timeout_s=timeout_s)
+        return cls(engine, after_insert=after_insert)
+
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        claimant: str = "",
-        reclaim: Collection[str] = (),
-        claim_for: dt.timedelta = dt.timedelta(0),
-        before_commit: Callable[[], None] | None = None,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         """Insert messages and the outbox row of their events in one transaction (the
         fence).
 
-        The new outbox row is claimed by `claimant` (the batch) for `claim_for`: the
-        inserter is about to publish it, so neither the relay nor another batch's
-        conflicting insert publishes it meanwhile. A conflict whose unpublished row is
-        still claimed comes back in `in_flight` ("not yet", rule 5); one whose claim ran
-        out (the inserter died), or whose claimant is in `reclaim` (batches of the caller
-        that ended without publishing, such as one whose COMMIT answer was lost), is
-        claimed for `claimant`, and all the events of its row come back in `to_publish`.
-        ``before_commit`` runs inside the transaction after the writes (crash tests).
+        The new outbox row is claimed by ``claim.claimant`` (the batch) for
+        ``claim.claim_for``: the inserter is about to publish it, so neither the relay
+        nor another batch's conflicting insert publishes it meanwhile. A conflict whose
+        unpublished row is still claimed comes back in `in_flight` ("not yet", rule 5);
+        one whose claim ran out (the inserter died), or whose claimant is in
+        ``claim.reclaim`` (batches of the caller that ended without publishing, such as
+        one whose COMMIT answer was lost), is claimed for the claimant, and all the
+        events of its row come back in `to_publish`.
 
         Raises :class:`UnstorableError` if the database refused the data (nothing is
         committed), :class:`StoreError` if it failed otherwise.
@@ -312,7 +113,7 @@ class Store:
         by_key = {p.message.key: p for p in pending}
         by_key = {k: by_key[k] for k in sorted(by_key)}  # (phone_number_id, wamid) order
         rows = list(by_key.values())
-        row_ids = _assign_rows(rows)
+        row_ids = assign_rows(rows)
         try:
             async with self._engine.begin() as conn:
                 if self._sqlite:
@@ -321,14 +122,14 @@ class Store:
                     inserted = await _insert_pg(conn, rows, row_ids)
                 new = [i for i, p in enumerate(rows) if p.message.key in inserted]
                 boxes = await self._insert_outbox(
-                    conn, [(row_ids[i], rows[i].event) for i in new], claimant, claim_for
+                    conn, [(row_ids[i], rows[i].event) for i in new], claim
                 )
                 conflicts = frozenset(by_key) - inserted
                 claimed, in_flight = await self._unpublished(
-                    conn, [k for k in by_key if k in conflicts], claimant, reclaim, claim_for
+                    conn, [k for k in by_key if k in conflicts], claim
                 )
-                if before_commit is not None:
-                    before_commit()
+                if self._after_insert is not None:
+                    self._after_insert()
         except (SQLAlchemyError, OSError) as exc:
             raise _translate(exc, f"storing {len(by_key)} message(s)") from exc
         return SaveResult(
@@ -415,15 +216,26 @@ class Store:
             raise _failed(exc, "reading the outbox backlog") from exc
         return int(count), max(0.0, float(age_s or 0.0))
 
+    async def check(self, *, warm: int, claim_for: dt.timedelta) -> None:
+        """The database answers and is migrated (the columns the newest revision added
+        are there: a database migrated by an older release is "not migrated" too), then
+        :meth:`warm` with `warm` connections. Raises StoreError saying which of:
+        unreachable, does not exist, not migrated, a file that cannot be opened."""
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT outbox_id FROM messages WHERE 1 = 0"))
+                await conn.execute(sa.text("SELECT id, events FROM outbox WHERE 1 = 0"))
+            await self.warm(warm, claim_for=claim_for)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(database_problem(exc)) from exc
+
     async def warm(self, connections: int, *, claim_for: dt.timedelta) -> None:
         """Open `connections` of the pool's connections at once and run a save's two
         statements (the messages insert and the outbox insert) on each, in a transaction
         that is rolled back: nothing is written. On PostgreSQL each connection prepares
-        a statement the first time it runs it (and the driver looks up its types): three
-        concurrent first saves of 100 messages took 35 ms, 10 ms once warm, so without
-        this the first batches after a start are the slowest of the run. (The outbox
-        delete is left to its first use: it runs after a batch's events are out.)
-        SQLite (in-process) is skipped. Raises what the driver raises."""
+        a statement the first time it runs it, so without this the first batches after
+        a start are the slowest of the run. (The outbox delete is left to its first
+        use.) SQLite (in-process) is skipped. Raises what the driver raises."""
         if self._sqlite:
             return
         await asyncio.gather(*(self._warm_one(claim_for) for _ in range(connections)))
@@ -454,15 +266,15 @@ class Store:
         if self._sqlite:
             # The format SQLAlchemy reads back, at millisecond resolution; comparisons on
             # SQLite are between strings of this shape.
-            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now"), _TS)
-        return sa.type_coerce(sa.func.now(), _TS)
+            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now"), TS)
+        return sa.type_coerce(sa.func.now(), TS)
 
     def _later(self, delta: dt.timedelta) -> sa.ColumnElement[dt.datetime]:
         """The database's time `delta` from now."""
         if self._sqlite:
             shift = f"{delta.total_seconds():+.3f} seconds"
-            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now", shift), _TS)
-        return sa.type_coerce(sa.func.now() + delta, _TS)
+            return sa.type_coerce(sa.func.strftime(_SQLITE_TS, "now", shift), TS)
+        return sa.type_coerce(sa.func.now() + delta, TS)
 
     def _free(self) -> sa.ColumnElement[bool]:
         """An outbox row nobody holds: never claimed, or its claim ran out. A claim holds
@@ -504,8 +316,7 @@ class Store:
         self,
         conn: AsyncConnection,
         new: list[tuple[str, OutboundEvent]],
-        claimant: str,
-        claim_for: dt.timedelta,
+        claim: Claim,
     ) -> tuple[str, ...]:
         """The outbox rows of the events inserted (`new`: row id and event, in the
         order the rows were assigned); returns their ids."""
@@ -514,13 +325,13 @@ class Store:
             boxes.setdefault(row_id, []).append(event)
         if boxes:
             await conn.execute(
-                self._outbox_insert(claim_for),
+                self._outbox_insert(claim.claim_for),
                 [
                     {
                         "id": row_id,
                         "event_count": len(events),
-                        "events": _pack_events(events),
-                        "claimed_by": claimant or None,
+                        "events": pack_events(events),
+                        "claimed_by": claim.claimant or None,
                     }
                     for row_id, events in boxes.items()
                 ],
@@ -536,9 +347,7 @@ class Store:
         self,
         conn: AsyncConnection,
         keys: list[MessageKey],
-        claimant: str,
-        reclaim: Collection[str],
-        claim_for: dt.timedelta,
+        claim: Claim,
     ) -> tuple[OutboxClaim, frozenset[MessageKey]]:
         """The unpublished outbox rows of conflicting keys: (those claimed now by us, to
         publish; the keys whose row someone else holds, who is publishing it). The claim
@@ -559,13 +368,13 @@ class Store:
         # scan order). SQLite has no row locks; it serialises writers instead.
         claimed: list[Any] = []
         unpublished: set[str] = set()
-        claimable = self._free_or_reclaimed(reclaim)
+        claimable = self._free_or_reclaimed(claim.reclaim)
         for ids in _chunks(row_ids):
             room = _CONFLICT_ROWS - len(claimed)
             if room > 0:
                 where = sa.and_(outbox.c.id.in_(ids), claimable)
-                claim = self._claim(where, outbox.c.id, room, claimant, claim_for)
-                claimed.extend((await conn.execute(claim)).all())
+                update = self._claim(where, outbox.c.id, room, claim.claimant, claim.claim_for)
+                claimed.extend((await conn.execute(update)).all())
             exists = sa.select(outbox.c.id).where(outbox.c.id.in_(ids))
             unpublished.update(r[0] for r in (await conn.execute(exists)).all())
         ours = _claimed(claimed)
@@ -652,11 +461,8 @@ RETURNING phone_number_id, source_id
 # The outbox rows of a batch's conflicting keys, the keys bound as two arrays and joined
 # on the fence's columns: PostgreSQL reads each row of the table at most once (an index
 # lookup per key, or, if it believes the table small, one scan joined by hash), in one
-# statement for any number of keys. A row-value IN list, as on SQLite below, was planned
-# from the table's statistics too, but on a table that had just grown under one
-# phone_number_id (the usual shape: a business has a few numbers) PostgreSQL read every
-# row of that number and tested each against the whole list: 286 ms per 450 keys on
-# 36,000 rows, where this takes 1.7 ms.
+# statement for any number of keys. A row-value IN list, as on SQLite below, can be
+# planned as a scan of every row of one phone_number_id tested against the whole list.
 _OUTBOX_OF_PG = sa.text(
     """
 SELECT m.phone_number_id, m.source_id, m.outbox_id
@@ -749,9 +555,9 @@ async def _insert_pg(
         # in the statement).
         row = _message_row(p, row_id)
         row["contact_profile"] = (
-            _json_dumps(row["contact_profile"]) if row["contact_profile"] is not None else None
+            json_dumps(row["contact_profile"]) if row["contact_profile"] is not None else None
         )
-        row["raw"] = _json_dumps(row["raw"])
+        row["raw"] = json_dumps(row["raw"])
         for name in _PG_COLUMNS:
             columns[name].append(row[name])
     rows = (await conn.execute(_INSERT_PG, columns)).all()
@@ -775,62 +581,6 @@ _PG_COLUMNS = (
     "source_offset",
     "outbox_id",
 )
-
-
-# -- outbox rows: a batch's events in one value ---------------------------------------
-
-# Bytes of events per outbox row: a batch of large messages gets a few rows, so that no
-# value comes near PostgreSQL's 1 GB and whoever is handed rows (a conflicting save, the
-# relay) holds a bounded amount.
-_ROW_BYTES = 4 * 1024 * 1024
-# Rows a conflicting save claims at most (each may hold a batch of other messages).
-_CONFLICT_ROWS = 8
-# Per event: the lengths of event_id, topic, key and payload, then those bytes.
-_EVENT_HEADER = struct.Struct(">IIII")
-
-
-def _assign_rows(pending: list[PendingMessage]) -> list[str]:
-    """The outbox row of each message, should it be inserted: one new id for the batch,
-    a next one whenever the events so far would pass _ROW_BYTES."""
-    row_id, size, ids = str(uuid.uuid4()), 0, []
-    for p in pending:
-        weight = len(p.event.payload) + len(p.event.key)
-        if size and size + weight > _ROW_BYTES:
-            row_id, size = str(uuid.uuid4()), 0
-        size += weight
-        ids.append(row_id)
-    return ids
-
-
-def _pack_events(events: Sequence[OutboundEvent]) -> bytes:
-    parts: list[bytes] = []
-    for e in events:
-        event_id, topic = e.event_id.encode(), e.topic.encode()
-        parts += (
-            _EVENT_HEADER.pack(len(event_id), len(topic), len(e.key), len(e.payload)),
-            event_id,
-            topic,
-            e.key,
-            e.payload,
-        )
-    return b"".join(parts)
-
-
-def unpack_events(blob: bytes) -> list[OutboundEvent]:
-    """The events of an outbox row's ``events`` value, in order."""
-    events: list[OutboundEvent] = []
-    pos, end = 0, len(blob)
-    while pos < end:
-        sizes = _EVENT_HEADER.unpack_from(blob, pos)
-        pos += _EVENT_HEADER.size
-        fields = []
-        for size in sizes:
-            fields.append(blob[pos : pos + size])
-            pos += size
-        if pos > end:
-            raise ValueError("an outbox row's events end short")
-        events.append(OutboundEvent(fields[0].decode(), fields[1].decode(), fields[2], fields[3]))
-    return events
 
 
 def _claimed(rows: Sequence[Any]) -> OutboxClaim:
@@ -974,49 +724,3 @@ def _text_column(value: str | None) -> str | None:
     """Free text for a text column, which cannot hold NUL: U+FFFD stands in for it (the
     value as sent stays in the JSON columns)."""
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
-
-
-class MarkQueue:
-    """Outbox rows whose events this process published but which it could not delete
-    yet (the database failed right after the publish), retried until the delete works.
-
-    Our claim on those rows stands for LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S, and nobody
-    else republishes a claimed row; retrying as soon as the database answers again keeps
-    such an event announced once instead of leaving it to the relay to announce again.
-    Shared by the pipeline and the relay of one process.
-    """
-
-    def __init__(self, store: MessageStore) -> None:
-        self._store = store
-        # Published rows whose delete failed: carried by the next delete, or retried
-        # by flush(). Not the deletes under way: a row is deleted by one statement at a
-        # time, and a row being deleted now is not "unmarked".
-        self._failed: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._failed)
-
-    async def mark(self, outbox_ids: Sequence[str]) -> int:
-        """Delete these rows, and those whose delete failed before; on failure keep
-        them all for the retry and raise. Returns how many of the rows deleted had
-        failed before (retried now: with batches overlapping, the next batch's delete
-        often carries them before the loop's housekeeping does)."""
-        retrying = set(self._failed)
-        await self._delete(set(outbox_ids) | retrying)
-        return len(retrying)
-
-    async def flush(self) -> int:
-        """Retry the deletes that failed; returns how many went through. Raises StoreError."""
-        retrying = set(self._failed)
-        await self._delete(retrying)
-        return len(retrying)
-
-    async def _delete(self, ids: set[str]) -> None:
-        if not ids:
-            return
-        try:
-            await self._store.mark_published(sorted(ids))
-        except StoreError:
-            self._failed.update(ids)
-            raise
-        self._failed.difference_update(ids)

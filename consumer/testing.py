@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
+from consumer.dedup import DONE_PREFIX
 from consumer.errors import (
     BrokerError,
     LeaseStoreError,
@@ -36,8 +36,16 @@ from consumer.errors import (
     UnstorableError,
 )
 from consumer.events import OutboundEvent
+from consumer.ports import (
+    UNCLAIMED,
+    Claim,
+    LeaseKey,
+    LeaseState,
+    OutboxClaim,
+    PendingMessage,
+    SaveResult,
+)
 from consumer.records import InboundRecord, Invalid, MessageKey
-from consumer.store import OutboxClaim, PendingMessage, SaveResult
 
 PNID = "106540352242922"
 SENDER = "16505551234"
@@ -147,17 +155,9 @@ class FakeStore:
     # Per save: its claimant, and the claimants whose claims it was allowed to take back.
     claimants: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        claimant: str = "",
-        reclaim: Collection[str] = (),
-        claim_for: dt.timedelta = dt.timedelta(0),
-        before_commit: Callable[[], None] | None = None,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         self.saves.append([p.message.key for p in pending])
-        self.claimants.append((claimant, frozenset(reclaim)))
+        self.claimants.append((claim.claimant, claim.reclaim))
         if self.fail_next_save:
             self.fail_next_save = False
             raise StoreError("fake database: connection lost before commit")
@@ -176,8 +176,6 @@ class FakeStore:
             and by_key[k].event.event_id in self.outbox
             and not self.outbox[by_key[k].event.event_id].published
         )
-        if before_commit is not None:
-            before_commit()
         new = [by_key[k] for k in by_key if k in inserted]
         for p in new:  # commit
             self.rows[p.message.key] = p

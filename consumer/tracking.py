@@ -32,9 +32,8 @@ import heapq
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from consumer.offsets import OffsetLedger, Partition
-from consumer.pipeline import BatchReport
-from consumer.records import InboundRecord
+from consumer.offsets import OffsetLedger
+from consumer.records import BatchReport, InboundRecord, Partition
 
 DEGRADED = "degraded"
 

@@ -8,26 +8,25 @@ setting (``cannot reach Redis at REDIS_URL=...``), before the member joins its g
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
-from sqlalchemy.exc import SQLAlchemyError
 
 from consumer import dedup
 from consumer.crashpoints import CrashPoints
 from consumer.errors import LeaseStoreError, StoreError
 from consumer.metrics import Metrics
-from consumer.pipeline import BatchProcessor, Pipeline, publish_claim
+from consumer.outbox import MarkQueue
+from consumer.pipeline import BatchProcessor, Pipeline, PipelineConfig
 from consumer.publish import MAX_REQUEST_BYTES, Publisher, decide_idempotence, producer_config
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
 from consumer.source import require_topics, start_client
-from consumer.store import MarkQueue, Store, create_engine, database_problem
+from consumer.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -53,20 +52,21 @@ class Flow:
     marks: MarkQueue | None = None
 
 
-class BuildFlow(Protocol):
-    """Builds a member's flow once its producer is open (`backends`: None when the flow
+@dataclass(frozen=True, slots=True)
+class FlowContext:
+    """What a member has opened when it builds its flow (`backends`: None when the flow
     does not need them)."""
 
-    def __call__(
-        self,
-        settings: Settings,
-        backends: Backends | None,
-        publisher: Publisher,
-        *,
-        worker_id: str,
-        crash: CrashPoints,
-        metrics: Metrics,
-    ) -> Flow: ...
+    settings: Settings
+    backends: Backends | None
+    publisher: Publisher
+    worker_id: str
+    crash: CrashPoints
+    metrics: Metrics
+
+
+BuildFlow = Callable[[FlowContext], Flow]
+"""Builds a member's flow once its producer is open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +75,46 @@ class FlowFactory:
 
     At startup the member opens and checks Redis and the database first when
     `needs_backends` (so that a missing one is named before the member joins its group),
-    then the producer, then calls `build`. `name` is logged (``service.started``, mode).
+    then the producer, then calls :meth:`build`. `name` is logged (``service.started``,
+    mode).
     """
 
     name: str
-    build: BuildFlow
+    builder: BuildFlow
     needs_backends: bool
+
+    def build(
+        self,
+        settings: Settings,
+        backends: Backends | None,
+        publisher: Publisher,
+        *,
+        worker_id: str,
+        crash: CrashPoints,
+        metrics: Metrics,
+    ) -> Flow:
+        """The member's flow, over what it has opened."""
+        return self.builder(FlowContext(settings, backends, publisher, worker_id, crash, metrics))
+
+
+def publish_claim(settings: Settings) -> dt.timedelta:
+    """How long whoever claims an outbox row may take to publish it before others may:
+    a lease's worth plus one full produce timeout."""
+    return dt.timedelta(seconds=settings.lease_ttl_s + settings.kafka_request_timeout_s)
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    """The settings the pipeline reads."""
+    s = settings
+    return PipelineConfig(
+        outbound_topic=s.outbound_topic,
+        max_record_bytes=s.max_record_bytes,
+        lease_ttl_s=s.lease_ttl_s,
+        claim_for=publish_claim(s),
+        redis_outage_policy=s.redis_outage_policy,
+        app_secret=s.app_secret,
+        debug=s.debug,
+    )
 
 
 async def open_backends(settings: Settings) -> Backends:
@@ -94,34 +128,23 @@ async def open_backends(settings: Settings) -> Backends:
         raise LeaseStoreError(
             f"cannot reach Redis at REDIS_URL={mask_url(settings.redis_url)}: {exc.__cause__}"
         ) from exc.__cause__
-    store = Store(
-        create_engine(
-            settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s
-        )
+    # The store's one crash point, hit inside a save's transaction (crash tests only).
+    crash = CrashPoints(settings.crash_point)
+    store = Store.open(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        timeout_s=settings.db_timeout_s,
+        after_insert=(lambda: crash.hit("after_insert")) if crash.enabled else None,
     )
     try:
-        await _check_database(store, settings)
-    except StoreError:
+        # Migrated, and every pool connection opened with a save's statements prepared.
+        await store.check(warm=settings.db_pool_size, claim_for=publish_claim(settings))
+    except StoreError as exc:
         await redis.aclose()
         await store.close()
-        raise
+        url = mask_url(settings.database_url)
+        raise StoreError(f"database at DATABASE_URL={url}: {exc}") from exc.__cause__
     return Backends(redis, store)
-
-
-async def _check_database(store: Store, settings: Settings) -> None:
-    """The database answers and is migrated; else one line saying which of: unreachable,
-    does not exist, not migrated, a file that cannot be opened."""
-    url = mask_url(settings.database_url)
-    try:
-        async with store.engine.connect() as conn:
-            # The columns the newest revision added: a database migrated by an older
-            # release is "not migrated" too, not a failure of every batch later.
-            await conn.execute(sa.text("SELECT outbox_id FROM messages WHERE 1 = 0"))
-            await conn.execute(sa.text("SELECT id, events FROM outbox WHERE 1 = 0"))
-        # Every pool connection opened, a save's statements prepared on each.
-        await store.warm(settings.db_pool_size, claim_for=publish_claim(settings))
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"database at DATABASE_URL={url}: {database_problem(exc)}") from exc
 
 
 async def check_topics(settings: Settings) -> None:
@@ -194,18 +217,12 @@ async def start_producer(
     return producer
 
 
-def pipeline_flow(
-    settings: Settings,
-    backends: Backends,
-    publisher: Publisher,
-    *,
-    worker_id: str,
-    crash: CrashPoints,
-    metrics: Metrics,
-) -> Flow:
+def pipeline_flow(context: FlowContext) -> Flow:
     """The pipeline and its outbox relay, sharing one MarkQueue (so that an outbox delete
     that failed after a publish is retried before the relay could announce it again)."""
-    s = settings
+    c, s = context, context.settings
+    backends = c.backends
+    assert backends is not None  # noqa: S101 - PIPELINE needs them: startup opened them
     leases = dedup.Leases(
         backends.redis,
         prefix=s.redis_key_prefix,
@@ -215,40 +232,25 @@ def pipeline_flow(
     marks = MarkQueue(backends.store)
     relay = Relay(
         backends.store,
-        publisher,
-        worker_id=worker_id,
+        c.publisher,
+        worker_id=c.worker_id,
         interval_s=s.relay_interval_s,
         claim_for=publish_claim(s),
-        metrics=metrics,
+        metrics=c.metrics,
         marks=marks,
     )
     pipeline = Pipeline(
-        s,
+        pipeline_config(s),
         leases,
         backends.store,
-        publisher,
-        worker_id=worker_id,
-        crash=crash,
-        metrics=metrics,
+        c.publisher,
+        worker_id=c.worker_id,
+        crash=c.crash,
+        metrics=c.metrics,
         marks=marks,
     )
     return Flow(pipeline, relay, marks)
 
 
-def _build_pipeline(
-    settings: Settings,
-    backends: Backends | None,
-    publisher: Publisher,
-    *,
-    worker_id: str,
-    crash: CrashPoints,
-    metrics: Metrics,
-) -> Flow:
-    assert backends is not None  # noqa: S101 - PIPELINE needs them: startup opened them
-    return pipeline_flow(
-        settings, backends, publisher, worker_id=worker_id, crash=crash, metrics=metrics
-    )
-
-
-PIPELINE = FlowFactory("pipeline", _build_pipeline, needs_backends=True)
+PIPELINE = FlowFactory("pipeline", pipeline_flow, needs_backends=True)
 """What ``python -m consumer run`` runs: the pipeline over Redis and the database."""

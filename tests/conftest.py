@@ -31,8 +31,9 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from consumer import migrate
+from consumer.engine import create_engine
 from consumer.settings import Settings
-from consumer.store import Store, create_engine
+from consumer.store import Store
 from consumer.tools import embedded, services, topics
 from tests.support.config import run_settings, unavailable
 from tests.support.procs import ConsumerGroup

@@ -7,7 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from consumer.store import create_engine, metadata
+from consumer.engine import create_engine
+from consumer.schema import metadata
 
 config = context.config
 
@@ -20,7 +21,7 @@ def _run(connection: Connection) -> None:
 
 async def _run_async(url: str) -> None:
     # The service's own engine: on SQLite its connect hook leaves the file in WAL mode,
-    # so consumers that start together never have to switch it (see store.py).
+    # so consumers that start together never have to switch it (see engine.py).
     engine = create_engine(url, pool_size=1, timeout_s=30.0)
     try:
         async with engine.connect() as connection:

@@ -51,8 +51,9 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 from consumer import migrate
+from consumer.engine import create_engine
+from consumer.schema import messages
 from consumer.settings import DEFAULT_BATCH_MAX_RECORDS, Settings
-from consumer.store import create_engine, messages
 from consumer.tools import embedded, members, services, topics
 
 MODES = ("pipeline", "per-message", "pass-through", "single")

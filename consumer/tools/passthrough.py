@@ -18,14 +18,11 @@ import structlog
 
 from consumer import cli, events, intake
 from consumer.commands.run import serve
-from consumer.crashpoints import CrashPoints
 from consumer.errors import DependencyError
-from consumer.metrics import Metrics
-from consumer.pipeline import BatchReport
 from consumer.publish import Publisher
-from consumer.records import InboundRecord, Invalid, Webhook
+from consumer.records import BatchReport, InboundRecord, Invalid, Webhook
 from consumer.settings import Settings
-from consumer.wiring import Backends, Flow, FlowFactory
+from consumer.wiring import Flow, FlowContext, FlowFactory
 
 log = structlog.get_logger(__name__)
 
@@ -68,17 +65,9 @@ class PassThrough:
         return report
 
 
-def passthrough_flow(
-    settings: Settings,
-    backends: Backends | None,
-    publisher: Publisher,
-    *,
-    worker_id: str,
-    crash: CrashPoints,
-    metrics: Metrics,
-) -> Flow:
+def passthrough_flow(context: FlowContext) -> Flow:
     """The pass-through processor alone: no outbox relay, nothing but Kafka."""
-    return Flow(PassThrough(settings, publisher))
+    return Flow(PassThrough(context.settings, context.publisher))
 
 
 PASSTHROUGH = FlowFactory("passthrough", passthrough_flow, needs_backends=False)

@@ -122,9 +122,8 @@ def topic_configs(
 ) -> dict[str, str]:
     """The configs `topics create` gives each topic, checked: a bad value raises
     ConfigError naming its option. Kafka takes a min.insync.replicas above the replication
-    factor without a word and applies the replication factor instead (measured on 3.9.0:
-    replication 1, min.insync.replicas 2, an acks=all write acknowledged), so the topic
-    would not do what it says."""
+    factor without a word and applies the replication factor instead (docs/operations.md),
+    so the topic would not do what it says."""
     if replication < 1:
         raise ConfigError("--replication-factor", f"must be 1 or more, not {replication}")
     isr = default_min_insync(replication) if min_insync is None else min_insync

@@ -34,9 +34,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer import http
 from consumer.dedup import DONE_PREFIX, lease_key
+from consumer.engine import create_engine
 from consumer.records import MessageKey
 from consumer.settings import Settings
-from consumer.store import create_engine
 from consumer.tools import embedded, topics
 from tests.hostile.cases import (
     CASES,

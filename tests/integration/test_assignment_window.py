@@ -18,8 +18,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
-from consumer.offsets import Partition
-from consumer.records import InboundRecord
+from consumer.records import InboundRecord, Partition
 from consumer.settings import Settings
 from consumer.source import Source
 from consumer.tools import topics

@@ -104,7 +104,7 @@ async def test_run_as_a_role_that_may_not_write_fails_at_start(postgres_url: str
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    from consumer.store import create_engine
+    from consumer.engine import create_engine
 
     role = f"wg_ro_{uuid.uuid4().hex[:8]}"
     admin = create_engine(postgres_url, pool_size=1, timeout_s=10)

@@ -15,8 +15,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from consumer import events, intake, limits
+from consumer.engine import create_engine
+from consumer.outbox import unpack_events
+from consumer.ports import PendingMessage
 from consumer.records import Webhook
-from consumer.store import PendingMessage, Store, create_engine, metadata, outbox, unpack_events
+from consumer.schema import metadata, outbox
+from consumer.store import Store
 from consumer.testing import message, record, webhook
 
 pytestmark = pytest.mark.integration
@@ -40,7 +44,7 @@ def _pending(body: dict[str, Any] | bytes) -> list[PendingMessage]:
 
 async def test_migrations_match_the_table_definition(database_url: str) -> None:
     """After `migrate`, Alembic finds no difference (types and lengths included) between
-    the database and store.py's tables."""
+    the database and schema.py's tables."""
     engine = create_engine(database_url, pool_size=1, timeout_s=10)
     try:
         async with engine.connect() as conn:

@@ -5,8 +5,7 @@ fake publisher."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import redis
@@ -15,22 +14,18 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer.dedup import DONE_PREFIX, Leases
+from consumer.engine import create_engine
 from consumer.errors import BrokerError, StoreError
 from consumer.events import OutboundEvent
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue, unpack_events
 from consumer.pipeline import Pipeline
+from consumer.ports import UNCLAIMED, Claim, PendingMessage, SaveResult
 from consumer.records import InboundRecord, Invalid, MessageKey
+from consumer.schema import messages, outbox
 from consumer.settings import Settings
-from consumer.store import (
-    MarkQueue,
-    PendingMessage,
-    SaveResult,
-    Store,
-    create_engine,
-    messages,
-    outbox,
-    unpack_events,
-)
+from consumer.store import Store
+from consumer.wiring import pipeline_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
@@ -94,34 +89,25 @@ class FailingFirstSave(Store):
     """
 
     def __init__(self, engine: AsyncEngine, leases: Leases, redis_url: str) -> None:
-        super().__init__(engine)
+        super().__init__(engine, after_insert=self._fail_first)
         self.calls = 0
         self.leases_at_failure: dict[MessageKey, bytes | None] = {}
         self._leases = leases
         self._redis_url = redis_url
+        self._saving: Sequence[PendingMessage] = ()
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        before_commit: Callable[[], None] | None = None,
-        **kwargs: Any,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         self.calls += 1
+        self._saving = pending
+        return await super().save(pending, claim)
+
+    def _fail_first(self) -> None:
         if self.calls > 1:
-            return await super().save(pending, before_commit=before_commit, **kwargs)
-
-        def fail() -> None:
-            if before_commit is not None:
-                before_commit()
-            with redis.Redis.from_url(self._redis_url) as sync:
-                for p in pending:
-                    self.leases_at_failure[p.message.key] = sync.get(
-                        self._leases.key(p.message.key)
-                    )
-            raise OSError("connection reset by peer (injected before commit)")
-
-        return await super().save(pending, before_commit=fail, **kwargs)
+            return
+        with redis.Redis.from_url(self._redis_url) as sync:
+            for p in self._saving:
+                self.leases_at_failure[p.message.key] = sync.get(self._leases.key(p.message.key))
+        raise OSError("connection reset by peer (injected before commit)")
 
 
 class LostCommitAnswer(Store):
@@ -131,15 +117,9 @@ class LostCommitAnswer(Store):
         super().__init__(engine)
         self.calls = 0
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        before_commit: Callable[[], None] | None = None,
-        **kwargs: Any,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         self.calls += 1
-        result = await super().save(pending, before_commit=before_commit, **kwargs)
+        result = await super().save(pending, claim)
         if self.calls == 1:
             raise StoreError("connection lost while waiting for COMMIT's answer (injected)")
         return result
@@ -147,7 +127,7 @@ class LostCommitAnswer(Store):
 
 def _pipeline(settings: Settings, leases: Leases, store: Store, fake: FakePublisher) -> Pipeline:
     return Pipeline(
-        settings,
+        pipeline_config(settings),
         leases,
         store,
         fake,

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from consumer.dedup import DONE_PREFIX, Leases, LeaseState
+from consumer.dedup import DONE_PREFIX, Leases
+from consumer.ports import LeaseState
 from consumer.records import MessageKey
 from tests.integration import lease_worker
 

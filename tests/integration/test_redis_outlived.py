@@ -19,9 +19,10 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from consumer.dedup import DONE_PREFIX, lease_key
+from consumer.engine import create_engine
 from consumer.records import MessageKey
+from consumer.schema import messages, outbox
 from consumer.settings import Settings
-from consumer.store import create_engine, messages, outbox
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 from tests.support.procs import ConsumerGroup

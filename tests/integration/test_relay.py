@@ -9,12 +9,14 @@ import datetime as dt
 import pytest
 
 from consumer import events, intake
+from consumer.engine import create_engine
 from consumer.errors import BrokerError, PublishPendingError
 from consumer.metrics import Metrics
-from consumer.ports import EventSink
+from consumer.outbox import MarkQueue
+from consumer.ports import Claim, EventSink, PendingMessage
 from consumer.records import Invalid
 from consumer.relay import Relay
-from consumer.store import MarkQueue, PendingMessage, Store, create_engine
+from consumer.store import Store
 from consumer.testing import FakePublisher, record, webhook
 from consumer.testing import message as meta_message
 from tests.support.dbclock import pass_time
@@ -57,7 +59,7 @@ async def test_relay_publishes_abandoned_rows_once(database_url: str) -> None:
     try:
         pending = _pending(20)
         for i in range(0, 20, 2):  # ten rows: more than the relay's batch of seven
-            await store.save(pending[i : i + 2], claimant="inserter", claim_for=CLAIM)
+            await store.save(pending[i : i + 2], Claim("inserter", CLAIM))
         await pass_time(store, 30)
         publisher = FakePublisher()
         relay = _relay(store, publisher, "w1")
@@ -86,7 +88,7 @@ async def test_unfinished_claim_expires_and_is_taken_over(database_url: str) -> 
     claim runs out; then another relay publishes them."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
-        await store.save(_pending(3), claimant="inserter", claim_for=CLAIM)
+        await store.save(_pending(3), Claim("inserter", CLAIM))
         await pass_time(store, 120)
         claimed = await store.claim_unpublished(
             claimant="dead", claim_for=dt.timedelta(seconds=30), limit=10
@@ -109,7 +111,7 @@ async def test_a_publish_still_under_way_keeps_the_relays_claim(database_url: st
     a publish that failed outright gives the claim back at once."""
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
-        await store.save(_pending(3), claimant="inserter", claim_for=CLAIM)
+        await store.save(_pending(3), Claim("inserter", CLAIM))
         await pass_time(store, 120)
         pending = FakePublisher(pending_next_publish=True)
         with pytest.raises(PublishPendingError):
@@ -136,21 +138,21 @@ async def test_conflict_on_a_row_another_batch_is_publishing_is_deferred(
     store = Store(create_engine(database_url, pool_size=2, timeout_s=10))
     try:
         pending = _pending(2)
-        await store.save(pending, claimant="a:1", claim_for=CLAIM)
+        await store.save(pending, Claim("a:1", CLAIM))
         keys = {p.message.key for p in pending}
         await pass_time(store, 1)
-        other = await store.save(pending, claimant="b:1", claim_for=CLAIM)
+        other = await store.save(pending, Claim("b:1", CLAIM))
         assert other.in_flight == keys
         assert other.to_publish == ()
-        sibling = await store.save(pending, claimant="a:2", reclaim={"a:0"}, claim_for=CLAIM)
+        sibling = await store.save(pending, Claim("a:2", CLAIM, frozenset({"a:0"})))
         assert sibling.in_flight == keys, "a running batch's row is not its sibling's"
-        mine = await store.save(pending, claimant="a:3", reclaim={"a:1"}, claim_for=CLAIM)
+        mine = await store.save(pending, Claim("a:3", CLAIM, frozenset({"a:1"})))
         assert mine.in_flight == frozenset()
         assert {e.event_id for e in mine.to_publish} == {p.event.event_id for p in pending}
-        again = await store.save(pending, claimant="a:4", reclaim={"a:1"}, claim_for=CLAIM)
+        again = await store.save(pending, Claim("a:4", CLAIM, frozenset({"a:1"})))
         assert again.in_flight == keys, "a:3 took it over; a:1's name no longer holds it"
         await pass_time(store, 61)
-        late = await store.save(pending, claimant="b:2", claim_for=CLAIM)
+        late = await store.save(pending, Claim("b:2", CLAIM))
         assert late.in_flight == frozenset()
         assert len(late.to_publish) == 2
     finally:

@@ -13,13 +13,16 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from consumer.dedup import Leases
+from consumer.engine import create_engine
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue
 from consumer.pipeline import Pipeline
 from consumer.publish import Publisher, producer_config
 from consumer.records import InboundRecord, MessageKey, Reason
 from consumer.settings import Settings
-from consumer.store import MarkQueue, Store, create_engine
+from consumer.store import Store
 from consumer.tools import produce
+from consumer.wiring import pipeline_config
 from tests.support import kafka
 from tests.support.bodies import text_webhook
 
@@ -62,7 +65,7 @@ async def pipeline(
         publisher = Publisher(producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES)
         store = Store(engine)
         yield Pipeline(
-            s,
+            pipeline_config(s),
             leases,
             store,
             publisher,

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from consumer import migrate
-from consumer.store import create_engine
+from consumer.engine import create_engine
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumer import events, intake, limits
+from consumer.engine import create_engine
+from consumer.outbox import unpack_events
+from consumer.ports import PendingMessage
 from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
+from consumer.schema import messages, outbox
 from consumer.settings import Settings
-from consumer.store import PendingMessage, Store, create_engine, messages, outbox, unpack_events
+from consumer.store import Store
 from tests.fuzz.contract import depth
 from tests.fuzz.strategies import ENCODINGS, encode, sent_messages, webhook_bodies
 

@@ -17,19 +17,17 @@ from alembic import command
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from consumer import engine as engine_module
 from consumer import events, intake, migrate
+from consumer import outbox as outbox_module
 from consumer import store as store_module
+from consumer.engine import create_engine
 from consumer.errors import StoreError
+from consumer.outbox import unpack_events
+from consumer.ports import Claim, PendingMessage, SaveResult
 from consumer.records import InboundRecord, MessageKey, Webhook
-from consumer.store import (
-    PendingMessage,
-    SaveResult,
-    Store,
-    create_engine,
-    messages,
-    outbox,
-    unpack_events,
-)
+from consumer.schema import messages, outbox
+from consumer.store import Store
 from tests.support.dbclock import pass_time
 
 pytestmark = pytest.mark.integration
@@ -128,11 +126,11 @@ async def test_a_save_of_new_and_stored_messages_boxes_only_the_new(store: Store
 async def test_a_large_batch_is_boxed_in_several_rows(
     store: Store, monkeypatch: MonkeyPatch
 ) -> None:
-    """Past _ROW_BYTES of events, a save starts another outbox row: whoever is handed
+    """Past ROW_BYTES of events, a save starts another outbox row: whoever is handed
     rows holds a bounded amount. Each message names the row that holds its event."""
     pending = _pending("111", *(f"wamid.{i}" for i in range(7)))
     per_event = len(pending[0].event.payload) + len(pending[0].event.key)
-    monkeypatch.setattr(store_module, "_ROW_BYTES", per_event * 3)
+    monkeypatch.setattr(outbox_module, "ROW_BYTES", per_event * 3)
     result = await store.save(pending)
     assert len(result.outbox_ids) == 3
     assert sorted((await _outbox_rows(store)).values()) == [1, 3, 3]
@@ -188,19 +186,19 @@ async def test_a_claim_holds_until_its_end_for_the_relay_and_a_worker_alike(stor
     ttl = dt.timedelta(seconds=30)
     first = _pending("111", "wamid.A", "wamid.B")
     for p in first:  # a row each
-        await store.save([p], claimant="w1", claim_for=ttl)
+        await store.save([p], Claim("w1", ttl))
     event_a, event_b = (p.event for p in first)
     again_b = _pending("111", "wamid.B", offset=9)
 
     await pass_time(store, 25)  # 5 s of the claim left
     relay = await store.claim_unpublished(claimant="relay", claim_for=ttl, limit=10)
     assert relay.events == ()
-    worker = await store.save(again_b, claimant="w2", claim_for=ttl)
+    worker = await store.save(again_b, Claim("w2", ttl))
     assert worker.to_publish == ()
     assert worker.in_flight == {MessageKey("111", "wamid.B")}
 
     await pass_time(store, 5)  # the claim's end
-    worker = await store.save(again_b, claimant="w2", claim_for=ttl)
+    worker = await store.save(again_b, Claim("w2", ttl))
     assert worker.to_publish == (event_b,)
     assert worker.in_flight == frozenset()
     relay = await store.claim_unpublished(claimant="relay", claim_for=ttl, limit=10)
@@ -212,7 +210,7 @@ async def test_claims_and_ages_are_the_databases_time(store: Store) -> None:
     (claimed_until is exactly created_at + the claim on PostgreSQL, where both are the
     transaction's now()); the backlog's age is measured by that clock too (rule 12)."""
     ttl = dt.timedelta(seconds=45)
-    await store.save(_pending("111", "wamid.A"), claimant="w1", claim_for=ttl)
+    await store.save(_pending("111", "wamid.A"), Claim("w1", ttl))
     async with store.engine.connect() as conn:
         created, until = (
             await conn.execute(sa.select(outbox.c.created_at, outbox.c.claimed_until))
@@ -360,9 +358,7 @@ async def _race(
         claim_for = dt.timedelta(seconds=60 if claim or sibling_of else 0)
         await barrier.wait()
         try:
-            saved = await stores[i].save(
-                pending, claimant=claimant, reclaim=reclaim, claim_for=claim_for
-            )
+            saved = await stores[i].save(pending, Claim(claimant, claim_for, frozenset(reclaim)))
         except StoreError as exc:
             return pending, exc
         return pending, saved
@@ -451,9 +447,7 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
         holder = await _hold_row_lock(store, locked_row)
         try:
             async with asyncio.timeout(5):
-                saved = await store.save(
-                    pending, claimant="w1:1", claim_for=dt.timedelta(seconds=60)
-                )
+                saved = await store.save(pending, Claim("w1:1", dt.timedelta(seconds=60)))
         finally:
             await holder.rollback()
             await holder.close()
@@ -463,7 +457,7 @@ async def test_a_save_skips_an_outbox_row_locked_elsewhere_instead_of_waiting(
         # Once the lock is gone the row is free again, and the other row is the ended
         # batch w1:1's, ours to take back.
         again = await store.save(
-            pending, claimant="w1:2", reclaim={"w1:1"}, claim_for=dt.timedelta(seconds=60)
+            pending, Claim("w1:2", dt.timedelta(seconds=60), frozenset({"w1:1"}))
         )
         assert {e.event_id for e in again.to_publish} == {p.event.event_id for p in pending}
         assert again.in_flight == frozenset()
@@ -492,7 +486,7 @@ async def test_outbox_rows_are_locked_in_id_order(postgres_url: str, operation: 
         now = dt.datetime.now(dt.UTC)
         pending = _pending("111", *(f"wamid.L{k}" for k in range(6)), occurred_at=now)
         for p in pending:  # a row each
-            await store.save([p], claimant="w1", claim_for=dt.timedelta(seconds=60))
+            await store.save([p], Claim("w1", dt.timedelta(seconds=60)))
         async with store.engine.begin() as conn:  # rewritten in descending id order
             rows = (await conn.execute(sa.select(outbox))).mappings().all()
             await conn.execute(sa.delete(outbox))
@@ -604,7 +598,7 @@ async def test_overlapping_batches_of_one_worker_take_an_ended_batchs_row_once(
             stored = _pending("111", *wamids, occurred_at=now)
             claim = dt.timedelta(seconds=60)
             firsts = [
-                await stores[0].save(stored[i : i + 10], claimant="w:0", claim_for=claim)
+                await stores[0].save(stored[i : i + 10], Claim("w:0", claim))
                 for i in range(0, len(stored), 10)
             ]
             assert sum(len(f.inserted) for f in firsts) == KEYS_PER_ROUND
@@ -671,7 +665,7 @@ async def test_the_upgrade_to_rows_per_batch_keeps_what_is_unannounced(database_
         count, _age = await s.outbox_stats()
         assert count == 2
         again = _pending("111", "wamid.A", "wamid.B", offset=7)
-        saved = await s.save(again, claimant="w1", claim_for=dt.timedelta(seconds=60))
+        saved = await s.save(again, Claim("w1", dt.timedelta(seconds=60)))
         assert saved.conflicts == _keys(again)
         assert saved.to_publish == (redelivered.event,), "B's stored bytes; A is announced"
         assert saved.outbox_ids == (redelivered.event.event_id,)
@@ -818,7 +812,7 @@ async def test_a_connection_idle_past_the_ping_threshold_is_pinged_and_replaced(
 ) -> None:
     """The database closed a pooled connection while it sat idle (a restart, a proxy's
     idle timeout): the next checkout pings it, and hands out a new one instead."""
-    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 0.0)
     store = Store(create_engine(postgres_url, pool_size=1, timeout_s=10))
     try:
         first = await _backend_pid(store)
@@ -834,7 +828,7 @@ async def test_a_connection_used_moments_ago_is_not_pinged(
     """Under load no checkout pays a ping (three round trips on asyncpg): a connection
     that broke within PING_AFTER_IDLE_S fails its statement once (the batch is retried),
     and the pool replaces it for the next."""
-    monkeypatch.setattr(store_module, "PING_AFTER_IDLE_S", 3600.0)
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 3600.0)
     store = Store(create_engine(postgres_url, pool_size=1, timeout_s=10))
     try:
         first = await _backend_pid(store)

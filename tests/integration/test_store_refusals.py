@@ -12,9 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from consumer import events, intake, limits
+from consumer.engine import create_engine
 from consumer.errors import StoreError, UnstorableError
+from consumer.ports import Claim, PendingMessage
 from consumer.records import Message, MessageKey, Webhook
-from consumer.store import PendingMessage, Store, create_engine, messages, outbox
+from consumer.schema import messages, outbox
+from consumer.store import Store
 from consumer.testing import message, record, webhook
 
 pytestmark = pytest.mark.integration
@@ -70,7 +73,7 @@ async def test_a_refused_value_is_unstorable_and_nothing_is_committed(store: Sto
     await _refuse_wamids_containing(store, "refuse-me")
     batch = _pending(_messages("wamid.ok1", "wamid.refuse-me", "wamid.ok2"))
     with pytest.raises(UnstorableError) as info:
-        await store.save(batch, claimant="w1", claim_for=dt.timedelta(seconds=30))
+        await store.save(batch, Claim("w1", dt.timedelta(seconds=30)))
     text = str(info.value)
     assert "refuse_marked" in text
     assert PII not in text

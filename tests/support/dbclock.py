@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from consumer.store import Store, outbox
+from consumer.schema import outbox
+from consumer.store import Store
 
 
 async def pass_time(store: Store, seconds: float) -> None:

@@ -14,8 +14,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from consumer.engine import create_engine
+from consumer.schema import messages
 from consumer.settings import Settings
-from consumer.store import Store, create_engine, messages
+from consumer.store import Store
 from consumer.tools import topics
 
 

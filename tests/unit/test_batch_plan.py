@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from consumer.offsets import Partition
-from consumer.pipeline import BatchReport
-from consumer.records import InboundRecord
+from consumer.records import BatchReport, InboundRecord, Partition
 from consumer.service import Service
 from consumer.settings import Settings
 from consumer.testing import TOPIC, record

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from consumer import events, intake, limits
 from consumer.records import Reason, Webhook
-from consumer.store import messages
+from consumer.schema import messages
 from consumer.testing import message, record, webhook
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"

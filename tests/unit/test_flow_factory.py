@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from consumer import service as service_module
 from consumer.crashpoints import CrashPoints
 from consumer.metrics import Metrics
+from consumer.schema import outbox
 from consumer.service import Service
 from consumer.settings import Settings
-from consumer.store import outbox
 from consumer.tools.passthrough import PASSTHROUGH, PassThrough
 from consumer.wiring import PIPELINE
 

@@ -11,11 +11,12 @@ import structlog
 
 from consumer import intake
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue
 from consumer.pipeline import Pipeline
 from consumer.records import Reason
 from consumer.settings import Settings
-from consumer.store import MarkQueue
 from consumer.testing import FakeLeases, FakePublisher, FakeStore, message, record, webhook
+from consumer.wiring import pipeline_config
 
 NOW = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
 COUNTER = "wamid_guard_changes_ignored_total"
@@ -24,7 +25,7 @@ COUNTER = "wamid_guard_changes_ignored_total"
 def _pipeline(settings: Settings | None = None) -> tuple[Pipeline, FakePublisher]:
     store, publisher = FakeStore(), FakePublisher()
     pipeline = Pipeline(
-        settings or Settings(),
+        pipeline_config(settings or Settings()),
         FakeLeases(),
         store,
         publisher,

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer import events, intake, limits, store
+from consumer import engine, events, intake, limits, store
+from consumer.ports import PendingMessage
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
 
 ROOT = Path(__file__).parents[2]
@@ -94,10 +95,10 @@ def output_bytes(hook: Webhook) -> int:
     for m in hook.messages:
         event = events.build(m, topic="whatsapp.message_created", occurred_at=OCCURRED)
         total += len(event.key) + len(event.payload)
-        row = store._message_row(store.PendingMessage(m, event), "0" * 36)
+        row = store._message_row(PendingMessage(m, event), "0" * 36)
         for name, value in row.items():
             if name in ("raw", "contact_profile") and value is not None:
-                total += len(store._json_dumps(value).encode())
+                total += len(engine.json_dumps(value).encode())
             elif isinstance(value, str):
                 total += len(value.encode())
             elif value is not None:

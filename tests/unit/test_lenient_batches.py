@@ -14,8 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
 
 from consumer import intake, lenient
-from consumer.pipeline import BatchReport
-from consumer.records import Invalid, Reason, Webhook
+from consumer.records import BatchReport, Invalid, Reason, Webhook
 from consumer.source import inbound
 from consumer.tracking import Tracker
 from tests.support import rawbatch as rb

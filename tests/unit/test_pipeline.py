@@ -12,10 +12,10 @@ import pytest
 
 from consumer.errors import StoreError
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Reason
 from consumer.settings import Settings
-from consumer.store import MarkQueue
 from consumer.testing import (
     FakeLeases,
     FakePublisher,
@@ -26,6 +26,7 @@ from consumer.testing import (
     webhook,
 )
 from consumer.tracking import RetryQueue
+from consumer.wiring import pipeline_config
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 NOW = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
@@ -43,7 +44,7 @@ class World:
     def worker(self, worker_id: str, settings: Settings | None = None) -> Pipeline:
         """A member's pipeline over this world's Redis, database and topic."""
         return Pipeline(
-            settings or Settings(),
+            pipeline_config(settings or Settings()),
             self.leases,
             self.store,
             self.publisher,

@@ -11,11 +11,12 @@ import pytest
 
 from consumer import intake
 from consumer.metrics import Metrics
+from consumer.outbox import MarkQueue
 from consumer.pipeline import Pipeline
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
 from consumer.settings import Settings
-from consumer.store import MarkQueue
 from consumer.testing import FakeLeases, FakePublisher, FakeStore, key, message, webhook
+from consumer.wiring import pipeline_config
 
 SECRET = "0123456789abcdef-app-secret"  # noqa: S105 - a made-up secret for the tests
 KEY = SECRET.encode()
@@ -231,7 +232,7 @@ def test_without_secret_the_header_is_ignored(
 
 def _pipeline(settings: Settings, publisher: FakePublisher, store: FakeStore) -> Pipeline:
     return Pipeline(
-        settings,
+        pipeline_config(settings),
         FakeLeases(),
         store,
         publisher,

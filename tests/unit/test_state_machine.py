@@ -63,7 +63,7 @@ import inspect
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Collection, Coroutine, Generator, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -80,17 +80,25 @@ from hypothesis.stateful import (
     rule,
 )
 
-from consumer.dedup import DONE_PREFIX, LeaseKey, LeaseState
+from consumer.dedup import DONE_PREFIX
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.events import OutboundEvent
 from consumer.metrics import Metrics
-from consumer.offsets import Partition
-from consumer.pipeline import BatchReport, Pipeline, publish_claim
-from consumer.records import InboundRecord, MessageKey, RecordKey
+from consumer.outbox import MarkQueue
+from consumer.pipeline import Pipeline
+from consumer.ports import (
+    UNCLAIMED,
+    Claim,
+    LeaseKey,
+    LeaseState,
+    OutboxClaim,
+    PendingMessage,
+    SaveResult,
+)
+from consumer.records import BatchReport, InboundRecord, MessageKey, Partition, RecordKey
 from consumer.relay import Relay
 from consumer.settings import Settings
 from consumer.source import Source
-from consumer.store import MarkQueue, OutboxClaim, PendingMessage, SaveResult
 from consumer.testing import (
     PNID,
     TOPIC,
@@ -103,6 +111,7 @@ from consumer.testing import (
     webhook,
 )
 from consumer.tracking import Tracker
+from consumer.wiring import pipeline_config, publish_claim
 
 EPOCH = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
 LEASE_TTL_S = 30.0
@@ -190,15 +199,7 @@ class ClaimingStore(FakeStore):
     # The database's clock: claims are set and compared with it, never a worker's.
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
-    async def save(
-        self,
-        pending: Sequence[PendingMessage],
-        *,
-        claimant: str = "",
-        reclaim: Collection[str] = (),
-        claim_for: dt.timedelta = dt.timedelta(0),
-        before_commit: Callable[[], None] | None = None,
-    ) -> SaveResult:
+    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
         now = self.clock()
         self.saves.append([p.message.key for p in pending])
         if not pending:
@@ -206,21 +207,19 @@ class ClaimingStore(FakeStore):
         by_key = {p.message.key: p for p in pending}
         inserted = frozenset(k for k in by_key if k not in self.rows)
         conflicts = frozenset(by_key) - inserted
-        if before_commit is not None:
-            before_commit()  # nothing below has happened if it raises (rollback)
         new = [by_key[k] for k in _ordered(inserted)]
-        claim = (claimant or None, now + claim_for if claim_for else None)
+        held = (claim.claimant or None, now + claim.claim_for if claim.claim_for else None)
         for p in new:  # commit
             self.rows[p.message.key] = p
             self.outbox[p.event.event_id] = OutboxRow(p.event)
-            self.claims[p.event.event_id] = claim
+            self.claims[p.event.event_id] = held
             self.created[p.event.event_id] = now
             self.inserts[p.message.key] += 1
         ours, busy = self._claim_conflicts(
             [by_key[k].event.event_id for k in _ordered(conflicts)],
-            (claimant, frozenset(reclaim)),
+            (claim.claimant, claim.reclaim),
             now,
-            claim_for,
+            claim.claim_for,
         )
         in_flight = frozenset(k for k in conflicts if by_key[k].event.event_id in busy)
         events = tuple(p.event for p in new) + ours
@@ -581,7 +580,7 @@ class PipelineMachine(RuleBasedStateMachine):
         metrics = Metrics()
         marks = MarkQueue(store)
         pipeline = Pipeline(
-            self.settings,
+            pipeline_config(self.settings),
             leases,
             store,
             publisher,
@@ -625,7 +624,7 @@ class PipelineMachine(RuleBasedStateMachine):
         if self.leases.expired_leases != before:
             self.disturbed = True  # a holder was slower than LEASE_TTL_S (or dead)
 
-    # -- what a worker does (Service._fetch / _main_loop / _commit / on_revoked) ---------
+    # -- what a worker does (Fetcher.fetch, Service's loop and commit, on_revoked) -------
 
     def _unfetched(self, worker: Worker) -> int:
         """New records of the partitions that have no batch in flight."""

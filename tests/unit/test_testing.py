@@ -8,9 +8,7 @@ import datetime as dt
 import subprocess
 import sys
 
-from consumer.dedup import LeaseState
-from consumer.ports import EventSink, LeaseStore, MessageStore
-from consumer.store import OutboxClaim
+from consumer.ports import EventSink, LeaseState, LeaseStore, MessageStore, OutboxClaim
 from consumer.testing import FakeLeases, FakePublisher, FakeStore, key
 
 

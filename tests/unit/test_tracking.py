@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 
-from consumer.pipeline import BatchReport
-from consumer.records import InboundRecord
+from consumer.records import BatchReport, InboundRecord
 from consumer.settings import Settings
 from consumer.source import Source
 from consumer.testing import TOPIC, record
