@@ -13,20 +13,28 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from consumer.errors import DependencyError
 from consumer.http import Response, Route
 from consumer.metrics import Metrics
-from consumer.settings import Settings
 from consumer.source import Source
 from consumer.tracking import Tracker
 
 Probe = Callable[[], Awaitable[object]]
 
 
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The settings the health checks read."""
+
+    liveness_timeout_s: float
+    inbound_topic: str
+
+
 class Health:
-    def __init__(self, settings: Settings, tracker: Tracker, stopping: asyncio.Event) -> None:
-        self._settings = settings
+    def __init__(self, config: HealthConfig, tracker: Tracker, stopping: asyncio.Event) -> None:
+        self._config = config
         self._tracker = tracker
         self._stopping = stopping
         self._last_loop = time.monotonic()
@@ -45,13 +53,13 @@ class Health:
         """Alive while the poll loop keeps coming round (startup counts as coming round)."""
         since = time.monotonic() - self._last_loop
         return {
-            "ok": since < self._settings.liveness_timeout_s,
+            "ok": since < self._config.liveness_timeout_s,
             "seconds_since_poll": round(since, 3),
-            "liveness_timeout_s": self._settings.liveness_timeout_s,
+            "liveness_timeout_s": self._config.liveness_timeout_s,
         }
 
     async def readiness(self) -> dict[str, object]:
-        timeout_s = min(2.0, self._settings.liveness_timeout_s)
+        timeout_s = min(2.0, self._config.liveness_timeout_s)
         checks: dict[str, dict[str, object]] = {"kafka": await self._kafka(timeout_s)}
         for name, probe in self.probes.items():
             checks[name] = await _probe(probe(), timeout_s)
@@ -66,7 +74,7 @@ class Health:
         if not self._tracker.has_assignment:
             return {**out, "ok": False, "error": "no partition assignment yet (joining the group)"}
         coordinator = await _probe(
-            self.source.coordinator_answers(self._settings.inbound_topic, timeout_s), timeout_s
+            self.source.coordinator_answers(self._config.inbound_topic, timeout_s), timeout_s
         )
         if not coordinator["ok"]:
             return {**out, "ok": False, "error": f"group coordinator: {coordinator['error']}"}

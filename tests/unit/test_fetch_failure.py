@@ -10,10 +10,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import CorruptRecordException
 
-from consumer.service import Service
+from consumer.fetching import Fetcher
+from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.source import Source
 from consumer.testing import record
+from consumer.tracking import Tracker
+from tests.support import member
 
 TP = TopicPartition("whatsapp.webhooks", 0)
 OTHER = TopicPartition("whatsapp.webhooks", 1)
@@ -50,12 +53,13 @@ class _FailingConsumer:
 BOTH = {(TP.topic, TP.partition), (OTHER.topic, OTHER.partition)}
 
 
-def _service(consumer: _FailingConsumer) -> Service:
+def _fetcher(consumer: _FailingConsumer) -> tuple[Fetcher, Tracker, Metrics]:
     settings = Settings(retry_backoff_s=0.01, retry_backoff_max_s=0.01, metrics_port=0)
-    service = Service(settings)
-    service._source = Source(settings, client_id="test", consumer=consumer)
-    service.tracker.assigned({(TP.topic, TP.partition), (OTHER.topic, OTHER.partition)})
-    return service
+    tracker = member.tracker(settings)
+    tracker.assigned(BOTH)
+    metrics = Metrics()
+    source = Source(settings, client_id="test", consumer=consumer)
+    return member.fetcher(settings, source, tracker, metrics), tracker, metrics
 
 
 async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
@@ -64,26 +68,26 @@ async def test_an_undecodable_fetch_rewinds_and_keeps_due_retries() -> None:
     group's committed offset (3), not to aiokafka's position (9, past records it read
     but did not return); a due retry is still returned; the next fetch works."""
     consumer = _FailingConsumer(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"))
-    service = _service(consumer)
-    service.tracker.ledger.track((TP.topic, TP.partition), 7)
+    fetcher, tracker, _ = _fetcher(consumer)
+    tracker.ledger.track((TP.topic, TP.partition), 7)
     due = record(b"retry me", offset=2)
-    service.tracker.retries.add(due, now=0.0)
+    tracker.retries.add(due, now=0.0)
 
-    got = await service._fetch(BOTH)
+    got = await fetcher.fetch(BOTH)
 
     assert got == [due]
     assert sorted(consumer.seeks) == [(TP, 8), (OTHER, 3)]
-    assert await service._fetch(BOTH) == []
+    assert await fetcher.fetch(BOTH) == []
 
 
 async def test_a_broker_error_on_fetch_is_counted_as_a_kafka_dependency_error() -> None:
     """A KafkaError from getmany (here a CRC failure) is a dependency error of kafka in
     the metrics, and the member goes on."""
     consumer = _FailingConsumer(CorruptRecordException("Invalid CRC"))
-    service = _service(consumer)
+    fetcher, _, metrics = _fetcher(consumer)
 
-    assert await service._fetch(BOTH) == []
-    errors = service.metrics.registry.get_sample_value(
+    assert await fetcher.fetch(BOTH) == []
+    errors = metrics.registry.get_sample_value(
         "wamid_guard_dependency_errors_total",
         {"dependency": "kafka", "kind": "CorruptRecordException"},
     )

@@ -17,9 +17,9 @@ from aiokafka.errors import KafkaConnectionError
 
 from consumer import source
 from consumer.errors import BrokerError
-from consumer.service import Service
 from consumer.settings import Settings
 from consumer.source import Source
+from tests.support import member
 
 TP = TopicPartition("whatsapp.webhooks", 0)
 PARTS = {(TP.topic, TP.partition)}
@@ -169,12 +169,13 @@ async def test_a_forced_stop_during_the_top_up_is_not_swallowed() -> None:
     but the loop's own cancel still ends the loop, so a forced stop does not go on to
     start another batch."""
     consumer = _ScriptedConsumer([4, 5], "block")
-    service = Service(Settings(metrics_port=0))
-    service._source = _source(consumer)
-    service.tracker.assigned(PARTS)
-    fetching = asyncio.create_task(service._fetch(set(PARTS)))
+    settings = Settings(metrics_port=0)
+    tracker = member.tracker(settings)
+    tracker.assigned(PARTS)
+    fetcher = member.fetcher(settings, _source(consumer), tracker)
+    fetching = asyncio.create_task(fetcher.fetch(set(PARTS)))
     await asyncio.wait_for(consumer.blocked.wait(), 5)
     fetching.cancel()
     with pytest.raises(asyncio.CancelledError):
         await fetching
-    assert service.tracker.positions() == {}, "nothing tracked: read again by the next owner"
+    assert tracker.positions() == {}, "nothing tracked: read again by the next owner"

@@ -12,12 +12,12 @@ from consumer.settings import Settings
 
 
 async def test_dead_side_task_stops_the_service_loudly() -> None:
-    """A side task that crashes makes the poll loop stop and `_supervise` raise, with
+    """A side task that crashes makes the poll loop stop and `supervise` raise, with
     the crash chained as the cause."""
     service = Service(Settings(shutdown_grace_s=2.0))
 
     async def loop() -> None:
-        await service._stop.wait()
+        await service.wait_stopping()
 
     async def relay() -> None:
         raise RuntimeError("relay bug")
@@ -25,7 +25,7 @@ async def test_dead_side_task_stops_the_service_loudly() -> None:
     loop_task = asyncio.create_task(loop())
     relay_task = asyncio.create_task(relay(), name="outbox-relay")
     with pytest.raises(WamidGuardError, match="outbox-relay") as info:
-        await service._supervise(loop_task, [relay_task])
+        await service.supervise(loop_task, [relay_task])
     assert isinstance(info.value.__cause__, RuntimeError)
     assert loop_task.done()
     assert not loop_task.cancelled(), "the loop ended gracefully, not cut short"
@@ -36,7 +36,7 @@ async def test_stop_request_ends_loop_and_side_tasks() -> None:
     service = Service(Settings(shutdown_grace_s=2.0))
 
     async def loop() -> None:
-        await service._stop.wait()
+        await service.wait_stopping()
 
     async def relay() -> None:
         await asyncio.Event().wait()
@@ -44,7 +44,7 @@ async def test_stop_request_ends_loop_and_side_tasks() -> None:
     loop_task = asyncio.create_task(loop())
     relay_task = asyncio.create_task(relay(), name="outbox-relay")
     asyncio.get_running_loop().call_later(0.05, service.request_stop, "test")
-    await service._supervise(loop_task, [relay_task])
+    await service.supervise(loop_task, [relay_task])
     assert relay_task.cancelled()
 
 
@@ -59,13 +59,13 @@ async def test_a_side_task_that_returns_because_of_the_stop_has_not_died() -> No
         await loop_may_end.wait()
 
     async def relay() -> None:
-        await service._stop.wait()
+        await service.wait_stopping()
 
     loop_task = asyncio.create_task(loop())
     relay_task = asyncio.create_task(relay(), name="outbox-relay")
     service.request_stop("test")
     await asyncio.sleep(0)  # the relay sees the stop and returns first
     asyncio.get_running_loop().call_later(0.05, loop_may_end.set)
-    await service._supervise(loop_task, [relay_task])
+    await service.supervise(loop_task, [relay_task])
     assert relay_task.done()
     assert not relay_task.cancelled()

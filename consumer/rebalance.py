@@ -1,0 +1,56 @@
+"""What a member does when the group moves partitions.
+
+Before partitions go away, the batches in flight finish and their offsets are committed,
+so the next owner starts after what is durable (rule 8). Partitions that come in are
+placed at the group's committed offset before any batch may commit. Both hold the
+member's batch lock, which the poll loop holds while it settles, starts and commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+
+from consumer.inflight import InFlight
+from consumer.records import Partition
+from consumer.source import Source
+from consumer.tracking import Tracker
+
+log = structlog.get_logger(__name__)
+
+Commit = Callable[[Iterable[Partition] | None], Awaitable[None]]
+
+
+class Rebalance:
+    """The member's rebalance callbacks (``Source.start`` calls them)."""
+
+    def __init__(
+        self,
+        source: Source,
+        tracker: Tracker,
+        batches: InFlight,
+        *,
+        commit: Commit,
+        lock: asyncio.Lock,
+    ) -> None:
+        """`commit`: commits what is durable of the given partitions (None: all)."""
+        self._source = source
+        self._tracker = tracker
+        self._batches = batches
+        self._commit = commit
+        self._lock = lock
+
+    async def on_revoked(self, revoked: set[Partition]) -> None:
+        async with self._lock:  # the batches in flight finish first
+            await self._batches.join()
+            await self._commit(revoked)
+            self._tracker.revoked(revoked)
+        log.info("partitions.revoked", partitions=sorted(f"{t}:{p}" for t, p in revoked))
+
+    async def on_assigned(self, assigned: set[Partition]) -> None:
+        async with self._lock:  # no batch may commit before the positions are set
+            fresh = await self._source.start_at_committed(assigned)
+            self._tracker.assigned(assigned, fresh=fresh)
+        log.info("partitions.assigned", partitions=sorted(f"{t}:{p}" for t, p in assigned))
