@@ -46,6 +46,7 @@ from consumer.wiring import (
     PIPELINE,
     Backends,
     Flow,
+    FlowContext,
     FlowFactory,
     check_topics,
     open_backends,
@@ -131,12 +132,7 @@ class Service:
             s, client_id=client_id, on_renewed=self.metrics.producer_renewals.inc
         )
         flow = self.flow_factory.build(
-            s,
-            self._backends,
-            publisher,
-            worker_id=self.worker_id,
-            crash=self.crash,
-            metrics=self.metrics,
+            FlowContext(s, self._backends, publisher, self.worker_id, self.crash, self.metrics)
         )
         batches = InFlight(
             flow.processor,

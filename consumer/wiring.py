@@ -75,26 +75,13 @@ class FlowFactory:
 
     At startup the member opens and checks Redis and the database first when
     `needs_backends` (so that a missing one is named before the member joins its group),
-    then the producer, then calls :meth:`build`. `name` is logged (``service.started``,
-    mode).
+    then the producer, then calls `build` with what it opened. `name` is logged
+    (``service.started``, mode).
     """
 
     name: str
-    builder: BuildFlow
+    build: BuildFlow
     needs_backends: bool
-
-    def build(
-        self,
-        settings: Settings,
-        backends: Backends | None,
-        publisher: Publisher,
-        *,
-        worker_id: str,
-        crash: CrashPoints,
-        metrics: Metrics,
-    ) -> Flow:
-        """The member's flow, over what it has opened."""
-        return self.builder(FlowContext(settings, backends, publisher, worker_id, crash, metrics))
 
 
 def publish_claim(settings: Settings) -> dt.timedelta:

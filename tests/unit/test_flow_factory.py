@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from consumer import service as service_module
 from consumer.crashpoints import CrashPoints
 from consumer.metrics import Metrics
+from consumer.publish import Publisher
 from consumer.schema import outbox
 from consumer.service import Service
 from consumer.settings import Settings
 from consumer.tools.passthrough import PASSTHROUGH, PassThrough
-from consumer.wiring import PIPELINE
+from consumer.wiring import PIPELINE, FlowContext
 
 
 class Stop(Exception):
@@ -68,14 +69,8 @@ def test_the_passthrough_flow_opens_neither_redis_nor_the_database(
 
 
 def test_the_passthrough_factory_builds_the_processor_alone() -> None:
-    flow = PASSTHROUGH.build(
-        Settings(),
-        None,
-        object(),  # type: ignore[arg-type] # never used while building
-        worker_id="w",
-        crash=CrashPoints(""),
-        metrics=Metrics(),
-    )
+    unused: Publisher = object()  # type: ignore[assignment] # never used while building
+    flow = PASSTHROUGH.build(FlowContext(Settings(), None, unused, "w", CrashPoints(""), Metrics()))
     assert isinstance(flow.processor, PassThrough)
     assert flow.relay is None
     assert flow.marks is None
