@@ -43,8 +43,29 @@ def conversation_key(phone_number_id: str, sender: str) -> bytes:
     return f"{phone_number_id}:{sender}".encode()
 
 
-def build(message: Message, *, topic: str, occurred_at: dt.datetime) -> OutboundEvent:
-    """The event for a message that is being stored now."""
+@dataclass(frozen=True, slots=True)
+class EventLimit:
+    """The largest event (key and value) a member sends, and what sets it: its produce
+    request (MAX_RECORD_BYTES), or OUTBOUND_TOPIC's max.message.bytes as read at start
+    when that is less (docs/design.md, "Events the outbound topic cannot take")."""
+
+    max_bytes: int = limits.MAX_EVENT_BYTES
+    why: str = "a produce request"
+
+
+REQUEST_LIMIT = EventLimit()
+"""The limit of the smallest produce request (tests, tools; a member sets its own)."""
+
+
+def build(
+    message: Message,
+    *,
+    topic: str,
+    occurred_at: dt.datetime,
+    limit: EventLimit = REQUEST_LIMIT,
+) -> OutboundEvent:
+    """The event for a message that is being stored now; UnstorableError (before
+    anything is stored) if it is larger than `limit`."""
     key = message.key
     content = {k: v for k, v in message.raw.items() if k not in _ENVELOPE_FIELDS}
     body: dict[str, Any] = {
@@ -78,9 +99,9 @@ def build(message: Message, *, topic: str, occurred_at: dt.datetime) -> Outbound
         # Intake's limits make this unreachable; if it happens, it is this record's data.
         raise UnstorableError(f"the event cannot be encoded: {exc}") from exc
     event_key = conversation_key(key.phone_number_id, message.sender)
-    if len(payload) + len(event_key) > limits.MAX_EVENT_BYTES:
+    size = len(payload) + len(event_key)
+    if size > limit.max_bytes:
         raise UnstorableError(
-            f"the event would be {len(payload) + len(event_key)} bytes, "
-            f"more than the {limits.MAX_EVENT_BYTES} a produce request holds"
+            f"the event would be {size} bytes, more than the {limit.max_bytes} {limit.why} holds"
         )
     return OutboundEvent(event_id=key.event_id, topic=topic, key=event_key, payload=payload)

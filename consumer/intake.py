@@ -15,7 +15,8 @@ The work per record is linear in its size: one parse, at most one walk of the tr
 when the body has more brackets than the depth limit), contacts matched through a dict.
 So is its output: a record whose rows and events would hold more than
 ``limits.MAX_OUTPUT_FACTOR`` times its size (a contact's profile shared by thousands of
-messages) is refused, as estimated while decoding. A change of another field than
+messages), or more than ``limits.MAX_OUTPUT_BYTES`` whatever its size, is refused, as
+estimated while decoding. A change of another field than
 ``messages`` is reported as ignored (``Webhook.ignored``), or refused if it holds
 messages. Numbers orjson cannot carry exactly are read as written (see below).
 
@@ -143,7 +144,7 @@ def _parse_body(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     body = _read_exactly(value, validated=parsed is not None) if exact else parsed
     if not isinstance(body, dict):
         raise _Reject(Reason.BAD_SHAPE, f"top level is {_kind(body)}, not an object")
-    _check_event_size(value, body)
+    _check_event_size(value, body, limits.sizes(max_bytes).max_event_bytes)
     return body
 
 
@@ -245,12 +246,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # the standard parser takes NaN and Infinity
 
 
-def _check_event_size(value: bytes, body: dict[str, Any]) -> None:
-    """Every event of the body must fit a produce request. An event copies parts of the
-    body, re-encoded (numbers can come out longer: 9e15 is 9000000000000000.0), plus its
-    envelope; so a body is measured re-encoded, once, when its own size does not already
-    prove that it fits (never at the default MAX_RECORD_BYTES of a real webhook)."""
-    room = limits.MAX_EVENT_BYTES - limits.EVENT_ENVELOPE_BYTES
+def _check_event_size(value: bytes, body: dict[str, Any], max_event_bytes: int) -> None:
+    """Every event of the body must fit a produce request (of the size MAX_RECORD_BYTES
+    sets: limits.sizes). An event copies parts of the body, re-encoded (numbers can come
+    out longer: 9e15 is 9000000000000000.0), plus its envelope; so a body is measured
+    re-encoded, once, when its own size does not already prove that it fits (a real
+    webhook under 256 KiB never is; a larger one costs one encoding, about a millisecond
+    a megabyte)."""
+    room = max_event_bytes - limits.EVENT_ENVELOPE_BYTES
     if len(value) * limits.JSON_GROWTH <= room:
         return
     encoded = len(orjson.dumps(body))
@@ -381,6 +384,13 @@ def _check_output(record: InboundRecord, messages: int, shared: int) -> None:
             f"its {messages} messages would make about {estimate} bytes of rows and events "
             f"(their shared parts copied into each: a contact's profile, the display "
             f"number), more than {limits.MAX_OUTPUT_FACTOR} times the record's {size} bytes",
+        )
+    if estimate > limits.MAX_OUTPUT_BYTES:
+        raise _Reject(
+            Reason.OVERSIZE,
+            f"its {messages} messages would make about {estimate} bytes of rows and events, "
+            f"more than the {limits.MAX_OUTPUT_BYTES} any record may make "
+            f"(MAX_OUTPUT_BYTES; the record has {size} bytes)",
         )
 
 

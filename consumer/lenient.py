@@ -47,7 +47,7 @@ from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBa
 from aiokafka.record.memory_records import _MemoryRecordsPy
 from aiokafka.record.util import calc_crc32c
 
-from consumer import inflate
+from consumer import inflate, limits
 from consumer.records import Reason
 
 log = structlog.get_logger(__name__)
@@ -55,13 +55,15 @@ log = structlog.get_logger(__name__)
 # What a batch may decompress to: per record it declares, MAX_RECORD_BYTES for the value
 # and RECORD_OVERHEAD_BYTES for its framing, key and headers; counted for at least
 # MIN_RECORDS records (a batch holding one record too large is then still read, and
-# the record dead-lettered by intake as oversize, its neighbours stored) and at most
-# MAX_RECORDS (what one batch may cost in memory, whatever it claims). With the default
-# MAX_RECORD_BYTES (256 KiB): 2.5 to 20 MiB. docs/design.md, "Fetching", says why.
-RECORD_OVERHEAD_BYTES = 64 * 1024
+# the record dead-lettered by intake as oversize, its neighbours stored), and at most
+# MAX_BATCH_BYTES (what one batch may cost in memory, whatever it claims) unless
+# MIN_RECORDS records take more. At MAX_RECORD_BYTES of 256 KiB: 2.5 to 20 MiB; at the
+# default 3 MiB, 24.5 MiB for any batch (eight records of the largest size; a producer's
+# batch of many records holds about 1 MB). docs/design.md, "Fetching", says why.
+RECORD_OVERHEAD_BYTES = limits.RECORD_OVERHEAD_BYTES
 MIN_RECORDS = 8
-MAX_RECORDS = 64
-DEFAULT_MAX_RECORD_BYTES = 256 * 1024  # Settings.max_record_bytes's default
+MAX_BATCH_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_RECORD_BYTES = limits.DEFAULT_MAX_RECORD_BYTES  # Settings.max_record_bytes's
 
 # A v2 batch's header, up to its records (DefaultRecordBatch.HEADER_STRUCT).
 _HEADER_SIZE = 61
@@ -89,8 +91,9 @@ def install(max_record_bytes: int | None = None) -> None:
 def limit(record_count: int) -> int:
     """The most bytes a compressed batch declaring `record_count` records may decompress
     to."""
-    records = min(max(record_count, MIN_RECORDS), MAX_RECORDS)
-    return records * (_Bound.max_record_bytes + RECORD_OVERHEAD_BYTES)
+    per_record = _Bound.max_record_bytes + RECORD_OVERHEAD_BYTES
+    floor = MIN_RECORDS * per_record
+    return max(floor, min(record_count * per_record, MAX_BATCH_BYTES))
 
 
 class Problem(bytes):
@@ -237,11 +240,11 @@ class _Batch:
         view = memoryview(buffer)[:end]
         read = yield from self._read(DefaultRecordBatch(view), view)
         if read and got.cut:
-            records = min(max(count, MIN_RECORDS), MAX_RECORDS)
             why = (
                 f"it decompresses to more than {bound} bytes (MAX_RECORD_BYTES="
-                f"{_Bound.max_record_bytes} and {RECORD_OVERHEAD_BYTES} more a record, "
-                f"for {records} records)"
+                f"{_Bound.max_record_bytes} and {RECORD_OVERHEAD_BYTES} more a record, for "
+                f"{count} records, at least {MIN_RECORDS}, at most {MAX_BATCH_BYTES} bytes "
+                "unless that is less)"
             )
             yield from self._stand_for(Reason.OVERSIZE, why, self._last)
 

@@ -34,6 +34,8 @@ Why these numbers (Meta's documentation and real payloads, with room for change)
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Final
 
 # Identifier columns, in characters (VARCHAR(n) on PostgreSQL).
@@ -49,16 +51,22 @@ DISPLAY_PHONE_NUMBER_MAX: Final = 64
 # Deepest nesting of arrays and objects a body may have (the body itself is level 1).
 MAX_JSON_DEPTH: Final = 64
 
-# The largest produce request any of our producers sends (service, relay, DLQ replay):
+# The smallest produce request our producers are allowed (service, relay, DLQ replay):
 # Apache Kafka's default for both the producer's max.request.size and the broker's
-# message.max.bytes (1048588). Events and dead letters are built to fit it.
+# message.max.bytes (1048588). Above it the request follows MAX_RECORD_BYTES (Sizes).
 MAX_REQUEST_BYTES: Final = 1024 * 1024
 # What an event adds to the message it copies from a record (ids, envelope, source
 # coordinates, framing): a record of MAX_RECORD_BYTES must leave this much room.
 EVENT_HEADROOM_BYTES: Final = 64 * 1024
-# An event's key and value together: what one produce request holds, less its framing
-# and the event_id header.
-MAX_EVENT_BYTES: Final = MAX_REQUEST_BYTES - 4096
+# What a produce request holds beside an event's key and value: its framing and the
+# event_id header.
+EVENT_FRAMING_BYTES: Final = 4096
+# What a record batch of one event holds beside its key and value, against a topic's
+# max.message.bytes: the batch header (61 bytes), the record's framing and the
+# event_id header (under 150 more).
+EVENT_BATCH_FRAMING_BYTES: Final = 512
+# An event's key and value together at the smallest request (MAX_REQUEST_BYTES).
+MAX_EVENT_BYTES: Final = MAX_REQUEST_BYTES - EVENT_FRAMING_BYTES
 # What an event adds to the parts of the body it copies: its own fields, ids, the source
 # topic's name, the keys of its JSON. Well under this.
 EVENT_ENVELOPE_BYTES: Final = 4096
@@ -66,8 +74,68 @@ EVENT_ENVELOPE_BYTES: Final = 4096
 # exponent form is written in full ("9e15," -> "9000000000000000.0,"); nothing else grows.
 # A body at most this much smaller than an event needs no re-encoding to be measured.
 JSON_GROWTH: Final = 4.5
-# The largest MAX_RECORD_BYTES that still lets every event fit one produce request.
-MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES
+
+# Meta's WhatsApp Cloud API POSTs webhook bodies of up to 3 MB (up to 1,000 updates in
+# one). The default MAX_RECORD_BYTES takes that in either reading (3,000,000 bytes or
+# 3 MiB): the value is the body, byte for byte; the inbound record's key and headers
+# (the signature) are counted in RECORD_OVERHEAD_BYTES beside it.
+DEFAULT_MAX_RECORD_BYTES: Final = 3 * 1024 * 1024
+# The largest MAX_RECORD_BYTES Settings take: room above Meta's 3 MB for a change of
+# theirs; every bound below (requests, fetches, decompression) is sized by the setting.
+MAX_RECORD_BYTES_LIMIT: Final = 8 * 1024 * 1024
+# What an inbound record holds beside its value (framing, key, headers), in a topic's
+# max.message.bytes and in a decompressed batch (consumer/lenient.py).
+RECORD_OVERHEAD_BYTES: Final = 64 * 1024
+# Kafka counts a topic's max.message.bytes with 12 bytes of log overhead (offset and
+# length) beyond a produce request: its default is 1 MiB + 12 = 1048588.
+LOG_OVERHEAD_BYTES: Final = 12
+# A fetch response's bytes (fetch_max_bytes) at the least: at small records it is the
+# partitions' fetches, not this, that bound a response.
+MIN_FETCH_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """Every size that follows from MAX_RECORD_BYTES (``sizes``); docs/design.md,
+    "The storage contract", says why each is what it is."""
+
+    max_record_bytes: int
+    # The largest produce request of each of our producers (max_request_size): a dead
+    # letter keeps a whole record of MAX_RECORD_BYTES (deadletters.HEADROOM_BYTES
+    # beside it), an event copies at most the record (EVENT_HEADROOM_BYTES beside it).
+    request_bytes: int
+    # An event's key and value together (intake and events.build refuse larger).
+    max_event_bytes: int
+    # The least max.message.bytes the inbound topic needs (a record of MAX_RECORD_BYTES
+    # with its key and headers), and the dead-letter topic (its dead letter, whole).
+    inbound_topic_bytes: int
+    dlq_topic_bytes: int
+    # What `topics create` sets on each topic (never below Kafka's default 1048588).
+    topic_message_bytes: int
+    # The consumer's fetch sizes: a partition's fetch takes a whole record of
+    # MAX_RECORD_BYTES (Tansu does not hand over a larger one beyond the limit), a
+    # response at most a few of them.
+    partition_fetch_bytes: int
+    fetch_max_bytes: int
+
+
+@functools.lru_cache(maxsize=16)
+def sizes(max_record_bytes: int) -> Sizes:
+    """The sizes that follow from MAX_RECORD_BYTES."""
+    request = max(MAX_REQUEST_BYTES, max_record_bytes + EVENT_HEADROOM_BYTES)
+    wire = max_record_bytes + RECORD_OVERHEAD_BYTES
+    partition_fetch = max(MAX_REQUEST_BYTES, wire)
+    return Sizes(
+        max_record_bytes=max_record_bytes,
+        request_bytes=request,
+        max_event_bytes=request - EVENT_FRAMING_BYTES,
+        inbound_topic_bytes=wire,
+        dlq_topic_bytes=wire,
+        topic_message_bytes=max(request, wire) + LOG_OVERHEAD_BYTES,
+        partition_fetch_bytes=partition_fetch,
+        fetch_max_bytes=max(MIN_FETCH_BYTES, 2 * partition_fetch),
+    )
+
 
 # What one record may make its rows and events hold, estimated at decode: each message's
 # own content about three times (the row's raw, its columns, the event: counted as three
@@ -82,3 +150,8 @@ MAX_RECORD_BYTES_LIMIT: Final = MAX_REQUEST_BYTES - EVENT_HEADROOM_BYTES
 # the record (nine: 30 times). docs/design.md, "The storage contract", has the figures.
 MESSAGE_OVERHEAD_BYTES: Final = 1024
 MAX_OUTPUT_FACTOR: Final = 32
+# And whatever the record's size, at most this much (the factor alone lets a record of
+# 3 MiB make 96 MiB, and a batch of them gigabytes): 32 times a record of 1 MiB, three
+# times what a real body of 3 MiB estimates (1,000 messages: about 10.5 MiB), so only
+# records above 1 MiB meet it. docs/design.md, "The storage contract".
+MAX_OUTPUT_BYTES: Final = 32 * 1024 * 1024

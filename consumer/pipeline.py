@@ -88,6 +88,9 @@ class PipelineConfig:
     redis_outage_policy: str = "pause"  # "pause" or "fence"
     app_secret: str = ""  # WHATSAPP_APP_SECRET; empty: no signature check
     debug: bool = False
+    # The largest event: a larger one's record is dead-lettered as unstorable, before
+    # anything is stored (its produce request, or OUTBOUND_TOPIC's limit read at start).
+    event_limit: events.EventLimit = events.REQUEST_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +527,11 @@ class Pipeline:
         the outbox holds the exact bytes)."""
         now = self._clock()
         topic = self._config.outbound_topic
-        return [PendingMessage(m, events.build(m, topic=topic, occurred_at=now)) for m in batch]
+        limit = self._config.event_limit
+        return [
+            PendingMessage(m, events.build(m, topic=topic, occurred_at=now, limit=limit))
+            for m in batch
+        ]
 
     def _published(self, saved: SaveResult, batch: list[Message]) -> None:
         by_event = {m.key.event_id: m for m in batch}

@@ -127,12 +127,20 @@ class Service:
                 "redis": lambda: dedup.ping(backends.redis),
                 "database": backends.store.ping,
             }
-        await check_topics(s)
+        event_limit = await check_topics(s)
         self._publisher = publisher = await start_publisher(
             s, client_id=client_id, on_renewed=self.metrics.producer_renewals.inc
         )
         flow = self.flow_factory.build(
-            FlowContext(s, self._backends, publisher, self.worker_id, self.crash, self.metrics)
+            FlowContext(
+                s,
+                self._backends,
+                publisher,
+                self.worker_id,
+                self.crash,
+                self.metrics,
+                event_limit,
+            )
         )
         batches = InFlight(
             flow.processor,

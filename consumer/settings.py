@@ -29,6 +29,7 @@ CRASH_POINTS = (
 )
 LOG_FORMATS = ("auto", "json", "console")
 REDIS_OUTAGE_POLICIES = ("pause", "fence")
+REDIS_MODES = ("standalone", "cluster")
 KAFKA_IDEMPOTENCE_MODES = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -55,6 +56,9 @@ class Settings:
     consumer_group: str = "wamid-guard"
 
     redis_key_prefix: str = "wamid"
+    # "standalone" (one Redis, or a primary with replicas behind one address) or
+    # "cluster" (Redis Cluster: REDIS_URL names any node; the leases are grouped by slot).
+    redis_mode: str = "standalone"
     # What to do while Redis is unreachable: "pause" (default) holds the partitions and
     # retries, keeping events exactly-once; "fence" keeps consuming on the database's
     # unique constraint alone (rows stay exactly-once, events at-least-once).
@@ -67,7 +71,9 @@ class Settings:
     # Batches one member runs at once, each of its own partitions (1: one at a time).
     max_inflight_batches: int = 4
     poll_timeout_s: float = 0.5
-    max_record_bytes: int = 256 * 1024
+    # Meta's webhook bodies reach 3 MB (limits.DEFAULT_MAX_RECORD_BYTES); the request,
+    # fetch and topic sizes follow from it (the `sizes` property).
+    max_record_bytes: int = limits.DEFAULT_MAX_RECORD_BYTES
     max_pending_records: int = 5000
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
@@ -135,6 +141,11 @@ class Settings:
             # of a configuration that started before failing now.
             values["batch_max_records"] = pending
         return cls(**values)
+
+    @property
+    def sizes(self) -> limits.Sizes:
+        """The produce, fetch and topic sizes that follow from MAX_RECORD_BYTES."""
+        return limits.sizes(self.max_record_bytes)
 
     @property
     def debug(self) -> bool:
@@ -286,6 +297,11 @@ def _validate(s: Settings) -> None:
         f"must be one of {REDIS_OUTAGE_POLICIES}",
     )
     _require(
+        s.redis_mode in REDIS_MODES,
+        "redis_mode",
+        f"must be one of {REDIS_MODES}, got {s.redis_mode!r}",
+    )
+    _require(
         bool(s.redis_key_prefix) and not set(s.redis_key_prefix) & {":", "#"},
         "redis_key_prefix",
         "must be non-empty and contain neither ':' nor '#' (they separate the key's parts)",
@@ -298,8 +314,8 @@ def _validate(s: Settings) -> None:
     _require(
         s.max_record_bytes <= limits.MAX_RECORD_BYTES_LIMIT,
         "max_record_bytes",
-        f"must be at most {limits.MAX_RECORD_BYTES_LIMIT}: an event copies its message, and "
-        f"every event must fit one produce request of {limits.MAX_REQUEST_BYTES} bytes",
+        f"must be at most {limits.MAX_RECORD_BYTES_LIMIT} (8 MiB; Meta sends up to 3 MB): "
+        "the produce, fetch and decompression sizes of a member follow from it",
     )
     _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be a TCP port (0 turns it off)")
     _require(bool(s.metrics_host.strip()), "metrics_host", "must not be empty")
@@ -320,11 +336,31 @@ def _validate_endpoints(s: Settings) -> None:
         "redis_url",
         f"expected redis://host:port/db, rediss:// or unix://, got scheme {scheme!r}",
     )
+    if s.redis_mode == "cluster":
+        _validate_cluster_url(s.redis_url)
     db_scheme = urlsplit(s.database_url).scheme
     _require(
         db_scheme in ("postgresql+asyncpg", "sqlite+aiosqlite"),
         "database_url",
         f"expected postgresql+asyncpg://... or sqlite+aiosqlite:///path, got scheme {db_scheme!r}",
+    )
+
+
+def _validate_cluster_url(url: str) -> None:
+    """REDIS_MODE=cluster: REDIS_URL names one node over TCP, in database 0 (a cluster
+    has no other)."""
+    parts = urlsplit(url)
+    _require(
+        parts.scheme in ("redis", "rediss") and bool(parts.hostname),
+        "redis_url",
+        f"REDIS_MODE=cluster needs redis://host:port or rediss://host:port (any node of "
+        f"the cluster), got scheme {parts.scheme!r}",
+    )
+    db = parts.path.strip("/")
+    _require(
+        db in ("", "0"),
+        "redis_url",
+        f"REDIS_MODE=cluster: a Redis Cluster has database 0 only, got /{db}",
     )
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumer import lenient
@@ -76,6 +77,10 @@ def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         # A fetch returns after at most this long even with little data: bounds the
         # latency a quiet partition adds.
         "fetch_max_wait_ms": int(s.kafka_fetch_max_wait_s * 1000),
+        # A partition's fetch takes a whole record of MAX_RECORD_BYTES, a response a few
+        # (limits.sizes): what aiokafka holds, and a batch, stays bounded in bytes.
+        "max_partition_fetch_bytes": s.sizes.partition_fetch_bytes,
+        "fetch_max_bytes": s.sizes.fetch_max_bytes,
     }
 
 
@@ -148,6 +153,53 @@ async def require_topics(bootstrap: str, topics: Mapping[str, str], timeout_s: f
         )
 
 
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+async def topic_limits(bootstrap: str, topics: Sequence[str], timeout_s: float) -> dict[str, int]:
+    """Each topic's max.message.bytes (DescribeConfigs), or BrokerError if the broker
+    does not say (Tansu 0.6 closes the connection; an older or restricted broker may
+    refuse), the cause chained."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await start_client(admin, bootstrap, timeout_s)
+    try:
+        answers = await asyncio.wait_for(
+            admin.describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, t, {MAX_MESSAGE_BYTES: None})
+                    for t in topics
+                ]
+            ),
+            timeout_s,
+        )
+        found: dict[str, int] = {}
+        for answer in answers:
+            for resource in answer.to_object()["resources"]:
+                if resource["error_code"]:
+                    raise BrokerError(
+                        f"describing {resource['resource_name']!r}: error "
+                        f"{resource['error_code']} {resource.get('error_message') or ''}".strip()
+                    )
+                for entry in resource["config_entries"]:
+                    if entry["config_names"] == MAX_MESSAGE_BYTES:
+                        found[resource["resource_name"]] = int(entry["config_value"])
+    except (KafkaError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(f"describing the configs of {list(topics)} failed: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    missing = [t for t in topics if t not in found]
+    if missing:
+        raise BrokerError(f"the broker did not say the max.message.bytes of {missing}")
+    return found
+
+
+def _value_bytes(records: Iterable[InboundRecord]) -> int:
+    return sum(len(r.value or b"") for r in records)
+
+
 class CommitOutcome(enum.Enum):
     OK = "ok"
     REJECTED = "rejected"  # the group moved on (a rebalance): the new owner re-reads
@@ -190,6 +242,9 @@ class Source:
         # from before its seek, and are not returned (see start_at_committed).
         self._placements = 0
         self._placed_by: dict[Partition, int] = {}
+        # A first step that took a fetch response's worth of bytes (records near
+        # MAX_RECORD_BYTES) is a batch: no top-up, so a batch holds at most two responses.
+        self._top_up_below = settings.sizes.fetch_max_bytes
 
     async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
         s = self._settings
@@ -240,8 +295,9 @@ class Source:
         returned records but fewer than `max_records`, a second step waits up to
         TOP_UP_S (a round trip to the broker), never longer than `timeout_s`, for the
         chunk asked for when the first was taken, and adds it. A full batch (a
-        backlog), an empty fetch (nothing to top up) and a fetch asked not to wait
-        (`timeout_s` 0: retries are due) skip it."""
+        backlog), a first step holding a fetch response's worth of bytes (records of
+        Meta's 3 MB: a batch holds at most two responses), an empty fetch (nothing to
+        top up) and a fetch asked not to wait (`timeout_s` 0: retries are due) skip it."""
         if self._deferred is not None:
             deferred, self._deferred = self._deferred, None
             raise deferred
@@ -253,7 +309,12 @@ class Source:
         records = await self._getmany(only, timeout_s, max_records)
         took_at = self._placements  # what the first step took precedes later placements
         top_up_s = min(TOP_UP_S, timeout_s)
-        if records and len(records) < max_records and top_up_s > 0:
+        if (
+            records
+            and len(records) < max_records
+            and top_up_s > 0
+            and _value_bytes(records) < self._top_up_below
+        ):
             try:
                 more = await self._getmany(only, top_up_s, max_records - len(records))
             except asyncio.CancelledError:

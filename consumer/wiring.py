@@ -16,16 +16,17 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from consumer import dedup
+from consumer import dedup, limits
 from consumer.crashpoints import CrashPoints
-from consumer.errors import LeaseStoreError, StoreError
+from consumer.errors import BrokerError, ConfigError, LeaseStoreError, StoreError
+from consumer.events import EventLimit
 from consumer.metrics import Metrics
 from consumer.outbox import MarkQueue
 from consumer.pipeline import BatchProcessor, Pipeline, PipelineConfig
-from consumer.publish import MAX_REQUEST_BYTES, Publisher, decide_idempotence, producer_config
+from consumer.publish import Publisher, decide_idempotence, producer_config
 from consumer.relay import Relay
 from consumer.settings import Settings, mask_url
-from consumer.source import require_topics, start_client
+from consumer.source import require_topics, start_client, topic_limits
 from consumer.store import Store
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ log = structlog.get_logger(__name__)
 class Backends:
     """Redis and the database, both answering."""
 
-    redis: Redis
+    redis: dedup.RedisClient
     store: Store
 
     async def close(self) -> None:
@@ -63,6 +64,8 @@ class FlowContext:
     worker_id: str
     crash: CrashPoints
     metrics: Metrics
+    # What check_topics found the largest event may be (None: the produce request's).
+    event_limit: EventLimit | None = None
 
 
 BuildFlow = Callable[[FlowContext], Flow]
@@ -90,8 +93,8 @@ def publish_claim(settings: Settings) -> dt.timedelta:
     return dt.timedelta(seconds=settings.lease_ttl_s + settings.kafka_request_timeout_s)
 
 
-def pipeline_config(settings: Settings) -> PipelineConfig:
-    """The settings the pipeline reads."""
+def pipeline_config(settings: Settings, event_limit: EventLimit | None = None) -> PipelineConfig:
+    """The settings the pipeline reads, and the event limit check_topics found."""
     s = settings
     return PipelineConfig(
         outbound_topic=s.outbound_topic,
@@ -101,20 +104,31 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         redis_outage_policy=s.redis_outage_policy,
         app_secret=s.app_secret,
         debug=s.debug,
+        event_limit=event_limit or request_event_limit(s),
+    )
+
+
+def request_event_limit(settings: Settings) -> EventLimit:
+    """The largest event a produce request of ours holds (MAX_RECORD_BYTES sets it)."""
+    sizes = settings.sizes
+    return EventLimit(
+        sizes.max_event_bytes,
+        f"a produce request of {sizes.request_bytes} bytes "
+        f"(MAX_RECORD_BYTES={settings.max_record_bytes})",
     )
 
 
 async def open_backends(settings: Settings) -> Backends:
     """Connect to Redis and the database, and check that both answer (and that the
     database is migrated)."""
-    redis = dedup.connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    redis = dedup.connect(
+        settings.redis_url, timeout_s=settings.redis_timeout_s, mode=settings.redis_mode
+    )
     try:
-        await dedup.ping(redis)
-    except LeaseStoreError as exc:
+        await check_redis(settings, redis)
+    except LeaseStoreError:
         await redis.aclose()
-        raise LeaseStoreError(
-            f"cannot reach Redis at REDIS_URL={mask_url(settings.redis_url)}: {exc.__cause__}"
-        ) from exc.__cause__
+        raise
     # The store's one crash point, hit inside a save's transaction (crash tests only).
     crash = CrashPoints(settings.crash_point)
     store = Store.open(
@@ -134,8 +148,42 @@ async def open_backends(settings: Settings) -> Backends:
     return Backends(redis, store)
 
 
-async def check_topics(settings: Settings) -> None:
-    """The three topics a member uses exist (none is created as a side effect)."""
+async def check_redis(settings: Settings, redis: dedup.RedisClient) -> None:
+    """Redis answers, and is what REDIS_MODE says: a cluster node under ``standalone``
+    would fail every batch (CROSSSLOT), a single Redis under ``cluster`` every start."""
+    url = mask_url(settings.redis_url)
+    mode = settings.redis_mode
+    try:
+        await dedup.ping(redis)
+    except LeaseStoreError as exc:
+        hint = " with REDIS_MODE=cluster (is it a Redis Cluster node?)" if mode == "cluster" else ""
+        raise LeaseStoreError(
+            f"cannot reach Redis at REDIS_URL={url}{hint}: {exc.__cause__}"
+        ) from exc.__cause__
+    if isinstance(redis, Redis) and await dedup.cluster_enabled(redis) is True:
+        raise LeaseStoreError(
+            f"REDIS_URL={url} is a Redis Cluster node, and REDIS_MODE=standalone would send "
+            "a batch's keys to one node (CROSSSLOT): set REDIS_MODE=cluster"
+        )
+    log.info("redis.checked", mode=mode)
+
+
+# How long a member waits at start for the topics' max.message.bytes: Tansu 0.6 closes
+# the connection on DescribeConfigs, a broker that does not answer must not hold a start.
+LIMITS_TIMEOUT_S = 10.0
+
+
+async def check_topics(settings: Settings) -> EventLimit:
+    """The three topics a member uses exist (none is created as a side effect), and take
+    what the member must write to them; returns the largest event it may send.
+
+    Each topic's max.message.bytes is read (DescribeConfigs). The inbound topic must take
+    a record of MAX_RECORD_BYTES with its key and headers, the dead-letter topic such a
+    record's dead letter whole: else ConfigError (exit 2), one line naming the setting,
+    the topic and both numbers. An outbound topic below the produce request only lowers
+    the event limit: a larger event's record is dead-lettered as unstorable, before
+    anything is stored (logged now as ``topics.outbound_limit``). A broker that does not
+    say (Tansu) leaves the limits unchecked (``topics.limits_unknown``)."""
     s = settings
     await require_topics(
         s.kafka_bootstrap_servers,
@@ -146,6 +194,70 @@ async def check_topics(settings: Settings) -> None:
         },
         s.kafka_request_timeout_s,
     )
+    by_request = request_event_limit(s)
+    topics = [s.inbound_topic, s.outbound_topic, s.dlq_topic]
+    try:
+        found = await topic_limits(
+            s.kafka_bootstrap_servers, topics, min(s.kafka_request_timeout_s, LIMITS_TIMEOUT_S)
+        )
+    except BrokerError as exc:
+        log.warning(
+            "topics.limits_unknown",
+            error=str(exc),
+            cause=repr(exc.__cause__) if exc.__cause__ else None,
+            consequence="not checked; events are limited by the produce request only",
+            max_event_bytes=by_request.max_bytes,
+        )
+        return by_request
+    return topics_fit(s, found)
+
+
+def topics_fit(settings: Settings, found: dict[str, int]) -> EventLimit:
+    """check_topics' verdict on the topics' max.message.bytes (`found`, by topic)."""
+    s, sizes = settings, settings.sizes
+    fix = (
+        f"raise the topic's max.message.bytes (python -m consumer topics create sets "
+        f"{sizes.topic_message_bytes}) or lower MAX_RECORD_BYTES"
+    )
+    for setting, topic, needed, what in (
+        (
+            "INBOUND_TOPIC",
+            s.inbound_topic,
+            sizes.inbound_topic_bytes,
+            "a record of MAX_RECORD_BYTES with its key and headers",
+        ),
+        (
+            "DLQ_TOPIC",
+            s.dlq_topic,
+            sizes.dlq_topic_bytes,
+            "the dead letter of a record of MAX_RECORD_BYTES",
+        ),
+    ):
+        if found[topic] < needed:
+            raise ConfigError(
+                setting,
+                f"{topic} has max.message.bytes={found[topic]}, less than the {needed} {what} "
+                f"(MAX_RECORD_BYTES={s.max_record_bytes}) needs: {fix}",
+            )
+    log.info("topics.limits", **{t: found[t] for t in (s.inbound_topic, s.dlq_topic)})
+    outbound = found[s.outbound_topic]
+    by_request = request_event_limit(s)
+    by_topic = outbound - limits.EVENT_BATCH_FRAMING_BYTES
+    if by_topic >= by_request.max_bytes:
+        return by_request
+    limit = EventLimit(
+        max(by_topic, 0),
+        f"OUTBOUND_TOPIC {s.outbound_topic} (max.message.bytes={outbound}, less "
+        f"{limits.EVENT_BATCH_FRAMING_BYTES} of framing)",
+    )
+    log.warning(
+        "topics.outbound_limit",
+        topic=s.outbound_topic,
+        max_message_bytes=outbound,
+        max_event_bytes=limit.max_bytes,
+        consequence="a larger event's record is dead-lettered as unstorable",
+    )
+    return limit
 
 
 async def start_publisher(
@@ -163,7 +275,7 @@ async def start_publisher(
     if not idempotence.enabled:
         producer = await start_producer(s, client_id=client_id)
         return Publisher(
-            producer, dlq_topic=s.dlq_topic, max_request_bytes=MAX_REQUEST_BYTES, debug=s.debug
+            producer, dlq_topic=s.dlq_topic, max_request_bytes=s.sizes.request_bytes, debug=s.debug
         )
 
     async def renew() -> AIOKafkaProducer:
@@ -178,7 +290,7 @@ async def start_publisher(
     return Publisher(
         events,
         dlq_topic=s.dlq_topic,
-        max_request_bytes=MAX_REQUEST_BYTES,
+        max_request_bytes=s.sizes.request_bytes,
         debug=s.debug,
         dead_letters=dead_letters,
         renew=renew,
@@ -196,7 +308,7 @@ async def start_producer(
             settings.kafka_bootstrap_servers,
             client_id=client_id,
             request_timeout_s=settings.kafka_request_timeout_s,
-            max_request_bytes=MAX_REQUEST_BYTES,
+            max_request_bytes=settings.sizes.request_bytes,
             idempotence=idempotence,
         )
     )
@@ -215,6 +327,7 @@ def pipeline_flow(context: FlowContext) -> Flow:
         prefix=s.redis_key_prefix,
         lease_ttl_s=s.lease_ttl_s,
         done_ttl_s=s.done_ttl_s,
+        cluster=s.redis_mode == "cluster",
     )
     marks = MarkQueue(backends.store)
     relay = Relay(
@@ -227,7 +340,7 @@ def pipeline_flow(context: FlowContext) -> Flow:
         marks=marks,
     )
     pipeline = Pipeline(
-        pipeline_config(s),
+        pipeline_config(s, c.event_limit),
         leases,
         backends.store,
         c.publisher,

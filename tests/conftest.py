@@ -142,6 +142,33 @@ async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredi
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A Redis Cluster for the session (REDIS_MODE=cluster): the one answering at
+    TEST_REDIS_CLUSTER_URL, else three masters and three replicas of our own on free
+    loopback ports, stopped at the end. Tests that kill a node start their own."""
+    given = os.environ.get("TEST_REDIS_CLUSTER_URL", "")
+    if given and services.redis_cluster_answers(given):
+        yield given
+        return
+    try:
+        cluster = services.start_redis_cluster()
+    except services.ServiceUnavailable as exc:
+        unavailable("Redis Cluster", str(exc))
+    try:
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_key_prefix(redis_cluster_url: str) -> Iterator[str]:
+    """A key space of the test's own on the session's Redis Cluster, emptied afterwards."""
+    prefix = f"c{uuid.uuid4().hex[:12]}"
+    yield prefix
+    services.cluster_delete_keys(redis_cluster_url, prefix)
+
+
+@pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A PostgreSQL server for the session, as a URL that may create databases."""
     yield from _service("postgres")

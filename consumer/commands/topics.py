@@ -11,12 +11,16 @@ from consumer.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
-    from consumer.tools.topics import DEFAULT_PARTITIONS, DEFAULT_REPLICATION, MAX_MESSAGE_BYTES
+    from consumer.tools.topics import (
+        DEFAULT_PARTITIONS,
+        DEFAULT_REPLICATION,
+        default_max_message_bytes,
+    )
 
     describe(
         parser,
         summary,
-        reads=f"{KAFKA}, INBOUND_TOPIC, OUTBOUND_TOPIC, DLQ_TOPIC",
+        reads=f"{KAFKA}, INBOUND_TOPIC, OUTBOUND_TOPIC, DLQ_TOPIC, MAX_RECORD_BYTES",
         details="`create` makes INBOUND_TOPIC and OUTBOUND_TOPIC with --partitions each "
         f"(default {DEFAULT_PARTITIONS}: a partition is the unit of parallelism, members "
         "beyond it wait) and DLQ_TOPIC with one; existing topics are left as they are. "
@@ -66,10 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
     create.add_argument(
         "--max-message-bytes",
         type=int,
-        default=MAX_MESSAGE_BYTES,
+        default=None,
         metavar="BYTES",
-        help=f"largest batch each topic takes, at least {MAX_MESSAGE_BYTES} "
-        f"(default {MAX_MESSAGE_BYTES}, Kafka's)",
+        help="largest batch each topic takes, at least the default: MAX_RECORD_BYTES plus "
+        f"64 KiB and Kafka's 12 bytes, at least Kafka's 1048588 ({default_max_message_bytes()} "
+        "with the default MAX_RECORD_BYTES of 3 MiB: Meta's webhooks reach 3 MB)",
     )
     actions.add_parser("list", parents=[wait], help="every topic and its partitions")
 
@@ -86,7 +91,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.partitions < 1:
             raise ConfigError("--partitions", "must be 1 or more")
         configs = topics.topic_configs(
-            args.replication_factor, args.min_insync_replicas, args.max_message_bytes
+            args.replication_factor,
+            args.min_insync_replicas,
+            args.max_message_bytes,
+            max_record_bytes=s.max_record_bytes,
         )
     before = asyncio.run(topics.list_topics(bootstrap, wait_s=args.wait))
     if args.topics_command == "list":
@@ -100,7 +108,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     }
     asyncio.run(
         topics.create_topics(
-            bootstrap, wanted, replication=args.replication_factor, configs=configs
+            bootstrap,
+            wanted,
+            replication=args.replication_factor,
+            configs=configs,
+            max_record_bytes=s.max_record_bytes,
         )
     )
     after = asyncio.run(topics.layout(bootstrap, wanted))

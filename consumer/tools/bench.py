@@ -365,6 +365,7 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
             settings.outbound_topic: cfg.partitions,
             settings.dlq_topic: 1,
         },
+        max_record_bytes=settings.max_record_bytes,
     )
     if cfg.rate is None:
         stamps = await _produce(

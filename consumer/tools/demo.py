@@ -169,6 +169,7 @@ def _run(
                     settings.outbound_topic: partitions,
                     settings.dlq_topic: 1,
                 },
+                max_record_bytes=settings.max_record_bytes,
             )
         )
         ports = [embedded.free_port() for _ in range(consumers)]

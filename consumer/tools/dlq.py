@@ -533,7 +533,7 @@ class DlqReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
-            max_partition_fetch_bytes=_MAX_FETCH_BYTES,
+            max_partition_fetch_bytes=max(_MAX_FETCH_BYTES, 2 * settings.sizes.request_bytes),
         )
 
     async def __aenter__(self) -> DlqReader:
@@ -635,7 +635,8 @@ async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Se
             settings.kafka_bootstrap_servers,
             client_id=f"{settings.client_id}-dlq-replay",
             request_timeout_s=settings.kafka_request_timeout_s,
-            max_request_bytes=MAX_REQUEST_BYTES,
+            # A replayed record is up to MAX_RECORD_BYTES with its key and headers.
+            max_request_bytes=settings.sizes.request_bytes,
         )
     )
     try:

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from consumer.errors import BrokerError, ConfigError
 from consumer.intake import SIGNATURE_HEADER, sign
-from consumer.tools.topics import partition_count
+from consumer.tools.topics import default_max_message_bytes, partition_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,12 @@ async def produce(
         headers = [(k, v) for k, v in headers if k.lower() != SIGNATURE_HEADER]
     partitions = await partition_count(bootstrap, topic)
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        # Meta's bodies reach 3 MB: what `topics create` lets the inbound topic take.
+        max_request_size=default_max_message_bytes(),
     )
     try:
         await producer.start()

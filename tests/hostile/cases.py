@@ -234,8 +234,9 @@ def big_record() -> dict[str, Any]:
 
 
 def oversize_record() -> Record:
-    """A body over MAX_RECORD_BYTES (about 300 KB) carrying a 1.9 MB header."""
-    text = TEXT_MARK + "o" * 300_000
+    """A body over the default MAX_RECORD_BYTES (3 MiB, Meta's 3 MB: about 3.2 MB)
+    carrying a 1.9 MB header."""
+    text = TEXT_MARK + "o" * (limits.DEFAULT_MAX_RECORD_BYTES + 50_000)
     return Record(
         encode(hook(message("wamid.hostile.oversize", text=text))),
         (("x-hostile-padding", b"h" * OVERSIZE_HEADER_BYTES),),
@@ -243,8 +244,10 @@ def oversize_record() -> Record:
 
 
 def growing_numbers() -> dict[str, Any]:
-    """Just under MAX_RECORD_BYTES of numbers that orjson writes back 3.8 times longer
-    (9e15 -> 9000000000000000.0): an event of nearly a megabyte, which must still fit."""
+    """256 KiB of numbers that orjson writes back 3.8 times longer (9e15 ->
+    9000000000000000.0): an event of nearly a megabyte, which must still fit (at the
+    default MAX_RECORD_BYTES, and at 256 KiB, the former default, whose produce request
+    is 1 MiB)."""
     numbers = "@@numbers@@"
     return hook(message("wamid.hostile.growing", numbers=numbers))
 
@@ -362,7 +365,7 @@ CASES: tuple[Case, ...] = (
     # size
     stored("1,800 messages and 35,000 contacts in one 250 KB record", big_record()),
     dead("over MAX_RECORD_BYTES with a 1.9 MB header", Reason.OVERSIZE, oversize_record()),
-    stored("numbers that grow 3.8x when re-encoded, just under MAX_RECORD_BYTES", encode_growing()),
+    stored("numbers that grow 3.8x when re-encoded, 256 KiB", encode_growing()),
     # the record itself: a header name that is not UTF-8 (aiokafka's reader refuses it)
     stored("a header name that is not UTF-8", Record(encode(hook(message(W + "raw.header"))), raw_headers=((b"\xff\xfe-hostile", b"v"),))),  # noqa: E501
     # a contact's wa_id is an identifier too

@@ -435,9 +435,9 @@ async def test_errors_name_the_setting(
 async def test_a_failed_send_is_reported_and_exits_1(
     cli_settings: Settings, capsys: pytest.CaptureFixture[str], broker: str
 ) -> None:
-    """A record the producer refuses (larger than any request the service makes, written
-    by some other tool) fails on its own: the others are still sent, the failure is named,
-    the exit code is 1."""
+    """A record the producer refuses (5 MiB: larger than any request the service makes at
+    the default MAX_RECORD_BYTES, 3 MiB + 64 KiB; written by some other tool) fails on its
+    own: the others are still sent, the failure is named, the exit code is 1."""
     s = cli_settings
     if broker == "apache":  # a DLQ topic that takes what that other tool writes
         await kafka.alter_topic(
@@ -453,7 +453,7 @@ async def test_a_failed_send_is_reported_and_exits_1(
     await producer.start()
     try:
         huge = [("dlq.reason", b"not_json"), ("dlq.source.offset", b"21")]
-        meta = await producer.send_and_wait(s.dlq_topic, b"{" * (3 << 20), headers=huge)
+        meta = await producer.send_and_wait(s.dlq_topic, b"{" * (5 << 20), headers=huge)
     finally:
         await producer.stop()
     await _fence(s, s.dlq_topic)

@@ -6,7 +6,13 @@ replaced. So the member renews its events producer after a failed batch, and sen
 letters through a plain producer of their own. Both are proven here with a real member:
 an outbound topic whose max.message.bytes is below one event (then raised: everything
 goes through, without a restart), and a dead-letter topic below one dead letter (it lands
-in its minimal form, and the next one lands too)."""
+in its minimal form, and the next one lands too).
+
+Both limits are lowered after the member started: a member reads the topics' limits at
+start, refuses a dead-letter topic too small for a record of MAX_RECORD_BYTES, and
+dead-letters an event above the outbound topic's limit before storing it
+(tests/integration/test_large_webhooks.py). What is left for the broker to refuse is a
+limit lowered while members run."""
 
 from __future__ import annotations
 
@@ -54,19 +60,19 @@ async def apache_settings(
 async def test_an_event_refused_as_too_large_renews_the_producer(
     apache_settings: Settings, tmp_path: Path
 ) -> None:
-    """An event above the outbound topic's limit is refused (its row stays in the
-    outbox, its record uncommitted); each failed publish renews the producer. Once the
-    limit is raised, that event and every later one are announced, once each, by the
-    same member: without the renewal, the partition's sequence gap would refuse every
-    later batch until a restart."""
+    """An event above the outbound topic's limit, lowered after the member started, is
+    refused (its row stays in the outbox, its record uncommitted); each failed publish
+    renews the producer. Once the limit is raised, that event and every later one are
+    announced, once each, by the same member: without the renewal, the partition's
+    sequence gap would refuse every later batch until a restart."""
     s = apache_settings
-    await _limit(s, s.outbound_topic, SMALL_LIMIT)
     group = ConsumerGroup(s, tmp_path)
     try:
         (member,) = group.start(1)
         group.wait_all_assigned([member])
         (line,) = member.named("producer.idempotence")
         assert line["enabled"] is True, line
+        await _limit(s, s.outbound_topic, SMALL_LIMIT)
 
         await kafka.send(s, [(0, text_webhook("111", "wamid.small-1"))])
         wait_until(lambda: group.totals("stored") >= 1, 30, group.logs)
@@ -76,7 +82,7 @@ async def test_an_event_refused_as_too_large_renews_the_producer(
         )
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-2"))])
         await asyncio.sleep(2)
-        await _limit(s, s.outbound_topic, 1048588)
+        await _limit(s, s.outbound_topic, topics.default_max_message_bytes())
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-3"))])
 
         await kafka.wait_committed(s, {0: 2, 1: 2}, timeout_s=60, explain=group.logs)
@@ -99,13 +105,14 @@ async def test_a_dead_letter_refused_as_too_large_does_not_block_the_next(
 ) -> None:
     """A dead letter above the dead-letter topic's limit is sent again in its minimal
     form, and a later dead letter lands too: they go through a plain producer, which a
-    refused batch does not break (an idempotent one would refuse every later batch)."""
+    refused batch does not break (an idempotent one would refuse every later batch).
+    The limit is lowered after the start (a member refuses to start on it)."""
     s = apache_settings
-    await _limit(s, s.dlq_topic, SMALL_LIMIT)
     group = ConsumerGroup(s, tmp_path)
     try:
         (member,) = group.start(1)
         group.wait_all_assigned([member])
+        await _limit(s, s.dlq_topic, SMALL_LIMIT)
         # A first letter that lands: the broker then holds the producer's sequence for
         # the partition (with none, Kafka 3.9 takes any first sequence, gap or not).
         await kafka.send(s, [(0, b"not json")])

@@ -37,6 +37,8 @@ from tests.fuzz.strategies import ENCODINGS, encode, sent_messages, webhook_bodi
 pytestmark = pytest.mark.integration
 
 MAX_RECORD_BYTES = Settings().max_record_bytes
+# The events a member of the default MAX_RECORD_BYTES builds (its produce request's).
+EVENT_LIMIT = events.EventLimit(Settings().sizes.max_event_bytes)
 IN_TOPIC = "whatsapp.webhooks"
 OUT_TOPIC = "whatsapp.message_created"
 OCCURRED_AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -113,14 +115,14 @@ def _pending(hook: Webhook, sent: list[dict[str, Any]]) -> dict[MessageKey, Pend
         assert _canon(message.raw) == _canon(as_sent), "intake changed the message"
         if message.key in first:
             continue
-        built = events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
+        built = events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT, limit=EVENT_LIMIT)
         payload = orjson.loads(built.payload)
         assert payload["message"]["source_id"] == message.key.wamid
         assert payload["phone_number_id"] == message.key.phone_number_id
         assert payload["event_id"] == built.event_id == message.key.event_id
         content = {k: v for k, v in as_sent.items() if k not in EVENT_OWN_FIELDS}
         assert _canon({k: payload["message"][k] for k in content}) == _canon(content)
-        assert len(built.payload) + len(built.key) <= limits.MAX_EVENT_BYTES
+        assert len(built.payload) + len(built.key) <= EVENT_LIMIT.max_bytes
         first[message.key] = PendingMessage(message, built)
     return first
 
@@ -250,12 +252,13 @@ async def test_every_identifier_at_its_limit_in_wide_characters(store: Store, ch
 
 
 async def test_a_record_full_of_messages_is_stored_once(store: Store) -> None:
-    """A record of MAX_RECORD_BYTES holding as many small messages as fit (thousands,
-    distinct wamids): one save inserts them all, the next conflicts on them all (no
-    statement parameter limit is reached on either database)."""
+    """A record holding thousands of small messages (distinct wamids; as many as fit
+    256 KiB, the former default; at 3 MiB so many would pass MAX_OUTPUT_BYTES): one save
+    inserts them all, the next conflicts on them all (no statement parameter limit is
+    reached on either database)."""
     msgs = [{"from": "1", "id": f"w{n}", "timestamp": "1", "type": "t"} for n in range(6000)]
     body = _body({"metadata": {"phone_number_id": 1}, "messages": msgs})
-    while len(orjson.dumps(body)) > MAX_RECORD_BYTES:
+    while len(orjson.dumps(body)) > 256 * 1024:
         del msgs[-100:]
     hook = _accepted(orjson.dumps(body))
     assert len(hook.messages) > 4000
@@ -276,27 +279,31 @@ def _growing_numbers(max_bytes: int) -> bytes:
 
 
 async def test_numbers_that_grow_when_re_encoded_still_fit_the_event(store: Store) -> None:
-    """At the default MAX_RECORD_BYTES, a record of numbers that orjson writes back 3.8
-    times larger still makes an event under MAX_EVENT_BYTES, and is stored as read."""
-    hook = _accepted(_growing_numbers(MAX_RECORD_BYTES))
+    """At the default MAX_RECORD_BYTES, the largest record of numbers that orjson writes
+    back 3.8 times larger that intake takes (about 820 KB: its event, 3.1 MB, fills the
+    produce request) makes its event, and is stored as read."""
+    room = EVENT_LIMIT.max_bytes - limits.EVENT_ENVELOPE_BYTES
+    hook = _accepted(_growing_numbers(int(room / 3.85)))
     (message,) = hook.messages
     await _store_twice(store, _pending(hook, [message.raw]))
 
 
 @pytest.mark.parametrize(
-    "size", [MAX_RECORD_BYTES, 275_000, 400_000, limits.MAX_RECORD_BYTES_LIMIT]
+    "size", [256 * 1024, 275_000, 400_000, MAX_RECORD_BYTES, limits.MAX_RECORD_BYTES_LIMIT]
 )
 def test_at_any_allowed_record_size_what_intake_accepts_can_be_announced(size: int) -> None:
     """With MAX_RECORD_BYTES anywhere up to the largest value Settings allow, a record of
     numbers that grow when re-encoded is either accepted and makes its event, or refused
     at intake as oversize (never accepted and then refused as unstorable). At 275,000
-    bytes and above it does not fit: intake says so."""
+    bytes and above it does not fit (the produce request grows with MAX_RECORD_BYTES
+    from 960 KiB on, by the record's size, not 3.8 times it): intake says so."""
     assert Settings(max_record_bytes=size).max_record_bytes == size
     decoded = intake.decode(_record(_growing_numbers(size)), max_bytes=size)
     if isinstance(decoded, Webhook):
         (message,) = decoded.messages
-        event = events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
-        assert len(event.payload) <= limits.MAX_EVENT_BYTES
+        limit = events.EventLimit(limits.sizes(size).max_event_bytes)
+        event = events.build(message, topic=OUT_TOPIC, occurred_at=OCCURRED_AT, limit=limit)
+        assert len(event.payload) <= limit.max_bytes
     else:
         assert decoded.reason is Reason.OVERSIZE, decoded
         assert "re-encoded" in decoded.detail

@@ -79,10 +79,10 @@ def test_the_topics_get_their_configs_and_too_many_replicas_fail(
     )
     assert not set(names) & set(asyncio.run(topics.list_topics(kafka_bootstrap))), "none made"
 
-    assert cli.main(["topics", "create", "--max-message-bytes", "2000000"]) == 0
+    assert cli.main(["topics", "create", "--max-message-bytes", "4000000"]) == 0
     out = capsys.readouterr().out
     assert f"{names[0]}: 4 partition(s), replication 1, created" in out
-    expected = {"replicas": {1}, "min.insync.replicas": "1", "max.message.bytes": "2000000"}
+    expected = {"replicas": {1}, "min.insync.replicas": "1", "max.message.bytes": "4000000"}
     assert asyncio.run(_described(kafka_bootstrap, names)) == dict.fromkeys(names, expected)
 
 
@@ -98,7 +98,7 @@ def test_three_nodes_take_replication_3_and_min_insync_2(
         names = _names(monkeypatch, cluster.bootstrap)
         assert cli.main(["topics", "create", "--replication-factor", "3"]) == 0
         assert f"{names[2]}: 1 partition(s), replication 3, created" in capsys.readouterr().out
-        expected = {"replicas": {3}, "min.insync.replicas": "2", "max.message.bytes": "1048588"}
+        expected = {"replicas": {3}, "min.insync.replicas": "2", "max.message.bytes": "3211276"}
         assert asyncio.run(_described(cluster.bootstrap, names)) == dict.fromkeys(names, expected)
     finally:
         cluster.close()

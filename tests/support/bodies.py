@@ -40,6 +40,50 @@ def text_webhook(
     )
 
 
+LARGE_PNID = "106540352242922"
+LARGE_WAMID_TAIL = "QTRBNjU5OUFFRTAzODEwMTQ0RgA="
+
+
+def large_webhook(n: int, *, messages: int = 1000, size: int = 3_000_000) -> bytes:
+    """A Meta-shaped body of about `size` bytes, at most (Meta's largest: 3 MB, 1,000
+    updates): one entry, one change of `messages` text messages from as many senders,
+    each with its contact (as Meta sends a batch). The texts fill it, each under Meta's
+    4,096 characters. `n` makes its wamids and senders its own."""
+
+    def body(text_chars: int) -> bytes:
+        senders = [f"1650555{n:03d}{i:04d}" for i in range(messages)]
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": LARGE_PNID},
+            "contacts": [{"profile": {"name": f"Customer {s[-6:]}"}, "wa_id": s} for s in senders],
+            "messages": [
+                {
+                    "from": s,
+                    "id": f"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQ{n:04d}{i:05d}{LARGE_WAMID_TAIL}",
+                    "timestamp": TIMESTAMP,
+                    "type": "text",
+                    "text": {
+                        "body": (f"record {n} message {i} " + "lorem ipsum " * 400)[:text_chars]
+                    },
+                }
+                for i, s in enumerate(senders)
+            ],
+        }
+        return orjson.dumps(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}
+                ],
+            }
+        )
+
+    bare = len(body(0))
+    out = body((size - bare) // messages)
+    assert len(out) <= size, len(out)
+    return out
+
+
 def json_depth(text: bytes) -> int:
     """The deepest nesting of objects and arrays in JSON text (the top level is 1),
     counted on the text itself, so any depth can be measured."""

@@ -93,7 +93,11 @@ async def create_replicated(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        replicated = {"min.insync.replicas": "2"}
+        replicated = {
+            "min.insync.replicas": "2",
+            # As `topics create` sets it: a member refuses a topic below (Meta's 3 MB).
+            "max.message.bytes": str(topics.default_max_message_bytes()),
+        }
         await admin.create_topics(
             [
                 NewTopic(settings.inbound_topic, PARTITIONS, 3, topic_configs=replicated),

@@ -172,11 +172,18 @@ def test_the_webhook_schema_refuses_messages_under_another_field() -> None:
         assert isinstance(intake.decode(record(held), max_bytes=1 << 20), Webhook)
 
 
-def test_an_event_of_the_largest_record_fits_a_produce_request() -> None:
-    """MAX_RECORD_BYTES may not exceed what lets its largest event fit: the headroom
-    covers what an event adds to the message it copies."""
-    assert limits.MAX_RECORD_BYTES_LIMIT + limits.EVENT_HEADROOM_BYTES == limits.MAX_REQUEST_BYTES
-    assert limits.MAX_EVENT_BYTES > limits.MAX_RECORD_BYTES_LIMIT
+@pytest.mark.parametrize(
+    "max_record_bytes",
+    [1, 256 * 1024, limits.DEFAULT_MAX_RECORD_BYTES, limits.MAX_RECORD_BYTES_LIMIT],
+)
+def test_an_event_of_the_largest_record_fits_a_produce_request(max_record_bytes: int) -> None:
+    """At any MAX_RECORD_BYTES the produce request follows: the headroom covers what an
+    event adds to the message it copies, and a dead letter keeps the whole record."""
+    sizes = limits.sizes(max_record_bytes)
+    assert sizes.request_bytes >= max_record_bytes + limits.EVENT_HEADROOM_BYTES
+    assert sizes.request_bytes >= limits.MAX_REQUEST_BYTES
+    assert sizes.max_event_bytes > max_record_bytes
+    assert sizes.max_event_bytes + limits.EVENT_FRAMING_BYTES == sizes.request_bytes
 
 
 def test_the_unique_index_entry_fits_a_postgresql_btree_page() -> None:

@@ -94,6 +94,27 @@ async def test_no_top_up_after_a_full_or_an_empty_fetch(first: list[int], why: s
     assert len(consumer.calls) == 1, why
 
 
+async def test_no_top_up_after_a_fetch_responses_worth_of_bytes() -> None:
+    """Records of Meta's 3 MB: a first step that took a fetch response's worth
+    (`fetch.max.bytes`, 8 MiB at the default MAX_RECORD_BYTES) is the batch, so a batch
+    holds at most two responses' bytes, whatever BATCH_MAX_RECORDS says."""
+    big = Settings(metrics_port=0).sizes.fetch_max_bytes // 3 + 1
+
+    class Large(_ScriptedConsumer):
+        async def getmany(
+            self, *partitions: TopicPartition, timeout_ms: int, max_records: int
+        ) -> dict[TopicPartition, list[_Record]]:
+            got = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+            for r in got.get(TP, []):
+                r.value = b"x" * big
+            return got
+
+    consumer = Large([1, 2, 3], [99])
+    got = await _source(consumer).fetch(timeout_s=0.5, max_records=1000, partitions=PARTS)
+    assert [r.offset for r in got] == [1, 2, 3]
+    assert len(consumer.calls) == 1
+
+
 async def test_the_top_up_waits_no_longer_than_the_fetch_was_asked_to() -> None:
     """A fetch asked not to wait (retries are due) is not topped up; a fetch asked to
     wait less than the top-up's step waits only that long."""

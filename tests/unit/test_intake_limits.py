@@ -310,17 +310,26 @@ def _numbers_body(size: int, number: bytes) -> bytes:
     return head[:cut] + b'"x": [' + b",".join([number] * filler) + b"], " + head[cut:]
 
 
-def test_a_body_whose_events_would_not_fit_is_oversize_at_intake() -> None:
+@pytest.mark.parametrize(
+    ("limit", "size"),
+    [
+        # The largest MAX_RECORD_BYTES whose produce request is still Kafka's 1 MiB.
+        (limits.MAX_REQUEST_BYTES - limits.EVENT_HEADROOM_BYTES, 400_000),
+        # The default (3 MiB, Meta's bodies): the request follows it, to 3 MiB + 64 KiB.
+        (limits.DEFAULT_MAX_RECORD_BYTES, 1_000_000),
+    ],
+)
+def test_a_body_whose_events_would_not_fit_is_oversize_at_intake(limit: int, size: int) -> None:
     """Numbers that orjson writes back longer (9e15 -> 9000000000000000.0) can make an
     event larger than a produce request although the record is within MAX_RECORD_BYTES:
     intake measures such a body re-encoded and refuses it as oversize (it never reaches
     the store to be refused there); the same size of numbers that do not grow passes."""
-    limit = limits.MAX_RECORD_BYTES_LIMIT
-    refused = intake.decode(record(_numbers_body(400_000, b"9e15")), max_bytes=limit)
+    refused = intake.decode(record(_numbers_body(size, b"9e15")), max_bytes=limit)
     assert isinstance(refused, Invalid)
     assert refused.reason is Reason.OVERSIZE
     assert "re-encoded" in refused.detail
-    fine = intake.decode(record(_numbers_body(400_000, b"9")), max_bytes=limit)
+    assert str(limits.sizes(limit).max_event_bytes - limits.EVENT_ENVELOPE_BYTES) in refused.detail
+    fine = intake.decode(record(_numbers_body(size, b"9")), max_bytes=limit)
     assert isinstance(fine, Webhook), fine
 
 

@@ -150,12 +150,18 @@ def test_a_gzip_bomb_returns_what_fits_and_one_oversize_record() -> None:
 
 
 def test_the_bound() -> None:
-    """At least MIN_RECORDS, at most MAX_RECORDS records' worth of MAX_RECORD_BYTES and
-    the overhead; set by install."""
+    """At least MIN_RECORDS records' worth of MAX_RECORD_BYTES and the overhead, at most
+    MAX_BATCH_BYTES unless that is less; set by install. At 256 KiB: 2.5 to 20 MiB (64
+    records' worth); at the default 3 MiB, eight records' worth whatever the batch
+    declares (24.5 MiB)."""
+    lenient.install(256 * 1024)
     per = 256 * 1024 + lenient.RECORD_OVERHEAD_BYTES
     assert lenient.limit(1) == lenient.limit(0) == lenient.MIN_RECORDS * per == 2_621_440
     assert lenient.limit(20) == 20 * per
-    assert lenient.limit(100_000) == lenient.MAX_RECORDS * per == 20_971_520
+    assert lenient.limit(64) == lenient.limit(100_000) == lenient.MAX_BATCH_BYTES == 20_971_520
+    lenient.install(lenient.DEFAULT_MAX_RECORD_BYTES)
+    big = 3 * 1024 * 1024 + lenient.RECORD_OVERHEAD_BYTES
+    assert lenient.limit(1) == lenient.limit(100_000) == 8 * big == 25_690_112
     lenient.install(1024)
     assert lenient.limit(1) == lenient.MIN_RECORDS * (1024 + lenient.RECORD_OVERHEAD_BYTES)
     lenient.install()

@@ -19,10 +19,15 @@ from consumer.tools import topics
 def test_defaults_work_on_one_broker_and_follow_the_replication() -> None:
     assert topics.DEFAULT_REPLICATION == 1
     assert topics.MAX_MESSAGE_BYTES == 1048588 == limits.MAX_REQUEST_BYTES + 12
+    # MAX_RECORD_BYTES (3 MiB, Meta's 3 MB bodies) and 64 KiB of key and headers, + 12.
+    assert topics.default_max_message_bytes() == 3 * 1024 * 1024 + 64 * 1024 + 12 == 3211276
     assert topics.topic_configs(1) == {
         "min.insync.replicas": "1",
-        "max.message.bytes": "1048588",
+        "max.message.bytes": "3211276",
     }
+    # A smaller MAX_RECORD_BYTES never goes below Kafka's default.
+    assert topics.topic_configs(1, max_record_bytes=256 * 1024)["max.message.bytes"] == "1048588"
+    assert topics.default_max_message_bytes(5 << 20) == (5 << 20) + 65536 + 12
     assert topics.topic_configs(2)["min.insync.replicas"] == "1"
     assert topics.topic_configs(3)["min.insync.replicas"] == "2"
     assert topics.topic_configs(5, 3, 4 << 20) == {
@@ -34,15 +39,15 @@ def test_defaults_work_on_one_broker_and_follow_the_replication() -> None:
 @pytest.mark.parametrize(
     ("replication", "isr", "max_bytes", "option", "words"),
     [
-        (0, None, topics.MAX_MESSAGE_BYTES, "--replication-factor", "1 or more"),
-        (3, 0, topics.MAX_MESSAGE_BYTES, "--min-insync-replicas", "1 or more"),
-        (2, 3, topics.MAX_MESSAGE_BYTES, "--min-insync-replicas", "more than --replication"),
-        (1, 2, topics.MAX_MESSAGE_BYTES, "--min-insync-replicas", "apply 1"),
-        (1, None, limits.MAX_REQUEST_BYTES, "--max-message-bytes", "less than 1048588"),
+        (0, None, None, "--replication-factor", "1 or more"),
+        (3, 0, None, "--min-insync-replicas", "1 or more"),
+        (2, 3, None, "--min-insync-replicas", "more than --replication"),
+        (1, 2, None, "--min-insync-replicas", "apply 1"),
+        (1, None, topics.MAX_MESSAGE_BYTES, "--max-message-bytes", "less than 3211276"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_option(
-    replication: int, isr: int | None, max_bytes: int, option: str, words: str
+    replication: int, isr: int | None, max_bytes: int | None, option: str, words: str
 ) -> None:
     with pytest.raises(ConfigError, match=words) as caught:
         topics.topic_configs(replication, isr, max_bytes)
@@ -51,10 +56,11 @@ def test_a_bad_value_is_refused_naming_its_option(
 
 def test_the_parser_reads_the_options() -> None:
     args = cli._parser().parse_args(["topics", "create"])
+    # None: the default follows MAX_RECORD_BYTES, read when the command runs.
     assert (args.replication_factor, args.min_insync_replicas, args.max_message_bytes) == (
         1,
         None,
-        1048588,
+        None,
     )
     args = cli._parser().parse_args(
         [
@@ -147,7 +153,11 @@ async def test_the_signature_the_tests_use_still_creates_with_one_replica(
 ) -> None:
     await topics.create_topics("k:9092", {"a": 2})
     (made,) = admin.created
-    assert (made.replication_factor, made.topic_configs) == (1, {})
+    # Without configs a topic still takes a default member's records (Meta's 3 MB).
+    assert (made.replication_factor, made.topic_configs) == (
+        1,
+        {"max.message.bytes": "3211276"},
+    )
 
 
 async def test_more_replicas_than_brokers_fails_before_creating(admin: type[FakeAdmin]) -> None:

@@ -1,0 +1,229 @@
+"""Meta's largest webhooks end to end: bodies of 3 MB holding 1,000 messages each, through
+real members, on topics made as `topics create` makes them (max.message.bytes from
+MAX_RECORD_BYTES); a member that refuses to start on a topic too small for them; an event
+the outbound topic cannot take, dead-lettered as unstorable before anything is stored."""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumer import limits
+from consumer.settings import Settings
+from consumer.tools import topics
+from tests.support import kafka
+from tests.support.bodies import LARGE_PNID as PNID
+from tests.support.bodies import LARGE_WAMID_TAIL as WAMID_TAIL
+from tests.support.bodies import large_webhook as big_body
+from tests.support.bodies import text_webhook
+from tests.support.procs import ConsumerGroup, ConsumerProc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MESSAGES = 1000  # Meta: up to 1,000 updates in one body
+# Under Meta's 3 MB in both readings: 3,000,000 bytes, and the default MAX_RECORD_BYTES.
+BODY_MAX = 3_000_000
+
+
+async def _create(settings: Settings, **overrides: dict[str, str]) -> None:
+    """The run's topics as `topics create` makes them (`overrides`: a topic's configs)."""
+    s = settings
+    configs = topics.topic_configs(1, max_record_bytes=s.max_record_bytes)
+    for name, count in ((s.inbound_topic, 2), (s.outbound_topic, 2), (s.dlq_topic, 1)):
+        own = {**configs, **overrides.get(name, {})}
+        await topics.create_topics(s.kafka_bootstrap_servers, {name: count}, configs=own)
+
+
+async def _send(settings: Settings, records: list[tuple[int, bytes]]) -> dict[int, int]:
+    """Produce as a webhook receiver does for Meta's bodies: max.request.size raised."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=False,
+        acks="all",
+        max_request_size=settings.sizes.request_bytes,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.inbound_topic, value, partition=p) for p, value in records
+        ]
+        metas = [await f for f in futures]
+    finally:
+        await producer.stop()
+    ends: dict[int, int] = collections.defaultdict(int)
+    for m in metas:
+        ends[m.partition] = max(ends[m.partition], m.offset + 1)
+    return dict(ends)
+
+
+def peak_rss_mib(member: ConsumerProc) -> float:
+    """The member's peak resident set (VmHWM), in MiB."""
+    for line in Path(f"/proc/{member.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.brokers
+async def test_3_mb_bodies_of_1000_messages_are_stored_and_announced(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Bodies of 3,000,000 bytes with 1,000 messages each (Meta's limits), on two
+    partitions: every message stored once and announced once, nothing dead-lettered.
+    On Apache Kafka the member read the topics' limits; Tansu does not answer
+    DescribeConfigs, and the member starts anyway, saying it could not check."""
+    s = settings
+    await _create(s)
+    bodies = [big_body(n) for n in range(4)]
+    assert all(2_900_000 < len(b) <= BODY_MAX for b in bodies), [len(b) for b in bodies]
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        group.wait_all_assigned([member])
+        ends = await _send(s, [(n % 2, b) for n, b in enumerate(bodies)])
+        await kafka.wait_committed(s, ends, timeout_s=180, explain=group.logs)
+        rows = await kafka.rows(s)
+        assert len(rows) == len(set(rows)) == 4 * MESSAGES
+        events = await kafka.events(s, want=())
+        announced = collections.Counter(e["message"]["source_id"] for e in events)
+        assert len(announced) == 4 * MESSAGES
+        assert set(announced.values()) == {1}
+        assert await kafka.read_all(s, s.dlq_topic, idle_s=3) == []
+        assert group.totals("dead_lettered") == 0, group.logs()
+        assert await kafka.unpublished(s) == 0
+        checked = member.named("topics.limits") + member.named("topics.limits_unknown")
+        assert len(checked) == 1, group.logs()
+        print(f"\n{checked[0]['event']}; peak RSS {peak_rss_mib(member):.0f} MiB")
+    finally:
+        group.kill_all()
+
+
+async def test_a_backlog_of_3_mb_bodies_keeps_a_member_bounded(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """A backlog of maximum-size records (TEST_LARGE_BACKLOG, default 40; the docs' figure
+    is from 200) waiting before the member starts: it works through them in batches its
+    fetch sizes bound, and its peak resident set stays far below the backlog."""
+    from tests.support.config import run_settings
+
+    count = int(os.environ.get("TEST_LARGE_BACKLOG", "40"))
+    s = run_settings(kafka_bootstrap, redis_url, key_prefix, postgres_url, log_level="INFO")
+    await _create(s)
+    template = big_body(0)
+    marker = WAMID_TAIL.encode()
+    ends: dict[int, int] = {}
+    for start in range(0, count, 20):
+        chunk = [
+            (n % 2, template.replace(marker, f"{n:06d}".encode() + marker[6:]))
+            for n in range(start, min(start + 20, count))
+        ]
+        ends = await _send(s, chunk)
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        await kafka.wait_committed(s, ends, timeout_s=60 + 3 * count, explain=group.logs)
+        peak = peak_rss_mib(member)
+        backlog_mib = count * len(template) / (1 << 20)
+        print(
+            f"\nbacklog {count} x {len(template)} bytes ({backlog_mib:.0f} MiB): "
+            f"peak RSS {peak:.0f} MiB"
+        )
+        assert len(await kafka.rows(s)) == count * MESSAGES
+        assert group.totals("dead_lettered") == 0, group.logs()
+        assert peak < 1024, f"peak RSS {peak:.0f} MiB"
+    finally:
+        group.kill_all()
+
+
+# -- a topic too small, an event too large (Apache Kafka: Tansu keeps no topic configs) ---
+
+
+@pytest.mark.parametrize(
+    ("setting", "which"), [("INBOUND_TOPIC", "inbound_topic"), ("DLQ_TOPIC", "dlq_topic")]
+)
+async def test_a_member_refuses_a_topic_too_small_for_a_3_mb_body(
+    kafka_bootstrap: str,
+    redis_url: str,
+    key_prefix: str,
+    postgres_url: str,
+    tmp_path: Path,
+    setting: str,
+    which: str,
+) -> None:
+    """A topic at Kafka's default max.message.bytes (1048588) cannot take a body of
+    MAX_RECORD_BYTES (or its dead letter): the member exits 2 before it joins the group,
+    with one line naming the setting, the topic and both numbers."""
+    from tests.support.config import run_settings
+
+    s = run_settings(kafka_bootstrap, redis_url, key_prefix, postgres_url)
+    topic = getattr(s, which)
+    await _create(s, **{topic: {"max.message.bytes": "1048588"}})
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        assert member.wait(60) == 2, group.logs()
+        lines = [
+            line for line in member.log_tail(200).splitlines() if line.startswith("wamid-guard")
+        ]
+        assert lines == [
+            f"wamid-guard run: {setting}: {topic} has max.message.bytes=1048588, less than "
+            f"the {s.sizes.inbound_topic_bytes} "
+            + (
+                "a record of MAX_RECORD_BYTES with its key and headers"
+                if which == "inbound_topic"
+                else "the dead letter of a record of MAX_RECORD_BYTES"
+            )
+            + " (MAX_RECORD_BYTES=3145728) needs: raise the topic's max.message.bytes "
+            "(python -m consumer topics create sets 3211276) or lower MAX_RECORD_BYTES"
+        ], group.logs()
+        assert not member.named("partitions.assigned")
+    finally:
+        group.kill_all()
+
+
+async def test_an_event_over_the_outbound_limit_is_dead_lettered_as_unstorable(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """An outbound topic limited to 64 KiB: a message whose event would be larger is
+    dead-lettered as unstorable with the limit named, before anything is stored (no
+    row, no outbox row, no retry, no producer renewal); its neighbours are stored and
+    announced once; the record is in the dead-letter topic whole."""
+    from tests.support.config import run_settings
+
+    s = run_settings(kafka_bootstrap, redis_url, key_prefix, postgres_url, kafka_idempotence="on")
+    await _create(s, **{s.outbound_topic: {"max.message.bytes": "65536"}})
+    big = text_webhook(PNID, "wamid.too-big", text="x" * 100_000)
+    group = ConsumerGroup(s, tmp_path)
+    try:
+        (member,) = group.start(1)
+        group.wait_all_assigned([member])
+        (warned,) = member.named("topics.outbound_limit")
+        assert warned["max_event_bytes"] == 65536 - limits.EVENT_BATCH_FRAMING_BYTES
+        ends = await _send(
+            s,
+            [
+                (0, text_webhook(PNID, "wamid.ok-1")),
+                (0, big),
+                (0, text_webhook(PNID, "wamid.ok-2")),
+            ],
+        )
+        await kafka.wait_committed(s, ends, timeout_s=60, explain=group.logs)
+        assert sorted(w for _p, w in await kafka.rows(s)) == ["wamid.ok-1", "wamid.ok-2"]
+        events = await kafka.events(s, idle_s=3)
+        assert sorted(e["message"]["source_id"] for e in events) == ["wamid.ok-1", "wamid.ok-2"]
+        (letter,) = await kafka.read_all(s, s.dlq_topic, idle_s=3)
+        headers: dict[str, Any] = dict(letter.headers)
+        assert headers["dlq.reason"] == b"unstorable"
+        detail = headers["dlq.detail"].decode()
+        assert f"OUTBOUND_TOPIC {s.outbound_topic} (max.message.bytes=65536" in detail, detail
+        assert letter.value == big
+        assert await kafka.unpublished(s) == 0
+        assert not member.named("producer.renewed"), group.logs()
+        assert not [d for d in member.named("batch.done") if d.get("failure")], group.logs()
+    finally:
+        group.kill_all()
