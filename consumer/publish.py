@@ -348,9 +348,12 @@ def producer_config(
     request_timeout_s: float,
     max_request_bytes: int,
     idempotence: bool = False,
+    metadata_max_age_s: float = 30.0,
 ) -> dict[str, Any]:
     """Producer settings: every replica acks, no linger, idempotence as decided at start
-    (:func:`decide_idempotence`, ``KAFKA_IDEMPOTENCE``).
+    (:func:`decide_idempotence`, ``KAFKA_IDEMPOTENCE``), metadata at most
+    `metadata_max_age_s` old (``KAFKA_METADATA_MAX_AGE_S``, whose default this is):
+    partitions added to a topic get records, and keys their new partition, within that.
 
     A batch's events need no linger to share requests: send() appends to the partition's
     pending batch and does not yield unless that batch is full, so all of a pipeline
@@ -380,6 +383,7 @@ def producer_config(
         "request_timeout_ms": int(request_timeout_s * 1000),
         "max_request_size": max_request_bytes,
         "retry_backoff_ms": 200,
+        "metadata_max_age_ms": int(metadata_max_age_s * 1000),
     }
 
 

@@ -83,6 +83,15 @@ class Settings:
     kafka_max_poll_interval_s: float = 300.0
     kafka_request_timeout_s: float = 30.0
     kafka_fetch_max_wait_s: float = 0.05
+    # Static group membership (KIP-345): this member's stable, unique id in the group,
+    # e.g. a StatefulSet pod's name. Empty (default): dynamic membership.
+    kafka_group_instance_id: str = ""
+    # How old the client's cluster metadata may get before it is asked again (aiokafka's
+    # metadata_max_age_ms, 5 minutes by default): bounds how long partitions added to a
+    # topic go unread (the group's leader sees them, and the group rebalances) and how
+    # long the producers keep writing to the old partitions only (docs/operations.md,
+    # "Adding partitions"). 30 s: one small metadata request per client per 30 s.
+    kafka_metadata_max_age_s: float = 30.0
     # The events producer's idempotence (no duplicate from its own retries): "on", "off",
     # or "auto" (on when the broker grants a producer id: Apache Kafka yes, Tansu no).
     kafka_idempotence: str = "auto"
@@ -252,6 +261,7 @@ def _validate(s: Settings) -> None:
         "kafka_max_poll_interval_s",
         "kafka_request_timeout_s",
         "kafka_fetch_max_wait_s",
+        "kafka_metadata_max_age_s",
         "redis_timeout_s",
         "db_timeout_s",
         "shutdown_grace_s",
@@ -378,6 +388,20 @@ def _validate_topics(s: Settings) -> None:
         "INBOUND_TOPIC, OUTBOUND_TOPIC and DLQ_TOPIC must be three different topics",
     )
     _require(bool(s.consumer_group.strip()), "consumer_group", "must not be empty")
+    _validate_group_instance_id(s.kafka_group_instance_id)
+
+
+def _validate_group_instance_id(value: str) -> None:
+    """The broker's rules for group.instance.id (those of a topic name): 1 to 249 of
+    ASCII letters, digits, '.', '_', '-', and neither '.' nor '..'."""
+    if not value:
+        return
+    _require(
+        bool(_TOPIC_RE.match(value)) and value not in (".", ".."),
+        "kafka_group_instance_id",
+        "must be 1 to 249 of ASCII letters, digits, '.', '_' and '-' (not '.' or '..'), "
+        f"unique in the group; got {value!r}",
+    )
 
 
 def _validate_crash_point(value: str) -> None:

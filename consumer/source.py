@@ -67,6 +67,9 @@ def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         "bootstrap_servers": s.kafka_bootstrap_servers,
         "client_id": client_id,
         "group_id": s.consumer_group,
+        # Static membership when set (docs/operations.md, "Static group membership"):
+        # aiokafka sends it with JoinGroup and SyncGroup and sends no LeaveGroup on close.
+        "group_instance_id": s.kafka_group_instance_id or None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": s.batch_max_records,
@@ -77,6 +80,9 @@ def consumer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         # A fetch returns after at most this long even with little data: bounds the
         # latency a quiet partition adds.
         "fetch_max_wait_ms": int(s.kafka_fetch_max_wait_s * 1000),
+        # New partitions of INBOUND_TOPIC are seen (and the group rebalances onto them)
+        # within this age of the group leader's metadata.
+        "metadata_max_age_ms": int(s.kafka_metadata_max_age_s * 1000),
         # A partition's fetch takes a whole record of MAX_RECORD_BYTES, a response a few
         # (limits.sizes): what aiokafka holds, and a batch, stays bounded in bytes.
         "max_partition_fetch_bytes": s.sizes.partition_fetch_bytes,

@@ -310,6 +310,7 @@ async def start_producer(
             request_timeout_s=settings.kafka_request_timeout_s,
             max_request_bytes=settings.sizes.request_bytes,
             idempotence=idempotence,
+            metadata_max_age_s=settings.kafka_metadata_max_age_s,
         )
     )
     await start_client(producer, settings.kafka_bootstrap_servers, settings.kafka_request_timeout_s)

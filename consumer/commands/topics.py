@@ -1,4 +1,4 @@
-"""`topics create` and `topics list`: the three topics on the broker."""
+"""`topics create`, `topics grow` and `topics list`: the three topics on the broker."""
 
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         "Each gets --replication-factor replicas (default 1: a local broker), "
         "min.insync.replicas (the producer writes with acks=all) and max.message.bytes "
         '(docs/operations.md, "Broker settings wamid-guard needs"). '
+        "`grow` adds partitions to INBOUND_TOPIC (or --topic outbound) while the members "
+        "run: they find them within KAFKA_METADATA_MAX_AGE_S and read them from offset 0 "
+        '(docs/operations.md, "Adding partitions"; Apache Kafka only, Tansu refuses). '
         "`list` prints every topic with its partition count.",
         examples="  python -m consumer topics create\n"
         "  python -m consumer topics create --partitions 12\n"
         "  python -m consumer topics create --partitions 12 --replication-factor 3\n"
+        "  python -m consumer topics grow --partitions 8\n"
+        "  python -m consumer topics grow --partitions 8 --topic outbound\n"
         "  python -m consumer topics list",
     )
     actions = parser.add_subparsers(dest="topics_command", required=True)
@@ -76,6 +81,24 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         f"64 KiB and Kafka's 12 bytes, at least Kafka's 1048588 ({default_max_message_bytes()} "
         "with the default MAX_RECORD_BYTES of 3 MiB: Meta's webhooks reach 3 MB)",
     )
+    grow = actions.add_parser(
+        "grow", parents=[wait], help="add partitions to INBOUND_TOPIC or OUTBOUND_TOPIC"
+    )
+    grow.add_argument(
+        "--partitions",
+        type=int,
+        required=True,
+        help="the topic's new partition count, more than it has (Kafka cannot take "
+        "partitions away)",
+    )
+    grow.add_argument(
+        "--topic",
+        choices=("inbound", "outbound"),
+        default="inbound",
+        help="INBOUND_TOPIC (default) or OUTBOUND_TOPIC; growing the outbound topic moves "
+        "keys to other partitions (per-contact order holds per partition only): grow it "
+        "first, with its readers drained",
+    )
     actions.add_parser("list", parents=[wait], help="every topic and its partitions")
 
 
@@ -96,6 +119,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             args.max_message_bytes,
             max_record_bytes=s.max_record_bytes,
         )
+    if args.topics_command == "grow":
+        return _grow(s, args)
     before = asyncio.run(topics.list_topics(bootstrap, wait_s=args.wait))
     if args.topics_command == "list":
         for name, count in before.items():
@@ -124,4 +149,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             odd = replicas not in ("?", str(args.replication_factor))
             state = f"exists, left as it is{' (not the replication asked)' if odd else ''}"
         print(f"{name}: {parts} partition(s), replication {replicas}, {state}")
+    return 0
+
+
+def _grow(settings: Settings, args: argparse.Namespace) -> int:
+    """`topics grow`: refuses a count that does not grow the topic (exit 2, naming
+    --partitions), says what it did."""
+    from consumer.tools import topics
+
+    if args.partitions < 1:
+        raise ConfigError("--partitions", "must be 1 or more")
+    bootstrap = settings.kafka_bootstrap_servers
+    name = settings.inbound_topic if args.topic == "inbound" else settings.outbound_topic
+    asyncio.run(topics.list_topics(bootstrap, wait_s=args.wait))  # the broker answers
+    before, after = asyncio.run(topics.grow_partitions(bootstrap, name, args.partitions))
+    print(f"{name}: {before} -> {after} partitions")
     return 0

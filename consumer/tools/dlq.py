@@ -637,6 +637,7 @@ async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Se
             request_timeout_s=settings.kafka_request_timeout_s,
             # A replayed record is up to MAX_RECORD_BYTES with its key and headers.
             max_request_bytes=settings.sizes.request_bytes,
+            metadata_max_age_s=settings.kafka_metadata_max_age_s,
         )
     )
     try:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
 from consumer import lenient, limits
@@ -71,6 +71,83 @@ async def create_topics(
         raise BrokerError(f"creating topics {sorted(partitions)} failed: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+async def grow_partitions(
+    bootstrap: str, topic: str, count: int, *, timeout_s: float = 30.0, wait_s: float = 10.0
+) -> tuple[int, int]:
+    """Give `topic` `count` partitions (CreatePartitions); return (before, after).
+
+    Only growth: a count not above the topic's present one is refused with a
+    ConfigError naming --partitions, before the broker is asked to change anything (Kafka
+    cannot take partitions away, and the same count would do nothing). A topic that does
+    not exist, or a broker that refuses (Tansu, the embedded broker, has no
+    CreatePartitions), fails with a BrokerError saying so, the cause chained. Waits, for
+    up to `wait_s`, until the broker's metadata lists the new count.
+    """
+    before = (await layout(bootstrap, [topic], wait_s=0.0)).get(topic)
+    if before is None:
+        raise BrokerError(
+            f"{topic!r}: no such topic on KAFKA_BOOTSTRAP_SERVERS={bootstrap} (check the "
+            "name, or create it: python -m consumer topics create)"
+        )
+    current = before[0]
+    if count < current:
+        raise ConfigError(
+            "--partitions",
+            f"is {count}, fewer than the {current} {topic!r} has: Kafka cannot take "
+            "partitions away (a topic only grows)",
+        )
+    if count == current:
+        raise ConfigError(
+            "--partitions",
+            f"is {count}, the count {topic!r} already has: nothing to grow (ask for more)",
+        )
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await start_client(admin, bootstrap, timeout_s)
+        await asyncio.wait_for(admin.create_partitions({topic: NewPartitions(count)}), timeout_s)
+    except TimeoutError as exc:
+        raise BrokerError(
+            f"{topic!r}: the broker did not answer the request for {count} partitions within "
+            f"{timeout_s:g}s (it may still add them: `topics list` shows the count)"
+        ) from exc
+    except KafkaError as exc:
+        raise BrokerError(
+            f"{topic!r}: the broker refused to grow it from {current} to {count} "
+            f"partitions: {_refusal(exc)}"
+        ) from exc
+    finally:
+        await admin.close()
+    after = (await layout_count(bootstrap, topic, count, wait_s)) or count
+    return current, after
+
+
+def _refusal(exc: KafkaError) -> str:
+    """Why a broker refused CreatePartitions, in words: Tansu 0.6 does not implement it."""
+    name = type(exc).__name__
+    said = str(exc) or name
+    if name in ("UnsupportedVersionError", "IncompatibleBrokerVersion"):
+        return (
+            f"{name}: this broker does not support adding partitions (it offers no "
+            "CreatePartitions request; Tansu, the embedded broker, has none): create a new "
+            "topic with more partitions, or use Apache Kafka"
+        )
+    return f"{name}: {said}"
+
+
+async def layout_count(bootstrap: str, topic: str, count: int, wait_s: float) -> int | None:
+    """The partition count of `topic` once its metadata lists at least `count`, asking
+    again for up to `wait_s` (a controller's change reaches the brokers a moment
+    later); the last count seen if it never does, None if the topic is not listed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = (await layout(bootstrap, [topic], wait_s=0.0)).get(topic)
+        if (found is not None and found[0] >= count) or time.monotonic() >= deadline:
+            return None if found is None else found[0]
+        await asyncio.sleep(0.2)
 
 
 async def layout(
