@@ -74,7 +74,12 @@ async def test_a_topic_the_broker_compresses_with_zstd(
     await topics.create_topics(
         kafka_bootstrap, {s.inbound_topic: 2, s.outbound_topic: 1, s.dlq_topic: 1}
     )
-    await kafka.alter_topic(kafka_bootstrap, s.inbound_topic, {"compression.type": "zstd"})
+    # AlterConfigs replaces a topic's whole set: the size topics create gave goes too.
+    configs = {
+        "compression.type": "zstd",
+        "max.message.bytes": str(topics.default_max_message_bytes(s.max_record_bytes)),
+    }
+    await kafka.alter_topic(kafka_bootstrap, s.inbound_topic, configs)
     ends: dict[int, int] = {}
     for partition, codec in enumerate(("none", "lz4")):
         producer = AIOKafkaProducer(

@@ -101,7 +101,9 @@ async def commit(settings: Settings, offsets: dict[int, int]) -> None:
 
 
 async def alter_topic(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    """Set configs of a topic (Apache Kafka; Tansu 0.6 does not alter configs)."""
+    """Set configs of a topic (Apache Kafka; Tansu 0.6 does not alter configs). This is
+    AlterConfigs, not the incremental form: every config of the topic not named here
+    returns to the broker's default."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
