@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         "See docs/benchmarks.md.",
         examples="  python -m consumer bench\n"
         "  python -m consumer bench --records 20000 --modes pipeline,pass-through\n"
-        "  python -m consumer bench --messages-per-webhook 1-3 --modes pipeline,single",
+        "  python -m consumer bench --messages-per-webhook 1-3 --modes pipeline,single\n"
+        "  python -m consumer bench --redis-cluster --records 20000 --modes pipeline",
     )
     parser.add_argument("--records", type=int, default=200_000, help="inbound records")
     parser.add_argument("--dup-ratio", type=float, default=0.3, help="share of duplicates")
@@ -81,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         "the rounds' (a host whose speed drifts moves both sides alike)",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="run every mode twice in each round: against the one Redis and against a "
+        "Redis Cluster started for the run (3 masters, 3 replicas, REDIS_MODE=cluster), "
+        "reported side by side with the ratio cluster / one Redis (records/s, p99, Redis "
+        "CPU per record summed over the nodes); needs redis-cli beside redis-server",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="sample every consumer with py-spy into DIR (py-spy installed)",
@@ -100,6 +109,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     rate, rate_of_max = _rate(args.rate)
     cfg = bench.BenchConfig(
         rounds=args.rounds,
+        redis_cluster=args.redis_cluster,
         messages_per_webhook=_span("--messages-per-webhook", args.messages_per_webhook),
         records=args.records,
         dup_ratio=args.dup_ratio,

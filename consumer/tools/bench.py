@@ -18,6 +18,12 @@ Besides throughput and latency (p50 to p99.9): CPU per record, in microseconds, 
 consumers and of the services beside them (PostgreSQL's processes, Redis, the broker),
 read from /proc before and after each mode; a service not on this machine reads 0.
 
+With `--redis-cluster` (BenchConfig.redis_cluster), every mode of every round runs twice,
+one after the other: against the one Redis as above, and against a Redis Cluster of three
+masters and three replicas started here (consumer/tools/services.py) with
+REDIS_MODE=cluster; the report sets them side by side with the ratio cluster / one Redis
+(records/s, p99, Redis CPU per record: for the cluster, the sum over its six nodes).
+
 Services: the broker `--bootstrap` names, else the one KAFKA_BOOTSTRAP_SERVERS names when
 it is set, else one started here (through consumer/tools/services.py): Tansu, or Apache
 Kafka with `--broker apache` (KRaft, one node, TEST_KAFKA_VERSION); the Redis of
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -82,6 +89,10 @@ class BenchConfig:
     # ...): the ratios are then taken within each round and their median reported, so a
     # host whose speed drifts (a shared VM) moves both sides of a ratio alike.
     rounds: int = 1
+    # Each mode also against a Redis Cluster started for the run (REDIS_MODE=cluster),
+    # interleaved with the one Redis: "standalone" then "cluster" in every round.
+    redis_cluster: bool = False
+    redis: str = "standalone"  # the Redis one run uses: "standalone" or "cluster"
 
 
 @dataclass
@@ -106,6 +117,12 @@ class ModeResult:
     cpu_us_per_record: dict[str, float] = field(default_factory=dict)
     round: int = 1
     rate: float | None = None  # the records/s it was produced at; None = a backlog
+    redis: str = "standalone"  # "cluster": against the Redis Cluster (--redis-cluster)
+
+
+# The Redis setups a round runs each mode against: the one Redis, then (--redis-cluster)
+# the cluster.
+REDIS_TARGETS = ("standalone", "cluster")
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -221,14 +238,14 @@ def _cpu_ticks(pid: int | str, *, children: bool = False) -> int:
     return ticks + (int(fields[13]) + int(fields[14]) if children else 0)
 
 
-def service_cpu_s(names: tuple[str, ...]) -> float:
+def service_cpu_s(names: tuple[str, ...], exclude: frozenset[int] = frozenset()) -> float:
     """CPU seconds used so far by every process of this machine whose name starts with one
     of `names` (the kernel cuts names at 15 characters: "tansu-v0.6.0-51"),
     with their reaped children (PostgreSQL's ended backends count in the postmaster's);
-    0 for what cannot be read."""
+    0 for what cannot be read. The processes `exclude` lists are left out."""
     total = 0
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
         try:
             comm = (entry / "comm").read_text().strip()
@@ -236,6 +253,16 @@ def service_cpu_s(names: tuple[str, ...]) -> float:
                 total += _cpu_ticks(entry.name, children=True)
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile, or not ours to read
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds used so far by the processes `pids` (a Redis Cluster's nodes); 0 for
+    what cannot be read."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += _cpu_ticks(pid, children=True)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -341,7 +368,15 @@ async def _rows(settings: Settings, tag: str) -> int:
 # -- one mode ------------------------------------------------------------------------------
 
 
-async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> ModeResult:
+async def run_mode(
+    mode: str,
+    base: Settings,
+    cfg: BenchConfig,
+    work: Path,
+    redis_cpu: Callable[[], float] | None = None,
+) -> ModeResult:
+    """One mode's run. `redis_cpu`: how to read the CPU seconds of the Redis it uses so
+    far (default: every redis-server process of this machine)."""
     tag = f"{mode[:4]}{uuid.uuid4().hex[:6]}"
     n = cfg.per_message_records if mode == "per-message" else cfg.records
     records, unique = make_records(n, cfg.dup_ratio, cfg.partitions, tag, cfg.messages_per_webhook)
@@ -373,8 +408,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         )
     command = members.PASSTHROUGH if mode == "pass-through" else members.RUN
     consumers = 1 if mode == "single" else cfg.consumers
-    watched = {**SERVICES, "broker": BROKER_PROCESS[cfg.broker]}
-    services_before = {k: service_cpu_s(names) for k, names in watched.items()}
+    readers = _cpu_readers(cfg.broker, redis_cpu)
+    services_before = {k: read() for k, read in readers.items()}
     procs, logs = _start_consumers(settings, work, tag, consumers, command)
     spies = _profile(procs, cfg.profile_dir, tag) if cfg.profile_dir else []
     try:
@@ -396,10 +431,8 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-        services_used = {
-            k: service_cpu_s(names) - services_before[k] for k, names in watched.items()
-        }
-        embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
+        services_used = {k: read() - services_before[k] for k, read in readers.items()}
+        _delete_keys(settings)
     for spy in spies:
         spy.wait(60)
     lines = _batch_lines(logs)
@@ -431,11 +464,34 @@ async def run_mode(mode: str, base: Settings, cfg: BenchConfig, work: Path) -> M
         counts=counts,
         profile=top_functions(cfg.profile_dir, tag) if cfg.profile_dir else [],
         rate=cfg.rate,
+        redis=cfg.redis,
         cpu_us_per_record={
             "consumers": round(sum(c.cpu_s for c in stats) / n * 1e6, 1),
             **{k: round(v / n * 1e6, 1) for k, v in services_used.items()},
         },
     )
+
+
+def _cpu_readers(
+    broker: str, redis_cpu: Callable[[], float] | None
+) -> dict[str, Callable[[], float]]:
+    """Per service column, what reads its CPU seconds so far: its processes by name, or
+    `redis_cpu` for Redis when given."""
+    watched = {**SERVICES, "broker": BROKER_PROCESS[broker]}
+    readers: dict[str, Callable[[], float]] = {
+        k: functools.partial(service_cpu_s, names) for k, names in watched.items()
+    }
+    if redis_cpu is not None:
+        readers["redis"] = redis_cpu
+    return readers
+
+
+def _delete_keys(settings: Settings) -> None:
+    """A run's leases and done markers, on the one Redis or on every master."""
+    if settings.redis_mode == "cluster":
+        services.cluster_delete_keys(settings.redis_url, settings.redis_key_prefix)
+    else:
+        embedded.delete_keys(settings.redis_url, settings.redis_key_prefix)
 
 
 def _start_consumers(
@@ -494,9 +550,33 @@ def top_functions(folder: Path, tag: str, limit: int = 15) -> list[tuple[str, fl
 
 def main(base: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
     with embedded.workdir("wamid-guard-bench-") as work, contextlib.ExitStack() as stack:
-        settings = _services(base, cfg, work, stack)
+        settings, own_redis = _services(base, cfg, work, stack)
         migrate.upgrade(settings.database_url)
-        results = run_rounds(cfg, lambda mode, c: asyncio.run(run_mode(mode, settings, c, work)))
+        targets: dict[str, tuple[Settings, Callable[[], float] | None]] = {
+            "standalone": (settings, None)
+        }
+        if cfg.redis_cluster:
+            cluster = services.start_redis_cluster()
+            stack.callback(cluster.close)
+            pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            # The one Redis's CPU: its process when started here, else every redis-server
+            # but the cluster's nodes; the cluster's: its six nodes'.
+            targets["standalone"] = (
+                settings,
+                functools.partial(pids_cpu_s, own_redis)
+                if own_redis
+                else lambda: service_cpu_s(SERVICES["redis"], exclude=frozenset(pids)),
+            )
+            targets["cluster"] = (
+                settings.replace(redis_url=cluster.url, redis_mode="cluster"),
+                lambda: pids_cpu_s(pids),
+            )
+
+        def one(mode: str, c: BenchConfig) -> ModeResult:
+            target, redis_cpu = targets[c.redis]
+            return asyncio.run(run_mode(mode, target, c, work, redis_cpu))
+
+        results = run_rounds(cfg, one)
     report = _report(results, settings, cfg)
     print(json.dumps(report, indent=2) if as_json else _text(report), flush=True)
     return 0
@@ -508,24 +588,30 @@ def run_rounds(cfg: BenchConfig, run: Callable[[str, BenchConfig], ModeResult]) 
     reached: "p99 at half the maximum rate" measured against the maximum of the same
     host at the same time, not a figure carried over from another run."""
     results = []
+    targets = REDIS_TARGETS if cfg.redis_cluster else REDIS_TARGETS[:1]
     for n in range(1, cfg.rounds + 1):
         round_cfg = cfg
         if cfg.rate_of_max is not None:
-            top = run("pipeline", replace(cfg, rate=None))
+            # The maximum is the one Redis's: both Redis setups then run at the same rate.
+            top = run("pipeline", replace(cfg, rate=None, redis=targets[0]))
             top.round = n
+            top.redis = targets[0]
             results.append(top)
             round_cfg = replace(cfg, rate=max(1.0, round(top.records_per_s * cfg.rate_of_max)))
         for mode in cfg.modes:
-            result = run(mode, round_cfg)
-            result.round = n
-            results.append(result)
+            for target in targets:
+                result = run(mode, replace(round_cfg, redis=target))
+                result.round = n
+                result.redis = target
+                results.append(result)
     return results
 
 
 def _services(
     base: Settings, cfg: BenchConfig, work: Path, stack: contextlib.ExitStack
-) -> Settings:
-    """The broker, Redis and database of a run; what is started here, `stack` stops."""
+) -> tuple[Settings, list[int]]:
+    """The broker, Redis and database of a run; what is started here, `stack` stops.
+    Also the process id of the Redis started here (none when REDIS_URL's answered)."""
     bootstrap = cfg.bootstrap
     if bootstrap is None:
         name = "kafka" if cfg.broker == "apache" else "tansu"
@@ -533,34 +619,102 @@ def _services(
         stack.callback(broker.stop)
         bootstrap = broker.address
     redis_url = base.redis_url
+    own_redis: list[int] = []
     if not embedded.redis_answers(redis_url):
         redis = embedded.start_redis(work)
         stack.callback(redis.stop)
         redis_url = f"redis://{embedded.LOOPBACK}:{redis.port}/0"
+        own_redis.append(redis.proc.pid)
     database_url = base.database_url
     if database_url == Settings().database_url:  # the default file: keep it out of the way
         database_url = f"sqlite+aiosqlite:///{work / 'bench.db'}"
-    return base.replace(
+    settings = base.replace(
         kafka_bootstrap_servers=bootstrap, redis_url=redis_url, database_url=database_url
     )
+    return settings, own_redis
 
 
 def _report(results: list[ModeResult], settings: Settings, cfg: BenchConfig) -> dict[str, Any]:
     """The runs, and each ratio: taken within each round, the median over the rounds."""
     per_round: dict[str, list[float]] = {}
     for n in sorted({r.round for r in results}):
-        # Within a round, the runs of the configured kind (not a rate_of_max's backlog).
-        runs = {r.mode: r for r in results if r.round == n and r.rate == cfg.rate}
+        # Within a round, the runs of the configured kind (not a rate_of_max's backlog),
+        # against the one Redis.
+        runs = {
+            r.mode: r
+            for r in results
+            if r.round == n and r.rate == cfg.rate and r.redis == "standalone"
+        }
         for name, value in _ratios(runs).items():
             per_round.setdefault(name, []).append(value)
-    return {
+    config = {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]}
+    del config["redis"]  # each run's own, not the run's
+    modes = [asdict(r) for r in results]
+    if not cfg.redis_cluster:  # the report as it was before --redis-cluster
+        del config["redis_cluster"]
+        for m in modes:
+            del m["redis"]
+    report = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "config": {**asdict(cfg), "database": settings.database_url.split(":", 1)[0]},
-        "modes": [asdict(r) for r in results],
+        "config": config,
+        "modes": modes,
         "ratios": {name: round(statistics.median(values), 3) for name, values in per_round.items()},
         "ratios_per_round": per_round,
-        "latency": _latency_over_rounds(results),
+        "latency": _latency_over_rounds(
+            [r for r in results if r.redis == "standalone"] if cfg.redis_cluster else results
+        ),
     }
+    if cfg.redis_cluster:
+        report["redis_cluster"] = _cluster_against_standalone(results, cfg)
+    return report
+
+
+# What --redis-cluster sets side by side: a figure of a run, read off its ModeResult.
+_CLUSTER_FIGURES: dict[str, Callable[[ModeResult], float | None]] = {
+    "records_per_s": lambda r: r.records_per_s,
+    "p99_ms": lambda r: r.latency_ms.get("p99"),
+    "redis_cpu_us_per_record": lambda r: r.cpu_us_per_record.get("redis"),
+}
+
+
+def _at_configured_load(r: ModeResult, cfg: BenchConfig) -> bool:
+    """A run of the configured load: under `--rate half`, not the round's backlog."""
+    return r.rate is not None if cfg.rate_of_max is not None else r.rate == cfg.rate
+
+
+def _cluster_against_standalone(
+    results: list[ModeResult], cfg: BenchConfig
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per mode and figure: the one Redis's and the cluster's (medians over the rounds),
+    and cluster / standalone, taken within each round, its median and each round's."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for mode in cfg.modes:
+        figures: dict[str, dict[str, Any]] = {}
+        for name, read in _CLUSTER_FIGURES.items():
+            pairs: list[tuple[float, float]] = []
+            for n in sorted({r.round for r in results}):
+                runs = {
+                    r.redis: r
+                    for r in results
+                    if r.mode == mode and r.round == n and _at_configured_load(r, cfg)
+                }
+                if "standalone" not in runs or "cluster" not in runs:
+                    continue
+                one, many = read(runs["standalone"]), read(runs["cluster"])
+                if one is not None and many is not None:
+                    pairs.append((one, many))
+            if not pairs:
+                continue
+            ratios = [round(c / s, 3) for s, c in pairs if s]
+            figures[name] = {
+                "standalone": round(statistics.median(s for s, _ in pairs), 1),
+                "cluster": round(statistics.median(c for _, c in pairs), 1),
+                "ratio": round(statistics.median(ratios), 3) if ratios else None,
+                "ratios_per_round": ratios,
+            }
+        if figures:
+            out[mode] = figures
+    return out
 
 
 def _latency_over_rounds(results: list[ModeResult]) -> dict[str, dict[str, Any]]:
@@ -609,6 +763,30 @@ def _load(cfg: dict[str, Any]) -> str:
 
 
 _BROKER_NAMES = {"tansu": "Tansu", "apache": "Apache Kafka"}
+_REDIS_LABELS = {"standalone": "redis", "cluster": "cluster"}
+_CLUSTER_TITLES = {
+    "records_per_s": "records/s",
+    "p99_ms": "p99 ms",
+    "redis_cpu_us_per_record": "Redis CPU µs/record",
+}
+
+
+def _cluster_text(compared: dict[str, dict[str, dict[str, Any]]], rounds: bool) -> list[str]:
+    """--redis-cluster's lines: one Redis, the cluster, and cluster / one Redis."""
+    lines = [
+        "",
+        "Redis Cluster against one Redis: one Redis / cluster = cluster ÷ one Redis"
+        + (" (medians of the rounds; each ratio taken within its round)" if rounds else ""),
+    ]
+    for mode, figures in compared.items():
+        for name, f in figures.items():
+            ratio = "-" if f["ratio"] is None else f"{f['ratio']:.3f}"
+            each = ", ".join(map(str, f["ratios_per_round"]))
+            lines.append(
+                f"{mode} {_CLUSTER_TITLES[name]}: {f['standalone']:g} / {f['cluster']:g} = {ratio}"
+                + (f" (rounds: {each})" if rounds else "")
+            )
+    return lines
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -617,16 +795,21 @@ def _text(report: dict[str, Any]) -> str:
     per_hook = f"{lo}" if lo == hi else f"{lo}-{hi}"
     rounds = cfg["rounds"] > 1
 
+    on_cluster = bool(cfg.get("redis_cluster"))
+
     def label(m: dict[str, Any]) -> str:
         at = f"@{m['rate']:.0f}/s" if m["rate"] is not None and m["rate"] != cfg["rate"] else ""
-        return f"{m['mode']}{at}#{m['round']}" if rounds else f"{m['mode']}{at}"
+        redis = f"/{_REDIS_LABELS[m['redis']]}" if on_cluster else ""
+        return f"{m['mode']}{redis}{at}#{m['round']}" if rounds else f"{m['mode']}{redis}{at}"
 
     width = max([13, *(len(label(m)) + 2 for m in report["modes"])])
     lines = [
         f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
         f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
         f"{cfg['consumers']} consumers, database {cfg['database']}, "
-        f"broker {_BROKER_NAMES[cfg['broker']]}, " + _load(cfg),
+        f"broker {_BROKER_NAMES[cfg['broker']]}, "
+        + ("one Redis and a Redis Cluster (3 masters, 3 replicas), " if on_cluster else "")
+        + _load(cfg),
         "",
         f"{'mode':<{width}}{'records':>9}{'unique':>9}{'secs':>8}{'msgs/s':>10}{'recs/s':>10}"
         f"{'p50 ms':>8}{'p95':>6}{'p99':>6}{'p99.9':>7}  per consumer: peak RSS MB / CPU s",
@@ -662,6 +845,8 @@ def _text(report: dict[str, Any]) -> str:
                 f"{mode} {q} latency at a rate: {v['median']:.0f} ms"
                 + (f" (median of {len(v['rounds'])} rounds: {each})" if rounds else "")
             )
+    if on_cluster:
+        lines += _cluster_text(report["redis_cluster"], rounds)
     for m in report["modes"]:
         if m["profile"]:
             lines += ["", f"{label(m)}: top functions by self time (% of samples)"]

@@ -1,6 +1,6 @@
 """Fixtures of the fault suite: each scenario's consumers reach PostgreSQL and Redis
-through fault proxies (tests/support/proxy.py), and may get a Redis or a broker of
-their own to restart or freeze."""
+through fault proxies (tests/support/proxy.py), and may get a Redis, a Redis Cluster
+or a broker of their own to restart, kill a node of, or freeze."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from sqlalchemy.engine import make_url
 
 from consumer.settings import Settings
 from consumer.tools import embedded
-from consumer.tools.services import KafkaCluster, PostgresServer, ServiceUnavailable
+from consumer.tools.services import (
+    KafkaCluster,
+    PostgresServer,
+    RedisClusterServer,
+    ServiceUnavailable,
+    start_redis_cluster,
+)
 from tests.faults.harness import FaultRun, Profile
 from tests.support.config import unavailable
 from tests.support.procs import ConsumerGroup
@@ -43,6 +49,7 @@ class FaultEnv:
         # Tansu (a process) or a one-node Apache Kafka: either can pause() and resume().
         self.own_broker: embedded.ServiceProcess | KafkaCluster | None = None
         self.own_pg: PostgresServer | None = None
+        self.own_redis_cluster: RedisClusterServer | None = None
         self.broker_proxy: ThreadedProxy | None = None
         self.group: ConsumerGroup | None = None
 
@@ -63,6 +70,21 @@ class FaultEnv:
         self.own_redis.proc.kill()
         self.own_redis.proc.wait(10)
         self.own_redis = embedded.start_redis(self.workdir, port=port)
+
+    def with_own_redis_cluster(self, node_timeout_ms: int = 2000) -> RedisClusterServer:
+        """A Redis Cluster of this scenario's own (three masters, one replica each), so a
+        master can be killed: the members run with REDIS_MODE=cluster against it. Reached
+        directly, not through the proxy: a cluster client follows the node addresses the
+        cluster announces."""
+        try:
+            self.own_redis_cluster = start_redis_cluster(node_timeout_ms=node_timeout_ms)
+        except ServiceUnavailable as exc:
+            unavailable("Redis Cluster", str(exc))
+        self.redis.stop()
+        self.settings = self.settings.replace(
+            redis_url=self.own_redis_cluster.url, redis_mode="cluster"
+        )
+        return self.own_redis_cluster
 
     def with_own_postgres(self) -> None:
         """A PostgreSQL server of this scenario's own, so it can really be restarted or
@@ -131,6 +153,8 @@ class FaultEnv:
                 service.stop()
         if self.own_pg is not None:
             self.own_pg.close()
+        if self.own_redis_cluster is not None:
+            self.own_redis_cluster.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import random
 import signal
+import time
 
 import pytest
 
@@ -160,6 +161,47 @@ async def test_redis_restart_without_persistence(fault_env: FaultEnv) -> None:
     run.healed()
     figures = await run.audit(await run.drain())
     assert figures.insert_conflicts > 0, "the fence, not Redis, caught the redeliveries"
+
+
+@pytest.mark.brokers
+async def test_redis_cluster_master_killed(fault_env: FaultEnv) -> None:
+    """REDIS_MODE=cluster against a Redis Cluster of three masters, one replica each:
+    a master SIGKILLed mid-stream, a wave sent while its slots have no master, its
+    replica promoted (cluster-node-timeout 2 s). The batches whose keys fall on the dead
+    master's slots fail and are retried until the cluster is whole again; exactly one
+    row and one event per message, nothing lost, every member alive."""
+    cluster = fault_env.with_own_redis_cluster(node_timeout_ms=2000)
+    run = await fault_env.run("Redis Cluster master SIGKILLed, replica promoted")
+    run.start(3)
+    run.group.wait_all_assigned()
+    await run.send_wave(0)
+    run.wait_batches(2)
+    victim = cluster.masters()[0]
+    replicas = cluster.replicas_of(victim)
+    assert replicas, "every master has a replica"
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+    await run.send_wave(1)  # its keys meet slots whose master is gone
+    await asyncio.to_thread(cluster.wait_failover, replicas, 30.0)
+    failover_s = round(time.monotonic() - killed_at, 2)
+    for wave in range(2, len(run.traffic.waves)):
+        await run.send_wave(wave)
+    run.healed()
+    drain_s = await run.drain()
+    procs = run.group.procs
+    lease_failures = [f for f in run.batch_failures() if f.startswith("lease")]
+    warned = ("lease.release_failed", "lease.finish_failed")
+    warnings = sum(len(p.named(name)) for p in procs for name in warned)
+    await run.audit(
+        drain_s,
+        failover_s=failover_s,
+        batches_failed_on_leases=len(lease_failures),
+        lease_warnings=warnings,
+    )
+    assert lease_failures or warnings, f"the kill did not bite:\n{run.group.logs()}"
+    for p in procs:
+        assert p.named("redis.checked")[0]["mode"] == "cluster", p.log_tail()
+        assert p.proc.poll() is None, f"member {p.index} died:\n{p.log_tail()}"
 
 
 @pytest.mark.parametrize("policy", ["pause", "fence"])

@@ -1,7 +1,8 @@
 """REDIS_MODE=cluster against a real Redis Cluster (three masters, one replica each, on
 loopback; TEST_REDIS_CLUSTER_URL to use one already running): the leases across many
 slots, a pipeline batch through the real Leases, the startup checks, real members of a
-group end to end, and a master killed mid-run (docs/design.md, "Keys"; docs/operations.md,
+group end to end and a master killed mid-run (these two on Tansu and on Apache Kafka,
+`brokers`) (docs/design.md, "Keys"; docs/operations.md,
 "Redis Cluster")."""
 
 from __future__ import annotations
@@ -222,18 +223,19 @@ def _audit(
 
 
 @pytest.mark.slow
+@pytest.mark.brokers
 async def test_group_on_the_cluster_end_to_end(
-    tansu_bootstrap: str,
+    bootstrap: str,
     redis_cluster_url: str,
     cluster_key_prefix: str,
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
     """Two `python -m consumer run` members with REDIS_URL naming a cluster node and
-    REDIS_MODE=cluster, on Tansu: every message stored once and announced once, Meta's
-    copies on other partitions included."""
+    REDIS_MODE=cluster, on each broker: every message stored once and announced once,
+    Meta's copies on other partitions included."""
     settings = await _cluster_settings(
-        tansu_bootstrap, redis_cluster_url, cluster_key_prefix, postgres_url
+        bootstrap, redis_cluster_url, cluster_key_prefix, postgres_url
     )
     group = ConsumerGroup(settings, tmp_path)
     try:
@@ -289,9 +291,11 @@ def _scrape(port: int) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.brokers
 @pytest.mark.parametrize("replica", ["in_sync", "emptied"])
 async def test_a_master_killed_mid_run(
-    tansu_bootstrap: str,
+    broker: str,
+    bootstrap: str,
     own_cluster: services.RedisClusterServer,
     postgres_url: str,
     tmp_path: Path,
@@ -306,7 +310,7 @@ async def test_a_master_killed_mid_run(
     prefix = "kill"
     ports = [embedded.free_port(), embedded.free_port()]
     settings = await _cluster_settings(
-        tansu_bootstrap,
+        bootstrap,
         own_cluster.url,
         prefix,
         postgres_url,
@@ -364,6 +368,7 @@ async def test_a_master_killed_mid_run(
         rows = await kafka.rows(settings)
         events = await kafka.events(settings)
         figures["replica"] = replica
+        figures["broker"] = broker
         figures["messages"] = len(expected)
         figures["rows"] = len(rows)
         figures["events"] = len(events)

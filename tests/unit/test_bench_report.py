@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from consumer.settings import Settings
 from consumer.tools.bench import BenchConfig, ModeResult, ProcStats, _report, _text, run_rounds
 
@@ -107,3 +111,105 @@ def test_rates_at_a_fixed_rate_keep_their_ratios_and_labels() -> None:
     assert "rate 6000 records/s" in text
     assert "@" not in text
     assert "pipeline / pass-through (records/s): 1.0" in text
+
+
+def _pair(mode: str, n: int, standalone: float, cluster: float) -> list[ModeResult]:
+    """One round of a mode against the one Redis and the cluster."""
+    out = []
+    for redis, speed in (("standalone", standalone), ("cluster", cluster)):
+        r = _run(mode, speed, n)
+        r.redis = redis
+        r.latency_ms = {"p99": 1000 / speed * 100, "p99.9": 1000 / speed * 200}
+        r.cpu_us_per_record = {"consumers": 80.0, "redis": 10.0 if redis == "standalone" else 15.0}
+        out.append(r)
+    return out
+
+
+def test_redis_cluster_runs_each_mode_against_both_interleaved() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def run(mode: str, cfg: BenchConfig) -> ModeResult:
+        calls.append((mode, cfg.redis))
+        return _run(mode, 1000, 0)
+
+    cfg = BenchConfig(modes=("pipeline", "pass-through"), rounds=2, redis_cluster=True)
+    results = run_rounds(cfg, run)
+    pairs = [
+        ("pipeline", "standalone"),
+        ("pipeline", "cluster"),
+        ("pass-through", "standalone"),
+        ("pass-through", "cluster"),
+    ]
+    assert calls == pairs * 2
+    assert [(r.mode, r.redis, r.round) for r in results] == [
+        (m, redis, n) for n in (1, 2) for m, redis in pairs
+    ]
+
+
+def test_redis_cluster_is_reported_beside_the_one_redis_with_the_ratio() -> None:
+    runs = _pair("pipeline", 1, 10000, 8000) + _pair("pipeline", 2, 6000, 6000)
+    runs += [_run("pass-through", 12000, 1), _run("pass-through", 10000, 2)]
+    cfg = BenchConfig(modes=("pipeline",), rounds=2, redis_cluster=True)
+    report = _report(runs, Settings(), cfg)
+    compared = report["redis_cluster"]["pipeline"]
+    assert compared["records_per_s"] == {
+        "standalone": 8000.0,
+        "cluster": 7000.0,
+        "ratio": 0.9,
+        "ratios_per_round": [0.8, 1.0],
+    }
+    assert compared["redis_cpu_us_per_record"]["ratio"] == 1.5
+    assert compared["p99_ms"]["ratios_per_round"] == [1.25, 1.0]
+    # The ratios of the modes stay the one Redis's.
+    assert report["ratios_per_round"]["pipeline / pass-through (records/s)"] == [0.833, 0.6]
+    assert report["config"]["redis_cluster"] is True
+    assert "redis" not in report["config"]
+    text = _text(report)
+    assert "one Redis and a Redis Cluster (3 masters, 3 replicas)" in text
+    assert "pipeline/redis#1" in text
+    assert "pipeline/cluster#2" in text
+    assert "pipeline records/s: 8000 / 7000 = 0.900 (rounds: 0.8, 1.0)" in text
+    assert "pipeline Redis CPU µs/record: 10 / 15 = 1.500" in text
+
+
+def test_without_redis_cluster_the_report_has_no_trace_of_it() -> None:
+    runs = [_run("pipeline", 6000, 1)]
+    report = _report(runs, Settings(), BenchConfig(modes=("pipeline",)))
+    assert "redis_cluster" not in report
+    assert "redis_cluster" not in report["config"]
+    assert "redis" not in report["config"]
+    assert "redis" not in report["modes"][0]
+    text = _text(report)
+    assert "cluster" not in text.lower()
+    assert "pipeline/redis" not in text
+
+
+def test_the_redis_cluster_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer.commands import bench as command
+    from consumer.tools import bench
+
+    seen: list[BenchConfig] = []
+
+    def main(_settings: Settings, cfg: BenchConfig, *, as_json: bool) -> int:
+        seen.append(cfg)
+        return 0
+
+    monkeypatch.setattr(bench, "main", main)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser, "bench")
+    for argv, expected in (([], False), (["--redis-cluster"], True)):
+        args = parser.parse_args([*argv, "--records", "100", "--modes", "pipeline"])
+        assert command.run(Settings(), args) == 0
+        assert seen[-1].redis_cluster is expected
+
+
+def test_redis_cluster_under_rate_half_compares_the_runs_at_the_rate() -> None:
+    """The round's backlog (the one Redis's, setting the rate) is left out of the pairs."""
+    backlog = _run("pipeline", 9000, 1)
+    pairs = _pair("pipeline", 1, 4500, 4000)
+    for r in pairs:
+        r.rate = 4500
+    cfg = BenchConfig(modes=("pipeline",), redis_cluster=True, rate_of_max=0.5)
+    report = _report([backlog, *pairs], Settings(), cfg)
+    assert report["redis_cluster"]["pipeline"]["records_per_s"]["standalone"] == 4500.0
+    assert report["redis_cluster"]["pipeline"]["records_per_s"]["ratio"] == 0.889
