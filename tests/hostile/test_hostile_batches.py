@@ -101,13 +101,6 @@ REFUSED = {
 }
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
 async def test_bad_batches_are_dead_lettered_and_their_neighbours_stored(
     settings: Settings, broker: str, tmp_path: Path
 ) -> None:
@@ -174,7 +167,7 @@ async def test_bad_batches_are_dead_lettered_and_their_neighbours_stored(
         assert member.proc.poll() is None, group.logs()
         assert not member.named("fetch.internal_error"), group.logs()
         assert not member.named("fetch.failed"), group.logs()
-        peak = _peak_rss(member.proc.pid)
+        peak = member.peak_rss_bytes()
         print(f"{broker}: the member's peak RSS {peak / 2**20:.0f} MiB")
         assert peak < PEAK_RSS_BOUND, f"peak RSS {peak >> 20} MiB"
     finally:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from consumer import limits
 from consumer.settings import Settings
@@ -21,7 +20,7 @@ from tests.support.bodies import LARGE_PNID as PNID
 from tests.support.bodies import LARGE_WAMID_TAIL as WAMID_TAIL
 from tests.support.bodies import large_webhook as big_body
 from tests.support.bodies import text_webhook
-from tests.support.procs import ConsumerGroup, ConsumerProc
+from tests.support.procs import ConsumerGroup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,36 +36,6 @@ async def _create(settings: Settings, **overrides: dict[str, str]) -> None:
     for name, count in ((s.inbound_topic, 2), (s.outbound_topic, 2), (s.dlq_topic, 1)):
         own = {**configs, **overrides.get(name, {})}
         await topics.create_topics(s.kafka_bootstrap_servers, {name: count}, configs=own)
-
-
-async def _send(settings: Settings, records: list[tuple[int, bytes]]) -> dict[int, int]:
-    """Produce as a webhook receiver does for Meta's bodies: max.request.size raised."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_idempotence=False,
-        acks="all",
-        max_request_size=settings.sizes.request_bytes,
-    )
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(settings.inbound_topic, value, partition=p) for p, value in records
-        ]
-        metas = [await f for f in futures]
-    finally:
-        await producer.stop()
-    ends: dict[int, int] = collections.defaultdict(int)
-    for m in metas:
-        ends[m.partition] = max(ends[m.partition], m.offset + 1)
-    return dict(ends)
-
-
-def peak_rss_mib(member: ConsumerProc) -> float:
-    """The member's peak resident set (VmHWM), in MiB."""
-    for line in Path(f"/proc/{member.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.mark.brokers
@@ -85,7 +54,7 @@ async def test_3_mb_bodies_of_1000_messages_are_stored_and_announced(
     try:
         (member,) = group.start(1)
         group.wait_all_assigned([member])
-        ends = await _send(s, [(n % 2, b) for n, b in enumerate(bodies)])
+        ends = await kafka.send(s, [(n % 2, b) for n, b in enumerate(bodies)])
         await kafka.wait_committed(s, ends, timeout_s=180, explain=group.logs)
         rows = await kafka.rows(s)
         assert len(rows) == len(set(rows)) == 4 * MESSAGES
@@ -98,7 +67,7 @@ async def test_3_mb_bodies_of_1000_messages_are_stored_and_announced(
         assert await kafka.unpublished(s) == 0
         checked = member.named("topics.limits") + member.named("topics.limits_unknown")
         assert len(checked) == 1, group.logs()
-        print(f"\n{checked[0]['event']}; peak RSS {peak_rss_mib(member):.0f} MiB")
+        print(f"\n{checked[0]['event']}; peak RSS {member.peak_rss_bytes() / (1 << 20):.0f} MiB")
     finally:
         group.kill_all()
 
@@ -122,12 +91,12 @@ async def test_a_backlog_of_3_mb_bodies_keeps_a_member_bounded(
             (n % 2, template.replace(marker, f"{n:06d}".encode() + marker[6:]))
             for n in range(start, min(start + 20, count))
         ]
-        ends = await _send(s, chunk)
+        ends = await kafka.send(s, chunk)
     group = ConsumerGroup(s, tmp_path)
     try:
         (member,) = group.start(1)
         await kafka.wait_committed(s, ends, timeout_s=60 + 3 * count, explain=group.logs)
-        peak = peak_rss_mib(member)
+        peak = member.peak_rss_bytes() / (1 << 20)
         backlog_mib = count * len(template) / (1 << 20)
         print(
             f"\nbacklog {count} x {len(template)} bytes ({backlog_mib:.0f} MiB): "
@@ -204,7 +173,7 @@ async def test_an_event_over_the_outbound_limit_is_dead_lettered_as_unstorable(
         group.wait_all_assigned([member])
         (warned,) = member.named("topics.outbound_limit")
         assert warned["max_event_bytes"] == 65536 - limits.EVENT_BATCH_FRAMING_BYTES
-        ends = await _send(
+        ends = await kafka.send(
             s,
             [
                 (0, text_webhook(PNID, "wamid.ok-1")),

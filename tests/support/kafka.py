@@ -26,9 +26,14 @@ async def send(
     records: Sequence[tuple[int, bytes]],
     headers: Sequence[tuple[str, bytes]] = (),
 ) -> dict[int, int]:
-    """Produce (partition, value) records in order; returns end offset per partition."""
+    """Produce (partition, value) records in order, in requests as large as the setting
+    lets a webhook receiver make them (Meta's bodies reach 3 MB); returns end offset per
+    partition."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=False, acks="all"
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=False,
+        acks="all",
+        max_request_size=settings.sizes.request_bytes,
     )
     await producer.start()
     try:

@@ -56,6 +56,13 @@ class ConsumerProc:
     def wait(self, timeout_s: float) -> int:
         return self.proc.wait(timeout_s)
 
+    def peak_rss_bytes(self) -> int:
+        """The member's peak resident set so far (VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmHWM for {self.proc.pid}")
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
