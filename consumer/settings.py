@@ -279,6 +279,13 @@ def _validate(s: Settings) -> None:
     ):
         _require(getattr(s, name) >= 1, name, "must be at least 1")
     _require(s.lease_ttl_s >= 1, "lease_ttl_s", "must be at least 1 second")
+    # Below a second (0.0001 becomes metadata_max_age_ms=0) every client would ask the
+    # broker for metadata without pause.
+    _require(
+        s.kafka_metadata_max_age_s >= 1,
+        "kafka_metadata_max_age_s",
+        "must be at least 1 second: each client asks the broker for metadata this often",
+    )
     _require(
         s.done_ttl_s > s.lease_ttl_s,
         "done_ttl_s",

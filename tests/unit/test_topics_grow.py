@@ -195,8 +195,14 @@ def test_the_metadata_age_reaches_every_client() -> None:
     assert default["metadata_max_age_ms"] == 30_000
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf"])
-def test_the_metadata_age_must_be_above_zero(raw: str) -> None:
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "0.0001", "0.999"])
+def test_the_metadata_age_must_be_a_second_or_more(raw: str) -> None:
+    """0.0001 s would become metadata_max_age_ms=0: clients asking without pause."""
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"KAFKA_METADATA_MAX_AGE_S": raw})
     assert caught.value.setting == "KAFKA_METADATA_MAX_AGE_S"
+
+
+def test_the_smallest_metadata_age_is_one_second() -> None:
+    settings = Settings.from_env({"KAFKA_METADATA_MAX_AGE_S": "1"})
+    assert consumer_config(settings, client_id="c")["metadata_max_age_ms"] == 1000
