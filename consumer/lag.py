@@ -40,7 +40,10 @@ class LagSampler:
         paused = self._source.paused()
         m.assigned_partitions.set(len(owned))
         m.paused_partitions.set(len(paused))
-        m.set_pending([(t, n, self._tracker.pending((t, n))) for t, n in owned])
+        m.set_pending(
+            [(t, n, self._tracker.pending((t, n))) for t, n in owned],
+            [(t, n, self._tracker.pending_bytes((t, n))) for t, n in owned],
+        )
         lags = []
         for p in owned:
             fetched = self._source.highwater(p)

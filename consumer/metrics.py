@@ -233,6 +233,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.pending_bytes = Gauge(
+            "wamid_guard_pending_bytes",
+            "Bytes (keys, values, headers) of an assigned partition's records fetched and "
+            "not yet durable; a partition is paused at its share of MAX_PENDING_BYTES.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.last_poll = Gauge(
             "wamid_guard_last_poll_timestamp_seconds",
             "Unix time the poll loop last came round (liveness).",
@@ -277,9 +284,15 @@ class Metrics:
         """Replace the lag series with the current assignment's."""
         self._set_per_partition(self.consumer_lag, lags)
 
-    def set_pending(self, pending: Iterable[tuple[str, int, int]]) -> None:
-        """Replace the pending-records series with the current assignment's."""
+    def set_pending(
+        self,
+        pending: Iterable[tuple[str, int, int]],
+        pending_bytes: Iterable[tuple[str, int, int]] = (),
+    ) -> None:
+        """Replace the pending-records and pending-bytes series with the current
+        assignment's."""
         self._set_per_partition(self.pending_records, pending)
+        self._set_per_partition(self.pending_bytes, pending_bytes)
 
     def _set_per_partition(self, gauge: Gauge, values: Iterable[tuple[str, int, int]]) -> None:
         """One series per partition held now; those of partitions gone are removed."""

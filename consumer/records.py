@@ -45,6 +45,15 @@ class InboundRecord:
         return (self.topic, self.partition, self.offset)
 
     @property
+    def size(self) -> int:
+        """The bytes this record holds: key, value and headers."""
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(k) + len(v or b"") for k, v in self.headers)
+        )
+
+    @property
     def dead_letter_key(self) -> RecordKey:
         """This record's identity for the dead-letter marker (docs/design.md, P4)."""
         return RecordKey(self.topic, self.partition, self.offset, self.timestamp_ms)

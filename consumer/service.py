@@ -72,6 +72,7 @@ class Service:
         self.metrics = Metrics()
         self.tracker = Tracker(
             max_pending=settings.max_pending_records,
+            max_pending_bytes=settings.max_pending_bytes,
             retry_backoff_s=settings.retry_backoff_s,
             retry_backoff_max_s=settings.retry_backoff_max_s,
         )

@@ -75,6 +75,9 @@ class Settings:
     # fetch and topic sizes follow from it (the `sizes` property).
     max_record_bytes: int = limits.DEFAULT_MAX_RECORD_BYTES
     max_pending_records: int = 5000
+    # The bytes a member's unfinished records may hold (records of up to 3 MB deferred or
+    # waiting for their retry pile up): each partition is paused at its share.
+    max_pending_bytes: int = 128 * 1024 * 1024
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
 
@@ -295,6 +298,12 @@ def _validate(s: Settings) -> None:
         s.kafka_heartbeat_interval_s < s.kafka_session_timeout_s,
         "kafka_heartbeat_interval_s",
         "must be shorter than KAFKA_SESSION_TIMEOUT_S",
+    )
+    _require(
+        s.max_pending_bytes >= s.max_record_bytes,
+        "max_pending_bytes",
+        f"must be at least MAX_RECORD_BYTES ({s.max_record_bytes}): a member must be able "
+        "to hold one record of the largest size",
     )
     _require(
         s.max_pending_records >= s.batch_max_records,

@@ -20,8 +20,11 @@ Decisions out:
 Pauses follow from the state, never from a memory of what was paused: a partition is
 paused while the member is *degraded* (records of a batch that failed on a dependency
 still wait for their retry, or are in a batch retrying them), or while
-more than MAX_PENDING_RECORDS of its records are unfinished (until half of them are done:
-hysteresis). So a rebalance that takes away the failed records also ends the
+more than MAX_PENDING_RECORDS of its records are unfinished, or its unfinished records hold
+more than its share of MAX_PENDING_BYTES (the limit over the partitions owned), until half
+of them are done: hysteresis. The bytes bound what a member holds when records of up to
+3 MB pile up (deferred behind a lease, waiting for their retry): at most MAX_PENDING_BYTES
+plus one fetch per partition. So a rebalance that takes away the failed records also ends the
 degradation, a partition that comes back starts unpaused with nothing pending, and once
 nothing is pending no partition is paused.
 """
@@ -128,8 +131,19 @@ class RetryQueue:
 class Tracker:
     """The offset ledger, the retry queue, and the pause decisions of one member."""
 
-    def __init__(self, *, max_pending: int, retry_backoff_s: float, retry_backoff_max_s: float):
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        retry_backoff_s: float,
+        retry_backoff_max_s: float,
+        max_pending_bytes: int | None = None,
+    ):
         self._max_pending = max_pending
+        self._max_bytes = max_pending_bytes
+        # The bytes of each unfinished record (key, value, headers), per partition.
+        self._held: dict[Partition, dict[int, int]] = {}
+        self._held_bytes: dict[Partition, int] = {}
         self.ledger = OffsetLedger()
         self.retries = RetryQueue(retry_backoff_s, retry_backoff_max_s)
         self._owned: set[Partition] = set()
@@ -144,7 +158,9 @@ class Tracker:
         forgotten: it will be fetched again, and must not count towards a commit."""
         self._owned |= set(partitions)
         self.ledger.forget(fresh)
+        self._let_go(fresh)
         self._assigned = True
+        self._press()  # the share of the bytes changed, and fresh ones hold nothing
 
     def revoked(self, partitions: Iterable[Partition]) -> None:
         """A rebalance took `partitions` (their offsets were committed first): their
@@ -154,15 +170,22 @@ class Tracker:
         self._owned -= gone
         self.retries.drop(gone)
         self.ledger.forget(gone)
+        self._let_go(gone)
         self._pressed -= gone
         self._assigned = False
+        self._press()  # fewer partitions: a larger share of the bytes each
 
     def fetched(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
         """Track new records; those of partitions no longer owned (revoked while the
         fetch was under way) are dropped and returned to nobody."""
         mine = [r for r in records if _partition(r) in self._owned]
         for r in mine:
-            self.ledger.track(_partition(r), r.offset)
+            p = _partition(r)
+            self.ledger.track(p, r.offset)
+            held = self._held.setdefault(p, {})
+            if r.offset not in held:
+                held[r.offset] = r.size
+                self._held_bytes[p] = self._held_bytes.get(p, 0) + r.size
         self._press()
         return mine
 
@@ -171,8 +194,12 @@ class Tracker:
         (marked failed when the batch failed on a dependency)."""
         failed = report.failure is not None
         for r in report.durable:
-            self.ledger.done(_partition(r), r.offset)
+            p = _partition(r)
+            self.ledger.done(p, r.offset)
             self.retries.settled(r)
+            size = self._held.get(p, {}).pop(r.offset, None)
+            if size is not None:
+                self._held_bytes[p] -= size
         for r in report.retry:
             if _partition(r) in self._owned:
                 self.retries.add(r, now, failed=failed)
@@ -225,12 +252,16 @@ class Tracker:
     def pending(self, partition: Partition) -> int:
         return self.ledger.pending_count(partition)
 
+    def pending_bytes(self, partition: Partition) -> int:
+        """The bytes of the partition's unfinished records (keys, values, headers)."""
+        return self._held_bytes.get(partition, 0)
+
     def pauses(self) -> dict[Partition, str]:
         """The owned partitions not to fetch now, each with why: ``degraded``, or
         ``pending=N``."""
         if self.degraded:
             return dict.fromkeys(self._owned, DEGRADED)
-        return {p: f"pending={self.pending(p)}" for p in self._pressed}
+        return {p: self._why_pressed(p) for p in self._pressed}
 
     def positions(self) -> dict[Partition, int]:
         """Where fetching goes on, for each owned partition we fetched from."""
@@ -249,12 +280,36 @@ class Tracker:
     # -- the pending-work hysteresis -----------------------------------------------
 
     def _press(self) -> None:
-        """Pause a partition when its unfinished records reach MAX_PENDING_RECORDS; let
-        it go when they are down to half (for a limit of 1: when none is left)."""
+        """Pause a partition when its unfinished records reach MAX_PENDING_RECORDS, or
+        hold its share of MAX_PENDING_BYTES; let it go when both are down to half (for a
+        limit of 1: when none is left)."""
         limit = self._max_pending
+        share = self.byte_share()
         for p in self._owned:
             n = self.pending(p)
-            if n >= limit:
+            held = self.pending_bytes(p)
+            if n >= limit or (share is not None and held >= share):
                 self._pressed.add(p)
-            elif n <= limit // 2:
+            elif n <= limit // 2 and (share is None or held <= share // 2):
                 self._pressed.discard(p)
+
+    def _why_pressed(self, p: Partition) -> str:
+        """``pending=N`` (records), or ``pending_bytes=N`` when the bytes hold it."""
+        n = self.pending(p)
+        share = self.byte_share()
+        if share is not None and self.pending_bytes(p) > share // 2 and n <= self._max_pending // 2:
+            return f"pending_bytes={self.pending_bytes(p)}"
+        return f"pending={n}"
+
+    def byte_share(self) -> int | None:
+        """The bytes a partition's unfinished records may hold before it is paused:
+        MAX_PENDING_BYTES over the partitions owned (None: no byte limit)."""
+        if self._max_bytes is None:
+            return None
+        return max(1, self._max_bytes // max(1, len(self._owned)))
+
+    def _let_go(self, partitions: Iterable[Partition]) -> None:
+        """Forget the held bytes of partitions gone or started over."""
+        for p in partitions:
+            self._held.pop(p, None)
+            self._held_bytes.pop(p, None)

@@ -5,12 +5,16 @@ the outbound topic cannot take, dead-lettered as unstorable before anything is s
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer import limits
 from consumer.settings import Settings
@@ -196,3 +200,110 @@ async def test_an_event_over_the_outbound_limit_is_dead_lettered_as_unstorable(
         assert not [d for d in member.named("batch.done") if d.get("failure")], group.logs()
     finally:
         group.kill_all()
+
+
+async def test_deferred_3_mb_bodies_are_held_to_max_pending_bytes(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Maximum-size records that cannot finish pile up: each of 12 bodies of 3 MB carries
+    one wamid whose lease another member holds, so every record is deferred and waits
+    for its retry. Far below MAX_PENDING_RECORDS, the bytes stop them: with
+    MAX_PENDING_BYTES=8 MiB the partition is paused (`pending_bytes=`) and the member's
+    gauge of held bytes never exceeds the limit plus one fetch, where without the bound
+    all 36 MB would be held. When the lease goes, every message is stored and announced
+    once (the shared wamid too), and nothing is dead-lettered."""
+    from consumer import dedup
+    from consumer.records import MessageKey
+    from consumer.tools import embedded
+    from tests.support.config import run_settings
+
+    count, limit = 12, 8 * 1024 * 1024
+    port = embedded.free_port()
+    s = run_settings(
+        kafka_bootstrap,
+        redis_url,
+        key_prefix,
+        postgres_url,
+        log_level="INFO",
+        max_pending_bytes=limit,
+        metrics_port=port,
+        retry_backoff_max_s=1.0,
+    )
+    configs = topics.topic_configs(1, max_record_bytes=s.max_record_bytes)
+    for name, partitions in ((s.inbound_topic, 1), (s.outbound_topic, 1), (s.dlq_topic, 1)):
+        await topics.create_topics(s.kafka_bootstrap_servers, {name: partitions}, configs=configs)
+    shared = "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQheld"
+    template = big_body(0)
+    marker = WAMID_TAIL.encode()
+    first = f"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQ{0:04d}{0:05d}{WAMID_TAIL}".encode()
+    assert template.count(first) == 1
+    bodies = []
+    for n in range(count):
+        body = template.replace(first, shared.encode()).replace(
+            marker, f"{n:06d}".encode() + marker[6:]
+        )
+        bodies.append(body)
+    held = dedup.lease_key(s.redis_key_prefix, MessageKey(PNID, shared))
+    client = dedup.connect(s.redis_url, timeout_s=5)
+    group = ConsumerGroup(s, tmp_path)
+
+    async def hold() -> None:
+        """Another member's batch holding the lease: renewed within LEASE_TTL_S, as a
+        lease lives (a longer TTL would be overruled as foreign)."""
+        while True:
+            await client.set(held, b"another-member-batch", px=int(s.lease_ttl_s * 500))
+            await asyncio.sleep(1)
+
+    holder = asyncio.create_task(hold())
+    try:
+        await asyncio.sleep(0.1)
+        (member,) = group.start(1)
+        group.wait_all_assigned([member])
+        base = f"http://{embedded.LOOPBACK}:{port}/metrics"
+        ends = await kafka.send(s, [(0, b) for b in bodies])
+        share = limit + s.sizes.partition_fetch_bytes
+        most = 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not member.named("partition.paused"):
+            most = max(most, _held_bytes(base))
+            await asyncio.sleep(0.2)
+        (paused,) = member.named("partition.paused")
+        assert paused["why"].startswith("pending_bytes="), paused
+        for _ in range(25):  # five seconds paused: the held bytes stay put
+            most = max(most, _held_bytes(base))
+            await asyncio.sleep(0.2)
+        assert 0 < most <= share, f"{most} bytes held, limit {limit} + one fetch"
+        assert await kafka.rows(s) == [] or all(w != shared for _p, w in await kafka.rows(s))
+        holder.cancel()
+        await client.delete(held)
+        await kafka.wait_committed(s, ends, timeout_s=180, explain=group.logs)
+        rows = await kafka.rows(s)
+        assert len(rows) == len(set(rows)) == count * (MESSAGES - 1) + 1
+        events = await kafka.events(s, want=())
+        announced = collections.Counter(e["message"]["source_id"] for e in events)
+        assert len(announced) == count * (MESSAGES - 1) + 1
+        assert set(announced.values()) == {1}
+        assert group.totals("dead_lettered") == 0, group.logs()
+        assert member.proc.poll() is None, group.logs()
+        print(
+            f"\n{count} deferred bodies of {len(bodies[0])} bytes: at most {most} bytes held "
+            f"(limit {limit}), peak RSS {member.peak_rss_bytes() / (1 << 20):.0f} MiB"
+        )
+    finally:
+        holder.cancel()
+        group.kill_all()
+        await client.aclose()
+
+
+def _held_bytes(url: str) -> int:
+    """The member's wamid_guard_pending_bytes, summed over its partitions."""
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback URL
+        text = resp.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "wamid_guard_pending_bytes"
+        )
+    )

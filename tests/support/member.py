@@ -29,6 +29,7 @@ def tracker(settings: Settings) -> Tracker:
     """The bookkeeping a member builds from these settings."""
     return Tracker(
         max_pending=settings.max_pending_records,
+        max_pending_bytes=settings.max_pending_bytes,
         retry_backoff_s=settings.retry_backoff_s,
         retry_backoff_max_s=settings.retry_backoff_max_s,
     )

@@ -114,6 +114,8 @@ def test_unrelated_environment_is_ignored() -> None:
         ({"KAFKA_HEARTBEAT_INTERVAL_S": "10"}, "KAFKA_HEARTBEAT_INTERVAL_S"),
         ({"KAFKA_IDEMPOTENCE": "yes"}, "KAFKA_IDEMPOTENCE"),
         ({"KAFKA_IDEMPOTENCE": "ON"}, "KAFKA_IDEMPOTENCE"),
+        ({"MAX_PENDING_BYTES": "0"}, "MAX_PENDING_BYTES"),
+        ({"MAX_RECORD_BYTES": "4096", "MAX_PENDING_BYTES": "4095"}, "MAX_PENDING_BYTES"),
     ],
 )
 def test_bad_value_raises_config_error_naming_variable(env: dict[str, str], named: str) -> None:
@@ -224,6 +226,8 @@ def test_smallest_and_largest_legal_values_are_accepted() -> None:
     Settings.from_env({"MAX_RECORD_BYTES": "1", "BATCH_MAX_RECORDS": "1"})
     Settings.from_env({"MAX_RECORD_BYTES": str(limits.MAX_RECORD_BYTES_LIMIT)})
     Settings.from_env({"MAX_PENDING_RECORDS": "1", "BATCH_MAX_RECORDS": "1"})
+    Settings.from_env({"MAX_RECORD_BYTES": "4096", "MAX_PENDING_BYTES": "4096"})
+    Settings.from_env({"MAX_RECORD_BYTES": "1", "MAX_PENDING_BYTES": "1"})
 
 
 def test_the_default_batch_shrinks_to_a_lower_pending_limit() -> None:

@@ -427,6 +427,10 @@ BODIES = st.one_of(
     st.just(STATUSES_ONLY),
 )
 
+# MAX_PENDING_BYTES (and MAX_RECORD_BYTES) at their smallest here: just above the
+# largest body BODIES makes (three messages, under 1 KiB).
+SMALL_BYTES = 2048
+
 # A worker's turn: (who, awaits to advance, records to fetch per partition, run at once,
 # seconds that pass first: now and then a stall longer than a lease).
 MOVES = st.tuples(
@@ -520,6 +524,7 @@ class Worker:
     tracker: Tracker
     position: dict[Partition, int] = field(default_factory=dict)  # owned -> next fetch
     last_fetch: dict[Partition, int] = field(default_factory=dict)  # records, last fetch
+    last_fetch_bytes: dict[Partition, int] = field(default_factory=dict)  # their bytes
     # Batches in flight (at most MAX_FLIGHTS), each of partitions no other one holds:
     # Service overlaps batches of different partitions (MAX_INFLIGHT_BATCHES).
     flights: list[Flight] = field(default_factory=list)
@@ -600,6 +605,7 @@ class PipelineMachine(RuleBasedStateMachine):
         )
         tracker = Tracker(
             max_pending=self.settings.max_pending_records,
+            max_pending_bytes=self.settings.max_pending_bytes,
             retry_backoff_s=self.settings.retry_backoff_s,
             retry_backoff_max_s=self.settings.retry_backoff_max_s,
         )
@@ -658,6 +664,9 @@ class PipelineMachine(RuleBasedStateMachine):
             new = []
         for part in asked:
             worker.last_fetch[part] = sum(1 for r in new if (r.topic, r.partition) == part)
+            worker.last_fetch_bytes[part] = sum(
+                r.size for r in new if (r.topic, r.partition) == part
+            )
         waiting = worker.failed - {r.coordinates for r in due}
         for r in new:
             overtaken = sorted(c for c in waiting if (c[0], c[1]) == (r.topic, r.partition))
@@ -726,6 +735,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for part in parts:
             del worker.position[part]
             worker.last_fetch.pop(part, None)
+            worker.last_fetch_bytes.pop(part, None)
         worker.failed = {c for c in worker.failed if (c[0], c[1]) not in parts}
         assert worker.source is not None
         worker.source.forget(parts)
@@ -736,18 +746,28 @@ class PipelineMachine(RuleBasedStateMachine):
         n_workers=st.integers(2, 3),
         policy=st.sampled_from(["pause", "fence"]),
         max_pending=st.sampled_from([1, 2, Settings().max_pending_records]),
+        max_bytes=st.sampled_from([SMALL_BYTES, Settings().max_pending_bytes]),
         backlog=st.lists(st.tuples(st.integers(0, PARTITIONS - 1), BODIES), min_size=2, max_size=9),
     )
     def start_group(
-        self, n_workers: int, policy: str, max_pending: int, backlog: list[tuple[int, Body]]
+        self,
+        n_workers: int,
+        policy: str,
+        max_pending: int,
+        max_bytes: int,
+        backlog: list[tuple[int, Body]],
     ) -> None:
         """A group of workers (partitions assigned round-robin) and a backlog to consume;
         REDIS_OUTAGE_POLICY is "pause" or "fence"; MAX_PENDING_RECORDS at its smallest,
-        small, or the default."""
+        small, or the default; MAX_PENDING_BYTES at its smallest legal value for a
+        MAX_RECORD_BYTES just above the largest body (a partition's share is then below
+        one record), or the default."""
         self.settings = self.settings.replace(
             redis_outage_policy=policy,
             max_pending_records=max_pending,
             batch_max_records=min(max_pending, self.settings.batch_max_records),
+            max_pending_bytes=max_bytes,
+            max_record_bytes=min(max_bytes, self.settings.max_record_bytes),
         )
         self.workers = [self._spawn(slot) for slot in range(n_workers)]
         for p in range(PARTITIONS):
@@ -1138,6 +1158,22 @@ class PipelineMachine(RuleBasedStateMachine):
                 assert w.tracker.pending(part) <= limit + w.last_fetch.get(part, 0), (
                     f"{w}: {w.tracker.pending(part)} pending on {part}, limit {limit}"
                 )
+
+    @invariant()
+    def pending_bytes_stay_within_the_share_plus_one_fetch(self) -> None:
+        """Backpressure in bytes: a partition's unfinished records never hold more than
+        its share of MAX_PENDING_BYTES plus what its last fetch brought, and the count
+        the tracker keeps is the bytes of the records it has not finished."""
+        for w in self.workers:
+            share = w.tracker.byte_share()
+            assert share is not None
+            for part in w.position:
+                held = w.tracker.pending_bytes(part)
+                assert held <= share + w.last_fetch_bytes.get(part, 0), (
+                    f"{w}: {held} bytes pending on {part}, share {share}"
+                )
+                if w.tracker.pending(part) == 0:
+                    assert held == 0, f"{w}: nothing pending on {part} but {held} bytes held"
 
     @invariant()
     def nothing_pending_means_nothing_paused(self) -> None:

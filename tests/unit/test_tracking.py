@@ -5,6 +5,7 @@ partition that came back escaped MAX_PENDING_RECORDS; a limit of 1 never resumed
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from aiokafka import TopicPartition
@@ -270,3 +271,68 @@ async def test_the_consumer_pauses_follow_the_decision_for_owned_partitions_only
     source = Source(Settings(), client_id="t", consumer=consumer)
     source.apply_pauses({P0: "pending=10"}, owned={P0, P1})
     assert source.paused() == {P0, P2}, "P0 paused, P1 resumed, P2 (not owned) untouched"
+
+
+def _sized(partition: int, offsets: range, size: int) -> list[InboundRecord]:
+    """Records whose key, value and headers hold `size` bytes in all."""
+    out = []
+    for r in _records(partition, offsets):
+        head = sum(len(k) + len(v or b"") for k, v in r.headers)
+        out.append(dataclasses.replace(r, key=None, value=b"x" * (size - head)))
+    return out
+
+
+def test_records_holding_their_share_of_the_bytes_pause_their_partition() -> None:
+    """Three 2 MB records pile up (deferred) far below MAX_PENDING_RECORDS: the partition
+    is paused once they hold its share of MAX_PENDING_BYTES (the limit over the two
+    partitions owned), the other partition, holding little, is not, and the paused one is
+    let go when its records hold half the share."""
+    mb = 1024 * 1024
+    t = Tracker(
+        max_pending=5000, max_pending_bytes=12 * mb, retry_backoff_s=1.0, retry_backoff_max_s=8.0
+    )
+    t.assigned({P0, P1})
+    assert t.byte_share() == 6 * mb
+    got = t.fetched(_sized(0, range(3), 2 * mb) + _sized(1, range(1), 1000))
+    assert t.pending_bytes(P0) == 6 * mb
+    assert t.pending_bytes(P1) == 1000
+    assert t.pauses() == {P0: f"pending_bytes={6 * mb}"}
+    t.settled(_report(retry=got[:3], durable=got[3:]), now=0.0)
+    assert t.pending_bytes(P1) == 0
+    assert P0 in t.pauses(), "deferred records still hold their bytes"
+    first, second, third = t.due(now=10.0, limit=3)
+    t.settled(_report(durable=[first], retry=[second, third]), now=10.0)
+    assert t.pauses() == {P0: f"pending_bytes={4 * mb}"}, "above half the share"
+    t.settled(_report(durable=t.due(now=100.0, limit=1)), now=100.0)
+    assert t.pending_bytes(P0) == 2 * mb
+    assert t.pauses() == {}, "a third of the share: let go"
+
+
+def test_a_share_below_one_record_still_moves() -> None:
+    """MAX_PENDING_BYTES at its smallest legal value (one record of the largest size)
+    over many partitions: each partition's share is below one record, so it is paused
+    with one record held and let go when that one is done, never stuck."""
+    t = Tracker(
+        max_pending=5000, max_pending_bytes=3000, retry_backoff_s=1.0, retry_backoff_max_s=8.0
+    )
+    t.assigned({P0, P1, P2})
+    assert t.byte_share() == 1000
+    (r,) = t.fetched(_sized(0, range(1), 3000))
+    assert P0 in t.pauses()
+    t.settled(_report(durable=[r]), now=0.0)
+    assert t.pauses() == {}
+
+
+def test_held_bytes_go_with_their_partition() -> None:
+    """A revoked partition's bytes, and those of one that starts over (fresh), are
+    forgotten: they count towards nobody's share."""
+    t = Tracker(
+        max_pending=5000, max_pending_bytes=10_000, retry_backoff_s=1.0, retry_backoff_max_s=8.0
+    )
+    t.assigned({P0, P1})
+    t.fetched(_sized(0, range(3), 2000) + _sized(1, range(3), 2000))
+    t.revoked({P0})
+    assert t.pending_bytes(P0) == 0
+    t.assigned({P1}, fresh={P1})
+    assert t.pending_bytes(P1) == 0
+    assert t.pauses() == {}
