@@ -69,6 +69,8 @@ DROPPED_HEADERS: Final = "dlq.dropped_headers"
 OMITTED: Final = "dlq.omitted"
 # Set by `dlq replay` on the record it sends to the inbound topic; never one of ours.
 REPLAYED_FROM: Final = "dlq.replayed_from"
+# The letter holds a message_created event this topic refused (its message is stored).
+EVENT_TOPIC: Final = "dlq.event_topic"
 # An inbound header named dlq.* is carried under this prefix (format 2).
 INBOUND_PREFIX: Final = "dlq.inbound."
 
@@ -113,8 +115,9 @@ def max_value_bytes(max_request_bytes: int) -> int:
     return max(0, max_request_bytes - HEADROOM_BYTES)
 
 
-def _own(invalid: Invalid, failed_at_ms: int) -> list[Header]:
+def _own(invalid: Invalid, failed_at_ms: int, event_topic: str | None = None) -> list[Header]:
     record = invalid.record
+    event = [(EVENT_TOPIC, event_topic.encode())] if event_topic is not None else []
     return [
         (FORMAT, str(VERSION).encode()),
         (REASON, str(invalid.reason).encode()),
@@ -124,6 +127,7 @@ def _own(invalid: Invalid, failed_at_ms: int) -> list[Header]:
         (SOURCE_OFFSET, str(record.offset).encode()),
         (SOURCE_TIMESTAMP_MS, str(record.timestamp_ms).encode()),
         (FAILED_AT_MS, str(failed_at_ms).encode()),
+        *event,
     ]
 
 
@@ -138,10 +142,13 @@ def _header_size(name: str, value: bytes | None) -> int:
     return len(name.encode("utf-8", "surrogatepass")) + len(value or b"")
 
 
-def build(invalid: Invalid, *, max_value_bytes: int, failed_at_ms: int) -> Outgoing:
-    """The dead letter of one bad record, bounded to fit (see the module doc)."""
+def build(
+    invalid: Invalid, *, max_value_bytes: int, failed_at_ms: int, event_topic: str | None = None
+) -> Outgoing:
+    """The dead letter of one bad record, bounded to fit (see the module doc);
+    `event_topic`: the record is an event that topic refused (``dlq.event_topic``)."""
     record = invalid.record
-    headers = _own(invalid, failed_at_ms)
+    headers = _own(invalid, failed_at_ms, event_topic)
     value = record.value
     if value is not None and len(value) > max_value_bytes:
         headers.append((ORIGINAL_SIZE, str(len(value)).encode()))
@@ -166,12 +173,12 @@ def build(invalid: Invalid, *, max_value_bytes: int, failed_at_ms: int) -> Outgo
     return Outgoing(key=key, value=value, headers=headers + carried)
 
 
-def minimal(invalid: Invalid, *, failed_at_ms: int) -> Outgoing:
+def minimal(invalid: Invalid, *, failed_at_ms: int, event_topic: str | None = None) -> Outgoing:
     """Our headers only: no key, an empty value (a record needs a key or a value, and a
     null value is a tombstone), no inbound headers, and what was left out. For a dead
     letter the producer or the broker refused as too large."""
     record = invalid.record
-    headers = _own(invalid, failed_at_ms)
+    headers = _own(invalid, failed_at_ms, event_topic)
     omitted = []
     if record.key is not None:
         omitted.append("key")

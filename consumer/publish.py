@@ -11,6 +11,13 @@ form (our headers only, saying what was left out), so a bad record always lands 
 DLQ instead of being retried for ever. The broker refuses whole batches, but a record
 larger than aiokafka's batch size (16 KiB) is alone in its batch: small dead letters
 sharing a refused batch go minimal only if the limit is below that size.
+
+An event the outbound topic refuses as too large (its ``max.message.bytes`` lowered
+after the member started, below an event already stored) is sent once more alone, in a
+batch of its own; refused again, it is dead-lettered as ``unstorable`` (the letter holds
+the event, with ``dlq.event_topic``) and its publish counts as done, so the outbox row
+is not retried for ever. Events that only shared a refused batch are announced by that
+second send.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
@@ -32,13 +40,14 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from consumer import deadletters
 from consumer.errors import BrokerError, ConfigError, PublishPendingError
 from consumer.events import OutboundEvent
 from consumer.limits import MAX_REQUEST_BYTES
-from consumer.records import Invalid
+from consumer.records import InboundRecord, Invalid, Reason
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -93,9 +102,11 @@ class Publisher:
         renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
         wait_s: float | None = None,
         on_renewed: Callable[[], None] | None = None,
+        on_unpublishable: Callable[[int], None] | None = None,
     ) -> None:
         self._producer = producer
         self._on_renewed = on_renewed
+        self._on_unpublishable = on_unpublishable
         self._dlq_producer = dead_letters
         self._renew = renew
         self._wait_s = wait_s
@@ -112,13 +123,87 @@ class Publisher:
 
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
         """Send events and wait until the broker has acknowledged all of them (at most
-        ``wait_s``: then BrokerError, the sends going on inside the producer)."""
-        sends: list[_Send] = [
-            (e.topic, e.key, e.payload, [("event_id", e.event_id.encode())]) for e in events
-        ]
-        await self._send_all(
-            sends, what="message_created", producer=self._producer, ids=[e.event_id for e in events]
+        ``wait_s``: then BrokerError, the sends going on inside the producer). An event
+        the topic refuses as too large, even alone, is dead-lettered as unstorable
+        instead (see the module doc)."""
+        refused = await self._send_all(
+            [_event_send(e) for e in events],
+            what="message_created",
+            producer=self._producer,
+            ids=[e.event_id for e in events],
         )
+        if not refused:
+            return
+        unpublishable: list[tuple[OutboundEvent, BaseException]] = []
+        for n, _cause in refused:
+            error = await self._send_alone(events[n])
+            if error is not None:
+                unpublishable.append((events[n], error))
+        if unpublishable:
+            await self._dead_letter_events(unpublishable)
+
+    async def _send_alone(self, event: OutboundEvent) -> BaseException | None:
+        """Send one event in a batch of its own, to the partition send() would pick:
+        None once acknowledged, or the broker's "too large" (then the producer is
+        renewed, as after any refused idempotent batch). Any other failure raises."""
+        producer = self._producer
+        topic, key, value, headers = _event_send(event)
+        try:
+            partitions = sorted(await producer.partitions_for(topic))
+            batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise BrokerError(f"event {event.event_id} does not fit a batch of its own")
+            batch.close()
+            partition = DefaultPartitioner()(key, partitions, partitions)
+            sent = await producer.send_batch(batch, topic, partition=partition)
+            done, _late = await asyncio.wait({sent}, timeout=self._wait_s)
+        except KafkaError as exc:
+            raise BrokerError(f"producing 1 message_created record failed: {exc!r}") from exc
+        if not done:
+            self._remember([event.event_id], [sent])
+            raise PublishPendingError(
+                f"1 message_created record not acknowledged within {self._wait_s:g} s "
+                "(KAFKA_REQUEST_TIMEOUT_S); the producer goes on sending it"
+            ) from KafkaTimeoutError()
+        outcome = _outcome(sent)
+        if not isinstance(outcome, BaseException):
+            self._log_acked([(topic, key, value, headers)], [outcome])
+            return None
+        if self._renew is not None:
+            await self._renew_after(producer, outcome)
+        if not _too_large(outcome):
+            raise BrokerError(
+                f"producing 1 message_created record failed: {outcome!r}"
+            ) from outcome
+        return outcome
+
+    async def _dead_letter_events(
+        self, refused: Sequence[tuple[OutboundEvent, BaseException]]
+    ) -> None:
+        """Events the outbound topic refuses even alone: their messages are stored, the
+        events go to the dead-letter topic (``unstorable``, the event as the value, the
+        topic in ``dlq.event_topic``), and their publish counts as done."""
+        invalid = []
+        for event, error in refused:
+            size = len(event.payload) + len(event.key)
+            detail = (
+                f"OUTBOUND_TOPIC {event.topic} refused this message_created event of {size} "
+                f"bytes as too large ({type(error).__name__}: its max.message.bytes is "
+                "below it, lowered after the message was stored). The message is stored; "
+                "this letter holds its event, which was not announced: raise the topic's "
+                "max.message.bytes and produce this value, key and event_id header to it"
+            )
+            invalid.append(Invalid(_event_record(event), Reason.UNSTORABLE, detail))
+            log.error(
+                "event.unpublishable",
+                event_id=event.event_id,
+                topic=event.topic,
+                bytes=size,
+                error=type(error).__name__,
+            )
+        await self.dead_letter(invalid, event_topic=refused[0][0].topic)
+        if self._on_unpublishable is not None:
+            self._on_unpublishable(len(invalid))
 
     async def close(self) -> None:
         """Flush and stop the producers (and any renewed one still stopping). An
@@ -133,14 +218,22 @@ class Publisher:
         if late:
             log.warning("producer.stop_abandoned", producers=len(late), wait_s=self._wait_s)
 
-    async def dead_letter(self, invalid: Sequence[Invalid]) -> None:
+    async def dead_letter(
+        self, invalid: Sequence[Invalid], *, event_topic: str | None = None
+    ) -> None:
         """Send bad records to the dead-letter topic, with why and where from; one the
-        producer or the broker refuses as too large goes again in its minimal form."""
+        producer or the broker refuses as too large goes again in its minimal form.
+        `event_topic`: the records are events that topic refused."""
         if not invalid:
             return
         failed_at_ms = int(time.time() * 1000)
         full = [
-            deadletters.build(i, max_value_bytes=self._max_value, failed_at_ms=failed_at_ms)
+            deadletters.build(
+                i,
+                max_value_bytes=self._max_value,
+                failed_at_ms=failed_at_ms,
+                event_topic=event_topic,
+            )
             for i in invalid
         ]
         results = await self._send_each([self._dlq_send(letter) for letter in full])
@@ -159,7 +252,10 @@ class Publisher:
             records=[i.record.log_context() for i, _ in refused[:10]],
             error=repr(refused[0][1]),
         )
-        minimal = [deadletters.minimal(i, failed_at_ms=failed_at_ms) for i, _ in refused]
+        minimal = [
+            deadletters.minimal(i, failed_at_ms=failed_at_ms, event_topic=event_topic)
+            for i, _ in refused
+        ]
         await self._send_all(
             [self._dlq_send(letter) for letter in minimal],
             what="dead-letter",
@@ -221,12 +317,13 @@ class Publisher:
         what: str,
         producer: AIOKafkaProducer,
         ids: Sequence[str] | None = None,
-    ) -> None:
+    ) -> list[tuple[int, BaseException]]:
         """Send and wait for every ack; with `ids` (events), a send of the same event
         still under way is waited for instead of sent again, and the wait is bounded by
-        ``wait_s``."""
+        ``wait_s``. Events only: when every failure is the broker's "too large", they are
+        returned (index, error) instead of raised, the others being acknowledged."""
         if not sends:
-            return
+            return []
         futures: list[Any] = []
         try:
             for n, (topic, key, value, headers) in enumerate(sends):
@@ -255,10 +352,13 @@ class Publisher:
             if ids is not None and self._renew is not None:
                 # An idempotent batch fails only for good, leaving a gap in its sequence.
                 await self._renew_after(producer, failures[0])
+            if ids is not None and all(_too_large(f) for f in failures):
+                return [(n, r) for n, r in enumerate(results) if isinstance(r, BaseException)]
             raise BrokerError(
                 f"{len(failures)} of {len(sends)} {what} record(s) were not acknowledged: "
                 f"{failures[0]!r}"
             ) from failures[0]
+        return []
 
     async def _settle(self, futures: Sequence[asyncio.Future[Any]]) -> int:
         """Wait for the sends (at most ``wait_s`` if set); how many are still under way."""
@@ -319,6 +419,34 @@ class Publisher:
                     offset=r.offset,
                     event_id=(dict(headers).get("event_id") or b"").decode(),
                 )
+
+
+def _event_send(event: OutboundEvent) -> _Send:
+    return (event.topic, event.key, event.payload, [("event_id", event.event_id.encode())])
+
+
+def _event_record(event: OutboundEvent) -> InboundRecord:
+    """An event as the record its dead letter holds: the event's key, bytes and
+    event_id header, from the inbound record its message came from (the event's
+    ``source``; its write time is not kept, so 0)."""
+    try:
+        source = orjson.loads(event.payload).get("source") or {}
+        topic, partition, offset = (
+            str(source["topic"]),
+            int(source["partition"]),
+            int(source["offset"]),
+        )
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        topic, partition, offset = event.topic, -1, -1
+    return InboundRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=event.key,
+        value=event.payload,
+        headers=(("event_id", event.event_id.encode()),),
+        timestamp_ms=0,
+    )
 
 
 def _outcome(future: asyncio.Future[Any]) -> Any:

@@ -38,7 +38,7 @@ from consumer.lag import LagSampler
 from consumer.metrics import Metrics
 from consumer.publish import Publisher
 from consumer.rebalance import Rebalance
-from consumer.records import BatchReport, InboundRecord, Partition
+from consumer.records import BatchReport, InboundRecord, Partition, Reason
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
 from consumer.tracking import Tracker
@@ -129,8 +129,12 @@ class Service:
                 "database": backends.store.ping,
             }
         event_limit = await check_topics(s)
+        unstorable = self.metrics.dead_lettered.labels(str(Reason.UNSTORABLE))
         self._publisher = publisher = await start_publisher(
-            s, client_id=client_id, on_renewed=self.metrics.producer_renewals.inc
+            s,
+            client_id=client_id,
+            on_renewed=self.metrics.producer_renewals.inc,
+            on_unpublishable=unstorable.inc,
         )
         flow = self.flow_factory.build(
             FlowContext(

@@ -261,7 +261,11 @@ def topics_fit(settings: Settings, found: dict[str, int]) -> EventLimit:
 
 
 async def start_publisher(
-    settings: Settings, *, client_id: str, on_renewed: Callable[[], None] | None = None
+    settings: Settings,
+    *,
+    client_id: str,
+    on_renewed: Callable[[], None] | None = None,
+    on_unpublishable: Callable[[int], None] | None = None,
 ) -> Publisher:
     """The member's producing: one producer for events and dead letters, or, when
     KAFKA_IDEMPOTENCE makes it idempotent (logged: ``producer.idempotence``), an
@@ -275,7 +279,11 @@ async def start_publisher(
     if not idempotence.enabled:
         producer = await start_producer(s, client_id=client_id)
         return Publisher(
-            producer, dlq_topic=s.dlq_topic, max_request_bytes=s.sizes.request_bytes, debug=s.debug
+            producer,
+            dlq_topic=s.dlq_topic,
+            max_request_bytes=s.sizes.request_bytes,
+            debug=s.debug,
+            on_unpublishable=on_unpublishable,
         )
 
     async def renew() -> AIOKafkaProducer:
@@ -296,6 +304,7 @@ async def start_publisher(
         renew=renew,
         wait_s=s.kafka_request_timeout_s,
         on_renewed=on_renewed,
+        on_unpublishable=on_unpublishable,
     )
 
 

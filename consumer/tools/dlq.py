@@ -29,7 +29,9 @@ Why it is built this way:
 * A dead letter whose key, value or headers were cut or left out no longer holds the
   original record; replaying it would turn a good webhook into a broken one (or drop its
   signature), so it is refused, saying what is missing. So is an ``unreadable`` one,
-  which stands for a batch no client could decode and holds no record.
+  which stands for a batch no client could decode and holds no record, and one holding
+  an event the outbound topic refused (``dlq.event_topic``): its message is stored, and
+  its event belongs on the outbound topic, not the inbound one.
 
 Pure parts (argument parsing, selection, rendering, replay planning) are separate from
 the two adapters that talk to Kafka (:class:`DlqReader`, :func:`send_replays`), which
@@ -477,6 +479,16 @@ def plan_replay(letter: DeadLetter, inbound_topic: str) -> Replay | Skip:
     Refused when the dead letter no longer holds the whole record, and for an
     ``unreadable`` one, which never held a record (it stands for a batch no client
     could decode: there is nothing to send)."""
+    event_topic = letter.parsed.get(deadletters.EVENT_TOPIC)
+    if event_topic is not None:
+        return Skip(
+            letter.coordinates,
+            "event",
+            f"holds a message_created event {event_topic} refused as too large; its message "
+            "is stored, and replaying it to the inbound topic would announce nothing: raise "
+            f"{event_topic}'s max.message.bytes and produce this value, key and event_id "
+            'header to it (docs/operations.md, "An event the outbound topic refused")',
+        )
     if letter.reason == str(Reason.UNREADABLE):
         return Skip(
             letter.coordinates,

@@ -4,9 +4,10 @@ aiokafka does not reset an idempotent producer's sequence after a refused batch:
 later batch to that partition fails with OutOfOrderSequenceNumber until the producer is
 replaced. So the member renews its events producer after a failed batch, and sends dead
 letters through a plain producer of their own. Both are proven here with a real member:
-an outbound topic whose max.message.bytes is below one event (then raised: everything
-goes through, without a restart), and a dead-letter topic below one dead letter (it lands
-in its minimal form, and the next one lands too).
+an outbound topic whose max.message.bytes is lowered below one event (that event is
+dead-lettered as unstorable, the next one goes through without a restart), and a
+dead-letter topic below one dead letter (it lands in its minimal form, and the next one
+lands too).
 
 Both limits are lowered after the member started: a member reads the topics' limits at
 start, refuses a dead-letter topic too small for a record of MAX_RECORD_BYTES, and
@@ -16,10 +17,10 @@ limit lowered while members run."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from pathlib import Path
 
+import orjson
 import pytest
 
 from consumer.settings import Settings
@@ -57,14 +58,17 @@ async def apache_settings(
     return s
 
 
-async def test_an_event_refused_as_too_large_renews_the_producer(
+async def test_an_event_refused_as_too_large_is_dead_lettered_and_the_producer_renewed(
     apache_settings: Settings, tmp_path: Path
 ) -> None:
-    """An event above the outbound topic's limit, lowered after the member started, is
-    refused (its row stays in the outbox, its record uncommitted); each failed publish
-    renews the producer. Once the limit is raised, that event and every later one are
-    announced, once each, by the same member: without the renewal, the partition's
-    sequence gap would refuse every later batch until a restart."""
+    """An event above the outbound topic's limit, lowered after the member started (its
+    message already stored): the batch is refused, the event is sent once more alone,
+    refused again, and dead-lettered as unstorable with the event as the letter's value
+    (``dlq.event_topic``); its record is committed while the limit is still low, never
+    retried for ever. Each refusal renews the producer: the next event, to the same
+    outbound partition, is announced without a restart (without the renewal the
+    sequence gap would refuse every later batch). Once the limit is raised, later
+    events go through; every event announced is announced once."""
     s = apache_settings
     group = ConsumerGroup(s, tmp_path)
     try:
@@ -77,25 +81,39 @@ async def test_an_event_refused_as_too_large_renews_the_producer(
         await kafka.send(s, [(0, text_webhook("111", "wamid.small-1"))])
         wait_until(lambda: group.totals("stored") >= 1, 30, group.logs)
         await kafka.send(s, [(0, text_webhook("111", "wamid.big", text="x" * 8000))])
-        await asyncio.to_thread(
-            wait_until, lambda: len(_refused(member.named("batch.done"))) >= 2, 60, group.logs
-        )
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-2"))])
-        await asyncio.sleep(2)
+        await kafka.wait_committed(s, {0: 2, 1: 1}, timeout_s=60, explain=group.logs)
         await _limit(s, s.outbound_topic, topics.default_max_message_bytes())
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-3"))])
-
         await kafka.wait_committed(s, {0: 2, 1: 2}, timeout_s=60, explain=group.logs)
-        records = await topics.read_all(s.kafka_bootstrap_servers, s.outbound_topic, idle_s=3)
-        announced = collections.Counter(r.headers[0][1] for r in records)
-        assert len(records) == 4, f"four events, once each: {len(records)} read"
-        assert len(announced) == 4, announced
+
+        assert sorted(w for _p, w in await kafka.rows(s)) == [
+            "wamid.big",
+            "wamid.small-1",
+            "wamid.small-2",
+            "wamid.small-3",
+        ]
+        events = await kafka.events(s, idle_s=3)
+        announced = collections.Counter(e["message"]["source_id"] for e in events)
+        assert announced == {"wamid.small-1": 1, "wamid.small-2": 1, "wamid.small-3": 1}
+        (letter,) = await topics.read_all(s.kafka_bootstrap_servers, s.dlq_topic, idle_s=3)
+        headers = dict(letter.headers)
+        assert headers["dlq.reason"] == b"unstorable"
+        assert headers["dlq.event_topic"] == s.outbound_topic.encode()
+        assert b"refused this message_created event" in headers["dlq.detail"]
+        assert headers["dlq.source.topic"] == s.inbound_topic.encode()
+        assert headers["dlq.source.offset"] == b"1"
+        event = orjson.loads(letter.value)
+        assert event["message"]["source_id"] == "wamid.big"
+        assert headers["event_id"] == event["event_id"].encode()
         assert await kafka.unpublished(s) == 0
+        (unpublishable,) = member.named("event.unpublishable")
+        assert unpublishable["topic"] == s.outbound_topic
         assert member.proc.poll() is None, group.logs()
         assert not member.named("command.failed"), group.logs()
         renewed = member.named("producer.renewed")
-        assert "MessageSizeTooLarge" in renewed[0]["cause"], renewed[0]
-        print(f"\nrenewals while the limit was low: {len(renewed)}")
+        assert len(renewed) == 2, renewed  # the refused batch, then the event alone
+        assert all("MessageSizeTooLarge" in r["cause"] for r in renewed), renewed
     finally:
         group.kill_all()
 

@@ -48,14 +48,20 @@ def _dead_letter(
     source_offset: int = 455,
     at: tuple[int, int] = (0, 17),
     max_request_bytes: int = 1 << 20,
+    event_topic: str | None = None,
 ) -> dlq.DeadLetter:
-    """A DeadLetter as the real Publisher would write it for one bad inbound record."""
+    """A DeadLetter as the real Publisher would write it for one bad inbound record (an
+    event `event_topic` refused, with it)."""
     record = InboundRecord(
         "webhooks", source_partition, source_offset, key, value, headers, NOW_MS - 60_000
     )
     producer = _RecordingProducer()
     publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=max_request_bytes)
-    asyncio.run(publisher.dead_letter([Invalid(record, reason, "Expecting value: line 1")]))
+    asyncio.run(
+        publisher.dead_letter(
+            [Invalid(record, reason, "Expecting value: line 1")], event_topic=event_topic
+        )
+    )
     (sent,) = producer.sent
     return dlq.DeadLetter(
         topic=sent["topic"],
@@ -356,6 +362,21 @@ def test_an_unreadable_dead_letter_is_not_replayed() -> None:
     assert isinstance(plan, dlq.Skip)
     assert plan.kind == "unreadable"
     assert "holds no record" in plan.why
+
+
+def test_a_dead_lettered_event_is_not_replayed_to_the_inbound_topic() -> None:
+    """A letter holding a message_created event the outbound topic refused
+    (``dlq.event_topic``): its message is stored, so sending it to the inbound topic
+    would do nothing useful. Refused, saying where the event belongs."""
+    letter = _dead_letter(
+        Reason.UNSTORABLE, value=b'{"event":"message_created"}', event_topic="out"
+    )
+    assert letter.parsed.get("dlq.event_topic") == "out"
+    plan = dlq.plan_replay(letter, "webhooks")
+    assert isinstance(plan, dlq.Skip)
+    assert plan.kind == "event"
+    assert "raise out's max.message.bytes" in plan.why
+    assert isinstance(dlq.plan_replay(_dead_letter(Reason.UNSTORABLE), "webhooks"), dlq.Replay)
 
 
 def test_idle_must_be_positive() -> None:

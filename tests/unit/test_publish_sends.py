@@ -8,7 +8,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+)
 
 from consumer import events, intake
 from consumer.errors import BrokerError
@@ -95,9 +99,10 @@ class _Acked:
     offset = 0
 
 
-def _events(n: int = 3) -> list[events.OutboundEvent]:
+def _events(n: int = 3, *, text: str = "hello", tag: str = "") -> list[events.OutboundEvent]:
     hook = intake.decode(
-        record(webhook([message(f"wamid.{i}") for i in range(n)])), max_bytes=1 << 20
+        record(webhook([message(f"wamid.{tag}{i}", text=text) for i in range(n)])),
+        max_bytes=1 << 20,
     )
     assert isinstance(hook, Webhook)
     return [events.build(m, topic="out", occurred_at=NOW) for m in hook.messages]
@@ -196,3 +201,113 @@ async def test_dead_letters_go_through_their_own_producer() -> None:
     await publisher.close()
     assert events_producer.stopped
     assert letters.stopped
+
+
+# -- an event the outbound topic refuses as too large ---------------------------------------
+
+
+class _Topic:
+    """A producer to a topic of one partition with a max.message.bytes: the records of one
+    publish's send() calls share a batch, refused whole (MessageSizeTooLarge) when one of
+    them is above the limit; send_batch() sends a batch of one."""
+
+    def __init__(self, limit: int, log: list[tuple[str, bytes]]) -> None:
+        self.limit = limit
+        self.log = log  # (how, value) of every record the topic took
+        self.batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self.stopped = False
+
+    async def send(self, topic: str, *, value: bytes, **_kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.batch:
+            asyncio.get_running_loop().call_soon(self._drain)
+        self.batch.append((value, future))
+        return future
+
+    def _drain(self) -> None:
+        batch, self.batch = self.batch, []
+        refused = any(len(v) > self.limit for v, _ in batch)
+        for value, future in batch:
+            if refused:
+                future.set_exception(MessageSizeTooLargeError())
+            else:
+                self.log.append(("batch", value))
+                future.set_result(object())
+
+    async def partitions_for(self, _topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> Any:
+        return _OneBatch()
+
+    async def send_batch(self, batch: Any, _topic: str, *, partition: int) -> Any:
+        assert partition == 0
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if len(batch.value) > self.limit:
+            future.set_exception(MessageSizeTooLargeError())
+        else:
+            self.log.append(("alone", batch.value))
+            future.set_result(object())
+        return future
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class _OneBatch:
+    value = b""
+
+    def append(self, *, value: bytes, **_kwargs: Any) -> object:
+        self.value = value
+        return object()
+
+    def close(self) -> None:
+        """Nothing more goes in."""
+
+
+async def test_an_event_too_large_even_alone_is_dead_lettered_and_its_batch_mates_sent() -> None:
+    """Three events in one refused batch (the second above the limit): each is sent again
+    alone; the small ones are announced that way, the large one goes to the dead-letter
+    topic as unstorable with the event as its value, and the publish succeeds, so its
+    outbox row is not retried for ever. The producer is renewed after each refusal."""
+    taken: list[tuple[str, bytes]] = []
+    made: list[_Topic] = []
+
+    async def renew() -> Any:
+        made.append(_Topic(600, taken))
+        return made[-1]
+
+    letters = _Held("letters")
+    counted: list[int] = []
+    publisher = Publisher(
+        _Topic(600, taken),
+        dlq_topic="dlq",
+        max_request_bytes=1 << 20,
+        dead_letters=letters,
+        renew=renew,
+        wait_s=1.0,
+        on_unpublishable=counted.append,
+    )
+    small = _events(3)
+    big = _events(1, text="x" * 800, tag="big")[0]
+    batch = [small[0], big, small[2]]
+    publishing = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.05)
+    letters.release()
+    await publishing
+    assert taken == [("alone", small[0].payload), ("alone", small[2].payload)]
+    assert counted == [1]
+    assert publisher.renewals == 2, "after the shared batch, and after the event alone"
+    assert [t for t, _ in letters.sent] == ["dlq"]
+
+
+async def test_events_refused_for_another_reason_still_fail_the_publish() -> None:
+    """Only "too large" is settled by a dead letter: any other failure fails the publish
+    (the batch is retried), as before."""
+    first = _Held("first")
+    publisher = Publisher(first, dlq_topic="dlq", max_request_bytes=1 << 20, wait_s=1.0)
+    publishing = asyncio.create_task(publisher.publish(_events(2)))
+    await asyncio.sleep(0.01)
+    first.fail(OutOfOrderSequenceNumber())
+    with pytest.raises(BrokerError, match="OutOfOrderSequence"):
+        await publishing
