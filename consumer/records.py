@@ -118,6 +118,12 @@ def _derive(namespace: bytes, phone_number_id: str, wamid: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def derive_id(namespace: bytes, first: str, second: str) -> str:
+    """uuid5 of ``first \x1f second`` in `namespace` (its 16 bytes), as the event and
+    message ids are derived: for other kinds of event (consumer/statuses.py)."""
+    return _derive(namespace, first, second)
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One inbound WhatsApp message found in a webhook."""
