@@ -23,6 +23,7 @@ neighbours are stored as usual. So no record, however crafted, stops a partition
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
 import time
@@ -153,6 +154,13 @@ class Pipeline:
         self._app_secret = config.app_secret.encode() or None
         self.metrics = metrics
         self.marks = marks
+
+    def limit_events(self, limit: events.EventLimit) -> None:
+        """From now on, a record with an event larger than `limit` is dead-lettered as
+        unstorable before anything is stored (the outbound topic's limit, read again
+        after it refused an event: docs/design.md, "Events the outbound topic cannot
+        take")."""
+        self._config = dataclasses.replace(self._config, event_limit=limit)
 
     async def housekeeping(self) -> None:
         """Between batches: retry outbox deletes that failed after a publish."""

@@ -50,6 +50,7 @@ from consumer.wiring import (
     FlowFactory,
     check_topics,
     open_backends,
+    recheck_outbound,
     start_publisher,
 )
 
@@ -89,6 +90,8 @@ class Service:
         self._publisher: Publisher | None = None
         self._source: Source | None = None
         self._running: _Running | None = None
+        # Reading OUTBOUND_TOPIC's limit again, after it refused an event.
+        self._recheck: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -129,12 +132,11 @@ class Service:
                 "database": backends.store.ping,
             }
         event_limit = await check_topics(s)
-        unstorable = self.metrics.dead_lettered.labels(str(Reason.UNSTORABLE))
         self._publisher = publisher = await start_publisher(
             s,
             client_id=client_id,
             on_renewed=self.metrics.producer_renewals.inc,
-            on_unpublishable=unstorable.inc,
+            on_unpublishable=self._unpublishable,
         )
         flow = self.flow_factory.build(
             FlowContext(
@@ -192,6 +194,8 @@ class Service:
 
     async def shutdown(self) -> None:
         """Commit what is durable, leave the group, flush and close every client."""
+        if self._recheck is not None:
+            self._recheck.cancel()
         if self._source is not None:
             async with self._lock:
                 await self._commit()
@@ -309,6 +313,21 @@ class Service:
         self.metrics.outbox_unmarked.set(len(running.flow.marks or ()))
         running.lag.sample()
         self.health.came_round(since=batches.oldest_start)
+
+    def _unpublishable(self, count: int) -> None:
+        """The outbound topic refused `count` events even alone (they were
+        dead-lettered): count them, and read its limit again, so that from now on a
+        record with a larger event is dead-lettered whole before it is stored."""
+        self.metrics.dead_lettered.labels(str(Reason.UNSTORABLE)).inc(count)
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.create_task(self._recheck_outbound(), name="outbound-limit")
+
+    async def _recheck_outbound(self) -> None:
+        limit = await recheck_outbound(self.settings)
+        flow = self._running.flow if self._running else None
+        if limit is not None and flow is not None and flow.limit_events is not None:
+            flow.limit_events(limit)
+            log.info("topics.outbound_limit_applied", max_event_bytes=limit.max_bytes)
 
     def _settled(self, report: BatchReport) -> None:
         """A batch ended: the bookkeeping takes its outcome."""

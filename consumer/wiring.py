@@ -51,6 +51,8 @@ class Flow:
     processor: BatchProcessor
     relay: Relay | None = None
     marks: MarkQueue | None = None
+    # Takes the outbound topic's limit when it is read again while the member runs.
+    limit_events: Callable[[EventLimit], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +242,30 @@ def topics_fit(settings: Settings, found: dict[str, int]) -> EventLimit:
                 f"(MAX_RECORD_BYTES={s.max_record_bytes}) needs: {fix}",
             )
     log.info("topics.limits", **{t: found[t] for t in (s.inbound_topic, s.dlq_topic)})
-    outbound = found[s.outbound_topic]
+    return outbound_event_limit(s, found[s.outbound_topic])
+
+
+async def recheck_outbound(settings: Settings) -> EventLimit | None:
+    """The event limit from OUTBOUND_TOPIC's max.message.bytes as it is now (read
+    again after the topic refused an event: its limit was lowered while the member
+    ran); None when the broker does not say (logged)."""
+    s = settings
+    try:
+        found = await topic_limits(
+            s.kafka_bootstrap_servers,
+            [s.outbound_topic],
+            min(s.kafka_request_timeout_s, LIMITS_TIMEOUT_S),
+        )
+    except BrokerError as exc:
+        log.warning("topics.outbound_limit_unknown", error=str(exc))
+        return None
+    return outbound_event_limit(s, found[s.outbound_topic])
+
+
+def outbound_event_limit(settings: Settings, outbound: int) -> EventLimit:
+    """The largest event to send to an outbound topic of max.message.bytes `outbound`:
+    the produce request's, or less (logged ``topics.outbound_limit``)."""
+    s = settings
     by_request = request_event_limit(s)
     by_topic = outbound - limits.EVENT_BATCH_FRAMING_BYTES
     if by_topic >= by_request.max_bytes:
@@ -359,7 +384,7 @@ def pipeline_flow(context: FlowContext) -> Flow:
         metrics=c.metrics,
         marks=marks,
     )
-    return Flow(pipeline, relay, marks)
+    return Flow(pipeline, relay, marks, limit_events=pipeline.limit_events)
 
 
 PIPELINE = FlowFactory("pipeline", pipeline_flow, needs_backends=True)

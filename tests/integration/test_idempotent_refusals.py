@@ -67,8 +67,10 @@ async def test_an_event_refused_as_too_large_is_dead_lettered_and_the_producer_r
     (``dlq.event_topic``); its record is committed while the limit is still low, never
     retried for ever. Each refusal renews the producer: the next event, to the same
     outbound partition, is announced without a restart (without the renewal the
-    sequence gap would refuse every later batch). Once the limit is raised, later
-    events go through; every event announced is announced once."""
+    sequence gap would refuse every later batch). The member then reads the topic's
+    limit again: a second large webhook is dead-lettered whole before it is stored (a
+    letter `dlq replay` can send again), with no refusal. Once the limit is raised,
+    later events go through; every event announced is announced once."""
     s = apache_settings
     group = ConsumerGroup(s, tmp_path)
     try:
@@ -83,9 +85,13 @@ async def test_an_event_refused_as_too_large_is_dead_lettered_and_the_producer_r
         await kafka.send(s, [(0, text_webhook("111", "wamid.big", text="x" * 8000))])
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-2"))])
         await kafka.wait_committed(s, {0: 2, 1: 1}, timeout_s=60, explain=group.logs)
+        wait_until(lambda: bool(member.named("topics.outbound_limit_applied")), 30, group.logs)
+        second = text_webhook("111", "wamid.big-2", text="y" * 8000)
+        await kafka.send(s, [(0, second)])
+        await kafka.wait_committed(s, {0: 3, 1: 1}, timeout_s=60, explain=group.logs)
         await _limit(s, s.outbound_topic, topics.default_max_message_bytes())
         await kafka.send(s, [(1, text_webhook("111", "wamid.small-3"))])
-        await kafka.wait_committed(s, {0: 2, 1: 2}, timeout_s=60, explain=group.logs)
+        await kafka.wait_committed(s, {0: 3, 1: 2}, timeout_s=60, explain=group.logs)
 
         assert sorted(w for _p, w in await kafka.rows(s)) == [
             "wamid.big",
@@ -96,7 +102,12 @@ async def test_an_event_refused_as_too_large_is_dead_lettered_and_the_producer_r
         events = await kafka.events(s, idle_s=3)
         announced = collections.Counter(e["message"]["source_id"] for e in events)
         assert announced == {"wamid.small-1": 1, "wamid.small-2": 1, "wamid.small-3": 1}
-        (letter,) = await topics.read_all(s.kafka_bootstrap_servers, s.dlq_topic, idle_s=3)
+        letter, whole = await topics.read_all(s.kafka_bootstrap_servers, s.dlq_topic, idle_s=3)
+        assert whole.value == second, "the second one's record, whole, before storing"
+        whole_headers = dict(whole.headers)
+        assert whole_headers["dlq.reason"] == b"unstorable"
+        assert "dlq.event_topic" not in whole_headers
+        assert f"OUTBOUND_TOPIC {s.outbound_topic}".encode() in whole_headers["dlq.detail"]
         headers = dict(letter.headers)
         assert headers["dlq.reason"] == b"unstorable"
         assert headers["dlq.event_topic"] == s.outbound_topic.encode()
