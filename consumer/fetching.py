@@ -38,9 +38,13 @@ class Fetcher:
         batch_max_records: int,
         poll_timeout_s: float,
         backoff_s: float,
+        batch_max_bytes: int | None = None,
     ) -> None:
         """`stop`: set when the member stops (it ends the wait after a failed fetch);
-        `backoff_s`: that wait."""
+        `backoff_s`: that wait; `batch_max_bytes`: the most bytes of retries a batch
+        takes (a fetch response's, as a batch of new records holds: records of 3 MB that
+        wait, deferred, must not come back all in one batch and be decoded at once)."""
+        self._batch_max_bytes = batch_max_bytes
         self._source = source
         self._tracker = tracker
         self._batches = batches
@@ -59,8 +63,11 @@ class Fetcher:
         """
         now = time.monotonic()
         size = self._batch_max_records
-        due = self._tracker.due(now, size, partitions)
-        if len(due) >= size:
+        due = self._tracker.due(now, size, partitions, self._batch_max_bytes)
+        if len(due) >= size or (
+            self._batch_max_bytes is not None
+            and sum(r.size for r in due) >= self._batch_max_bytes // 2
+        ):
             return due
         timeout_s = self._poll_timeout_s
         next_retry = self._tracker.next_due_in(now, partitions)

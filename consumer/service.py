@@ -168,6 +168,7 @@ class Service:
             batch_max_records=s.batch_max_records,
             poll_timeout_s=s.poll_timeout_s,
             backoff_s=s.retry_backoff_max_s,
+            batch_max_bytes=s.sizes.fetch_max_bytes,
         )
         lag = LagSampler(source, self.tracker, self.metrics)
         self._running = _Running(source, flow, batches, fetcher, lag)

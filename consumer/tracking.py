@@ -87,17 +87,27 @@ class RetryQueue:
         self._failed_out.discard(record.coordinates)
 
     def pop_due(
-        self, now: float, limit: int, partitions: Collection[Partition] | None = None
+        self,
+        now: float,
+        limit: int,
+        partitions: Collection[Partition] | None = None,
+        max_bytes: int | None = None,
     ) -> list[InboundRecord]:
         """Records whose retry is due, oldest first; of `partitions` only, if given
-        (the others stay queued: their partition has a batch in flight)."""
+        (the others stay queued: their partition has a batch in flight); at most
+        `max_bytes` of them (but always one), if given."""
         out: list[InboundRecord] = []
         later: list[_Retry] = []
+        taken = 0
         while self._heap and self._heap[0].due <= now and len(out) < limit:
             entry = heapq.heappop(self._heap)
             if partitions is not None and _partition(entry.record) not in partitions:
                 later.append(entry)
                 continue
+            if max_bytes is not None and out and taken + entry.record.size > max_bytes:
+                later.append(entry)
+                break
+            taken += entry.record.size
             self._failed -= entry.failed
             if entry.failed:
                 self._failed_out.add(entry.record.coordinates)
@@ -234,10 +244,15 @@ class Tracker:
         return self.retries.has_failed()
 
     def due(
-        self, now: float, limit: int, partitions: Collection[Partition] | None = None
+        self,
+        now: float,
+        limit: int,
+        partitions: Collection[Partition] | None = None,
+        max_bytes: int | None = None,
     ) -> list[InboundRecord]:
-        """Records whose retry is due (of `partitions` only, if given)."""
-        return self.retries.pop_due(now, limit, partitions)
+        """Records whose retry is due (of `partitions` only, if given; at most
+        `max_bytes` of them, but always one, if given)."""
+        return self.retries.pop_due(now, limit, partitions, max_bytes)
 
     def next_due_in(
         self, now: float, partitions: Collection[Partition] | None = None

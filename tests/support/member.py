@@ -54,4 +54,5 @@ def fetcher(
         batch_max_records=settings.batch_max_records,
         poll_timeout_s=settings.poll_timeout_s,
         backoff_s=settings.retry_backoff_max_s,
+        batch_max_bytes=settings.sizes.fetch_max_bytes,
     )

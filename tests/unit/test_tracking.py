@@ -336,3 +336,23 @@ def test_held_bytes_go_with_their_partition() -> None:
     t.assigned({P1}, fresh={P1})
     assert t.pending_bytes(P1) == 0
     assert t.pauses() == {}
+
+
+def test_due_retries_come_back_a_fetch_response_at_a_time() -> None:
+    """Deferred 3 MB records all due at once come back in batches of at most
+    `max_bytes` (a fetch response's), never all together: each batch decodes its
+    records at once, about 13 MiB a body (a member under a 400 MiB cap was killed when
+    eleven came back in one batch). One record larger than the bound still comes back."""
+    mb = 1024 * 1024
+    t = Tracker(max_pending=5000, retry_backoff_s=1.0, retry_backoff_max_s=8.0)
+    t.assigned({P0})
+    waiting = t.fetched(_sized(0, range(11), 3 * mb))
+    t.settled(_report(retry=waiting), now=0.0)
+    batches = []
+    while got := t.due(now=10.0, limit=1000, max_bytes=8 * mb):
+        batches.append(len(got))
+        t.settled(_report(durable=got), now=10.0)
+    assert batches == [2, 2, 2, 2, 2, 1]
+    (big,) = t.fetched(_sized(0, range(11, 12), 9 * mb))
+    t.settled(_report(retry=[big]), now=10.0)
+    assert t.due(now=20.0, limit=1000, max_bytes=8 * mb) == [big]
