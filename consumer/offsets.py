@@ -16,7 +16,9 @@ from consumer.records import Partition
 
 @dataclass(slots=True)
 class PartitionLedger:
-    pending: set[int] = field(default_factory=set)
+    # Offsets not yet durable, each with the bytes its record holds (key, value, headers).
+    pending: dict[int, int] = field(default_factory=dict)
+    pending_bytes: int = 0
     next_offset: int | None = None  # highest seen + 1
     committed: int | None = None
 
@@ -32,10 +34,12 @@ class OffsetLedger:
     def __init__(self) -> None:
         self._parts: dict[Partition, PartitionLedger] = {}
 
-    def track(self, partition: Partition, offset: int) -> None:
-        """A record was fetched and is now in flight."""
+    def track(self, partition: Partition, offset: int, size: int = 0) -> None:
+        """A record (of `size` bytes) was fetched and is now in flight."""
         ledger = self._parts.setdefault(partition, PartitionLedger())
-        ledger.pending.add(offset)
+        if offset not in ledger.pending:
+            ledger.pending[offset] = size
+            ledger.pending_bytes += size
         if ledger.next_offset is None or offset + 1 > ledger.next_offset:
             ledger.next_offset = offset + 1
 
@@ -43,7 +47,7 @@ class OffsetLedger:
         """A record is durable (stored and announced, or dead-lettered)."""
         ledger = self._parts.get(partition)
         if ledger is not None:
-            ledger.pending.discard(offset)
+            ledger.pending_bytes -= ledger.pending.pop(offset, 0)
 
     def committable(self, partition: Partition) -> int | None:
         """The offset we would commit now (lowest not yet durable), if we saw any."""
@@ -58,6 +62,11 @@ class OffsetLedger:
     def pending_count(self, partition: Partition) -> int:
         ledger = self._parts.get(partition)
         return len(ledger.pending) if ledger else 0
+
+    def pending_bytes(self, partition: Partition) -> int:
+        """The bytes of the partition's records not yet durable."""
+        ledger = self._parts.get(partition)
+        return ledger.pending_bytes if ledger else 0
 
     def to_commit(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """Offsets that moved past what we last committed."""

@@ -151,9 +151,6 @@ class Tracker:
     ):
         self._max_pending = max_pending
         self._max_bytes = max_pending_bytes
-        # The bytes of each unfinished record (key, value, headers), per partition.
-        self._held: dict[Partition, dict[int, int]] = {}
-        self._held_bytes: dict[Partition, int] = {}
         self.ledger = OffsetLedger()
         self.retries = RetryQueue(retry_backoff_s, retry_backoff_max_s)
         self._owned: set[Partition] = set()
@@ -168,7 +165,6 @@ class Tracker:
         forgotten: it will be fetched again, and must not count towards a commit."""
         self._owned |= set(partitions)
         self.ledger.forget(fresh)
-        self._let_go(fresh)
         self._assigned = True
         self._press()  # the share of the bytes changed, and fresh ones hold nothing
 
@@ -180,7 +176,6 @@ class Tracker:
         self._owned -= gone
         self.retries.drop(gone)
         self.ledger.forget(gone)
-        self._let_go(gone)
         self._pressed -= gone
         self._assigned = False
         self._press()  # fewer partitions: a larger share of the bytes each
@@ -190,12 +185,7 @@ class Tracker:
         fetch was under way) are dropped and returned to nobody."""
         mine = [r for r in records if _partition(r) in self._owned]
         for r in mine:
-            p = _partition(r)
-            self.ledger.track(p, r.offset)
-            held = self._held.setdefault(p, {})
-            if r.offset not in held:
-                held[r.offset] = r.size
-                self._held_bytes[p] = self._held_bytes.get(p, 0) + r.size
+            self.ledger.track(_partition(r), r.offset, r.size)
         self._press()
         return mine
 
@@ -204,12 +194,8 @@ class Tracker:
         (marked failed when the batch failed on a dependency)."""
         failed = report.failure is not None
         for r in report.durable:
-            p = _partition(r)
-            self.ledger.done(p, r.offset)
+            self.ledger.done(_partition(r), r.offset)
             self.retries.settled(r)
-            size = self._held.get(p, {}).pop(r.offset, None)
-            if size is not None:
-                self._held_bytes[p] -= size
         for r in report.retry:
             if _partition(r) in self._owned:
                 self.retries.add(r, now, failed=failed)
@@ -269,7 +255,7 @@ class Tracker:
 
     def pending_bytes(self, partition: Partition) -> int:
         """The bytes of the partition's unfinished records (keys, values, headers)."""
-        return self._held_bytes.get(partition, 0)
+        return self.ledger.pending_bytes(partition)
 
     def pauses(self) -> dict[Partition, str]:
         """The owned partitions not to fetch now, each with why: ``degraded``, or
@@ -322,9 +308,3 @@ class Tracker:
         if self._max_bytes is None:
             return None
         return max(1, self._max_bytes // max(1, len(self._owned)))
-
-    def _let_go(self, partitions: Iterable[Partition]) -> None:
-        """Forget the held bytes of partitions gone or started over."""
-        for p in partitions:
-            self._held.pop(p, None)
-            self._held_bytes.pop(p, None)
