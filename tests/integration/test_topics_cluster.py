@@ -38,12 +38,15 @@ async def _described(bootstrap: str, names: list[str]) -> dict[str, dict[str, An
 
     CreateTopics answers once the controller has the topics; the broker that answers
     DescribeConfigs may learn of them a moment later and answers without entries until
-    then (seen on three nodes in CI), so this asks again until every topic has its
-    configs, for up to 30 seconds."""
+    then, and the broker that answers Metadata may list a topic with no partitions yet
+    (both seen on three nodes in CI), so this asks again until every topic has its
+    configs and its partitions, for up to 30 seconds."""
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         out = await _describe_once(bootstrap, names)
-        complete = all(set(CONFIGS) <= set(out.get(n, ())) for n in names)
+        complete = all(
+            set(CONFIGS) <= set(out.get(n, ())) and out[n]["replicas"] - {0} for n in names
+        )
         if complete or asyncio.get_running_loop().time() > deadline:
             return out
         await asyncio.sleep(0.5)
