@@ -43,7 +43,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from consumer.errors import LeaseStoreError
 from consumer.ports import LeaseKey, LeaseState
-from consumer.records import MessageKey, RecordKey
+from consumer.records import MessageKey, RecordKey, StatusKey
 
 DONE_PREFIX = "done:"
 # Between REDIS_KEY_PREFIX and the rest of a key; the prefix may not contain it.
@@ -153,6 +153,8 @@ class Leases:
     def key(self, key: LeaseKey) -> str:
         if isinstance(key, RecordKey):
             return dead_letter_key(self._prefix, key)
+        if isinstance(key, StatusKey):
+            return status_key(self._prefix, key)
         return lease_key(self._prefix, key)
 
     async def acquire(self, keys: Sequence[LeaseKey], token: str) -> dict[LeaseKey, LeaseState]:
@@ -265,6 +267,18 @@ def lease_key(prefix: str, message: MessageKey) -> str:
     """The Redis key of one message (see the module docstring)."""
     pnid = message.phone_number_id
     return f"{prefix}{KEY_SEPARATOR}{len(pnid)}:{pnid}:{message.wamid}"
+
+
+def status_key(prefix: str, status: StatusKey) -> str:
+    """The Redis key of one status update:
+    ``{prefix}#s:{len(phone_number_id)}:{phone_number_id}:{len(id)}:{id}:{status}``. The
+    lengths say where each part ends (the word is the rest), and the ``s`` after the
+    ``#`` keeps it apart from a message's key (a digit there) and a dead letter's
+    (``dlq``)."""
+    pnid, status_id = status.phone_number_id, status.status_id
+    return (
+        f"{prefix}{KEY_SEPARATOR}s:{len(pnid)}:{pnid}:{len(status_id)}:{status_id}:{status.status}"
+    )
 
 
 def dead_letter_key(prefix: str, record: RecordKey) -> str:

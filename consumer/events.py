@@ -1,16 +1,18 @@
-"""The outbound ``message_created`` event (contract: schemas/message_created.v1.json)."""
+"""The outbound events: ``message_created`` (contract: schemas/message_created.v1.json)
+and ``message_status_changed`` (schemas/message_status_changed.v1.json)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from consumer import limits
+from consumer import limits, statuses
 from consumer.errors import UnstorableError
-from consumer.records import Message
+from consumer.records import Message, StatusUpdate
 
 EVENT_TYPE = "message_created"
 SCHEMA_VERSION = 1
@@ -18,6 +20,9 @@ SCHEMA_VERSION = 1
 # everything else of the raw message (text, image, reaction, context, errors...) is
 # copied alongside as the content.
 _ENVELOPE_FIELDS = frozenset({"id", "from", "timestamp", "type"})
+STATUS_EVENT_TYPE = "message_status_changed"
+# An encoded status event starts so (orjson keeps the keys in the order written).
+_STATUS_PREFIX = b'{"event":"message_status_changed"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,7 @@ def build(
         "event": EVENT_TYPE,
         "schema_version": SCHEMA_VERSION,
         "event_id": key.event_id,
-        "occurred_at": occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "occurred_at": _rfc3339(occurred_at),
         "phone_number_id": key.phone_number_id,
         "display_phone_number": message.display_phone_number,
         "message": {
@@ -90,6 +95,71 @@ def build(
             "offset": message.source.offset,
         },
     }
+    event_key = conversation_key(key.phone_number_id, message.sender)
+    return _encoded(key.event_id, body, event_key, topic, limit)
+
+
+def build_status(
+    update: StatusUpdate,
+    *,
+    topic: str,
+    occurred_at: dt.datetime,
+    limit: EventLimit = REQUEST_LIMIT,
+) -> OutboundEvent:
+    """The event for a status update, should it move its message's state forward:
+    Meta's status object as sent (recipient, group fields, errors, pricing,
+    conversation, biz_opaque_callback_data...), its word, message id and timestamp
+    under their own names. Keyed by the conversation of the recipient, so a contact's
+    message and status events share a partition. UnstorableError if larger than
+    `limit`."""
+    key = update.key
+    content = {k: v for k, v in update.raw.items() if k not in _STATUS_ENVELOPE_FIELDS}
+    body: dict[str, Any] = {
+        "event": STATUS_EVENT_TYPE,
+        "schema_version": SCHEMA_VERSION,
+        "event_id": key.event_id,
+        "occurred_at": _rfc3339(occurred_at),
+        "phone_number_id": key.phone_number_id,
+        "display_phone_number": update.display_phone_number,
+        "status": {
+            **content,
+            "id": key.status_id,
+            "status": key.status,
+            "timestamp": update.timestamp,
+        },
+        "source": {
+            "topic": update.source.topic,
+            "partition": update.source.partition,
+            "offset": update.source.offset,
+        },
+    }
+    event_key = conversation_key(key.phone_number_id, update.recipient)
+    return _encoded(key.event_id, body, event_key, topic, limit)
+
+
+_STATUS_ENVELOPE_FIELDS = frozenset({"id", "status", "timestamp"})
+
+
+def status_order(event: OutboundEvent) -> tuple[str, str, int] | None:
+    """For a status event of a known word: (phone_number_id, message id, rank), the
+    place its announcement must keep among the message's other status events; None
+    for any other event. Read back from the payload (the stdlib parser: content may hold
+    numbers orjson would not read)."""
+    if not event.payload.startswith(_STATUS_PREFIX):
+        return None
+    body = json.loads(event.payload)
+    status = body["status"]
+    rank = statuses.rank(status["status"])
+    return None if rank is None else (body["phone_number_id"], status["id"], rank)
+
+
+def _rfc3339(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _encoded(
+    event_id: str, body: dict[str, Any], event_key: bytes, topic: str, limit: EventLimit
+) -> OutboundEvent:
     try:
         # A copy of its own length: orjson (3.12 on) hands back its whole buffer, at least
         # 4 KiB and about 12 times a long string's length, and an event lives until its
@@ -98,10 +168,9 @@ def build(
     except (TypeError, orjson.JSONEncodeError) as exc:
         # Intake's limits make this unreachable; if it happens, it is this record's data.
         raise UnstorableError(f"the event cannot be encoded: {exc}") from exc
-    event_key = conversation_key(key.phone_number_id, message.sender)
     size = len(payload) + len(event_key)
     if size > limit.max_bytes:
         raise UnstorableError(
             f"the event would be {size} bytes, more than the {limit.max_bytes} {limit.why} holds"
         )
-    return OutboundEvent(event_id=key.event_id, topic=topic, key=event_key, payload=payload)
+    return OutboundEvent(event_id=event_id, topic=topic, key=event_key, payload=payload)

@@ -39,7 +39,16 @@ from typing import Any
 import orjson
 
 from consumer import limits
-from consumer.records import InboundRecord, Invalid, Message, MessageKey, Reason, Webhook
+from consumer.records import (
+    InboundRecord,
+    Invalid,
+    Message,
+    MessageKey,
+    Reason,
+    StatusKey,
+    StatusUpdate,
+    Webhook,
+)
 
 
 class _Reject(Exception):
@@ -299,7 +308,8 @@ def _webhook(record: InboundRecord, body: dict[str, Any]) -> Webhook:
     if not entries:
         raise _Reject(Reason.BAD_SHAPE, "entry is empty")
     messages: list[Message] = []
-    statuses = errors = shared = 0
+    statuses: list[StatusUpdate] = []
+    errors = shared = 0
     ignored: list[tuple[str, str]] = []
     for i, entry in enumerate(entries):
         for j, change in enumerate(_list(_obj(entry, f"entry[{i}]"), "changes", f"entry[{i}]")):
@@ -312,14 +322,15 @@ def _webhook(record: InboundRecord, body: dict[str, Any]) -> Webhook:
                 ignored.append((where, field_label(field)))
                 continue
             found, shares = _messages(record, value, where)
+            updates, status_shares = _statuses(record, value, where)
             messages.extend(found)
-            shared += shares
-            statuses += len(_optional_list(value, "statuses", where))
+            statuses.extend(updates)
+            shared += shares + status_shares
             errors += len(_optional_list(value, "errors", where))
             if not found and "statuses" not in value and "errors" not in value:
                 ignored.append((where, "messages"))
-    _check_output(record, len(messages), shared)
-    return Webhook(record, tuple(messages), statuses, errors, len(ignored), tuple(ignored))
+    _check_output(record, len(messages) + len(statuses), shared)
+    return Webhook(record, tuple(messages), tuple(statuses), errors, len(ignored), tuple(ignored))
 
 
 # Meta's documented webhook fields of a WhatsApp Business Account: the values a change's
@@ -372,8 +383,9 @@ def _check_holds_no_messages(value: dict[str, Any], field: object, where: str) -
 
 
 def _check_output(record: InboundRecord, messages: int, shared: int) -> None:
-    """The rows and events of a record's messages may hold at most MAX_OUTPUT_FACTOR
-    times its size (limits.py): estimated from what decoding found, no copy made."""
+    """The rows and events of a record's messages and status updates (`messages`
+    counts both) may hold at most MAX_OUTPUT_FACTOR times its size (limits.py):
+    estimated from what decoding found, no copy made."""
     if not messages:
         return
     size = len(record.value or b"")
@@ -401,16 +413,8 @@ def _messages(
     they share (see _check_output)."""
     raw_messages = _optional_list(value, "messages", where)
     if not raw_messages:
-        return [], 0  # statuses / errors only: no message needs the phone_number_id
-    metadata = value.get("metadata")
-    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
-    if isinstance(pnid, int) and not isinstance(pnid, bool):
-        pnid = str(pnid)
-    if not isinstance(pnid, str) or not pnid:
-        raise _Reject(Reason.MISSING_PHONE_NUMBER_ID, f"{where}.value.metadata.phone_number_id")
-    assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
-    _check_id(pnid, f"{where}.value.metadata.phone_number_id", limits.PHONE_NUMBER_ID_MAX)
-    display = _display_phone_number(metadata, where)
+        return [], 0  # statuses / errors only
+    pnid, display = _number(value, where)
     by_wa_id, lone = _contacts(_optional_list(value, "contacts", where))
     # Every row and event of the change copies these: the phone_number_id in the row, the
     # event and its key, the display number in the event.
@@ -455,6 +459,86 @@ def _messages(
             )
         )
     return out, shared
+
+
+def _number(value: dict[str, Any], where: str) -> tuple[str, str | None]:
+    """The change's metadata.phone_number_id (an integer taken as its decimal string)
+    and display_phone_number: what every message and status of the change is keyed
+    under."""
+    metadata = value.get("metadata")
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if isinstance(pnid, int) and not isinstance(pnid, bool):
+        pnid = str(pnid)
+    if not isinstance(pnid, str) or not pnid:
+        raise _Reject(Reason.MISSING_PHONE_NUMBER_ID, f"{where}.value.metadata.phone_number_id")
+    assert isinstance(metadata, dict)  # noqa: S101 - narrowed above; for mypy
+    _check_id(pnid, f"{where}.value.metadata.phone_number_id", limits.PHONE_NUMBER_ID_MAX)
+    return pnid, _display_phone_number(metadata, where)
+
+
+def _statuses(
+    record: InboundRecord, value: dict[str, Any], where: str
+) -> tuple[list[StatusUpdate], int]:
+    """A change's status updates, and the bytes their rows and events copy of what
+    they share (the phone_number_id, the display number), as for messages.
+
+    Each must have its message's ``id``, a ``status`` word (one Meta may add is kept as
+    sent), Meta's ``timestamp`` (Unix seconds: digits, or an integer), and who it went
+    to (``recipient_id``, or ``recipient_user_id``); else the record is dead-lettered
+    naming the field (docs/design.md, "Statuses")."""
+    raw_statuses = _optional_list(value, "statuses", where)
+    if not raw_statuses:
+        return [], 0
+    pnid, display = _number(value, where)
+    per_status = 3 * _utf8_len(pnid) + _utf8_len(display)
+    out = []
+    for k, raw in enumerate(raw_statuses):
+        at = f"{where}.value.statuses[{k}]"
+        raw = _obj(raw, at)
+        status_id = _field(raw, "id", at, limits.WAMID_MAX)
+        word = _field(raw, "status", at, limits.STATUS_MAX)
+        recipient_field = "recipient_id" if "recipient_id" in raw else "recipient_user_id"
+        recipient = _field(raw, recipient_field, at, limits.RECIPIENT_MAX)
+        out.append(
+            StatusUpdate(
+                key=StatusKey(pnid, status_id, word),
+                timestamp=_unix_seconds(raw, at),
+                recipient=recipient,
+                display_phone_number=display,
+                raw=raw,
+                source=record,
+            )
+        )
+    return out, per_status * len(out)
+
+
+def _field(parent: dict[str, Any], name: str, where: str, max_chars: int) -> str:
+    """A status's identifier field: a non-empty string within the contract, else the
+    record is dead-lettered as invalid_field naming it."""
+    value = parent.get(name)
+    if not isinstance(value, str) or not value:
+        raise _Reject(Reason.INVALID_FIELD, f"{where}.{name} is {_kind(value)}, not a string")
+    _check_id(value, f"{where}.{name}", max_chars)
+    return value
+
+
+def _unix_seconds(parent: dict[str, Any], where: str) -> str:
+    """Meta's timestamp: Unix seconds, 1-20 ASCII digits (an integer is taken as its
+    decimal string)."""
+    value = parent.get("timestamp")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= limits.TIMESTAMP_MAX
+        or not (value.isascii() and value.isdigit())
+    ):
+        raise _Reject(
+            Reason.INVALID_FIELD,
+            f"{where}.timestamp is {_kind(value)}, not Unix seconds "
+            f"(1-{limits.TIMESTAMP_MAX} digits)",
+        )
+    return value
 
 
 def _display_phone_number(metadata: dict[str, Any], where: str) -> str | None:

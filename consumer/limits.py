@@ -45,6 +45,10 @@ SENDER_MAX: Final = 64
 CONTACT_WA_ID_MAX: Final = 64
 MESSAGE_TYPE_MAX: Final = 32
 TIMESTAMP_MAX: Final = 20
+# A status update's word (sent, delivered, read, played, failed, or one Meta adds) and
+# who the message went to (a phone number, a group id or a business-scoped user id).
+STATUS_MAX: Final = 32
+RECIPIENT_MAX: Final = 64
 # Not a column: the event's display_phone_number (and the change's, in raw form).
 DISPLAY_PHONE_NUMBER_MAX: Final = 64
 

@@ -136,8 +136,12 @@ class Metrics:
             registry=r,
         )
         self.statuses = Counter(
-            "wamid_guard_statuses_ignored",
-            "Status updates (sent/delivered/read) seen in webhooks; they create no message.",
+            "wamid_guard_statuses",
+            "Status updates of sent messages, by status word (sent, delivered, read, played, "
+            "failed, or other) and outcome: announced (moved its message's state forward, "
+            "or a word Meta may add), stale (at or below the state: stored, no event), "
+            "duplicate (seen before), ignored (STATUS_EVENTS=off).",
+            ["status", "outcome"],
             registry=r,
         )
         self.changes_ignored = Counter(

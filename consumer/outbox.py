@@ -7,10 +7,11 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Sequence
+from typing import Protocol
 
 from consumer.errors import StoreError
 from consumer.events import OutboundEvent
-from consumer.ports import MessageStore, PendingMessage
+from consumer.ports import MessageStore
 
 # Bytes of events per outbox row: a batch of large messages gets a few rows, so that no
 # value comes near PostgreSQL's 1 GB and whoever is handed rows (a conflicting save, the
@@ -20,9 +21,14 @@ ROW_BYTES = 4 * 1024 * 1024
 _EVENT_HEADER = struct.Struct(">IIII")
 
 
-def assign_rows(pending: list[PendingMessage]) -> list[str]:
-    """The outbox row of each message, should it be inserted: one new id for the batch,
-    a next one whenever the events so far would pass ROW_BYTES."""
+class _HasEvent(Protocol):
+    @property
+    def event(self) -> OutboundEvent: ...
+
+
+def assign_rows(pending: Sequence[_HasEvent]) -> list[str]:
+    """The outbox row of each message (or status), should it be inserted: one new id
+    for the batch, a next one whenever the events so far would pass ROW_BYTES."""
     row_id, size, ids = str(uuid.uuid4()), 0, []
     for p in pending:
         weight = len(p.event.payload) + len(p.event.key)

@@ -52,22 +52,27 @@ from consumer.ports import (
     LeaseStore,
     MessageStore,
     PendingMessage,
+    PendingStatus,
     SaveResult,
 )
 from consumer.records import (
     BatchReport,
     InboundRecord,
     Invalid,
+    Item,
+    ItemKey,
     Message,
     MessageKey,
     Reason,
     RecordKey,
+    StatusKey,
+    StatusUpdate,
     Webhook,
 )
 
 log = structlog.get_logger(__name__)
 
-_K = TypeVar("_K", MessageKey, RecordKey)
+_K = TypeVar("_K", ItemKey, RecordKey)
 
 # The ended batches whose outbox claims a member takes back at once (older ones wait
 # for their claims to run out, as another member's would).
@@ -92,6 +97,9 @@ class PipelineConfig:
     # The largest event: a larger one's record is dead-lettered as unstorable, before
     # anything is stored (its produce request, or OUTBOUND_TOPIC's limit read at start).
     event_limit: events.EventLimit = events.REQUEST_LIMIT
+    # STATUS_EVENTS: store status updates and announce each forward move; off, they are
+    # counted (outcome "ignored") and nothing else.
+    status_events: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +207,10 @@ class Pipeline:
         webhooks = [d for d in decoded if isinstance(d, Webhook)]
         report.messages = sum(len(h.messages) for h in webhooks)
         for hook in webhooks:
-            report.statuses += hook.statuses
+            report.statuses += len(hook.statuses)
+            if hook.statuses and not self._config.status_events:
+                for u in hook.statuses:
+                    report.count_status(u.key.status, "ignored")
             report.errors += hook.errors
             if hook.ignored:
                 self._ignored(hook, report)
@@ -241,7 +252,8 @@ class Pipeline:
         m.redis_overruled.labels("done_unconfirmed").inc(report.markers_unconfirmed)
         m.redis_overruled.labels("foreign").inc(report.foreign_keys)
         m.events_published.labels("pipeline").inc(report.events)
-        m.statuses.inc(report.statuses)
+        for (word, outcome), count in report.status_outcomes.items():
+            m.statuses.labels(word, outcome).inc(count)
         for name, count in report.ignored_fields.items():
             m.changes_ignored.labels(name).inc(count)
         m.leases_lost.inc(report.leases_lost)
@@ -323,7 +335,7 @@ class Pipeline:
             report.failure = part.failure
             outcome = set()
         for hook in webhooks:
-            if all(m.key in outcome for m in hook.messages):
+            if all(i.key in outcome for i in self._items(hook)):
                 report.durable.append(hook.record)
             else:
                 report.retry.append(hook.record)
@@ -342,16 +354,28 @@ class Pipeline:
 
     # -- lease, store, publish -------------------------------------------------------
 
+    def _items(self, hook: Webhook) -> tuple[Item, ...]:
+        """What of a webhook is stored and announced: its messages, and its status
+        updates unless STATUS_EVENTS is off."""
+        return hook.items if self._config.status_events else hook.messages
+
     async def _guard_and_store(
         self, webhooks: list[Webhook], report: BatchReport
-    ) -> set[MessageKey] | _Refused | None:
-        """Lease, store, publish. Returns the keys that are stored and announced; a
-        refusal of the data; or None when a dependency failed (`report.failure`)."""
-        first: dict[MessageKey, Message] = {}
+    ) -> set[ItemKey] | _Refused | None:
+        """Lease, store, publish. Returns the keys that are stored and announced (a
+        stale status: stored); a refusal of the data; or None when a dependency failed
+        (`report.failure`)."""
+        first: dict[ItemKey, Item] = {}
+        copies = 0
         for hook in webhooks:
-            for m in hook.messages:
-                first.setdefault(m.key, m)
-        report.dup_in_batch = sum(len(h.messages) for h in webhooks) - len(first)
+            for i in self._items(hook):
+                copies += 1
+                if i.key in first:
+                    if isinstance(i, StatusUpdate):
+                        report.count_status(i.key.status, "duplicate")
+                else:
+                    first[i.key] = i
+        report.dup_in_batch = copies - len(first) - report.status_count("duplicate")
         if not first:
             return set()
         token = self._token()
@@ -378,8 +402,8 @@ class Pipeline:
         return stored | done
 
     async def _confirm(
-        self, marked: list[MessageKey], report: BatchReport
-    ) -> frozenset[MessageKey] | None:
+        self, marked: list[ItemKey], report: BatchReport
+    ) -> frozenset[ItemKey] | None:
         """The keys of `marked` (done markers in Redis) that the database holds stored
         and announced; None when it cannot be asked (the batch fails, as for any
         dependency). A marker is a hint: believed alone, a Redis that outlived its
@@ -398,18 +422,21 @@ class Pipeline:
 
     def _unvouched(
         self,
-        states: dict[MessageKey, LeaseState],
-        marked: list[MessageKey],
-        done: frozenset[MessageKey],
-        first: dict[MessageKey, Message],
+        states: dict[ItemKey, LeaseState],
+        marked: list[ItemKey],
+        done: frozenset[ItemKey],
+        first: dict[ItemKey, Item],
         report: BatchReport,
-    ) -> list[MessageKey]:
+    ) -> list[ItemKey]:
         """Count the lease states, and return what Redis cannot vouch for: a marker
         (`marked`) the database does not confirm (`done`), a key that is not ours. Those
         go to the database's fence without a lease (rule 1)."""
         foreign = [k for k, s in states.items() if s is LeaseState.FOREIGN]
         fenced = [k for k in marked if k not in done] + foreign
-        report.dup_done_marker = len(done)
+        for k in done:
+            if isinstance(k, StatusKey):
+                report.count_status(k.status, "duplicate")
+        report.dup_done_marker = sum(1 for k in done if isinstance(k, MessageKey))
         report.markers_unconfirmed = len(marked) - len(done)
         report.foreign_keys = len(foreign)
         report.held = sum(1 for s in states.values() if s is LeaseState.HELD)
@@ -422,9 +449,9 @@ class Pipeline:
 
     def _overruled(
         self,
-        fenced: list[MessageKey],
-        foreign: list[MessageKey],
-        first: dict[MessageKey, Message],
+        fenced: list[ItemKey],
+        foreign: list[ItemKey],
+        first: dict[ItemKey, Item],
         report: BatchReport,
     ) -> None:
         """Say that Redis was overruled: an operator should know that its done markers
@@ -466,12 +493,12 @@ class Pipeline:
 
     async def _store_and_publish(
         self,
-        batch: list[Message],
+        batch: list[Item],
         token: str,
         report: BatchReport,
         *,
-        unleased: frozenset[MessageKey] = frozenset(),
-    ) -> set[MessageKey] | _Refused | None:
+        unleased: frozenset[ItemKey] = frozenset(),
+    ) -> set[ItemKey] | _Refused | None:
         """Commit, then publish; on a failure give everything back for the retry.
         `unleased`: keys of `batch` stored without our lease (the fence alone guards
         them): their Redis key is someone else's, so it is not made a done marker."""
@@ -481,7 +508,12 @@ class Pipeline:
         saved: SaveResult | None = None
         try:
             claim = Claim(token, self._config.claim_for, frozenset(self._reclaimable()))
-            saved = await self._store.save(self._pending(batch), claim)
+            messages, statuses = self._pending(batch)
+            saved = await (
+                self._store.save(messages, claim, statuses)
+                if statuses
+                else self._store.save(messages, claim)
+            )
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
             self._published(saved, batch)
@@ -521,7 +553,7 @@ class Pipeline:
             raise
         return set(finished)
 
-    async def _cancelled(self, keys: list[MessageKey], token: str) -> None:
+    async def _cancelled(self, keys: list[ItemKey], token: str) -> None:
         """The batch `token` was cancelled (a forced stop): its leases go back (rule 4;
         the redelivery is not kept waiting for LEASE_TTL_S), and its token ends, so the
         member's next batches may take back the outbox rows it had claimed."""
@@ -530,29 +562,47 @@ class Pipeline:
         finally:
             self._end(token)
 
-    def _pending(self, batch: list[Message]) -> list[PendingMessage]:
-        """Each message with the event that announces it (built before the commit, so
-        the outbox holds the exact bytes)."""
+    def _pending(self, batch: list[Item]) -> tuple[list[PendingMessage], list[PendingStatus]]:
+        """Each message and status with the event that announces it (built before the
+        commit, so the outbox holds the exact bytes; a status's is used only if it moves
+        its message's state)."""
         now = self._clock()
         topic = self._config.outbound_topic
         limit = self._config.event_limit
-        return [
-            PendingMessage(m, events.build(m, topic=topic, occurred_at=now, limit=limit))
-            for m in batch
-        ]
+        messages: list[PendingMessage] = []
+        statuses: list[PendingStatus] = []
+        for i in batch:
+            if isinstance(i, Message):
+                event = events.build(i, topic=topic, occurred_at=now, limit=limit)
+                messages.append(PendingMessage(i, event))
+            else:
+                event = events.build_status(i, topic=topic, occurred_at=now, limit=limit)
+                statuses.append(PendingStatus(i, event))
+        return messages, statuses
 
-    def _published(self, saved: SaveResult, batch: list[Message]) -> None:
-        by_event = {m.key.event_id: m for m in batch}
+    def _published(self, saved: SaveResult, batch: list[Item]) -> None:
+        by_event = {m.key.event_id: m for m in batch if isinstance(m, Message)}
         self.metrics.published(
             [by_event[e.event_id] for e in saved.to_publish if e.event_id in by_event]
         )
 
-    def _account(self, saved: SaveResult, batch: list[Message], report: BatchReport) -> None:
-        report.stored = len(saved.inserted)
-        report.dup_database = len(saved.conflicts) - len(saved.in_flight)
+    def _account(self, saved: SaveResult, batch: list[Item], report: BatchReport) -> None:
+        new_statuses = 0
+        for k in saved.inserted:
+            if isinstance(k, StatusKey):
+                new_statuses += 1
+                report.count_status(k.status, "stale" if k in saved.stale else "announced")
+        for k in saved.conflicts - saved.in_flight:
+            if isinstance(k, StatusKey):
+                report.count_status(k.status, "duplicate")
+        messages_in_flight = sum(1 for k in saved.in_flight if isinstance(k, MessageKey))
+        report.stored = len(saved.inserted) - new_statuses
+        report.dup_database = (
+            sum(1 for k in saved.conflicts if isinstance(k, MessageKey)) - messages_in_flight
+        )
         report.held += len(saved.in_flight)
         report.events = len(saved.to_publish)
-        report.republished = len(saved.to_publish) - len(saved.inserted)
+        report.republished = len(saved.to_publish) - (len(saved.inserted) - len(saved.stale))
         if not self._debug:  # per-message lines cost a dict each; build them only if read
             return
         by_key = {m.key: m for m in batch}
@@ -566,7 +616,7 @@ class Pipeline:
     async def _finish(
         self,
         published: Sequence[str],
-        keys: list[MessageKey],
+        keys: list[ItemKey],
         token: str,
         report: BatchReport,
     ) -> None:
@@ -602,7 +652,7 @@ class Pipeline:
     async def _failed(
         self,
         exc: Exception,
-        keys: list[MessageKey],
+        keys: list[ItemKey],
         token: str,
         report: BatchReport,
         unpublished: Sequence[str],

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from consumer.events import OutboundEvent
-from consumer.records import Invalid, Message, MessageKey, RecordKey
+from consumer.records import (
+    Invalid,
+    ItemKey,
+    Message,
+    MessageKey,
+    RecordKey,
+    StatusKey,
+    StatusUpdate,
+)
 
 __all__ = [
     "UNCLAIMED",
@@ -37,14 +45,15 @@ __all__ = [
     "MessageStore",
     "OutboxClaim",
     "PendingMessage",
+    "PendingStatus",
     "SaveResult",
 ]
 
 # -- the lease store's values ----------------------------------------------------------
 
-# What a lease guards: a message (stored and announced once) or an inbound record that
-# is not usable (dead-lettered once).
-LeaseKey = MessageKey | RecordKey
+# What a lease guards: a message or a status update (stored and announced once), or an
+# inbound record that is not usable (dead-lettered once).
+LeaseKey = MessageKey | StatusKey | RecordKey
 
 
 class LeaseState(enum.Enum):
@@ -73,6 +82,15 @@ class PendingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingStatus:
+    """A status update and the event that announces it, should it move its message's
+    state forward (the transaction decides)."""
+
+    update: StatusUpdate
+    event: OutboundEvent
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """Who a save claims outbox rows for, and for how long (docs/design.md, rule 7).
 
@@ -91,16 +109,20 @@ UNCLAIMED = Claim()
 
 @dataclass(frozen=True, slots=True)
 class SaveResult:
-    """What one batch's transaction did."""
+    """What one batch's transaction did, to messages and status updates alike."""
 
-    inserted: frozenset[MessageKey]
-    conflicts: frozenset[MessageKey]
+    inserted: frozenset[ItemKey]
+    conflicts: frozenset[ItemKey]
     to_publish: tuple[OutboundEvent, ...]  # new events, then unpublished ones of conflicts
     # The outbox rows that hold `to_publish`, claimed by the caller: to mark once all of
     # `to_publish` is out, or to release if it is not.
     outbox_ids: tuple[str, ...]
-    # Conflicts whose unpublished row another worker is publishing right now.
-    in_flight: frozenset[MessageKey] = frozenset()
+    # Conflicts whose unpublished row another worker is publishing right now, and keys
+    # whose event waits for an earlier status of the same message to be announced first
+    # (docs/design.md, "Statuses"): not yet done, retried.
+    in_flight: frozenset[ItemKey] = frozenset()
+    # Status updates inserted that did not move their message's state: stored, no event.
+    stale: frozenset[StatusKey] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +172,16 @@ class MessageStore(Protocol):
     data.
     """
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
         """Insert the messages and the outbox rows of their events in one transaction,
-        behind the unique fence on (phone_number_id, wamid).
+        behind the unique fence on (phone_number_id, wamid); and the status updates,
+        behind theirs on (phone_number_id, id, status), each message's state moved only
+        forward, an event only for a status that moved it (or a word Meta may add).
 
         New outbox rows are claimed for `claim`. A conflict whose unpublished row is
         still claimed comes back in ``in_flight``; one whose claim ran out, or whose
@@ -169,9 +198,9 @@ class MessageStore(Protocol):
         """Record that all the events of these outbox rows reached the outbound topic:
         the rows are done. Raises StoreError."""
 
-    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
-        """Which of these messages are stored and announced: what a done marker claims,
-        confirmed. Raises StoreError."""
+    async def announced(self, keys: Collection[ItemKey]) -> frozenset[ItemKey]:
+        """Which of these messages and status updates are stored and announced (a stale
+        status: stored): what a done marker claims, confirmed. Raises StoreError."""
 
     async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         """Give up `claimant`'s claims on these rows (others' claims stay), so the next

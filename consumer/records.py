@@ -22,6 +22,10 @@ Partition = tuple[str, int]
 # must never change, so that a re-publish is recognisable downstream.
 EVENT_NAMESPACE = uuid.UUID("6f1d8c53-3f0e-4c1e-9a43-5d0f2b8e7a11")
 MESSAGE_NAMESPACE = uuid.UUID("0b7e4f3a-91c2-4d5e-8f60-2a1b3c4d5e6f")
+STATUS_EVENT_NAMESPACE = uuid.UUID("3c9a1f52-7d4b-4e08-b6a2-9e5c0d7f1a24")
+# Meta's status words (their order is in consumer/statuses.py): a metric's label is one
+# of these or "other".
+STATUS_WORDS = frozenset({"sent", "delivered", "read", "played", "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,7 @@ class MessageKey(NamedTuple):
 # UUID hashes in Python, bytes in C.
 _EVENT_NS = EVENT_NAMESPACE.bytes
 _MESSAGE_NS = MESSAGE_NAMESPACE.bytes
+_STATUS_NS = STATUS_EVENT_NAMESPACE.bytes
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -118,10 +123,29 @@ def _derive(namespace: bytes, phone_number_id: str, wamid: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def derive_id(namespace: bytes, first: str, second: str) -> str:
-    """uuid5 of ``first \x1f second`` in `namespace` (its 16 bytes), as the event and
-    message ids are derived: for other kinds of event (consumer/statuses.py)."""
-    return _derive(namespace, first, second)
+class StatusKey(NamedTuple):
+    """A status update's identity: this word, for this message, of this number
+    (docs/design.md, "Statuses"). Three fields, so never equal to a MessageKey."""
+
+    phone_number_id: str
+    status_id: str  # the id (wamid) of the business's message the status is about
+    status: str
+
+    @property
+    def event_id(self) -> str:
+        """uuid5 of ``phone_number_id \x1f id \x1f status`` in STATUS_EVENT_NAMESPACE:
+        intake admits no control character in any of the three, so the name splits back
+        into its parts and two keys never share an event id."""
+        return _derive(_STATUS_NS, self.phone_number_id, f"{self.status_id}\x1f{self.status}")
+
+    @property
+    def message(self) -> tuple[str, str]:
+        """The message the status is about: (phone_number_id, id)."""
+        return (self.phone_number_id, self.status_id)
+
+
+ItemKey = MessageKey | StatusKey
+"""What a batch stores once and announces once: a message, or a status update."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +172,49 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One status update of a message the business sent (``value.statuses[]``)."""
+
+    key: StatusKey
+    timestamp: str  # Meta's: Unix seconds, as digits
+    # Who the message went to: recipient_id, or recipient_user_id when Meta sends only
+    # the business-scoped user id; the event's Kafka key is built from it.
+    recipient: str
+    display_phone_number: str | None
+    raw: dict[str, Any]  # the status object as sent
+    source: InboundRecord
+
+    def log_context(self) -> dict[str, Any]:
+        return {
+            **self.source.log_context(),
+            "phone_number_id": self.key.phone_number_id,
+            "wamid": self.key.status_id,
+            "status": self.key.status,
+        }
+
+
+Item = Message | StatusUpdate
+
+
+@dataclass(frozen=True, slots=True)
 class Webhook:
-    """A usable webhook: zero or more messages, plus counts of what creates none."""
+    """A usable webhook: its messages and status updates, plus counts of what creates
+    none."""
 
     record: InboundRecord
     messages: tuple[Message, ...]
-    statuses: int = 0
+    statuses: tuple[StatusUpdate, ...] = ()
     errors: int = 0
     ignored_changes: int = 0
     # Each change that created nothing, as (where, field): its place in the body
     # ("entry[0].changes[1]") and its field as a metric label (intake.field_label:
     # one of Meta's field names, "messages" for one holding nothing, or "other").
     ignored: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        """What this webhook asks to store and announce: messages, then statuses."""
+        return (*self.messages, *self.statuses) if self.statuses else self.messages
 
     def log_context(self) -> dict[str, Any]:
         return self.record.log_context()
@@ -236,6 +291,9 @@ class BatchReport:
     leases_lost: int = 0
     failure: str | None = None
     ignored_fields: dict[str, int] = field(default_factory=dict)
+    # Status updates by (word, outcome): announced, stale, duplicate, or ignored (with
+    # STATUS_EVENTS off); a word Meta may add counts as "other" (a bounded label).
+    status_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     durable: list[InboundRecord] = field(default_factory=list)
     retry: list[InboundRecord] = field(default_factory=list)
 
@@ -249,6 +307,16 @@ class BatchReport:
         """Add another report's counts (not its records or failure) to these."""
         for f in _COUNT_FIELDS:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for (word, outcome), count in other.status_outcomes.items():
+            self.count_status(word, outcome, count)
+
+    def count_status(self, word: str, outcome: str, count: int = 1) -> None:
+        label = (word if word in STATUS_WORDS else "other", outcome)
+        self.status_outcomes[label] = self.status_outcomes.get(label, 0) + count
+
+    def status_count(self, outcome: str) -> int:
+        """The status updates of this outcome, whatever their word."""
+        return sum(n for (_, o), n in self.status_outcomes.items() if o == outcome)
 
 
 _COUNT_FIELDS = tuple(f for f in dataclasses.fields(BatchReport) if f.type == "int")

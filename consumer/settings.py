@@ -63,6 +63,10 @@ class Settings:
     # retries, keeping events exactly-once; "fence" keeps consuming on the database's
     # unique constraint alone (rows stay exactly-once, events at-least-once).
     redis_outage_policy: str = "pause"
+    # Status updates of sent messages (sent, delivered, read, played, failed): stored
+    # once, each message's state moved only forward, a message_status_changed event per
+    # forward move. Off: counted (outcome "ignored"), nothing stored or announced.
+    status_events: bool = True
     lease_ttl_s: float = 30.0
     # Meta retries a webhook for up to 7 days; the done marker outlives that.
     done_ttl_s: float = 8 * 24 * 3600.0

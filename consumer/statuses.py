@@ -21,12 +21,13 @@ word for the same message again is a duplicate, whatever else differs.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final
 
-from consumer.records import derive_id
+from consumer.records import STATUS_EVENT_NAMESPACE, StatusKey
+
+__all__ = ["ORDER", "STATUS_EVENT_NAMESPACE", "Outcome", "StatusKey", "apply", "rank"]
 
 ORDER: Final[Mapping[str, int]] = {
     "sent": 1,
@@ -36,28 +37,6 @@ ORDER: Final[Mapping[str, int]] = {
     "played": 5,
 }
 """Each known status word and its rank: a higher rank moves the state forward."""
-
-STATUS_EVENT_NAMESPACE: Final = uuid.UUID("3c9a1f52-7d4b-4e08-b6a2-9e5c0d7f1a24")
-"""The uuid5 namespace of ``message_status_changed`` event ids (part of the contract)."""
-
-
-class StatusKey(NamedTuple):
-    """A status update's identity: this word, for this message, of this number."""
-
-    phone_number_id: str
-    status_id: str  # the id of the business's message the status is about
-    status: str
-
-    @property
-    def event_id(self) -> str:
-        """uuid5 of ``phone_number_id \\x1f id \\x1f status``: intake admits no control
-        character in any of the three, so the name splits back into its parts and two
-        keys never share an event id."""
-        return derive_id(
-            STATUS_EVENT_NAMESPACE.bytes,
-            self.phone_number_id,
-            f"{self.status_id}\x1f{self.status}",
-        )
 
 
 def rank(status: str) -> int | None:

@@ -34,6 +34,7 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -42,13 +43,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from consumer import statuses as status_rules
 from consumer.engine import create_engine, json_dumps
 from consumer.errors import StoreError, UnstorableError
-from consumer.events import OutboundEvent
+from consumer.events import OutboundEvent, status_order
 from consumer.outbox import assign_rows, pack_events, unpack_events
-from consumer.ports import UNCLAIMED, Claim, OutboxClaim, PendingMessage, SaveResult
-from consumer.records import MessageKey
-from consumer.schema import TS, messages, outbox
+from consumer.ports import (
+    UNCLAIMED,
+    Claim,
+    OutboxClaim,
+    PendingMessage,
+    PendingStatus,
+    SaveResult,
+)
+from consumer.records import ItemKey, MessageKey, StatusKey
+from consumer.schema import TS, message_state, messages, outbox
+from consumer.schema import statuses as statuses_table
 
 # Rows a conflicting save claims at most (each may hold a batch of other messages).
 _CONFLICT_ROWS = 8
@@ -90,7 +100,12 @@ class Store:
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
         """Insert messages and the outbox row of their events in one transaction (the
         fence).
 
@@ -106,39 +121,215 @@ class Store:
         Raises :class:`UnstorableError` if the database refused the data (nothing is
         committed), :class:`StoreError` if it failed otherwise.
         """
-        if not pending:
+        if not pending and not statuses:
             return SaveResult(frozenset(), frozenset(), (), ())
         # One row per key, in key order: concurrent batches that overlap then take their
         # row locks in the same order and cannot deadlock each other on PostgreSQL.
         by_key = {p.message.key: p for p in pending}
         by_key = {k: by_key[k] for k in sorted(by_key)}  # (phone_number_id, wamid) order
         rows = list(by_key.values())
-        row_ids = assign_rows(rows)
+        by_status: dict[StatusKey, PendingStatus] = {}
+        for s in statuses:
+            by_status.setdefault(s.update.key, s)
+        updates = [by_status[k] for k in sorted(by_status)]
+        row_ids = assign_rows([*rows, *updates])
         try:
             async with self._engine.begin() as conn:
-                if self._sqlite:
+                if not rows:
+                    inserted: frozenset[ItemKey] = frozenset()
+                elif self._sqlite:
                     inserted = await self._insert_messages(conn, rows, row_ids)
                 else:
                     inserted = await _insert_pg(conn, rows, row_ids)
-                new = [i for i, p in enumerate(rows) if p.message.key in inserted]
-                boxes = await self._insert_outbox(
-                    conn, [(row_ids[i], rows[i].event) for i in new], claim
-                )
-                conflicts = frozenset(by_key) - inserted
-                claimed, in_flight = await self._unpublished(
-                    conn, [k for k in by_key if k in conflicts], claim
-                )
+                new: list[tuple[str, OutboundEvent, ItemKey]] = [
+                    (row_ids[i], p.event, p.message.key)
+                    for i, p in enumerate(rows)
+                    if p.message.key in inserted
+                ]
+                stale: frozenset[StatusKey] = frozenset()
+                if updates:
+                    saved = await self._save_statuses(conn, updates, row_ids[len(rows) :])
+                    inserted |= saved.inserted
+                    stale = saved.stale
+                    new += saved.announced
+                await self._insert_outbox(conn, [(r, e) for r, e, _ in new], claim)
+                conflicts = (frozenset(by_key) | frozenset(by_status)) - inserted
+                claimed, in_flight, row_of = await self._unpublished(conn, sorted(conflicts), claim)
+                row_of.update((k, r) for r, _, k in new)
+                publish: dict[str, list[OutboundEvent]] = {}
+                for r, e, _ in new:
+                    publish.setdefault(r, []).append(e)
+                publish.update(claimed)
+                held = await self._held_back(conn, publish)
+                if held:
+                    await self._unclaim(conn, sorted(held))
+                    in_flight |= {k for k, r in row_of.items() if r in held}
                 if self._after_insert is not None:
                     self._after_insert()
         except (SQLAlchemyError, OSError) as exc:
-            raise _translate(exc, f"storing {len(by_key)} message(s)") from exc
+            raise _translate(exc, f"storing {len(by_key) + len(by_status)} item(s)") from exc
         return SaveResult(
-            frozenset(inserted),
+            inserted,
             conflicts,
-            tuple(rows[i].event for i in new) + claimed.events,
-            boxes + claimed.outbox_ids,
-            in_flight,
+            tuple(e for r, events in publish.items() if r not in held for e in events),
+            tuple(r for r in publish if r not in held),
+            frozenset(in_flight),
+            stale,
         )
+
+    async def _save_statuses(
+        self, conn: AsyncConnection, updates: list[PendingStatus], row_ids: list[str]
+    ) -> _SavedStatuses:
+        """The status updates of a save (one per key, in key order), in two statements:
+
+        1. each message's state moves to the highest known status of the batch, only
+           forward (``INSERT ... ON CONFLICT DO UPDATE ... WHERE rank < excluded.rank``,
+           the row locked until the commit, so members and overlapping batches take
+           turns), returning where it moved from;
+        2. every status into the fence (``ON CONFLICT DO NOTHING RETURNING``), each
+           marked ``announced`` (above where its message's state was: it moved it; or a
+           word Meta may add) or ``stale``.
+
+        Within one batch a message's statuses are taken in the order's order: ``read``
+        and ``delivered`` together, from ``sent``, announce both. A status that is a
+        duplicate can never be above the state (its first copy moved the state at least
+        to it), so the fence's answer cannot contradict the state's."""
+        highest: dict[tuple[str, str], PendingStatus] = {}
+        for p in updates:
+            rank = status_rules.rank(p.update.key.status)
+            if rank is None:
+                continue
+            mine = highest.get(p.update.key.message)
+            if mine is None or rank > (status_rules.rank(mine.update.key.status) or 0):
+                highest[p.update.key.message] = p
+        moved = await self._move_states(conn, [highest[m] for m in sorted(highest)])
+        announce: list[bool] = []
+        for p in updates:
+            rank = status_rules.rank(p.update.key.status)
+            if rank is None:
+                announce.append(True)
+            else:
+                before = moved.get(p.update.key.message)
+                announce.append(before is not None and rank > before)
+        inserted = await self._insert_statuses(conn, updates, row_ids, announce)
+        order = sorted(
+            (i for i, p in enumerate(updates) if announce[i] and p.update.key in inserted),
+            key=lambda i: (
+                updates[i].update.key.message,
+                status_rules.rank(updates[i].update.key.status) or 0,
+            ),
+        )
+        return _SavedStatuses(
+            inserted,
+            frozenset(p.update.key for i, p in enumerate(updates) if not announce[i]) & inserted,
+            [(row_ids[i], updates[i].event, updates[i].update.key) for i in order],
+        )
+
+    async def _move_states(
+        self, conn: AsyncConnection, highest: list[PendingStatus]
+    ) -> dict[tuple[str, str], int]:
+        """Move each message's state to its status in `highest`, where that is forward;
+        return, for each message moved, the rank it moved from (0: no state before)."""
+        if not highest:
+            return {}
+        insert = self._insert(message_state).values(updated_at=self._now())
+        stmt = insert.on_conflict_do_update(
+            index_elements=[message_state.c.phone_number_id, message_state.c.status_id],
+            set_={
+                "status": insert.excluded.status,
+                "rank": insert.excluded.rank,
+                "previous_status": message_state.c.status,
+                "updated_at": self._now(),
+            },
+            where=message_state.c.rank < insert.excluded.rank,
+        ).returning(
+            message_state.c.phone_number_id,
+            message_state.c.status_id,
+            message_state.c.previous_status,
+        )
+        params = [
+            {
+                "phone_number_id": p.update.key.phone_number_id,
+                "status_id": p.update.key.status_id,
+                "status": p.update.key.status,
+                "rank": status_rules.rank(p.update.key.status),
+                "previous_status": None,
+            }
+            for p in highest
+        ]
+        found = (await conn.execute(stmt, params)).all()
+        return {(r[0], r[1]): status_rules.rank(r[2] or "") or 0 for r in found}
+
+    async def _insert_statuses(
+        self,
+        conn: AsyncConnection,
+        updates: list[PendingStatus],
+        row_ids: list[str],
+        announce: list[bool],
+    ) -> frozenset[StatusKey]:
+        stmt = (
+            self._insert(statuses_table)
+            .values(created_at=self._now())
+            .on_conflict_do_nothing()
+            .returning(
+                statuses_table.c.phone_number_id,
+                statuses_table.c.status_id,
+                statuses_table.c.status,
+            )
+        )
+        params = [
+            _status_row(p, row_id if announced else None, announced)
+            for p, row_id, announced in zip(updates, row_ids, announce, strict=True)
+        ]
+        rows = (await conn.execute(stmt, params)).all()
+        return frozenset(StatusKey(r[0], r[1], r[2]) for r in rows)
+
+    async def _held_back(
+        self, conn: AsyncConnection, publish: dict[str, list[OutboundEvent]]
+    ) -> set[str]:
+        """The outbox rows of `publish` that must wait: one holding a status event of a
+        message whose lower status's event is in another outbox row still there (not yet
+        announced). Announcing it now could put a message's statuses out of order on
+        the topic; it is announced after (docs/design.md, "Statuses"). The earlier event
+        was committed before this one (the state row orders them), so it is visible."""
+        wanted: list[tuple[str, str, int, str]] = []
+        for row_id, row_events in publish.items():
+            for e in row_events:
+                order = status_order(e)
+                if order is not None:
+                    wanted.append((*order, row_id))
+        if not wanted:
+            return set()
+        lower: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        pair = sa.tuple_(statuses_table.c.phone_number_id, statuses_table.c.status_id)
+        for chunk in _chunks(sorted({(w[0], w[1]) for w in wanted}), _CHUNK // 2):
+            found = (
+                sa.select(
+                    statuses_table.c.phone_number_id,
+                    statuses_table.c.status_id,
+                    statuses_table.c.rank,
+                    statuses_table.c.outbox_id,
+                )
+                .select_from(statuses_table.join(outbox, outbox.c.id == statuses_table.c.outbox_id))
+                .where(pair.in_(chunk), statuses_table.c.rank.is_not(None))
+            )
+            for r in (await conn.execute(found)).all():
+                lower.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+        return {
+            row_id
+            for pnid, status_id, rank, row_id in wanted
+            if any(r < rank and other != row_id for r, other in lower.get((pnid, status_id), ()))
+        }
+
+    async def _unclaim(self, conn: AsyncConnection, row_ids: list[str]) -> None:
+        """Leave these rows unclaimed: held back, they are published by whoever meets
+        them next (the retry of their records, or a relay)."""
+        for chunk in _chunks(row_ids):
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_(chunk))
+                .values(claimed_by=None, claimed_until=None)
+            )
 
     async def mark_published(self, outbox_ids: Sequence[str]) -> None:
         """Record that all the events of these outbox rows reached the outbound topic:
@@ -160,20 +351,25 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"marking {len(outbox_ids)} outbox row(s) published") from exc
 
-    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
-        """Which of these messages are stored and announced (a row whose outbox row is
-        gone: a published row is deleted): what a done marker in Redis claims, confirmed
-        by the authority. One statement, no transaction (PostgreSQL: the keys bound as
-        two arrays; SQLite: a row-value IN list per chunk)."""
+    async def announced(self, keys: Collection[ItemKey]) -> frozenset[ItemKey]:
+        """Which of these messages and status updates are stored and announced (a row
+        whose outbox row is gone: a published row is deleted; a stale status has none):
+        what a done marker in Redis claims, confirmed by the authority. One statement
+        per kind, no transaction (PostgreSQL: the message keys bound as two arrays;
+        otherwise a row-value IN list per chunk)."""
         if not keys:
             return frozenset()
-        ordered = sorted(keys)
+        ordered = sorted(k for k in keys if isinstance(k, MessageKey))
+        status_keys = sorted(k for k in keys if isinstance(k, StatusKey))
+        found: frozenset[ItemKey] = frozenset()
         try:
             async with self._autocommit.connect() as conn:
-                if self._sqlite:
+                if ordered and self._sqlite:
                     found = await _announced_sqlite(conn, ordered)
-                else:
+                elif ordered:
                     found = await _announced_pg(conn, ordered)
+                if status_keys:
+                    found |= await _statuses_announced(conn, status_keys)
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"confirming {len(keys)} done marker(s)") from exc
         return found
@@ -194,9 +390,16 @@ class Store:
         try:
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()
+                claimed = {r[0]: unpack_events(bytes(r[1])) for r in rows}
+                # A row whose status event must wait for an earlier one of its message
+                # (in another row still there) is left for a later round.
+                held = await self._held_back(conn, claimed)
+                if held:
+                    await self._unclaim(conn, sorted(held))
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, "claiming unpublished outbox rows") from exc
-        return _claimed(rows)
+        kept = [r for r in claimed if r not in held]
+        return OutboxClaim(tuple(e for r in kept for e in claimed[r]), tuple(kept))
 
     async def outbox_stats(self) -> tuple[int, float]:
         """How many events are not yet announced, and the age in seconds of the oldest
@@ -225,6 +428,8 @@ class Store:
             async with self._engine.connect() as conn:
                 await conn.execute(sa.text("SELECT outbox_id FROM messages WHERE 1 = 0"))
                 await conn.execute(sa.text("SELECT id, events FROM outbox WHERE 1 = 0"))
+                await conn.execute(sa.text("SELECT outcome FROM statuses WHERE 1 = 0"))
+                await conn.execute(sa.text("SELECT previous_status FROM message_state WHERE 1 = 0"))
             await self.warm(warm, claim_for=claim_for)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(database_problem(exc)) from exc
@@ -346,27 +551,33 @@ class Store:
     async def _unpublished(
         self,
         conn: AsyncConnection,
-        keys: list[MessageKey],
+        keys: list[ItemKey],
         claim: Claim,
-    ) -> tuple[OutboxClaim, frozenset[MessageKey]]:
-        """The unpublished outbox rows of conflicting keys: (those claimed now by us, to
-        publish; the keys whose row someone else holds, who is publishing it). The claim
+    ) -> tuple[dict[str, list[OutboundEvent]], set[ItemKey], dict[ItemKey, str]]:
+        """The unpublished outbox rows of conflicting keys (messages and statuses):
+        (those claimed now by us, to publish, with their events; the keys whose row
+        someone else holds, who is publishing it; each key's unpublished row). The claim
         is one UPDATE, so of two batches (or a batch and a relay) racing for a row
         exactly one gets it. At most _CONFLICT_ROWS rows are claimed per save (each may
         hold a batch of other messages' events); the keys of rows beyond that come back
         held too, and their retry (or the relay) takes them."""
-        if not keys:
-            return OutboxClaim((), ()), frozenset()
-        row_of = await (_outbox_of_sqlite if self._sqlite else _outbox_of_pg)(conn, keys)
+        message_keys = [k for k in keys if isinstance(k, MessageKey)]
+        status_keys = [k for k in keys if isinstance(k, StatusKey)]
+        row_of: dict[ItemKey, str] = {}
+        if message_keys:
+            outbox_of = _outbox_of_sqlite if self._sqlite else _outbox_of_pg
+            row_of.update(await outbox_of(conn, message_keys))
+        if status_keys:
+            row_of.update(await _status_outbox_of(conn, status_keys))
         row_ids = sorted(set(row_of.values()))
         if not row_ids:  # every conflict was announced already
-            return OutboxClaim((), ()), frozenset()
+            return {}, set(), row_of
         # A row another transaction has locked (a relay claiming it, a worker claiming or
         # deleting it) is skipped, not waited for: it comes back busy, "not yet". So a
         # save never waits on an outbox row while it holds others, and two batches that
         # conflict on the same rows cannot deadlock (each would lock them in its own
         # scan order). SQLite has no row locks; it serialises writers instead.
-        claimed: list[Any] = []
+        claimed: dict[str, list[OutboundEvent]] = {}
         unpublished: set[str] = set()
         claimable = self._free_or_reclaimed(claim.reclaim)
         for ids in _chunks(row_ids):
@@ -374,12 +585,12 @@ class Store:
             if room > 0:
                 where = sa.and_(outbox.c.id.in_(ids), claimable)
                 update = self._claim(where, outbox.c.id, room, claim.claimant, claim.claim_for)
-                claimed.extend((await conn.execute(update)).all())
+                for r in (await conn.execute(update)).all():
+                    claimed[r[0]] = unpack_events(bytes(r[1]))
             exists = sa.select(outbox.c.id).where(outbox.c.id.in_(ids))
             unpublished.update(r[0] for r in (await conn.execute(exists)).all())
-        ours = _claimed(claimed)
-        busy = unpublished - set(ours.outbox_ids)
-        return ours, frozenset(k for k, row_id in row_of.items() if row_id in busy)
+        busy = unpublished - set(claimed)
+        return claimed, {k for k, row_id in row_of.items() if row_id in busy}, row_of
 
     def _claim(
         self,
@@ -474,7 +685,7 @@ WHERE m.outbox_id IS NOT NULL
 )
 
 
-async def _outbox_of_pg(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
+async def _outbox_of_pg(conn: AsyncConnection, keys: list[MessageKey]) -> dict[ItemKey, str]:
     """The outbox row of each of these keys that has one (an unannounced message)."""
     found = await conn.execute(_OUTBOX_OF_PG, _key_arrays(keys))
     return {MessageKey(r[0], r[1]): r[2] for r in found.all()}
@@ -488,9 +699,9 @@ def _key_arrays(keys: list[MessageKey]) -> dict[str, list[str]]:
     }
 
 
-async def _outbox_of_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> dict[MessageKey, str]:
+async def _outbox_of_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> dict[ItemKey, str]:
     """As _outbox_of_pg, in chunks of a row-value IN list (SQLite binds no arrays)."""
-    row_of: dict[MessageKey, str] = {}
+    row_of: dict[ItemKey, str] = {}
     pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
     for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
         found = sa.select(
@@ -514,14 +725,14 @@ WHERE o.id IS NULL
 )
 
 
-async def _announced_pg(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[MessageKey]:
+async def _announced_pg(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[ItemKey]:
     found = await conn.execute(_ANNOUNCED_PG, _key_arrays(keys))
     return frozenset(MessageKey(r[0], r[1]) for r in found.all())
 
 
-async def _announced_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[MessageKey]:
+async def _announced_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> frozenset[ItemKey]:
     pair = sa.tuple_(messages.c.phone_number_id, messages.c.source_id)
-    out: set[MessageKey] = set()
+    out: set[ItemKey] = set()
     for chunk in _chunks(keys, _CHUNK // 2):  # two values per key
         found = (
             sa.select(messages.c.phone_number_id, messages.c.source_id)
@@ -529,6 +740,22 @@ async def _announced_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> fr
             .where(pair.in_(chunk), outbox.c.id.is_(None))
         )
         out.update(MessageKey(r[0], r[1]) for r in (await conn.execute(found)).all())
+    return frozenset(out)
+
+
+async def _statuses_announced(conn: AsyncConnection, keys: list[StatusKey]) -> frozenset[ItemKey]:
+    """Which of these status updates are stored, and announced or stale (no outbox row
+    of theirs left)."""
+    t = statuses_table
+    triple = sa.tuple_(t.c.phone_number_id, t.c.status_id, t.c.status)
+    out: set[ItemKey] = set()
+    for chunk in _chunks(keys, _CHUNK // 3):  # three values per key
+        found = (
+            sa.select(t.c.phone_number_id, t.c.status_id, t.c.status)
+            .select_from(t.outerjoin(outbox, outbox.c.id == t.c.outbox_id))
+            .where(triple.in_(chunk), outbox.c.id.is_(None))
+        )
+        out.update(StatusKey(r[0], r[1], r[2]) for r in (await conn.execute(found)).all())
     return frozenset(out)
 
 
@@ -583,11 +810,46 @@ _PG_COLUMNS = (
 )
 
 
-def _claimed(rows: Sequence[Any]) -> OutboxClaim:
-    """Claimed outbox rows (id, events) as their events and ids."""
-    return OutboxClaim(
-        tuple(e for r in rows for e in unpack_events(bytes(r[1]))), tuple(r[0] for r in rows)
-    )
+async def _status_outbox_of(conn: AsyncConnection, keys: list[StatusKey]) -> dict[ItemKey, str]:
+    """The outbox row of each of these status updates that has one (announced, and
+    perhaps not yet published), by the fence's key (a row-value IN list per chunk)."""
+    t = statuses_table
+    row_of: dict[ItemKey, str] = {}
+    triple = sa.tuple_(t.c.phone_number_id, t.c.status_id, t.c.status)
+    for chunk in _chunks(keys, _CHUNK // 3):  # three values per key
+        found = sa.select(t.c.phone_number_id, t.c.status_id, t.c.status, t.c.outbox_id).where(
+            triple.in_(chunk), t.c.outbox_id.is_not(None)
+        )
+        for r in (await conn.execute(found)).all():
+            row_of[StatusKey(r[0], r[1], r[2])] = r[3]
+    return row_of
+
+
+def _status_row(p: PendingStatus, outbox_id: str | None, announced: bool) -> dict[str, Any]:
+    u = p.update
+    return {
+        "phone_number_id": u.key.phone_number_id,
+        "status_id": u.key.status_id,
+        "status": u.key.status,
+        "rank": status_rules.rank(u.key.status),
+        "outcome": "announced" if announced else "stale",
+        "recipient_id": u.recipient,
+        "status_timestamp": u.timestamp,
+        "raw": u.raw,
+        "event_id": u.key.event_id,
+        "source_topic": u.source.topic,
+        "source_partition": u.source.partition,
+        "source_offset": u.source.offset,
+        "outbox_id": outbox_id,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _SavedStatuses:
+    inserted: frozenset[StatusKey]
+    stale: frozenset[StatusKey]  # inserted, not announced
+    # (outbox row, event, key) of each announced status inserted, in the order to publish.
+    announced: list[tuple[str, OutboundEvent, ItemKey]]
 
 
 # Ids per statement: asyncpg takes at most 32,767 query arguments, older SQLite 999; a

@@ -27,6 +27,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumer import statuses as status_rules
 from consumer.dedup import DONE_PREFIX
 from consumer.errors import (
     BrokerError,
@@ -43,9 +44,10 @@ from consumer.ports import (
     LeaseState,
     OutboxClaim,
     PendingMessage,
+    PendingStatus,
     SaveResult,
 )
-from consumer.records import InboundRecord, Invalid, MessageKey
+from consumer.records import InboundRecord, Invalid, ItemKey, MessageKey, StatusKey
 
 PNID = "106540352242922"
 SENDER = "16505551234"
@@ -155,7 +157,24 @@ class FakeStore:
     # Per save: its claimant, and the claimants whose claims it was allowed to take back.
     claimants: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    # Status updates stored (outbox key: their event_id, or None when stale), and each
+    # message's state (its highest status).
+    status_rows: dict[StatusKey, str | None] = field(default_factory=dict)
+    states: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
+        if statuses:
+            base = (
+                await self.save(pending, claim)
+                if pending
+                else SaveResult(frozenset(), frozenset(), (), ())
+            )
+            return self._save_statuses(base, statuses)
         self.saves.append([p.message.key for p in pending])
         self.claimants.append((claim.claimant, claim.reclaim))
         if self.fail_next_save:
@@ -186,6 +205,43 @@ class FakeStore:
         events = tuple(p.event for p in new) + stale
         return SaveResult(inserted, conflicts, events, tuple(e.event_id for e in events))
 
+    def _save_statuses(self, base: SaveResult, pending: Sequence[PendingStatus]) -> SaveResult:
+        """As the Store: the fence on the key, the state moved forward only, taken in
+        the order's order within the save; an event per forward move (or unknown word)."""
+        by_key: dict[StatusKey, PendingStatus] = {}
+        for p in pending:
+            by_key.setdefault(p.update.key, p)
+        inserted = {k for k in by_key if k not in self.status_rows}
+        conflicts = frozenset(by_key) - inserted
+        stale: set[StatusKey] = set()
+        new_events: list[OutboundEvent] = []
+        for k in sorted(inserted, key=lambda k: (k.message, status_rules.rank(k.status) or 0)):
+            outcome = status_rules.apply(self.states.get(k.message), k.status)
+            if outcome.state is not None:
+                self.states[k.message] = outcome.state
+            if outcome.announce:
+                event = by_key[k].event
+                self.status_rows[k] = event.event_id
+                self.outbox[event.event_id] = OutboxRow(event)
+                new_events.append(event)
+            else:
+                self.status_rows[k] = None
+                stale.add(k)
+        again = tuple(
+            self.outbox[eid].event
+            for k in conflicts
+            if (eid := self.status_rows.get(k)) is not None and not self.outbox[eid].published
+        )
+        events = base.to_publish + tuple(new_events) + again
+        return SaveResult(
+            base.inserted | inserted,
+            base.conflicts | conflicts,
+            events,
+            tuple(e.event_id for e in events),
+            base.in_flight,
+            frozenset(stale),
+        )
+
     async def release_claims(self, outbox_ids: Sequence[str], claimant: str) -> None:
         """The fake keeps no claims: every unpublished row is anyone's to publish."""
 
@@ -196,15 +252,20 @@ class FakeStore:
             if event_id in self.outbox:
                 self.outbox[event_id].published = True
 
-    async def announced(self, keys: Collection[MessageKey]) -> frozenset[MessageKey]:
+    async def announced(self, keys: Collection[ItemKey]) -> frozenset[ItemKey]:
         """The keys stored whose event is out (its outbox row published)."""
         if self.fail_next_announced:
             self.fail_next_announced = False
             raise StoreError("confirming done markers failed: fake database gone")
         unpublished = self.unpublished()
-        return frozenset(
-            k for k in keys if k in self.rows and self.rows[k].event.event_id not in unpublished
-        )
+        out: set[ItemKey] = set()
+        for k in keys:
+            if isinstance(k, StatusKey):
+                if k in self.status_rows and self.status_rows[k] not in unpublished:
+                    out.add(k)
+            elif k in self.rows and self.rows[k].event.event_id not in unpublished:
+                out.add(k)
+        return frozenset(out)
 
     async def claim_unpublished(
         self, *, claimant: str, claim_for: dt.timedelta, limit: int
@@ -282,6 +343,13 @@ def message(wamid: str, sender: str = SENDER, text: str = "hello") -> dict[str, 
         "type": "text",
         "text": {"body": text},
     }
+
+
+def status(
+    wamid: str, word: str = "delivered", recipient: str = SENDER, timestamp: str = "1749416390"
+) -> dict[str, Any]:
+    """A Meta status object: `word` for the business's message `wamid`."""
+    return {"id": wamid, "status": word, "timestamp": timestamp, "recipient_id": recipient}
 
 
 def webhook(

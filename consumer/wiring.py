@@ -107,6 +107,7 @@ def pipeline_config(settings: Settings, event_limit: EventLimit | None = None) -
         app_secret=s.app_secret,
         debug=s.debug,
         event_limit=event_limit or request_event_limit(s),
+        status_events=s.status_events,
     )
 
 

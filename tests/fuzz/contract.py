@@ -16,7 +16,7 @@ import orjson
 
 from consumer import events, limits
 from consumer.errors import UnstorableError
-from consumer.records import InboundRecord, Invalid, Message, Reason, Webhook
+from consumer.records import InboundRecord, Invalid, Message, Reason, StatusUpdate, Webhook
 
 OUT_TOPIC = "whatsapp.message_created"
 OCCURRED_AT = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -70,8 +70,10 @@ def _webhook_problems(record: InboundRecord, hook: Webhook) -> list[str]:
     found = []
     if hook.record is not record:
         found.append("the Webhook does not carry the record it was given")
-    if min(hook.statuses, hook.errors, hook.ignored_changes) < 0:
+    if min(hook.errors, hook.ignored_changes) < 0:
         found.append("a negative count")
+    for n, update in enumerate(hook.statuses):
+        found.extend(f"statuses[{n}]: {p}" for p in _status_problems(record, update))
     for n, message in enumerate(hook.messages):
         found.extend(f"messages[{n}]: {p}" for p in _message_problems(record, message))
     for n in _events_to_build(hook.messages):
@@ -113,6 +115,31 @@ def _message_problems(record: InboundRecord, m: Message) -> list[str]:
     if m.contact_name is not None and not isinstance(m.contact_name, str):
         found.append(f"contact_name is {type(m.contact_name).__name__}")
     return found + _json_problems(m)
+
+
+def _status_problems(record: InboundRecord, u: StatusUpdate) -> list[str]:
+    """A status update: its identifiers fit their columns and its lease key, the
+    timestamp is Meta's (digits), its raw object and event can be encoded."""
+    found = [
+        *_identifier(u.key.phone_number_id, "phone_number_id", limits.PHONE_NUMBER_ID_MAX),
+        *_identifier(u.key.status_id, "id", limits.WAMID_MAX),
+        *_identifier(u.key.status, "status", limits.STATUS_MAX),
+        *_identifier(u.recipient, "recipient", limits.RECIPIENT_MAX),
+        *_identifier(u.timestamp, "timestamp", limits.TIMESTAMP_MAX),
+    ]
+    if not (u.timestamp.isascii() and u.timestamp.isdigit()):
+        found.append("the timestamp is not Unix seconds")
+    if u.source is not record:
+        found.append("the status does not carry its record")
+    if not isinstance(u.raw, dict) or u.raw.get("id") != u.key.status_id:
+        found.append("raw is not the status object")
+    try:
+        built = events.build_status(u, topic=OUT_TOPIC, occurred_at=OCCURRED_AT)
+    except Exception as exc:  # noqa: BLE001 - any escape is the finding
+        return [*found, f"events.build_status raised {type(exc).__name__}: {exc}"]
+    if len(built.payload) + len(built.key) > limits.MAX_EVENT_BYTES:
+        found.append("the status event is larger than MAX_EVENT_BYTES")
+    return found
 
 
 def _json_problems(m: Message) -> list[str]:

@@ -429,7 +429,7 @@ def _huge_lists(shape: str, target: int, text: bytes) -> bytes:
         return _fill(b'{"entry":[', lambda n: b'{"changes":[' + change(n) + b"]}", b"]}", target)
     if shape == "changes":
         return _fill(b'{"entry":[{"changes":[', change, b"]}]}", target)
-    status = b'{"id":"w%d","status":"read","timestamp":"1"}'
+    status = b'{"id":"w%d","status":"read","timestamp":"1","recipient_id":"1"}'
     return _fill(_VALUE_HEAD + b'"statuses":[', lambda n: status % n, _VALUE_TAIL, target)
 
 

@@ -291,7 +291,9 @@ def message_changes(draw: st.DrawFn) -> dict[str, Any]:
         "messages": draw(st.lists(messages(senders), min_size=1, max_size=3)),
     }
     if draw(st.booleans()):
-        value["statuses"] = [{"id": draw(WAMIDS), "status": "read", "timestamp": "1"}]
+        value["statuses"] = [
+            {"id": draw(WAMIDS), "status": "read", "timestamp": "1", "recipient_id": "15551234567"}
+        ]
     change: dict[str, Any] = {"value": value}
     if draw(st.booleans()):
         change["field"] = "messages"  # the default when missing
@@ -301,7 +303,20 @@ def message_changes(draw: st.DrawFn) -> dict[str, Any]:
 OTHER_CHANGES = st.sampled_from(
     [
         {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}},
-        {"field": "messages", "value": {"statuses": [{"id": "wamid.OUT", "status": "sent"}]}},
+        {
+            "field": "messages",
+            "value": {
+                "metadata": {"phone_number_id": "106540352242922"},
+                "statuses": [
+                    {
+                        "id": "wamid.OUT",
+                        "status": "sent",
+                        "timestamp": "1750030073",
+                        "recipient_id": "16505551234",
+                    }
+                ],
+            },
+        },
         {"field": "messages", "value": {"errors": [{"code": 131000, "title": "\x00"}]}},
     ]
 ).map(copy.deepcopy)

@@ -12,8 +12,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumer import intake
-from consumer.records import InboundRecord, Invalid, MessageKey, Reason, Webhook
-from consumer.testing import PNID, SENDER, message, record, webhook
+from consumer.records import InboundRecord, Invalid, MessageKey, Reason, StatusKey, Webhook
+from consumer.testing import PNID, SENDER, message, record, status, webhook
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 MAX = 256 * 1024
@@ -80,7 +80,7 @@ def test_single_message_fixtures(name: str, expected: tuple[str, str]) -> None:
     assert m.sender == SENDER
     assert m.display_phone_number == "15550783881"
     assert m.raw["id"] == wamid
-    assert (hook.statuses, hook.errors, hook.ignored_changes) == (0, 0, 0)
+    assert (len(hook.statuses), hook.errors, hook.ignored_changes) == (0, 0, 0)
 
 
 def test_text_fixture_carries_contact_and_source() -> None:
@@ -102,7 +102,7 @@ def test_constructed_batch_yields_every_message_of_every_change() -> None:
     assert wamids == ["wamid.TEST-0001", "wamid.TEST-0002", "wamid.TEST-0003", "wamid.TEST-0001"]
     assert all(m.key.phone_number_id == PNID for m in hook.messages)
     assert [m.type for m in hook.messages] == ["text", "image", "reaction", "text"]
-    assert hook.statuses == 1
+    assert len(hook.statuses) == 1
     assert hook.errors == 0
 
 
@@ -111,7 +111,7 @@ def test_status_fixtures_have_no_messages(name: str) -> None:
     """A status webhook is valid and creates no message: 0 messages, 1 status."""
     hook = _fixture(name)
     assert hook.messages == ()
-    assert hook.statuses == 1
+    assert len(hook.statuses) == 1
     assert hook.errors == 0
 
 
@@ -120,7 +120,7 @@ def test_value_level_errors_fixture() -> None:
     hook = _fixture("errors_value_level.json")
     assert hook.messages == ()
     assert hook.errors == 1
-    assert hook.statuses == 0
+    assert len(hook.statuses) == 0
 
 
 # -- reasons -------------------------------------------------------------------------
@@ -248,13 +248,64 @@ def test_numeric_phone_number_id_is_used_as_string() -> None:
     assert hook.messages[0].key == MessageKey(PNID, "wamid.A")
 
 
-def test_status_only_change_without_phone_number_id_is_valid() -> None:
-    """A statuses-only change needs no phone_number_id: a valid webhook, 0 messages."""
-    statuses = [{"id": "wamid.OUT", "status": "read", "timestamp": "1"}]
-    hook = _decode(webhook(statuses=statuses, pnid=None))
+def test_statuses_are_decoded_with_their_keys() -> None:
+    """Every status of the change is returned, keyed by (phone_number_id, id, word); an
+    integer timestamp is taken as its digits, a word Meta may add is kept as sent, and
+    a status naming only recipient_user_id is addressed to it."""
+    statuses = [
+        status("wamid.A", "sent"),
+        {**status("wamid.A", "read"), "timestamp": 1749416400},
+        {**status("wamid.B", "deleted_for_everyone")},
+        {"id": "wamid.C", "status": "delivered", "timestamp": "1", "recipient_user_id": "US.1"},
+    ]
+    hook = _decode(webhook(statuses=statuses))
     assert isinstance(hook, Webhook)
-    assert hook.messages == ()
-    assert hook.statuses == 1
+    assert [u.key for u in hook.statuses] == [
+        StatusKey(PNID, "wamid.A", "sent"),
+        StatusKey(PNID, "wamid.A", "read"),
+        StatusKey(PNID, "wamid.B", "deleted_for_everyone"),
+        StatusKey(PNID, "wamid.C", "delivered"),
+    ]
+    assert hook.statuses[1].timestamp == "1749416400"
+    assert [u.recipient for u in hook.statuses][2:] == [SENDER, "US.1"]
+    assert hook.statuses[0].raw == statuses[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "detail"),
+    [
+        ({"id": None}, Reason.INVALID_FIELD, "statuses[0].id is null, not a string"),
+        ({"id": ""}, Reason.INVALID_FIELD, "statuses[0].id is a string of 0 characters"),
+        ({"id": "w" * 513}, Reason.INVALID_FIELD, "statuses[0].id has 513 characters, at most 512"),
+        ({"id": "w\x00"}, Reason.INVALID_FIELD, "statuses[0].id holds a control character"),
+        ({"status": None}, Reason.INVALID_FIELD, "statuses[0].status is null"),
+        ({"status": "r" * 33}, Reason.INVALID_FIELD, "statuses[0].status has 33 characters"),
+        ({"status": "read\x00"}, Reason.INVALID_FIELD, "statuses[0].status holds a control"),
+        ({"timestamp": "1.5"}, Reason.INVALID_FIELD, "statuses[0].timestamp is a string of 3"),
+        ({"timestamp": -1}, Reason.INVALID_FIELD, "statuses[0].timestamp is a number, not Unix"),
+        ({"timestamp": "1" * 21}, Reason.INVALID_FIELD, "statuses[0].timestamp is a string of 21"),
+        ({"timestamp": None}, Reason.INVALID_FIELD, "statuses[0].timestamp is null"),
+        ({"recipient_id": None}, Reason.INVALID_FIELD, "statuses[0].recipient_id is null"),
+        ({"recipient_id": "1" * 65}, Reason.INVALID_FIELD, "statuses[0].recipient_id has 65"),
+    ],
+)
+def test_a_bad_status_dead_letters_its_record_naming_the_field(
+    change: dict[str, object], reason: Reason, detail: str
+) -> None:
+    """A status that cannot be stored, keyed or announced as it is: the whole record is
+    dead-lettered with the field named (never a status silently dropped)."""
+    bad = {**status("wamid.A", "read"), **change}
+    out = _decode(webhook(statuses=[status("wamid.B", "sent"), bad][1:]))
+    assert isinstance(out, Invalid)
+    assert out.reason is reason
+    assert detail in out.detail
+
+
+def test_statuses_need_the_phone_number_id() -> None:
+    """A status is keyed under its number: without one the record is dead-lettered."""
+    out = _decode(webhook(statuses=[status("wamid.A")], pnid=None))
+    assert isinstance(out, Invalid)
+    assert out.reason is Reason.MISSING_PHONE_NUMBER_ID
 
 
 def test_errors_only_change_without_phone_number_id_is_valid() -> None:

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from consumer.errors import StoreError
@@ -23,6 +24,7 @@ from consumer.testing import (
     key,
     message,
     record,
+    status,
     webhook,
 )
 from consumer.tracking import RetryQueue
@@ -114,12 +116,14 @@ async def test_same_key_twice_in_one_batch(world: World) -> None:
 async def test_constructed_batch_fixture_stores_three_and_announces_three(
     world: World,
 ) -> None:
-    """A batch body with a repeated wamid gives 3 rows and 3 events, and is durable."""
+    """A batch body with a repeated wamid gives 3 rows and 3 message events (and its
+    status's event), and is durable."""
     body = FIXTURES / "constructed_batch_multi_message.json"
     records = _records(body.read_bytes())
     report = await world.pipeline.process(records)
     assert len(world.store.rows) == 3
-    assert len(world.publisher.published) == 3
+    kinds = Counter(orjson.loads(e.payload)["event"] for e in world.publisher.published)
+    assert kinds == {"message_created": 3, "message_status_changed": 1}
     assert (report.messages, report.dup_in_batch, report.statuses) == (4, 1, 1)
     assert _coords(report.durable) == _coords(records)
 
@@ -254,13 +258,18 @@ async def test_foreign_key_of_a_dead_letter_sends_it(world: World) -> None:
 
 
 async def test_lease_store_failure_retries_everything(world: World) -> None:
-    """Redis failing at acquire: every record with messages retries, nothing is stored."""
+    """Redis failing at acquire: every record with messages or statuses retries, nothing
+    is stored; a record with neither is done."""
     world.leases.fail_on.add("acquire")
-    records = _records(webhook([message("wamid.A")]), webhook(statuses=[{"id": "x"}]))
+    records = _records(
+        webhook([message("wamid.A")]),
+        webhook(statuses=[status("wamid.OUT")]),
+        webhook(statuses=[]),
+    )
     report = await world.pipeline.process(records)
 
-    assert report.retry == records[:1]
-    assert report.durable == records[1:]  # a statuses-only webhook needs no lease
+    assert report.retry == records[:2]
+    assert report.durable == records[2:]  # nothing to store: no lease needed
     assert world.store.saves == []
     assert world.publisher.published == []
     assert report.failure is not None
@@ -481,13 +490,43 @@ async def test_dead_letter_failure_retries_those_records(world: World) -> None:
     assert report.failure is not None
 
 
-async def test_statuses_only_webhook_is_durable_without_events(world: World) -> None:
-    """A statuses-only webhook is durable at once: no lease, no row, no event."""
-    records = _records(webhook(statuses=[{"id": "wamid.OUT", "status": "read"}]))
+async def test_statuses_are_stored_once_and_announced_forward_only(world: World) -> None:
+    """Statuses go through the lease and the fence like messages: each forward move is
+    announced once, a stale or repeated one is stored as seen (or found) and not
+    announced, and every record is durable."""
+    records = _records(
+        webhook(statuses=[status("wamid.OUT", "delivered"), status("wamid.OUT", "sent")]),
+        webhook(statuses=[status("wamid.OUT", "read"), status("wamid.OUT", "delivered")]),
+    )
     report = await world.pipeline.process(records)
 
     assert report.durable == records
+    assert report.statuses == 4
+    words = [orjson.loads(e.payload)["status"]["status"] for e in world.publisher.published]
+    assert words == ["sent", "delivered", "read"]  # the order's order within a batch
+    assert report.status_outcomes == {
+        ("sent", "announced"): 1,
+        ("delivered", "announced"): 1,
+        ("read", "announced"): 1,
+        ("delivered", "duplicate"): 1,
+    }
+    again = await world.pipeline.process(_records(webhook(statuses=[status("wamid.OUT", "sent")])))
+    assert again.status_outcomes == {("sent", "duplicate"): 1}
+    late = await world.pipeline.process(_records(webhook(statuses=[status("wamid.OUT", "failed")])))
+    assert late.status_outcomes == {("failed", "stale"): 1}  # read is above failed
+    assert len(world.publisher.published) == 3
+
+
+async def test_status_events_off_counts_statuses_and_stores_nothing(world: World) -> None:
+    """STATUS_EVENTS=off: a statuses-only record is durable at once, no lease, no row,
+    no event; its statuses are counted as ignored."""
+    pipeline = world.worker("w1", Settings(status_events=False))
+    records = _records(webhook(statuses=[status("wamid.OUT", "read")]))
+    report = await pipeline.process(records)
+
+    assert report.durable == records
     assert report.statuses == 1
+    assert report.status_outcomes == {("read", "ignored"): 1}
     assert world.leases.calls == []
     assert world.store.saves == []
     assert world.publisher.publish_calls == 0

@@ -108,6 +108,7 @@ from consumer.testing import (
     OutboxRow,
     message,
     record,
+    status,
     webhook,
 )
 from consumer.tracking import Tracker
@@ -116,7 +117,10 @@ from consumer.wiring import pipeline_config, publish_claim
 EPOCH = dt.datetime(2025, 6, 9, 12, 0, tzinfo=dt.UTC)
 LEASE_TTL_S = 30.0
 DONE_TTL_S = 8 * 24 * 3600.0
-SETTINGS = Settings(lease_ttl_s=LEASE_TTL_S, done_ttl_s=DONE_TTL_S)
+# Status events off: this machine models the flow of messages (a statuses-only body is
+# a record with nothing to store); the statuses' flow is checked against the real Store
+# in tests/integration/test_statuses_store.py and tests/unit/test_statuses.py.
+SETTINGS = Settings(lease_ttl_s=LEASE_TTL_S, done_ttl_s=DONE_TTL_S, status_events=False)
 CLAIM_S = publish_claim(SETTINGS).total_seconds()  # how long an outbox claim holds
 PARTITIONS = 3
 WAMIDS = ("wamid.A", "wamid.B", "wamid.C")
@@ -410,7 +414,7 @@ def _poison(kind: str) -> Body:
 
 
 STATUSES_ONLY = Body(
-    record(webhook(statuses=[{"id": "wamid.OUT", "status": "read"}])).value or b"",
+    record(webhook(statuses=[status("wamid.OUT", "read")])).value or b"",
     frozenset(),
     "statuses-only",
 )
