@@ -133,14 +133,15 @@ class Store:
             by_status.setdefault(s.update.key, s)
         updates = [by_status[k] for k in sorted(by_status)]
         row_ids = assign_rows([*rows, *updates])
+        message_rows, status_rows = row_ids[: len(rows)], row_ids[len(rows) :]
         try:
             async with self._engine.begin() as conn:
                 if not rows:
                     inserted: frozenset[ItemKey] = frozenset()
                 elif self._sqlite:
-                    inserted = await self._insert_messages(conn, rows, row_ids)
+                    inserted = await self._insert_messages(conn, rows, message_rows)
                 else:
-                    inserted = await _insert_pg(conn, rows, row_ids)
+                    inserted = await _insert_pg(conn, rows, message_rows)
                 new: list[tuple[str, OutboundEvent, ItemKey]] = [
                     (row_ids[i], p.event, p.message.key)
                     for i, p in enumerate(rows)
@@ -148,7 +149,7 @@ class Store:
                 ]
                 stale: frozenset[StatusKey] = frozenset()
                 if updates:
-                    saved = await self._save_statuses(conn, updates, row_ids[len(rows) :])
+                    saved = await self._save_statuses(conn, updates, status_rows)
                     inserted |= saved.inserted
                     stale = saved.stale
                     new += saved.announced

@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from consumer import events, intake
 from consumer import statuses as rules
 from consumer.engine import create_engine
-from consumer.ports import Claim, PendingStatus, SaveResult
+from consumer.ports import Claim, PendingMessage, PendingStatus, SaveResult
 from consumer.records import Invalid, StatusKey
 from consumer.schema import message_state
 from consumer.schema import statuses as statuses_table
 from consumer.store import Store
 from consumer.testing import PNID, record, status, webhook
+from consumer.testing import message as meta_message
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +116,34 @@ async def test_forward_moves_are_announced_and_the_rest_stored_as_seen(store: St
     assert await store.announced([StatusKey(PNID, "w.A", k) for k in WORDS]) == {
         StatusKey(PNID, "w.A", k) for k in WORDS
     }
+
+
+async def test_messages_and_statuses_in_one_save(store: Store) -> None:
+    """A batch of both kinds (Meta's bodies mix them): every message and every status
+    stored, in one outbox row, the messages' events first; a status of a wamid that is
+    also an inbound message's is another thing (one row each)."""
+    body = webhook(
+        [meta_message("w.M1"), meta_message("w.A")],
+        statuses=[status("w.A", "read"), status("w.A", "sent"), status("w.Z", "failed")],
+    )
+    decoded = intake.decode(record(body), max_bytes=1 << 20)
+    assert not isinstance(decoded, Invalid)
+    messages = [
+        PendingMessage(m, events.build(m, topic="out", occurred_at=T0)) for m in decoded.messages
+    ]
+    statuses = [
+        PendingStatus(u, events.build_status(u, topic="out", occurred_at=T0))
+        for u in decoded.statuses
+    ]
+    saved = await store.save(messages, Claim("b1", CLAIM), statuses)
+    kinds = [orjson.loads(e.payload)["event"] for e in saved.to_publish]
+    assert kinds == ["message_created"] * 2 + ["message_status_changed"] * 3
+    assert len(saved.outbox_ids) == 1
+    assert saved.inserted == {m.message.key for m in messages} | {u.update.key for u in statuses}
+    await store.mark_published(saved.outbox_ids)
+    again = await store.save(messages, Claim("b2", CLAIM), statuses)
+    assert again.to_publish == ()
+    assert again.conflicts == saved.inserted
 
 
 async def test_a_stale_status_is_stored_without_an_event(store: Store) -> None:
