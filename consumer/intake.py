@@ -370,16 +370,17 @@ def field_label(field: object) -> str:
 
 
 def _check_holds_no_messages(value: dict[str, Any], field: object, where: str) -> None:
-    """A change of another field is ignored, but not one holding messages (`"field":
-    null`, `"Messages"`): ignoring it would drop them without a trace."""
-    held = value.get("messages")
-    if held is None or held == []:
-        return
-    named = f"'{field}'" if field_label(field) != OTHER_FIELD else _kind(field)
-    raise _Reject(
-        Reason.BAD_SHAPE,
-        f"{where}.value holds messages, but {where}.field is {named}, not 'messages'",
-    )
+    """A change of another field is ignored, but not one holding messages or statuses
+    (`"field": null`, `"Messages"`): ignoring it would drop them without a trace."""
+    for kind in ("messages", "statuses"):
+        held = value.get(kind)
+        if held is None or held == []:
+            continue
+        named = f"'{field}'" if field_label(field) != OTHER_FIELD else _kind(field)
+        raise _Reject(
+            Reason.BAD_SHAPE,
+            f"{where}.value holds {kind}, but {where}.field is {named}, not 'messages'",
+        )
 
 
 def _check_output(record: InboundRecord, messages: int, shared: int) -> None:

@@ -363,10 +363,21 @@ def test_messages_under_another_field_are_dead_lettered_not_dropped(
     assert "Messages" not in invalid.detail
 
 
+@pytest.mark.parametrize("field", [None, "Messages", "statuses"])
+def test_statuses_under_another_field_are_dead_lettered_not_dropped(field: object) -> None:
+    """Statuses, like messages, under a change of another field: bad_shape, naming
+    where, never silently ignored."""
+    value = webhook(statuses=[status("wamid.OUT", "read")])["entry"][0]["changes"][0]
+    invalid = _invalid(_with_change(field, value["value"]))
+    assert invalid.reason is Reason.BAD_SHAPE
+    assert "entry[0].changes[1].value holds statuses" in invalid.detail
+
+
 @pytest.mark.parametrize(
     ("field", "value", "label"),
     [
         pytest.param("account_update", {"event": "x"}, "account_update", id="documented"),
+        pytest.param("history", {"statuses": []}, "history", id="empty-statuses"),
         pytest.param("zz_Sheena_field", {"event": "x"}, "other", id="undocumented"),
         pytest.param(None, {"event": "x"}, "other", id="null"),
         pytest.param("Messages", {"messages": []}, "other", id="Messages-empty"),
