@@ -47,19 +47,43 @@ def format_event(partition: int, offset: int, value: bytes | None, as_json: bool
     except orjson.JSONDecodeError:
         if as_json:
             return json_line({"partition": partition, "offset": offset, "not_json_bytes": size})
-        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
+        return f"{partition}:{offset} <not an event of ours: {size} bytes>"
     if as_json:
         return json_line(event)
     try:
+        fields = _summary(event)
+    except (KeyError, TypeError):
+        fields = None
+    if fields is None:
+        return f"{partition}:{offset} <not an event of ours: {size} bytes>"
+    shown = " ".join(f"{name}={token(str(v))}" for name, v in fields.items())
+    return f"{partition}:{offset} {token(str(event['event']))} {shown}"
+
+
+def _summary(event: dict[str, object]) -> dict[str, object] | None:
+    """The fields a line shows of each kind of event (no content: no personal data
+    beyond the ids)."""
+    kind = event["event"]
+    if kind == "message_created":
         message = event["message"]
-        fields = {
+        if not isinstance(message, dict):
+            return None
+        return {
             "event_id": event["event_id"],
             "phone_number_id": event["phone_number_id"],
             "from": message["from"],
             "type": message["type"],
             "wamid": message["source_id"],
         }
-        shown = " ".join(f"{name}={token(str(v))}" for name, v in fields.items())
-        return f"{partition}:{offset} {token(str(event['event']))} {shown}"
-    except (KeyError, TypeError):
-        return f"{partition}:{offset} <not a message_created event: {size} bytes>"
+    if kind == "message_status_changed":
+        status = event["status"]
+        if not isinstance(status, dict):
+            return None
+        return {
+            "event_id": event["event_id"],
+            "phone_number_id": event["phone_number_id"],
+            "status": status["status"],
+            "wamid": status["id"],
+            "timestamp": status["timestamp"],
+        }
+    return None

@@ -194,6 +194,30 @@ def test_tail_line_escapes_every_field() -> None:
     )
 
 
+def test_tail_line_of_a_status_event() -> None:
+    """`tail` shows both kinds: a status event's line names its word and message, the
+    fields escaped like a message's."""
+    event = orjson.dumps(
+        {
+            "event": "message_status_changed",
+            "event_id": "e-2",
+            "phone_number_id": "15550001111",
+            "status": {
+                "id": "wamid.\u202eB",
+                "status": "read",
+                "timestamp": "1749416390",
+                "recipient_id": "\x1b[2J",
+            },
+        }
+    )
+    line = format_event(0, 8, event, as_json=False)
+    assert _raw_unsafe(line) == []
+    assert line == (
+        "0:8 message_status_changed event_id=e-2 phone_number_id=15550001111 status=read "
+        'wamid="wamid.\\u202eB" timestamp=1749416390'
+    )
+
+
 def test_tail_json_is_valid_and_escaped() -> None:
     """`tail --json`: the event on one line, valid JSON, the same values, nothing raw."""
     line = format_event(0, 7, _event(), as_json=True)
@@ -205,13 +229,13 @@ def test_tail_of_records_that_are_not_events() -> None:
     """Not JSON: a placeholder with the size (and valid JSON with --json); JSON of another
     shape: the placeholder; no content of either is printed."""
     junk = b"\x1b[2Jnot json"
-    assert format_event(1, 2, junk, as_json=False) == "1:2 <not a message_created event: 12 bytes>"
+    assert format_event(1, 2, junk, as_json=False) == "1:2 <not an event of ours: 12 bytes>"
     assert orjson.loads(format_event(1, 2, junk, as_json=True)) == {
         "partition": 1,
         "offset": 2,
         "not_json_bytes": 12,
     }
     other = orjson.dumps({"event": "\x1b[2J", "x": 1})
-    assert format_event(1, 3, other, as_json=False).startswith("1:3 <not a message_created")
-    assert format_event(1, 4, b"[1, 2]", as_json=False).startswith("1:4 <not a message_created")
-    assert format_event(1, 5, None, as_json=False).startswith("1:5 <not a message_created")
+    assert format_event(1, 3, other, as_json=False).startswith("1:3 <not an event of ours")
+    assert format_event(1, 4, b"[1, 2]", as_json=False).startswith("1:4 <not an event of ours")
+    assert format_event(1, 5, None, as_json=False).startswith("1:5 <not an event of ours")
