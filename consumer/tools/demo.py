@@ -29,8 +29,9 @@ from typing import Any
 import orjson
 
 from consumer import http, intake, migrate
+from consumer import statuses as status_rules
 from consumer.errors import EmbeddedServiceError
-from consumer.records import InboundRecord, MessageKey, Webhook
+from consumer.records import InboundRecord, MessageKey, StatusKey, Webhook
 from consumer.settings import Settings
 from consumer.tools import embedded, produce, topics
 from consumer.tools.members import settings_env, start_member
@@ -85,6 +86,17 @@ class Summary:
     rows: int = 0
     events: int = 0
     unique_event_ids: int = 0
+    # Status updates: copies sent, unique (phone_number_id, id, word), the rows stored
+    # (announced and stale), the message_status_changed events, and whether every
+    # message's state is the highest status sent for it.
+    status_copies_in: int = 0
+    statuses_expected: int = 0
+    status_rows: int = 0
+    statuses_announced: int = 0
+    status_events: int = 0
+    unique_status_event_ids: int = 0
+    states_right: bool = False
+    highest: dict[tuple[str, str], str] = field(default_factory=dict)
     dead_lettered: int = 0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     exit_codes: list[int | None] = field(default_factory=list)
@@ -96,7 +108,7 @@ class Summary:
         m = self.operator.metrics
         return (
             m.get("stored") == self.rows
-            and m.get("published") == self.unique_event_ids
+            and m.get("published") == self.unique_event_ids + self.unique_status_event_ids
             # The replayed poison record is dead-lettered a second time...
             and m.get("dead_lettered") == EXPECTED_DEAD + 1
             # ... and consumed a second time.
@@ -106,6 +118,9 @@ class Summary:
     def ok(self) -> bool:
         return (
             self.rows == self.unique_expected == self.unique_event_ids == self.events
+            and self.status_rows == self.statuses_expected
+            and self.statuses_announced == self.unique_status_event_ids == self.status_events
+            and self.states_right
             and self.dead_lettered == EXPECTED_DEAD + 1
             and all(code == 0 for code in self.exit_codes)
             and self.operator.healthy
@@ -226,8 +241,13 @@ def _drive(
 ) -> Summary:
     summary = Summary()
     run = uuid.uuid4().hex[:6]
-    bodies = produce.sample_bodies() + produce.synthetic_bodies(messages, run=run)
+    bodies = (
+        produce.sample_bodies()
+        + produce.synthetic_bodies(messages, run=run)
+        + produce.synthetic_status_bodies(messages // 2, run=run)
+    )
     keys: set[MessageKey] = set()
+    status_keys: set[StatusKey] = set()
     for _name, body in bodies:
         decoded = intake.decode(
             InboundRecord("demo", 0, 0, None, body, (), 0), max_bytes=settings.max_record_bytes
@@ -235,7 +255,14 @@ def _drive(
         if isinstance(decoded, Webhook):
             keys.update(m.key for m in decoded.messages)
             summary.message_copies_in += len(decoded.messages) * (1 + duplicates)
+            summary.status_copies_in += len(decoded.statuses) * (1 + duplicates)
+            for u in decoded.statuses:
+                status_keys.add(u.key)
+                now = summary.highest.get(u.key.message)
+                if now is None or _rank(u.key.status) > _rank(now):
+                    summary.highest[u.key.message] = u.key.status
     summary.unique_expected = len(keys)
+    summary.statuses_expected = len(status_keys)
     sent = asyncio.run(
         produce.produce(
             settings.kafka_bootstrap_servers,
@@ -280,6 +307,7 @@ def _drive(
             )
     _count_outputs(settings, summary)
     summary.rows = _count_rows(work / "wamid-guard.db")
+    _count_statuses(work / "wamid-guard.db", summary)
     summary.layers = _layers(work)
     return summary
 
@@ -407,9 +435,12 @@ def _count_outputs(settings: Settings, summary: Summary) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     metrics = summary.operator.metrics
     published = max(summary.unique_expected, int(metrics.get("published", 0)))
-    events = asyncio.run(topics.read_all(bootstrap, settings.outbound_topic, at_least=published))
-    summary.events = len(events)
-    summary.unique_event_ids = len({orjson.loads(r.value)["event_id"] for r in events})
+    records = asyncio.run(topics.read_all(bootstrap, settings.outbound_topic, at_least=published))
+    events = [orjson.loads(r.value) for r in records]
+    created = [e["event_id"] for e in events if e["event"] == "message_created"]
+    changed = [e["event_id"] for e in events if e["event"] == "message_status_changed"]
+    summary.events, summary.unique_event_ids = len(created), len(set(created))
+    summary.status_events, summary.unique_status_event_ids = len(changed), len(set(changed))
     dead_lettered = max(EXPECTED_DEAD, int(metrics.get("dead_lettered", 0)))
     dead = asyncio.run(topics.read_all(bootstrap, settings.dlq_topic, at_least=dead_lettered))
     summary.dead_lettered = len(dead)
@@ -420,6 +451,25 @@ def _count_outputs(settings: Settings, summary: Summary) -> None:
 def _count_rows(db_path: Path) -> int:
     with sqlite3.connect(db_path) as conn:
         return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+def _count_statuses(db_path: Path, summary: Summary) -> None:
+    """The statuses stored, those announced, and whether each message's state is the
+    highest status sent for it."""
+    with sqlite3.connect(db_path) as conn:
+        summary.status_rows = int(conn.execute("SELECT count(*) FROM statuses").fetchone()[0])
+        summary.statuses_announced = int(
+            conn.execute("SELECT count(*) FROM statuses WHERE outcome = 'announced'").fetchone()[0]
+        )
+        states = {
+            (r[0], r[1]): r[2]
+            for r in conn.execute("SELECT phone_number_id, status_id, status FROM message_state")
+        }
+    summary.states_right = states == summary.highest
+
+
+def _rank(word: str) -> int:
+    return status_rules.rank(word) or 0
 
 
 def _layers(work: Path) -> dict[str, int]:
@@ -462,6 +512,14 @@ def _print(s: Summary) -> None:
         "is tried again, so these add up to more than the duplicates)",
         f"  messages stored          {s.rows}  (unique in input: {s.unique_expected})",
         f"  message_created out      {s.events}  (unique event_ids: {s.unique_event_ids})",
+        f"  status updates in        {s.status_copies_in} copies, {s.statuses_expected} unique "
+        f"(phone_number_id, id, status)",
+        f"  statuses stored          {s.status_rows}  (announced {s.statuses_announced}, "
+        f"stale {s.status_rows - s.statuses_announced}: at or below the state when they came)",
+        f"  message_status_changed   {s.status_events}  (unique event_ids: "
+        f"{s.unique_status_event_ids})",
+        f"  message states           {len(s.highest)}: "
+        f"{'each the highest status sent' if s.states_right else 'NOT the highest status sent'}",
         f"  dead-lettered            {s.dead_lettered}  {s.dlq_reasons}",
         f"  consumer exit codes      {s.exit_codes}",
         f"  metrics (all members)    stored {m.get('stored', 0):g}, announced "
@@ -469,6 +527,7 @@ def _print(s: Summary) -> None:
         f"replayed record twice), records {m.get('records', 0):g} ({s.records_in} + 1 "
         f"replayed): {'agree' if s.metrics_agree() else 'DISAGREE'}",
         f"  took                     {s.seconds:.1f}s",
-        f"  result                   {'OK: stored once, announced once' if s.ok() else 'FAILED'}",
+        f"  result                   "
+        f"{'OK: stored once, announced once, statuses forward only' if s.ok() else 'FAILED'}",
     ]
     print("\n".join(lines), flush=True)

@@ -68,6 +68,58 @@ def synthetic_bodies(
     return bodies
 
 
+def synthetic_status_bodies(
+    sent_messages: int, *, run: str, numbers: int = 2, contacts: int = 20, per_body: int = 4
+) -> list[tuple[str, bytes]]:
+    """Status webhooks for `sent_messages` messages a business sent, in Meta's mix: each
+    message sent, delivered and read (every fifth played too, every seventh failed
+    after delivered), the statuses of a few messages batched up to `per_body` per
+    body, and out of order: each body's statuses in the reverse of the order they
+    happened, the bodies in an order of their own (so a read often comes before its
+    delivered, as Meta does not promise the order)."""
+    updates: list[tuple[str, str, str, str]] = []  # (pnid, wamid, recipient, word)
+    for n in range(sent_messages):
+        pnid = f"10654035224{n % numbers:04d}"
+        recipient = f"1650555{n % contacts:04d}"
+        words = ["sent", "delivered", "read"]
+        if n % 7 == 6:
+            words = ["sent", "delivered", "failed"]
+        elif n % 5 == 4:
+            words.append("played")
+        updates += [(pnid, f"wamid.out.{run}.{n:08d}", recipient, w) for w in words]
+    bodies = []
+    for start in range(0, len(updates), per_body):
+        chunk = updates[start : start + per_body]
+        by_number: dict[str, list[dict[str, str]]] = {}
+        for pnid, wamid, recipient, word in reversed(chunk):
+            by_number.setdefault(pnid, []).append(
+                {
+                    "id": wamid,
+                    "status": word,
+                    "timestamp": str(1749416383 + start),
+                    "recipient_id": recipient,
+                }
+            )
+        changes = [
+            {
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+                    "statuses": statuses,
+                },
+            }
+            for pnid, statuses in sorted(by_number.items())
+        ]
+        body = {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": changes}],
+        }
+        bodies.append((f"statuses-{start}", orjson.dumps(body)))
+    # Out of order across bodies too: every other body moved to the end.
+    return bodies[::2][::-1] + bodies[1::2]
+
+
 def read_bodies(paths: Sequence[str]) -> list[tuple[str, bytes]]:
     """The files' bytes, as named (the bundled samples when none is). A path that is not
     a readable file is a bad argument (ConfigError naming it)."""

@@ -22,7 +22,9 @@ def test_demo_end_to_end() -> None:
     )
     out = done.stdout.decode(errors="replace")
     assert done.returncode == 0, out + done.stderr.decode(errors="replace")[-3000:]
-    assert "result                   OK: stored once, announced once" in out
+    assert "result                   OK: stored once, announced once, statuses forward only" in out
+    assert "message states           " in out
+    assert ": each the highest status sent" in out
     assert "/readyz ok (kafka ok, redis ok, database ok" in out
     assert "replayed record back on the DLQ, marked dlq.replayed_from: yes" in out
     assert ": agree" in out

@@ -48,6 +48,17 @@ async def _stop_group(pgid: int) -> None:
         return
 
 
+def expected_statuses() -> set[tuple[str, str]]:
+    """The (wamid, status) of the bundled samples' statuses: each is its message's only
+    status there, so each moves its state and is announced."""
+    found = set()
+    for _, body in sample_bodies():
+        decoded = intake.decode(InboundRecord("t", 0, 0, None, body, (), 0), max_bytes=1 << 20)
+        if isinstance(decoded, Webhook):
+            found |= {(u.key.status_id, u.key.status) for u in decoded.statuses}
+    return found
+
+
 def expected_keys() -> set[MessageKey]:
     """The messages of the bundled samples (`produce` with no file sends them)."""
     keys = set()
@@ -61,9 +72,9 @@ def expected_keys() -> set[MessageKey]:
 async def test_the_run_it_yourself_block_works_as_written(
     tmp_path: Path, redis_url: str, key_prefix: str
 ) -> None:
-    """The block ends with exit 0; tail printed one event per sample message (no
-    duplicate although each webhook was sent three times); both members stopped
-    cleanly; the broker stopped."""
+    """The block ends with exit 0; tail printed one event per sample message and one per
+    sample status (no duplicate although each webhook was sent three times); both
+    members stopped cleanly; the broker stopped."""
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = {**os.environ, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "METRICS_PORT", "LOG_LEVEL"):
@@ -97,6 +108,13 @@ async def test_the_run_it_yourself_block_works_as_written(
     wamids = {line.rsplit("wamid=", 1)[1] for line in events}
     assert len(events) == len(wamids) == len(expected_keys()), said
     assert wamids == {k.wamid for k in expected_keys()}, said
+    changed = [line for line in out.decode().splitlines() if " message_status_changed " in line]
+    said_status = {
+        (line.split("wamid=")[1].split()[0], line.split("status=")[1].split()[0])
+        for line in changed
+    }
+    assert len(changed) == len(said_status) == len(expected_statuses()), said
+    assert said_status == expected_statuses(), said
     for member in ("member-1.log", "member-2.log"):
         lines = (tmp_path / member).read_bytes().splitlines()
         stopped = [orjson.loads(x) for x in lines if b'"service.stopped"' in x]
