@@ -20,7 +20,7 @@ from consumer.events import OutboundEvent
 from consumer.metrics import Metrics
 from consumer.outbox import MarkQueue, unpack_events
 from consumer.pipeline import Pipeline
-from consumer.ports import UNCLAIMED, Claim, PendingMessage, SaveResult
+from consumer.ports import UNCLAIMED, Claim, PendingMessage, PendingStatus, SaveResult
 from consumer.records import InboundRecord, Invalid, MessageKey
 from consumer.schema import messages, outbox
 from consumer.settings import Settings
@@ -96,10 +96,15 @@ class FailingFirstSave(Store):
         self._redis_url = redis_url
         self._saving: Sequence[PendingMessage] = ()
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
         self.calls += 1
         self._saving = pending
-        return await super().save(pending, claim)
+        return await super().save(pending, claim, statuses)
 
     def _fail_first(self) -> None:
         if self.calls > 1:
@@ -117,9 +122,14 @@ class LostCommitAnswer(Store):
         super().__init__(engine)
         self.calls = 0
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
         self.calls += 1
-        result = await super().save(pending, claim)
+        result = await super().save(pending, claim, statuses)
         if self.calls == 1:
             raise StoreError("connection lost while waiting for COMMIT's answer (injected)")
         return result

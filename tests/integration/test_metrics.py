@@ -94,12 +94,7 @@ async def test_scraped_metrics_match_the_traffic(
 
 
 async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> None:
-    status_body = fixture_body("status_sent.json")
-    statuses = sum(
-        len(c["value"].get("statuses", []))
-        for e in json.loads(status_body)["entry"]
-        for c in e["changes"]
-    )
+    status_body = fixture_body("status_sent.json")  # one status: "sent"
     first = [(i % 4, text_webhook(PNID, f"wamid.M{i}")) for i in range(30)]
     first += [
         (
@@ -116,6 +111,7 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
     # is gone (as after a Redis restart) found by the database's unique constraint.
     await _forget_done_marker(settings, "wamid.M0")
     again = [((i + 1) % 4, text_webhook(PNID, f"wamid.M{i}")) for i in range(10)]
+    again.append((1, status_body))  # Meta's copy of the status: a duplicate
     ends = await kafka.send(settings, again)
     await kafka.wait_committed(settings, ends, explain=group.logs)
 
@@ -136,9 +132,10 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
     assert s.get("wamid_guard_duplicates_total", layer="lease_held") == 0
     assert s.get("wamid_guard_dead_lettered_total", reason="not_json") == 1
     assert s.get("wamid_guard_dead_lettered_total", reason="not_utf8") == 1
-    assert s.get("wamid_guard_events_published_total", path="pipeline") == 31
+    assert s.get("wamid_guard_events_published_total", path="pipeline") == 32  # + 1 status
     assert s.get("wamid_guard_events_published_total", path="relay") == 0
-    assert s.get("wamid_guard_statuses_ignored_total") == statuses > 0
+    assert s.get("wamid_guard_statuses_total", status="sent", outcome="announced") == 1
+    assert s.get("wamid_guard_statuses_total", status="sent", outcome="duplicate") == 1
     assert s.get("wamid_guard_records_retried_total", reason="failure") == 0
     assert s.get("wamid_guard_event_latency_seconds_count", since="inbound_record") == 31
     assert s.get("wamid_guard_event_latency_seconds_count", since="meta_timestamp") == 31
@@ -154,7 +151,7 @@ async def _check_counts(settings: Settings, group: ConsumerGroup, base: str) -> 
     assert s.get("wamid_guard_offset_commits_total", outcome="ok") >= 2
     assert not s.series("wamid_guard_dependency_errors_total")
     # And the events really are on the topic: the scrape is not counting wishes.
-    assert len(await kafka.events(settings)) == 31
+    assert len(await kafka.events(settings)) == 32  # 31 message_created, 1 status
 
 
 async def _forget_done_marker(settings: Settings, wamid: str) -> None:
@@ -223,7 +220,8 @@ async def _check_redis_outage(
     wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 15, lambda: _get(f"{base}/readyz")[1])
     s = _scrape(base)
     assert s.get("wamid_guard_messages_stored_total") == 35
-    assert s.get("wamid_guard_events_published_total", path="pipeline") == 35
+    # 35 message_created and the status's message_status_changed
+    assert s.get("wamid_guard_events_published_total", path="pipeline") == 36
     assert s.get("process_resident_memory_bytes") > 0
 
 

@@ -93,6 +93,7 @@ from consumer.ports import (
     LeaseState,
     OutboxClaim,
     PendingMessage,
+    PendingStatus,
     SaveResult,
 )
 from consumer.records import BatchReport, InboundRecord, MessageKey, Partition, RecordKey
@@ -203,7 +204,14 @@ class ClaimingStore(FakeStore):
     # The database's clock: claims are set and compared with it, never a worker's.
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
-    async def save(self, pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        self,
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
+        # Status events are off in this machine (SETTINGS): no status ever reaches a save.
+        assert not statuses, "the machine runs with STATUS_EVENTS off"
         now = self.clock()
         self.saves.append([p.message.key for p in pending])
         if not pending:
