@@ -9,6 +9,7 @@ Every name starts with ``wamid_guard_``; docs/operations.md explains each one.
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -27,7 +28,7 @@ from prometheus_client.utils import floatToGoString
 
 from consumer.errors import BrokerError, DependencyError, LeaseStoreError, StoreError
 from consumer.intake import OTHER_FIELD, WEBHOOK_FIELDS
-from consumer.records import Message, Reason
+from consumer.records import STATUS_WORDS, Message, Reason
 
 # A batch takes milliseconds when healthy and up to the dependency timeouts when not.
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -250,23 +251,30 @@ class Metrics:
             registry=r,
         )
         self._per_partition: dict[Gauge, set[tuple[str, str]]] = {}
-        # Create the labelled series up front, so a dashboard shows 0 rather than nothing.
-        for layer in ("in_batch", "lease_held", "done_marker", "database"):
-            self.duplicates.labels(layer)
-        for path in ("pipeline", "relay"):
-            self.events_published.labels(path)
-        for reason in ("deferred", "failure"):
-            self.records_retried.labels(reason)
-        for kind in ("done_unconfirmed", "foreign"):
-            self.redis_overruled.labels(kind)
-        for outcome in ("ok", "failed"):
-            self.batches.labels(outcome)
-        for outcome in ("ok", "rejected", "failed"):
-            self.offset_commits.labels(outcome)
-        for reason in Reason:
-            self.dead_lettered.labels(str(reason))
-        for name in (*sorted(WEBHOOK_FIELDS), OTHER_FIELD):
-            self.changes_ignored.labels(name)
+        self._precreate()
+
+    def _precreate(self) -> None:
+        """Create the labelled series up front, so a dashboard shows 0 rather than
+        nothing."""
+        series: list[tuple[Counter, Iterable[tuple[str, ...]]]] = [
+            (self.duplicates, _each("in_batch", "lease_held", "done_marker", "database")),
+            (self.events_published, _each("pipeline", "relay")),
+            (self.records_retried, _each("deferred", "failure")),
+            (self.redis_overruled, _each("done_unconfirmed", "foreign")),
+            (self.batches, _each("ok", "failed")),
+            (self.offset_commits, _each("ok", "rejected", "failed")),
+            (self.dead_lettered, _each(*map(str, Reason))),
+            (self.changes_ignored, _each(*sorted(WEBHOOK_FIELDS), OTHER_FIELD)),
+            (
+                self.statuses,
+                itertools.product(
+                    (*sorted(STATUS_WORDS), "other"), ("announced", "stale", "duplicate", "ignored")
+                ),
+            ),
+        ]
+        for counter, labels in series:
+            for values in labels:
+                counter.labels(*values)
 
     def render(self) -> bytes:
         """The text exposition format, for /metrics."""
@@ -308,6 +316,10 @@ class Metrics:
         for labels in self._per_partition.get(gauge, set()) - seen:
             gauge.remove(*labels)
         self._per_partition[gauge] = seen
+
+
+def _each(*values: str) -> list[tuple[str]]:
+    return [(v,) for v in values]
 
 
 def _meta_latencies(messages: Sequence[Message], now: float) -> list[float]:
