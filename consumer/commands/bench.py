@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         examples="  python -m consumer bench\n"
         "  python -m consumer bench --records 20000 --modes pipeline,pass-through\n"
         "  python -m consumer bench --messages-per-webhook 1-3 --modes pipeline,single\n"
+        "  python -m consumer bench --statuses-per-message 3 --modes pipeline,pass-through\n"
         "  python -m consumer bench --redis-cluster --records 20000 --modes pipeline",
     )
     parser.add_argument("--records", type=int, default=200_000, help="inbound records")
@@ -47,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
         default="1",
         metavar="N or LO-HI",
         help="messages in each webhook record (LO-HI: drawn per record); default 1",
+    )
+    parser.add_argument(
+        "--statuses-per-message",
+        type=int,
+        default=0,
+        metavar="S",
+        help="Meta's real mix: S records of one status update each (sent, delivered, "
+        "read, ...) for every message record (3 is Meta's usual); default 0: messages only",
     )
     parser.add_argument(
         "--per-message-records",
@@ -97,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser, summary: str) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _statuses(value: int) -> int:
+    if not 0 <= value <= 5:
+        raise ConfigError("--statuses-per-message", f"must be 0 to 5, not {value}")
+    return value
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.tools import bench
 
@@ -111,6 +126,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         rounds=args.rounds,
         redis_cluster=args.redis_cluster,
         messages_per_webhook=_span("--messages-per-webhook", args.messages_per_webhook),
+        statuses_per_message=_statuses(args.statuses_per_message),
         records=args.records,
         dup_ratio=args.dup_ratio,
         partitions=args.partitions,

@@ -59,7 +59,7 @@ from aiokafka import AIOKafkaProducer
 
 from consumer import migrate
 from consumer.engine import create_engine
-from consumer.schema import messages
+from consumer.schema import messages, statuses
 from consumer.settings import DEFAULT_BATCH_MAX_RECORDS, Settings
 from consumer.tools import embedded, members, services, topics
 
@@ -79,6 +79,9 @@ class BenchConfig:
     rate_of_max: float | None = None
     modes: tuple[str, ...] = DEFAULT_MODES
     messages_per_webhook: tuple[int, int] = (1, 1)  # each record holds lo..hi messages
+    # Meta's real mix: this many status records (sent, delivered, read, played, failed)
+    # for every message record, of messages the business sent; 0: messages only.
+    statuses_per_message: int = 0
     per_message_records: int = 5_000
     batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS  # the service's default
     bootstrap: str | None = None
@@ -134,18 +137,28 @@ def make_records(
     partitions: int,
     tag: str,
     messages_per_webhook: tuple[int, int] = (1, 1),
+    statuses_per_message: int = 0,
 ) -> tuple[list[tuple[int, bytes]], int]:
     """N records of `messages_per_webhook` (lo..hi, drawn per record) messages each:
     `dup_ratio` of them re-deliver one of the other bodies on another partition, the
-    rest are unique; shuffled with a fixed seed. Returns the records and the number of
-    unique messages."""
+    rest are unique; shuffled with a fixed seed. With `statuses_per_message` = S, each
+    message record is followed by S records of one status each (the statuses of a
+    message the business sent), so 1 / (1 + S) of the records hold messages. Returns
+    the records and the number of unique messages."""
     rng = random.Random(1)  # noqa: S311 - reproducible data, not crypto
     lo, hi = messages_per_webhook
     unique = max(1, round(n * (1 - dup_ratio)))
-    sizes = [rng.randint(lo, hi) for _ in range(unique)]
-    bodies = []
+    bodies: list[bytes] = []
     first = 0
-    for size in sizes:
+    sent = 0
+    while len(bodies) < unique:
+        if statuses_per_message and len(bodies) % (1 + statuses_per_message):
+            word = STATUS_MIX[(len(bodies) % (1 + statuses_per_message) - 1) % len(STATUS_MIX)]
+            bodies.append(_status_body(tag, sent, word))
+            if len(bodies) % (1 + statuses_per_message) == 0:
+                sent += 1
+            continue
+        size = rng.randint(lo, hi)
         bodies.append(_body(tag, first, size))
         first += size
     out = [(i % partitions, bodies[i]) for i in range(unique)]
@@ -154,6 +167,32 @@ def make_records(
         out.append(((j + 1 + k % max(1, partitions - 1)) % partitions, bodies[j]))
     rng.shuffle(out)
     return out, first
+
+
+# The statuses of a message a business sent, in the order they happen.
+STATUS_MIX = ("sent", "delivered", "read", "played", "failed")
+
+
+def _status_body(tag: str, n: int, word: str) -> bytes:
+    """A webhook of one status update, `word`, of the business's message number `n`."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "statuses": [
+            {
+                "id": f"wamid.{tag}.out.{n:09d}",
+                "status": word,
+                "timestamp": "1749416390",
+                "recipient_id": f"1650555{n % 997:04d}",
+            }
+        ],
+    }
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
 
 
 def _body(tag: str, first: int, count: int = 1) -> bytes:
@@ -365,6 +404,20 @@ async def _rows(settings: Settings, tag: str) -> int:
         await engine.dispose()
 
 
+async def _status_rows(settings: Settings, tag: str) -> int:
+    engine = create_engine(settings.database_url, pool_size=1, timeout_s=30)
+    try:
+        async with engine.connect() as conn:
+            q = (
+                sa.select(sa.func.count())
+                .select_from(statuses)
+                .where(statuses.c.status_id.like(f"wamid.{tag}.%"))
+            )
+            return int((await conn.execute(q)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 # -- one mode ------------------------------------------------------------------------------
 
 
@@ -379,7 +432,9 @@ async def run_mode(
     far (default: every redis-server process of this machine)."""
     tag = f"{mode[:4]}{uuid.uuid4().hex[:6]}"
     n = cfg.per_message_records if mode == "per-message" else cfg.records
-    records, unique = make_records(n, cfg.dup_ratio, cfg.partitions, tag, cfg.messages_per_webhook)
+    records, unique = make_records(
+        n, cfg.dup_ratio, cfg.partitions, tag, cfg.messages_per_webhook, cfg.statuses_per_message
+    )
     settings = base.replace(
         inbound_topic=f"bench-in-{tag}",
         outbound_topic=f"bench-out-{tag}",
@@ -452,6 +507,8 @@ async def run_mode(
     }
     if mode != "pass-through":
         counts["rows"] = await _rows(settings, tag)
+        if cfg.statuses_per_message:
+            counts["status_rows"] = await _status_rows(settings, tag)
     return ModeResult(
         mode=mode,
         records=n,
@@ -805,7 +862,12 @@ def _text(report: dict[str, Any]) -> str:
     width = max([13, *(len(label(m)) + 2 for m in report["modes"])])
     lines = [
         f"wamid-guard bench: {cfg['records']} records of {per_hook} message(s), "
-        f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
+        + (
+            f"{cfg['statuses_per_message']} status record(s) per message record, "
+            if cfg.get("statuses_per_message")
+            else ""
+        )
+        + f"{cfg['dup_ratio']:.0%} duplicates, {cfg['partitions']} partitions, "
         f"{cfg['consumers']} consumers, database {cfg['database']}, "
         f"broker {_BROKER_NAMES[cfg['broker']]}, "
         + ("one Redis and a Redis Cluster (3 masters, 3 replicas), " if on_cluster else "")

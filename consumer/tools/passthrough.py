@@ -40,11 +40,13 @@ class PassThrough:
         report = BatchReport(records=len(records))
         decoded = [intake.decode(r, max_bytes=self._settings.max_record_bytes) for r in records]
         now = dt.datetime.now(dt.UTC)
-        out = [
-            events.build(m, topic=self._settings.outbound_topic, occurred_at=now)
-            for d in decoded
-            if isinstance(d, Webhook)
-            for m in d.messages
+        topic = self._settings.outbound_topic
+        hooks = [d for d in decoded if isinstance(d, Webhook)]
+        out = [events.build(m, topic=topic, occurred_at=now) for d in hooks for m in d.messages]
+        # Every status announced (no state to compare with): the ceiling publishes at
+        # least what the pipeline does.
+        out += [
+            events.build_status(u, topic=topic, occurred_at=now) for d in hooks for u in d.statuses
         ]
         invalid = [d for d in decoded if isinstance(d, Invalid)]
         try:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import collections
 
 import pytest
 
+from consumer import intake
+from consumer.records import Webhook
 from consumer.settings import Settings
-from consumer.tools.bench import BenchConfig, ModeResult, ProcStats, _report, _text, run_rounds
+from consumer.testing import record
+from consumer.tools.bench import (
+    BenchConfig,
+    ModeResult,
+    ProcStats,
+    _report,
+    _text,
+    make_records,
+    run_rounds,
+)
 
 
 def _run(mode: str, records_per_s: float, n: int) -> ModeResult:
@@ -213,3 +225,22 @@ def test_redis_cluster_under_rate_half_compares_the_runs_at_the_rate() -> None:
     report = _report([backlog, *pairs], Settings(), cfg)
     assert report["redis_cluster"]["pipeline"]["records_per_s"]["standalone"] == 4500.0
     assert report["redis_cluster"]["pipeline"]["records_per_s"]["ratio"] == 0.889
+
+
+def test_the_status_mix_workload_holds_three_statuses_per_message() -> None:
+    """--statuses-per-message 3: a quarter of the unique records hold a message, the
+    rest one status each (sent, delivered, read of a message the business sent), every
+    record a valid webhook; duplicates re-deliver bodies of both kinds."""
+    records, unique_messages = make_records(400, 0.25, 4, "t", statuses_per_message=3)
+    assert len(records) == 400
+    hooks = [intake.decode(record(body), max_bytes=1 << 20) for _, body in records]
+    assert all(isinstance(h, Webhook) for h in hooks)
+    webhooks = [h for h in hooks if isinstance(h, Webhook)]
+    distinct = {body for _, body in records}
+    assert len(distinct) == 300
+    messages = {m.key for h in webhooks for m in h.messages}
+    statuses = {u.key for h in webhooks for u in h.statuses}
+    assert len(messages) == unique_messages == 75
+    assert len(statuses) == 225
+    words = collections.Counter(k.status for k in statuses)
+    assert words == {"sent": 75, "delivered": 75, "read": 75}
