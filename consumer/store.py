@@ -131,40 +131,41 @@ class Store:
         by_status: dict[StatusKey, PendingStatus] = {}
         for s in statuses:
             by_status.setdefault(s.update.key, s)
-        updates = [by_status[k] for k in sorted(by_status)]
+        # A message's statuses in the order's order: its events are assigned rows (and
+        # published) in that order, even across the rows of a large batch.
+        updates = [by_status[k] for k in sorted(by_status, key=_in_order)]
         row_ids = assign_rows([*rows, *updates])
         message_rows, status_rows = row_ids[: len(rows)], row_ids[len(rows) :]
         try:
             async with self._engine.begin() as conn:
-                if not rows:
-                    inserted: frozenset[ItemKey] = frozenset()
-                elif self._sqlite:
-                    inserted = await self._insert_messages(conn, rows, message_rows)
-                else:
-                    inserted = await _insert_pg(conn, rows, message_rows)
+                inserted: frozenset[ItemKey] = await self._messages(conn, rows, message_rows)
                 new: list[tuple[str, OutboundEvent, ItemKey]] = [
                     (row_ids[i], p.event, p.message.key)
                     for i, p in enumerate(rows)
                     if p.message.key in inserted
                 ]
-                stale: frozenset[StatusKey] = frozenset()
+                saved = _SavedStatuses(frozenset(), frozenset(), [], "", [])
                 if updates:
                     saved = await self._save_statuses(conn, updates, status_rows)
                     inserted |= saved.inserted
-                    stale = saved.stale
                     new += saved.announced
                 await self._insert_outbox(conn, [(r, e) for r, e, _ in new], claim)
+                if saved.waiting:  # its own row, unclaimed: published once it may be
+                    held_row = [(saved.waiting_row, e) for _, e, _ in saved.waiting]
+                    await self._insert_outbox(conn, held_row, UNCLAIMED)
                 conflicts = (frozenset(by_key) | frozenset(by_status)) - inserted
                 claimed, in_flight, row_of = await self._unpublished(conn, sorted(conflicts), claim)
-                row_of.update((k, r) for r, _, k in new)
-                publish: dict[str, list[OutboundEvent]] = {}
-                for r, e, _ in new:
-                    publish.setdefault(r, []).append(e)
-                publish.update(claimed)
-                held = await self._held_back(conn, publish)
+                in_flight |= {k for _, _, k in saved.waiting}
+                # A row of a conflict holding a status event whose message has a lower
+                # one in another row still there waits too (unclaimed again).
+                held = await self._held_back(conn, claimed)
                 if held:
                     await self._unclaim(conn, sorted(held))
                     in_flight |= {k for k, r in row_of.items() if r in held}
+                publish: dict[str, list[OutboundEvent]] = {}
+                for r, e, _ in new:
+                    publish.setdefault(r, []).append(e)
+                publish.update((r, events) for r, events in claimed.items() if r not in held)
                 if self._after_insert is not None:
                     self._after_insert()
         except (SQLAlchemyError, OSError) as exc:
@@ -172,11 +173,21 @@ class Store:
         return SaveResult(
             inserted,
             conflicts,
-            tuple(e for r, events in publish.items() if r not in held for e in events),
-            tuple(r for r in publish if r not in held),
+            tuple(e for events in publish.values() for e in events),
+            tuple(publish),
             frozenset(in_flight),
-            stale,
+            saved.stale,
         )
+
+    async def _messages(
+        self, conn: AsyncConnection, rows: list[PendingMessage], row_ids: list[str]
+    ) -> frozenset[ItemKey]:
+        """Insert the messages (ON CONFLICT DO NOTHING); the keys inserted."""
+        if not rows:
+            return frozenset()
+        if self._sqlite:
+            return await self._insert_messages(conn, rows, row_ids)
+        return await _insert_pg(conn, rows, row_ids)
 
     async def _save_statuses(
         self, conn: AsyncConnection, updates: list[PendingStatus], row_ids: list[str]
@@ -212,19 +223,65 @@ class Store:
             else:
                 before = moved.get(p.update.key.message)
                 announce.append(before is not None and rank > before)
-        inserted = await self._insert_statuses(conn, updates, row_ids, announce)
-        order = sorted(
-            (i for i, p in enumerate(updates) if announce[i] and p.update.key in inserted),
-            key=lambda i: (
-                updates[i].update.key.message,
-                status_rules.rank(updates[i].update.key.status) or 0,
-            ),
+        waiting = await self._waiting(
+            conn, [p.update.key for i, p in enumerate(updates) if announce[i]]
         )
+        waiting_row = str(uuid.uuid4()) if waiting else ""
+        rows = [
+            waiting_row if p.update.key.message in waiting else r
+            for p, r in zip(updates, row_ids, strict=True)
+        ]
+        inserted = await self._insert_statuses(conn, updates, rows, announce)
+        events = [
+            (rows[i], p.event, p.update.key)
+            for i, p in enumerate(updates)
+            if announce[i] and p.update.key in inserted
+        ]
         return _SavedStatuses(
             inserted,
             frozenset(p.update.key for i, p in enumerate(updates) if not announce[i]) & inserted,
-            [(row_ids[i], updates[i].event, updates[i].update.key) for i in order],
+            [e for e in events if e[0] != waiting_row],
+            waiting_row,
+            [e for e in events if e[0] == waiting_row],
         )
+
+    async def _waiting(
+        self, conn: AsyncConnection, announced: list[StatusKey]
+    ) -> set[tuple[str, str]]:
+        """The messages of these statuses (about to be announced) that have a lower
+        status event in an outbox row still there (not yet acknowledged): announced now,
+        theirs could reach the topic before it. Such a message's new events wait in a
+        row of their own (docs/design.md, "Statuses"). The earlier event was committed
+        before this transaction moved the state (the state row orders them), so it is
+        visible; this save's own rows are not inserted yet, and its events of one
+        message are published in order anyway."""
+        ranked = [(k, rank) for k in announced if (rank := status_rules.rank(k.status))]
+        if not ranked:
+            return set()
+        lowest: dict[tuple[str, str], int] = {}
+        for k, rank in ranked:
+            lowest[k.message] = min(rank, lowest.get(k.message, rank))
+        found = await self._pending_ranks(conn, sorted(lowest))
+        return {m for m, rank in lowest.items() if any(r < rank for r, _ in found.get(m, ()))}
+
+    async def _pending_ranks(
+        self, conn: AsyncConnection, messages_: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[tuple[int, str]]]:
+        """For each of these messages, the (rank, outbox row) of its status events still
+        in the outbox (not yet acknowledged); one row-value IN list per chunk, through
+        the fence's key."""
+        t = statuses_table
+        found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        pair = sa.tuple_(t.c.phone_number_id, t.c.status_id)
+        for chunk in _chunks(messages_, _CHUNK // 2):
+            q = (
+                sa.select(t.c.phone_number_id, t.c.status_id, t.c.rank, t.c.outbox_id)
+                .select_from(t.join(outbox, outbox.c.id == t.c.outbox_id))
+                .where(pair.in_(chunk), t.c.rank.is_not(None))
+            )
+            for r in (await conn.execute(q)).all():
+                found.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+        return found
 
     async def _move_states(
         self, conn: AsyncConnection, highest: list[PendingStatus]
@@ -286,36 +343,21 @@ class Store:
         return frozenset(StatusKey(r[0], r[1], r[2]) for r in rows)
 
     async def _held_back(
-        self, conn: AsyncConnection, publish: dict[str, list[OutboundEvent]]
+        self, conn: AsyncConnection, rows: dict[str, list[OutboundEvent]]
     ) -> set[str]:
-        """The outbox rows of `publish` that must wait: one holding a status event of a
-        message whose lower status's event is in another outbox row still there (not yet
-        announced). Announcing it now could put a message's statuses out of order on
-        the topic; it is announced after (docs/design.md, "Statuses"). The earlier event
-        was committed before this one (the state row orders them), so it is visible."""
+        """The outbox rows of `rows` (stored before: a conflict's, or the relay's) that
+        must wait: one holding a status event of a message whose lower status event is
+        in another outbox row still there (not yet announced). It is announced after
+        (docs/design.md, "Statuses")."""
         wanted: list[tuple[str, str, int, str]] = []
-        for row_id, row_events in publish.items():
+        for row_id, row_events in rows.items():
             for e in row_events:
                 order = status_order(e)
                 if order is not None:
                     wanted.append((*order, row_id))
         if not wanted:
             return set()
-        lower: dict[tuple[str, str], list[tuple[int, str]]] = {}
-        pair = sa.tuple_(statuses_table.c.phone_number_id, statuses_table.c.status_id)
-        for chunk in _chunks(sorted({(w[0], w[1]) for w in wanted}), _CHUNK // 2):
-            found = (
-                sa.select(
-                    statuses_table.c.phone_number_id,
-                    statuses_table.c.status_id,
-                    statuses_table.c.rank,
-                    statuses_table.c.outbox_id,
-                )
-                .select_from(statuses_table.join(outbox, outbox.c.id == statuses_table.c.outbox_id))
-                .where(pair.in_(chunk), statuses_table.c.rank.is_not(None))
-            )
-            for r in (await conn.execute(found)).all():
-                lower.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+        lower = await self._pending_ranks(conn, sorted({(w[0], w[1]) for w in wanted}))
         return {
             row_id
             for pnid, status_id, rank, row_id in wanted
@@ -851,6 +893,16 @@ class _SavedStatuses:
     stale: frozenset[StatusKey]  # inserted, not announced
     # (outbox row, event, key) of each announced status inserted, in the order to publish.
     announced: list[tuple[str, OutboundEvent, ItemKey]]
+    # The row of the announced statuses that must wait for earlier events of their
+    # messages (see Store._waiting), and those statuses, as `announced`.
+    waiting_row: str
+    waiting: list[tuple[str, OutboundEvent, ItemKey]]
+
+
+def _in_order(key: StatusKey) -> tuple[str, str, int, str]:
+    """A status's place in a save: by message, then the order's order (a word Meta may
+    add first: it orders nothing), then the word."""
+    return (*key.message, status_rules.rank(key.status) or 0, key.status)
 
 
 # Ids per statement: asyncpg takes at most 32,767 query arguments, older SQLite 999; a

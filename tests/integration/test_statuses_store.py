@@ -183,6 +183,34 @@ async def test_a_later_status_waits_for_the_earlier_ones_announcement(store: Sto
     assert retry.in_flight == frozenset()
 
 
+async def test_only_the_waiting_message_s_statuses_wait(store: Store) -> None:
+    """One message's status waits for its earlier one; the batch's other messages and
+    statuses are announced now (their row is not held up), the waiting one sits in an
+    unclaimed row of its own and is announced by the retry once it may be."""
+    delivered = await store.save([], Claim("b1", CLAIM), _pending(("w.A", "delivered")))
+    body = webhook([meta_message("w.M")], statuses=[status("w.A", "read"), status("w.B", "sent")])
+    decoded = intake.decode(record(body), max_bytes=1 << 20)
+    assert not isinstance(decoded, Invalid)
+    mixed = await store.save(
+        [PendingMessage(m, events.build(m, topic="out", occurred_at=T0)) for m in decoded.messages],
+        Claim("b2", CLAIM),
+        [
+            PendingStatus(u, events.build_status(u, topic="out", occurred_at=T0))
+            for u in decoded.statuses
+        ],
+    )
+    assert mixed.in_flight == {StatusKey(PNID, "w.A", "read")}
+    assert [orjson.loads(e.payload)["event"] for e in mixed.to_publish] == [
+        "message_created",
+        "message_status_changed",
+    ]
+    assert orjson.loads(mixed.to_publish[1].payload)["status"]["id"] == "w.B"
+    await store.mark_published(mixed.outbox_ids)
+    await store.mark_published(delivered.outbox_ids)
+    retry = await store.save([], Claim("b3", CLAIM), _pending(("w.A", "read")))
+    assert _words(retry) == ["read"]
+
+
 async def test_the_relay_announces_a_message_s_statuses_in_order(store: Store) -> None:
     """Two abandoned rows of one message (their inserters died): the relay announces
     the lower one first, the higher one in a later round, never the other way."""
