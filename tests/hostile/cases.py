@@ -5,8 +5,18 @@ gives it:
 
 * ``STORED``: every message in it ends in exactly one row and exactly one
   ``message_created`` event per (phone_number_id, wamid), with the values as sent;
-* ``STATUS``: a valid webhook that creates no message (statuses, or changes of other
-  fields): no row, no event, no dead letter;
+* ``ANNOUNCED_STATUS``: status updates (docs/design.md, "Statuses"), and any message
+  beside them as ``STORED`` promises: every status (phone_number_id, id, word) ends in
+  exactly one row of ``statuses``, its values as sent (``raw`` the status object, numbers
+  as written); each message's ``message_state`` is the highest status of the order the
+  case sent it (no row if it sent only words Meta may add); the highest, and every word
+  not in the order, is announced by exactly one ``message_status_changed`` event; any
+  other is either announced (it came while the state was below it) or ``stale`` (no
+  event); a message's announced statuses reach the topic in increasing order; no dead
+  letter. Copies cross partitions, so which of the lower statuses come stale is up to
+  the order the members meet them; the rule above holds whatever that order;
+* ``STATUS``: a valid webhook that creates nothing (changes of other fields, value-level
+  errors): no row, no event, no dead letter;
 * a dead-letter reason (``Reason``): each copy of each record ends on the dead-letter
   topic, once, at its own source (partition, offset), with that ``dlq.reason``; none of
   its messages is stored or announced.
@@ -52,13 +62,17 @@ SENDER_MARK = "99137700424242"
 MARKERS = (NAME_MARK, TEXT_MARK, SENDER_MARK)
 
 STORED = "stored"
+ANNOUNCED_STATUS = "announced status"
 STATUS = "status"
+KEPT = (STORED, ANNOUNCED_STATUS, STATUS)  # the outcomes that are not a dead letter
 # In a case's `detail`: the database's own refusal (the constraint's name on PostgreSQL,
 # the trigger's message on SQLite); the run knows which.
 REFUSAL = "<the database's refusal>"
 # What makes the database refuse a message (a CHECK constraint or a trigger the suite
 # adds before the members start).
 REFUSE_MARK = "refuse-me"
+
+STATUS_W = "wamid.hostile.st."  # the ids of the statuses' messages
 
 MAX_DEPTH = limits.MAX_JSON_DEPTH
 # Where things sit in a body of one entry and one change (the body is level 1):
@@ -67,6 +81,9 @@ MAX_DEPTH = limits.MAX_JSON_DEPTH
 MESSAGE_DEPTH = 8
 TEXT_DEPTH = 9
 STATUS_DEPTH = 8
+# The order of the status words Meta documents (a reference reading, independent of
+# consumer.statuses); any other word moves nothing and is announced as sent.
+STATUS_ORDER = ("sent", "delivered", "failed", "read", "played")
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,7 @@ class Case:
     """A hostile input and its promised outcome."""
 
     name: str
-    expect: str  # STORED, STATUS, or a dead-letter reason (Reason value)
+    expect: str  # STORED, ANNOUNCED_STATUS, STATUS, or a dead-letter reason (Reason value)
     records: tuple[Record, ...]
     detail: str | None = None  # a dead letter's dlq.detail must contain this (or REFUSAL)
     depth: int | None = None  # the nesting the body is built to have (self-checked)
@@ -94,7 +111,7 @@ class Case:
 
     @property
     def dead(self) -> bool:
-        return self.expect not in (STORED, STATUS)
+        return self.expect not in KEPT
 
 
 # -- building bodies ---------------------------------------------------------------------
@@ -281,16 +298,77 @@ FORGED_HEADERS = (
 )
 
 
-def statuses_only() -> dict[str, Any]:
-    """Statuses with odd content: a NUL in a field, nested deep but within the limit."""
-    status = {
-        "id": "wamid.hostile.status",
-        "status": "read\x00",
-        "timestamp": TIMESTAMP,
-        "recipient_id": SENDER_MARK,
-        "odd": deep(MAX_DEPTH - 4 - STATUS_DEPTH),
+def status_of(
+    wamid: Any,
+    word: Any = "delivered",
+    *,
+    recipient: Any = SENDER_MARK,
+    timestamp: Any = TIMESTAMP,
+    **content: Any,
+) -> dict[str, Any]:
+    """One status update of a message the business sent (`recipient` None: no
+    recipient_id), plus extra content (pricing, errors, recipient_user_id...)."""
+    s: dict[str, Any] = {"id": wamid, "status": word, "timestamp": timestamp}
+    if recipient is not None:
+        s["recipient_id"] = recipient
+    s.update(content)
+    return s
+
+
+def status_hook(
+    *updates: dict[str, Any], messages: tuple[dict[str, Any], ...] = (), **value_args: Any
+) -> dict[str, Any]:
+    """A webhook body of one change holding `updates` (and `messages`, if any); no
+    contacts unless there are messages (Meta sends none with statuses)."""
+    if not messages:
+        value_args.setdefault("contacts", [])
+    return body(value(*messages, statuses=list(updates), **value_args))
+
+
+# What Meta puts in a status of a business-initiated conversation.
+CONVERSATION = {"id": "72b14d6bd5407799e66f64d1b338e567", "origin": {"type": "marketing"}}
+PRICING = {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "marketing"}
+BIG_STATUSES = 1000  # Meta sends at most 1,000 updates in one body
+
+
+def thousand_statuses() -> dict[str, Any]:
+    """Meta's largest body of statuses: 1,000 updates of 1,000 messages, every word of
+    the order, each with its conversation and pricing."""
+    return status_hook(
+        *(
+            status_of(
+                f"{STATUS_W}k.{i:04d}",
+                STATUS_ORDER[i % len(STATUS_ORDER)],
+                recipient=f"1650555{i % 97:04d}",
+                conversation=CONVERSATION,
+                pricing=PRICING,
+            )
+            for i in range(BIG_STATUSES)
+        )
+    )
+
+
+def huge_status() -> dict[str, Any]:
+    """A failed status whose errors and pricing are large free content: 250 KB of text,
+    a NUL, numbers beyond 64 bits and below a double's range (stored as sent)."""
+    errors = [
+        {
+            "code": 131049,
+            "title": TEXT_MARK + "t" * 100_000,
+            "message": f"{TEXT_MARK} a\x00b \u202e",
+            "error_data": {"details": "d" * 100_000},
+            "href": "/documentation/business-messaging/whatsapp/support/error-codes",
+        }
+    ]
+    pricing = {
+        **PRICING,
+        "category": "c" * 50_000,
+        "big": number("123456789012345678901234567890"),
+        "tiny": number("1e-400"),
+        "negzero": -0.0,
+        "u64": 18446744073709551615,
     }
-    return body(value(statuses=[status], contacts=[]))
+    return status_hook(status_of(STATUS_W + "huge", "failed", errors=errors, pricing=pricing))
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -323,6 +401,16 @@ def dead(name: str, reason: Reason, *items: Any, **kw: Any) -> Case:
 TOO_DEEP = Reason.TOO_DEEP
 INVALID = Reason.INVALID_FIELD
 W = "wamid.hostile."
+
+
+def announced(name: str, *items: Any, **kw: Any) -> Case:
+    return Case(name, ANNOUNCED_STATUS, _records(items), **kw)
+
+
+S = STATUS_W
+ST = "statuses[0]"  # where a dead letter's detail names the first status of a body
+EMOJI_ID = "\U0001f600" * limits.WAMID_MAX
+GROUP = "120363025246125486"  # a group's id, the recipient of a message to a group
 
 CASES: tuple[Case, ...] = (
     # nesting: the body is level 1, each object or array inside adds one
@@ -391,7 +479,46 @@ CASES: tuple[Case, ...] = (
     dead("empty value", Reason.EMPTY, b""),
     dead("invalid UTF-8", Reason.NOT_UTF8, b'{"object": "\xff\xfe ' + TEXT_MARK.encode() + b'"}'),
     dead("not JSON", Reason.NOT_JSON, b"this is not json " + TEXT_MARK.encode()),
-    status("statuses only: NUL in a field, nested deep within the limit", statuses_only(), depth=MAX_DEPTH - 4),  # noqa: E501
+    status("value-level errors only", body(value(errors=[{"code": 131000, "title": f"{TEXT_MARK} Something went wrong"}], contacts=[]))),  # noqa: E501
+    # statuses (docs/design.md, "Statuses"): stored once, announced forward only
+    dead("NUL in a status word, nested deep within the limit", INVALID, status_hook(status_of(S + "nul.word", "read\x00", odd=deep(MAX_DEPTH - 4 - STATUS_DEPTH))), depth=MAX_DEPTH - 4, detail=f"{ST}.status holds a control character (U+0000) at 4"),  # noqa: E501
+    announced("a status word Meta may add, alone and beside sent", status_hook(status_of(S + "word.new", "sent"), status_of(S + "word.new", "deleted"), status_of(S + "word.alone", "pending"))),  # noqa: E501
+    announced("a status word in capitals (READ is not read)", status_hook(status_of(S + "word.caps", "READ"), status_of(S + "word.caps", "delivered"))),  # noqa: E501
+    announced("':' and '#' in a status id", status_hook(status_of(S + "sep:1#2:x#s:3"))),
+    announced("':' collision between a status's id and its word", status_hook(status_of(S + "c:3", "sent"), status_of(S + "c", "3:sent"))),  # noqa: E501
+    announced("':' collision of phone_number_id and status id", body(value(statuses=[status_of("9")], pnid="7:8", contacts=[]), value(statuses=[status_of("8:9")], pnid="7", contacts=[]))),  # noqa: E501
+    dead("U+001F in a status id", INVALID, status_hook(status_of(S + "us\x1fx")), detail=f"{ST}.id holds a control character (U+001F)"),  # noqa: E501
+    dead("C1 control U+0085 in a status word", INVALID, status_hook(status_of(S + "c1.word", "read\x85")), detail=f"{ST}.status holds a control character (U+0085)"),  # noqa: E501
+    announced("'{slot}' hash tags in status ids", status_hook(status_of(S + "{slot}.1", "read"), status_of("{" + S + "slot}.2", "sent"), status_of(S + "{}.3", "played"))),  # noqa: E501
+    announced("unicode in a status id and word", status_hook(status_of(S + "uni.\U0001f600\u202e\u4e2d\u0301", "read"), status_of(S + "uni.\U0001f600\u202e\u4e2d\u0301", "\u2705 visto"))),  # noqa: E501
+    announced("status id of WAMID_MAX characters", status_hook(status_of(wamid_of(limits.WAMID_MAX, "st.max"), "read"))),  # noqa: E501
+    dead("status id of WAMID_MAX + 1 characters", INVALID, status_hook(status_of(wamid_of(limits.WAMID_MAX + 1, "st.max1"))), detail=f"{ST}.id has {limits.WAMID_MAX + 1} characters"),  # noqa: E501
+    announced("the widest status key: phone_number_id, id and word at their limits, 4-byte characters", status_hook(status_of(EMOJI_ID, "sent"), status_of(EMOJI_ID, "\U0001f4e8" * limits.STATUS_MAX), pnid=padded("1065", limits.PHONE_NUMBER_ID_MAX, "8"))),  # noqa: E501
+    dead("status word of STATUS_MAX + 1 characters", INVALID, status_hook(status_of(S + "word.max1", "w" * (limits.STATUS_MAX + 1))), detail=f"{ST}.status has {limits.STATUS_MAX + 1} characters"),  # noqa: E501
+    announced("recipient_id of RECIPIENT_MAX", status_hook(status_of(S + "rcpt.max", recipient=padded(SENDER_MARK, limits.RECIPIENT_MAX)))),  # noqa: E501
+    dead("recipient_id of RECIPIENT_MAX + 1", INVALID, status_hook(status_of(S + "rcpt.max1", recipient=padded(SENDER_MARK, limits.RECIPIENT_MAX + 1))), detail=f"{ST}.recipient_id has"),  # noqa: E501
+    announced("recipient_user_id only", status_hook(status_of(S + "bsuid", "read", recipient=None, recipient_user_id="US.13491208655302741918"))),  # noqa: E501
+    dead("recipient_id null beside a recipient_user_id", INVALID, status_hook(status_of(S + "rcpt.null", recipient=None, recipient_id=None, recipient_user_id="US.13491208655302741918")), detail=f"{ST}.recipient_id is null"),  # noqa: E501
+    dead("a status without a recipient", INVALID, status_hook(status_of(S + "rcpt.none", recipient=None)), detail=f"{ST}.recipient_user_id is null"),  # noqa: E501
+    dead("a status id given as a number", INVALID, status_hook(status_of(12345)), detail=f"{ST}.id is a number"),  # noqa: E501
+    dead("statuses without metadata.phone_number_id", Reason.MISSING_PHONE_NUMBER_ID, status_hook(status_of(S + "no.pnid"), pnid=None), detail="value.metadata.phone_number_id"),  # noqa: E501
+    announced("status timestamp as a JSON integer", status_hook(status_of(S + "ts.int", "sent", timestamp=1749416383))),  # noqa: E501
+    announced("status timestamp of TIMESTAMP_MAX digits", status_hook(status_of(S + "ts.max", timestamp="9" * limits.TIMESTAMP_MAX))),  # noqa: E501
+    dead("status timestamp '1.5'", INVALID, status_hook(status_of(S + "ts.frac", timestamp="1.5")), detail=f"{ST}.timestamp is"),  # noqa: E501
+    dead("status timestamp a negative integer", INVALID, status_hook(status_of(S + "ts.neg", timestamp=-1749416383)), detail=f"{ST}.timestamp is a number"),  # noqa: E501
+    dead("status timestamp of TIMESTAMP_MAX + 1 digits", INVALID, status_hook(status_of(S + "ts.max1", timestamp="1" * (limits.TIMESTAMP_MAX + 1))), detail=f"{ST}.timestamp is"),  # noqa: E501
+    announced("huge free content in a status's errors and pricing: 250 KB, NUL, numbers as written", huge_status()),  # noqa: E501
+    announced("a status nested to exactly MAX_JSON_DEPTH", status_hook(status_of(S + "depth.max", odd=deep(MAX_DEPTH - STATUS_DEPTH))), depth=MAX_DEPTH),  # noqa: E501
+    dead("a status nested to MAX_JSON_DEPTH + 1", TOO_DEEP, status_hook(status_of(S + "depth.max1", odd=deep(MAX_DEPTH + 1 - STATUS_DEPTH, "object"))), depth=MAX_DEPTH + 1),  # noqa: E501
+    announced("1,000 statuses of 1,000 messages in one body (Meta's most)", thousand_statuses()),
+    announced("one status copied 1,000 times in one body", status_hook(*[status_of(S + "x1000", "delivered", pricing=PRICING)] * BIG_STATUSES)),  # noqa: E501
+    announced("a group's read twice: one participant announced, the other a duplicate", status_hook(*(status_of(S + "group", "read", recipient=GROUP, recipient_type="group", recipient_participant_id=p, timestamp=t) for p, t in (("16505550101", "1749416390"), ("16505550102", "1749416399"))))),  # noqa: E501
+    announced("out-of-order statuses across records and copies", status_hook(status_of(S + "ooo", "played")), status_hook(status_of(S + "ooo", "sent"), status_of(S + "ooo", "read")), status_hook(status_of(S + "ooo", "delivered")), status_hook(status_of(S + "ooo", "failed"))),  # noqa: E501
+    announced("out-of-order statuses in one body", status_hook(status_of(S + "ooo.one", "read"), status_of(S + "ooo.one", "sent"), status_of(S + "ooo.one", "delivered"))),  # noqa: E501
+    announced("a failed status and a late delivered in another record", status_hook(status_of(S + "failed.late", "failed", errors=[{"code": 131049, "title": "not delivered"}])), status_hook(status_of(S + "failed.late", "delivered"))),  # noqa: E501
+    announced("a status about an inbound message's wamid, beside it", status_hook(status_of(W + "both", "read"), messages=(message(W + "both"),))),  # noqa: E501
+    dead("statuses under a change of field null", Reason.BAD_SHAPE, fields((None, value(statuses=[status_of(S + "field.null", "read")], contacts=[]))), detail="value holds statuses"),  # noqa: E501
+    status("an empty statuses list under another field", fields(("history", value(statuses=[], contacts=[])))),  # noqa: E501
     # intake accepts, the database refuses (a CHECK constraint / trigger the suite adds)
     dead("refused by the database", Reason.UNSTORABLE, hook(message(W + REFUSE_MARK + ".alone")), detail=REFUSAL),  # noqa: E501
     dead("refused message beside a good one in one record", Reason.UNSTORABLE, hook(message(W + "refusal.neighbour"), message(W + REFUSE_MARK + ".mixed")), detail=REFUSAL),  # noqa: E501
@@ -519,3 +646,83 @@ def _value_messages(v: dict[str, Any]) -> Iterator[Expected]:
             contact_wa_id=wa_id if isinstance(wa_id, str) else None,
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class ExpectedStatus:
+    """A status update as sent: what its row of ``statuses`` and its event must say."""
+
+    key: tuple[str, str, str]  # (phone_number_id, id, word)
+    recipient: Any  # recipient_id, or recipient_user_id when recipient_id is absent
+    timestamp: Any  # as sent: digits, or an integer
+    display: Any  # the change's metadata.display_phone_number
+    raw: dict[str, Any]
+    change_field: Any = "messages"  # the field of the change it came in
+
+    @property
+    def message(self) -> tuple[str, str]:
+        """The message it is about: (phone_number_id, id)."""
+        return self.key[:2]
+
+    @property
+    def word(self) -> str:
+        return self.key[2]
+
+    @property
+    def rank(self) -> int | None:
+        return status_rank(self.word)
+
+    @property
+    def event_status(self) -> dict[str, Any]:
+        """The event's ``status``: the object as sent, its timestamp as a string."""
+        return {
+            **self.raw,
+            "id": self.key[1],
+            "status": self.word,
+            "timestamp": str(self.timestamp),
+        }
+
+
+def status_rank(word: str) -> int | None:
+    """The word's place in STATUS_ORDER (1 for sent), None for a word Meta may add."""
+    return STATUS_ORDER.index(word) + 1 if word in STATUS_ORDER else None
+
+
+def statuses_in(value_bytes: bytes | None) -> list[ExpectedStatus]:
+    """Every well-formed status update a body holds, under a change of any field (each
+    says which), read leniently like messages_in."""
+    parsed = _parse(value_bytes)
+    entries = parsed.get("entry") if isinstance(parsed, dict) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            v = change.get("value") if isinstance(change, dict) else None
+            if isinstance(v, dict):
+                out += _value_statuses(v, change.get("field", "messages"))
+    return out
+
+
+def _value_statuses(v: dict[str, Any], change_field: Any) -> list[ExpectedStatus]:
+    metadata = v.get("metadata")
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    display = metadata.get("display_phone_number") if isinstance(metadata, dict) else None
+    if isinstance(pnid, int) and not isinstance(pnid, bool):
+        pnid = str(pnid)
+    if isinstance(display, int) and not isinstance(display, bool):
+        display = str(display)
+    raw_statuses = v.get("statuses")
+    out = []
+    for raw in raw_statuses if isinstance(raw_statuses, list) else []:
+        if not isinstance(raw, dict) or not isinstance(pnid, str):
+            continue
+        sid, word = raw.get("id"), raw.get("status")
+        if not isinstance(sid, str) or not isinstance(word, str):
+            continue
+        recipient = raw.get("recipient_id" if "recipient_id" in raw else "recipient_user_id")
+        out.append(
+            ExpectedStatus(
+                (pnid, sid, word), recipient, raw.get("timestamp"), display, raw, change_field
+            )
+        )
+    return out

@@ -6,6 +6,10 @@ settings it is given), the member processes (each with its own metrics port), th
 traffic, and the audit. The audit never stops at the first problem: it collects every
 case that did not end as promised, with what was expected and what was found, plus the
 run-level problems (lag, outbox, members, health, logs), and reports them together.
+
+It reads what came out where it lies: ``messages``, ``statuses`` and ``message_state`` in
+the database, ``message_created`` and ``message_status_changed`` events on the outbound
+topic, dead letters on the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import collections
 import decimal
 import functools
+import itertools
 import json
 import math
 import os
@@ -33,12 +38,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer import http
-from consumer.dedup import DONE_PREFIX, lease_key
+from consumer.dedup import DONE_PREFIX, lease_key, status_key
 from consumer.engine import create_engine
-from consumer.records import MessageKey
+from consumer.records import MessageKey, StatusKey
 from consumer.settings import Settings
 from consumer.tools import embedded, topics
 from tests.hostile.cases import (
+    ANNOUNCED_STATUS,
     CASES,
     MARKERS,
     NAME_MARK,
@@ -51,10 +57,13 @@ from tests.hostile.cases import (
     TEXT_MARK,
     Case,
     Expected,
+    ExpectedStatus,
     Record,
     ignored_in,
     loads_exact,
     messages_in,
+    status_rank,
+    statuses_in,
 )
 from tests.support import kafka
 from tests.support.bodies import text_webhook
@@ -89,6 +98,9 @@ SETTLE_S = 1.0
 # dead-lettering the same records again and again).
 READ_MAX_S = 20.0
 GOOD = "good traffic"
+STATUS_EVENT = "message_status_changed"
+# The outcomes that store what a case holds (its messages; its statuses, for the second).
+KEEPS = (STORED, ANNOUNCED_STATUS)
 
 
 # -- traffic -----------------------------------------------------------------------------
@@ -384,6 +396,64 @@ async def read_rows(database_url: str) -> dict[tuple[str, str], list[Row]]:
     return dict(out)
 
 
+StatusKeyT = tuple[str, str, str]  # (phone_number_id, id, word)
+MessageId = tuple[str, str]  # (phone_number_id, id): the message a status is about
+
+
+@dataclass
+class StatusRow:
+    """A row of ``statuses`` (its key is where it is filed)."""
+
+    rank: int | None
+    outcome: str
+    recipient_id: str
+    status_timestamp: str
+    raw: Any
+    event_id: str
+    source: tuple[str, int, int]  # (topic, partition, offset)
+
+
+@dataclass
+class StatusEvent:
+    """A message_status_changed event as read from the outbound topic."""
+
+    body: dict[str, Any]
+    key: bytes | None
+    at: tuple[int, int]  # (partition, offset) on the outbound topic
+
+
+async def read_status_rows(
+    database_url: str,
+) -> tuple[dict[StatusKeyT, list[StatusRow]], dict[MessageId, list[str]]]:
+    """Every stored status update, by (phone_number_id, status_id, status), raw JSON read
+    as text; and every message's state (its status word), by (phone_number_id,
+    status_id)."""
+    engine = create_engine(database_url, pool_size=1, timeout_s=10)
+    rows_query = sa.text(
+        "SELECT phone_number_id, status_id, status, rank, outcome, recipient_id, "
+        "status_timestamp, CAST(raw AS TEXT), event_id, source_topic, source_partition, "
+        "source_offset FROM statuses"
+    )
+    state_query = sa.text("SELECT phone_number_id, status_id, status FROM message_state")
+    rows: dict[StatusKeyT, list[StatusRow]] = collections.defaultdict(list)
+    states: dict[MessageId, list[str]] = collections.defaultdict(list)
+    try:
+        async with engine.connect() as conn:
+            for r in await conn.execute(rows_query):
+                try:
+                    raw = loads_exact(r[7])
+                except (TypeError, ValueError, RecursionError):
+                    raw = r[7]
+                rows[(r[0], r[1], r[2])].append(
+                    StatusRow(r[3], r[4], r[5], r[6], raw, r[8], (r[9], int(r[10]), int(r[11])))
+                )
+            for r in await conn.execute(state_query):
+                states[(r[0], r[1])].append(r[2])
+    finally:
+        await engine.dispose()
+    return dict(rows), dict(states)
+
+
 async def db_counts(database_url: str) -> tuple[int, int]:
     """(rows in messages, rows in the outbox)."""
     engine = create_engine(database_url, pool_size=1, timeout_s=10)
@@ -439,6 +509,9 @@ class Observed:
     dead: dict[tuple[int, int], list[DeadLetter]]
     committed: dict[int, int]
     unreadable_events: int = 0
+    status_rows: dict[StatusKeyT, list[StatusRow]] = field(default_factory=dict)
+    states: dict[MessageId, list[str]] = field(default_factory=dict)
+    status_events: dict[StatusKeyT, list[StatusEvent]] = field(default_factory=dict)
 
 
 @dataclass
@@ -479,6 +552,12 @@ class Verdict:
 def _promise(case: Case) -> str:
     if case.expect == STORED:
         return "stored once and announced once, values as sent"
+    if case.expect == ANNOUNCED_STATUS:
+        return (
+            "each status stored once as sent, its message's state the highest sent, "
+            "announced once if it moved the state forward (or is not in the order), "
+            "never if stale, in order on the topic; its messages stored and announced once"
+        )
     if case.expect == STATUS:
         return "no row, no event, no dead letter"
     extra = f" with dlq.detail holding {case.detail!r}" if case.detail else ""
@@ -626,7 +705,8 @@ class HostileRun:
         return seen
 
     async def observe(self, committed: dict[int, int]) -> Observed:
-        want_keys = {m.key for m in self.expected_stored()}
+        want_keys: set[Hashable] = {m.key for m in self.expected_stored()}
+        want_keys |= self.must_announce()
         want_dead = {s.coords for s in self.sent if s.item.case and s.item.case.dead}
 
         (out_records, out_capped), (dlq_records, dlq_capped) = await asyncio.gather(
@@ -642,11 +722,17 @@ class HostileRun:
                     f"the {topic} topic was still growing after {READ_MAX_S:g}s of reading"
                 )
         events: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+        status_events: dict[StatusKeyT, list[StatusEvent]] = collections.defaultdict(list)
         unreadable = 0
         for r in out_records:
             try:
                 e = loads_exact(r.value)
-                events[(e["phone_number_id"], e["message"]["source_id"])].append(e)
+                if e["event"] == STATUS_EVENT:
+                    s = e["status"]
+                    key = (e["phone_number_id"], s["id"], s["status"])
+                    status_events[key].append(StatusEvent(e, r.key, (r.partition, r.offset)))
+                else:
+                    events[(e["phone_number_id"], e["message"]["source_id"])].append(e)
             except (ValueError, KeyError, TypeError, RecursionError):
                 unreadable += 1
         dead: dict[tuple[int, int], list[DeadLetter]] = collections.defaultdict(list)
@@ -654,18 +740,44 @@ class HostileRun:
             letter = dead_letter(r)
             dead[letter.source].append(letter)
         rows = await read_rows(self.settings.database_url)
-        return Observed(rows, dict(events), dict(dead), committed, unreadable)
+        status_rows, states = await read_status_rows(self.settings.database_url)
+        return Observed(
+            rows,
+            dict(events),
+            dict(dead),
+            committed,
+            unreadable,
+            status_rows,
+            states,
+            dict(status_events),
+        )
 
     # -- what must come out ---------------------------------------------------------
 
     def expected_stored(self) -> list[Expected]:
-        """Every message that must be stored: good traffic and the STORED cases."""
+        """Every message that must be stored: good traffic, the STORED cases and the
+        messages beside statuses in ANNOUNCED_STATUS ones."""
         out: dict[tuple[str, str], Expected] = {}
         for s in self.sent:
-            if s.item.case is None or s.item.case.expect == STORED:
+            if s.item.case is None or s.item.case.expect in KEEPS:
                 for m in _messages(s.item.record.value):
                     out.setdefault(m.key, m)
         return list(out.values())
+
+    def expected_statuses(self) -> list[ExpectedStatus]:
+        """Every status update that must be stored (the ANNOUNCED_STATUS cases'), one
+        per key (the first sent)."""
+        out: dict[StatusKeyT, ExpectedStatus] = {}
+        for s in self.sent:
+            if s.item.case is not None and s.item.case.expect == ANNOUNCED_STATUS:
+                for st in _statuses(s.item.record.value):
+                    out.setdefault(st.key, st)
+        return list(out.values())
+
+    def must_announce(self) -> set[StatusKeyT]:
+        """The status updates that are announced whatever the order they come in: each
+        message's highest, and every word not in the order."""
+        return {s.key for s in _must_announce(self.expected_statuses())}
 
     # -- the audit ------------------------------------------------------------------
 
@@ -685,7 +797,9 @@ class HostileRun:
         for key in set(obs.rows) | set(obs.events):
             if key not in owner:
                 v.run.append(f"a row or event for a key nobody sent: {_short(key)}")
+        self._check_status_owners(obs)
         self._check_ignored()
+        self._check_statuses_counted()
         for coords, letters in obs.dead.items():
             sent = by_coords.get(coords)
             if sent is None:
@@ -713,6 +827,32 @@ class HostileRun:
             self.verdict.run.append(
                 f"{counted} ignored change(s) counted in batch.done, {want} sent"
             )
+
+    def _check_status_owners(self, obs: Observed) -> None:
+        """No status row, event or state of something nobody sent."""
+        v = self.verdict
+        sent_statuses = {st.key for s in self.sent for st in _statuses(s.item.record.value)}
+        for skey in sorted(set(obs.status_rows) | set(obs.status_events)):
+            if skey not in sent_statuses:
+                v.run.append(f"a status row or event for a status nobody sent: {_short(skey)}")
+        for mid in sorted(set(obs.states) - {k[:2] for k in sent_statuses}):
+            v.run.append(f"a message_state row for a message no status was sent for: {_short(mid)}")
+
+    def _check_statuses_counted(self) -> None:
+        """No status vanishes: the members decoded (batch.done's statuses) at least the
+        status updates of the records that are not dead-lettered."""
+        if not self.group.procs:
+            return
+        kept = [s for s in self.sent if not (s.item.case and s.item.case.dead)]
+        want = sum(
+            1
+            for s in kept
+            for st in _statuses(s.item.record.value)
+            if st.change_field == "messages"
+        )
+        counted = self.group.totals("statuses")
+        if counted < want:
+            self.verdict.run.append(f"{counted} status(es) counted in batch.done, {want} sent")
 
     def _audit_good(self, obs: Observed) -> None:
         good = [m for s in self.sent if s.item.case is None for m in _messages(s.item.record.value)]
@@ -753,9 +893,11 @@ class HostileRun:
                 problems.append(
                     f"{rows} row(s) and {events} event(s) for {_short(key)} (it must not be stored)"
                 )
+        problems.extend(_statuses_not_stored(copies, obs))
 
     def _audit_kept(self, case: Case, copies: list[Sent], obs: Observed) -> None:
-        """No copy on the DLQ; every message stored and announced once, exactly."""
+        """No copy on the DLQ; every message stored and announced once, exactly; the
+        statuses of an ANNOUNCED_STATUS case as it promises, any other case's none."""
         problems = self.verdict.problems[case.name]
         self._check_consumed(copies, obs, case.name)
         for s in copies:
@@ -776,10 +918,93 @@ class HostileRun:
         ids = [e[0]["event_id"] for k in keys if (e := obs.events.get(k))]
         if len(set(ids)) != len(ids):
             problems.append(f"two keys share an event_id: {ids}")
-        if case.expect == STATUS and self.group.procs:
-            counted = self.group.totals("statuses")  # the good traffic holds none
-            if counted < len(copies):
-                problems.append(f"{counted} status(es) counted in batch.done, {len(copies)} sent")
+        if case.expect == ANNOUNCED_STATUS:
+            problems.extend(self._status_problems(copies, obs, ids))
+        else:
+            problems.extend(_statuses_not_stored(copies, obs))
+
+    def _status_problems(self, copies: list[Sent], obs: Observed, taken: list[str]) -> list[str]:
+        """Every status of the case stored once as sent; each message's state the
+        highest it was sent; announced once if it must be (the highest, a word not in the
+        order) or if its row says it moved the state, never if stale; a message's
+        announced statuses in increasing order on each partition; no two statuses (or a
+        status and a message of the case: `taken`) share an event_id."""
+        sent: dict[StatusKeyT, list[ExpectedStatus]] = collections.defaultdict(list)
+        holders: dict[StatusKeyT, set[tuple[int, int]]] = collections.defaultdict(set)
+        for s in copies:
+            for st in _statuses(s.item.record.value):
+                if st not in sent[st.key]:
+                    sent[st.key].append(st)
+                holders[st.key].add(s.coords)
+        must = {s.key for s in _must_announce([v[0] for v in sent.values()])}
+        tally: dict[str, list[str]] = collections.defaultdict(list)
+        messages: dict[MessageId, list[StatusKeyT]] = collections.defaultdict(list)
+        for key, variants in sent.items():
+            messages[key[:2]].append(key)
+            where = f"{_short(key[1], 40)} {_short(key[2], 20)}"
+            for p in self._one_status_problems(variants, holders[key], key in must, obs):
+                tally[p.split(":")[0]].append(f"{where}: {p}")
+        for mid, keys in messages.items():
+            for p in _message_state_problems(mid, keys, obs):
+                tally[p.split(":")[0]].append(f"{_short(mid[1], 40)}: {p}")
+        out = []
+        for examples in tally.values():
+            many = f"{len(examples)} of {len(sent)} status(es): " if len(sent) > 1 else ""
+            more = f" (and {len(examples) - 1} more)" if len(examples) > 1 else ""
+            out.append(f"{many}{examples[0]}{more}")
+        ids = [str(e[0].body.get("event_id")) for k in sent if (e := obs.status_events.get(k))]
+        if len(set(ids + taken)) != len(ids) + len(taken):
+            out.append(f"two statuses (or a status and a message) share an event_id: {ids}")
+        return out
+
+    def _one_status_problems(
+        self,
+        variants: list[ExpectedStatus],
+        holders: set[tuple[int, int]],
+        must: bool,
+        obs: Observed,
+    ) -> list[str]:
+        """One row with the values of one of the variants sent under its key (the first
+        copy to reach the fence wins); one event if announced, saying the same as the
+        row, none if stale."""
+        key = variants[0].key
+        rows = obs.status_rows.get(key, [])
+        events = obs.status_events.get(key, [])
+        out = []
+        row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            out.append(f"{len(rows)} status rows: one expected")
+        else:
+            out += _closest(variants, lambda v: _status_row_differences(v, row), "status row")
+            topic, *at = row.source
+            if topic != self.settings.inbound_topic or tuple(at) not in holders:
+                out.append(
+                    f"status row source: expected one of {sorted(holders)} on "
+                    f"{self.settings.inbound_topic!r}, got {row.source}"
+                )
+            if row.outcome not in ("announced", "stale"):
+                out.append(
+                    f"status row outcome: 'announced' or 'stale' expected, got {row.outcome!r}"
+                )
+            elif must and row.outcome == "stale":
+                why = "a word not in the order" if variants[0].rank is None else "the highest"
+                out.append(f"stale: announced expected ({why} of its message)")
+        announced = must or (row is not None and row.outcome == "announced")
+        if announced and len(events) != 1:
+            out.append(f"{len(events)} status events: one expected")
+        if not announced and events:
+            out.append(f"{len(events)} status event(s) of a stale status: none expected")
+        if events:
+            chosen = [v for v in variants if row is None or not _status_row_differences(v, row)]
+            out += _closest(
+                chosen or variants,
+                lambda v: _status_event_differences(v, events[0], row),
+                "status event",
+            )
+        ids = {e.body.get("event_id") for e in events}
+        if len(ids) > 1:
+            out.append(f"status event copies with {len(ids)} event_ids: one expected")
+        return out
 
     def _dead_problems(self, case: Case, s: Sent, obs: Observed) -> list[str]:
         letters = obs.dead.get(s.coords, [])
@@ -837,10 +1062,14 @@ class HostileRun:
         twice = sum(1 for found in letters if len(found) > 1)
         keys = {m.key for s in copies for m in _messages(s.item.record.value)}
         stored = sum(1 for k in keys if k in obs.rows)
+        skeys = {st.key for s in copies for st in _statuses(s.item.record.value)}
+        stored_statuses = sum(1 for k in skeys if k in obs.status_rows)
         behind = any(obs.committed.get(s.item.partition, 0) <= s.offset for s in copies)
         found = [f"dead-lettered as {'/'.join(reasons)}"] if reasons else []
         found += [f"{twice} copy(ies) dead-lettered more than once"] if twice else []
         found += [f"{stored} of {len(keys)} message(s) stored"] if stored else []
+        if stored_statuses:
+            found += [f"{stored_statuses} of {len(skeys)} status(es) stored"]
         found += ["not all committed"] if behind else []
         return ", ".join(found) or "not as promised"
 
@@ -857,26 +1086,33 @@ class HostileRun:
 
     async def poison_redis(self) -> collections.Counter[str]:
         """Before any member starts, Redis says what the database does not: of the
-        messages to be stored (good traffic and STORED cases), every third carries a done
+        messages to be stored (good traffic, STORED cases, the messages beside statuses)
+        and of the status updates (ANNOUNCED_STATUS cases), every third carries a done
         marker of another deployment (as a Redis that outlived its database, or a shared
         prefix, would), every third a key another program wrote without a TTL, and a few
-        a hash. Each must be stored and announced once all the same, and no partition
-        may wait on a key (docs/design.md, "Keys we did not write")."""
+        a hash. Each must be stored (and announced, as its outcome says) all the same,
+        and no partition may wait on a key (docs/design.md, "Keys we did not write")."""
         client = aioredis.Redis.from_url(self.settings.redis_url)
         planted: collections.Counter[str] = collections.Counter()
+        prefix = self.settings.redis_key_prefix
+        planned = [i for items in self.halves for i in items]
+        messages = sorted({m.key for i in planned for m in _planned(i)})
+        statuses = sorted({st.key for i in planned for st in _planned_statuses(i)})
+        names = [lease_key(prefix, MessageKey(pnid, wamid)) for pnid, wamid in messages]
+        names += [status_key(prefix, StatusKey(*key)) for key in statuses]
         try:
-            keys = sorted({m.key for items in self.halves for i in items for m in _planned(i)})
-            for n, (pnid, wamid) in enumerate(keys):
-                name = lease_key(self.settings.redis_key_prefix, MessageKey(pnid, wamid))
+            pipe = client.pipeline(transaction=False)
+            for n, name in enumerate(names):
                 if n % 3 == 0:
-                    await client.set(name, f"{DONE_PREFIX}other-deployment:1", ex=3600)
+                    pipe.set(name, f"{DONE_PREFIX}other-deployment:1", ex=3600)
                     planted["done_unconfirmed"] += 1
                 elif n % 9 == 1:
-                    await client.hset(name, "not", "ours")
+                    pipe.hset(name, "not", "ours")
                     planted["foreign"] += 1
                 elif n % 3 == 1:
-                    await client.set(name, b"not-ours")
+                    pipe.set(name, b"not-ours")
                     planted["foreign"] += 1
+            await pipe.execute()
         finally:
             await client.aclose()
         self._mark(f"redis poisoned: {dict(planted)}")
@@ -962,15 +1198,140 @@ async def _create_topic(
 
 def _planned(item: Item) -> tuple[Expected, ...]:
     """The messages of a record to send that must be stored."""
-    if item.case is not None and item.case.expect != STORED:
+    if item.case is not None and item.case.expect not in KEEPS:
         return ()
     return _messages(item.record.value)
+
+
+def _planned_statuses(item: Item) -> tuple[ExpectedStatus, ...]:
+    """The status updates of a record to send that must be stored."""
+    if item.case is None or item.case.expect != ANNOUNCED_STATUS:
+        return ()
+    return _statuses(item.record.value)
 
 
 @functools.lru_cache(maxsize=1024)
 def _messages(value: bytes | None) -> tuple[Expected, ...]:
     """messages_in, once per distinct body (the audit asks often; one body is 250 KB)."""
     return tuple(messages_in(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _statuses(value: bytes | None) -> tuple[ExpectedStatus, ...]:
+    """statuses_in, once per distinct body."""
+    return tuple(statuses_in(value))
+
+
+def _must_announce(statuses: Iterable[ExpectedStatus]) -> list[ExpectedStatus]:
+    """Of these (one per key), those announced in any order of arrival: each message's
+    highest status of the order (it finds the state below it, whenever it comes), and
+    every word not in the order."""
+    top: dict[MessageId, ExpectedStatus] = {}
+    out = []
+    for s in statuses:
+        if s.rank is None:
+            out.append(s)
+        elif s.message not in top or s.rank > (top[s.message].rank or 0):
+            top[s.message] = s
+    return out + list(top.values())
+
+
+def _statuses_not_stored(copies: Iterable[Sent], obs: Observed) -> list[str]:
+    """Problems if any status of these records (under a change of any field) has a row,
+    an event or its message a state."""
+    out = []
+    keys = {st.key for s in copies for st in _statuses(s.item.record.value)}
+    for key in sorted(keys):
+        rows, events = len(obs.status_rows.get(key, [])), len(obs.status_events.get(key, []))
+        if rows or events:
+            out.append(
+                f"{rows} status row(s) and {events} status event(s) for {_short(key)} "
+                "(it must not be stored)"
+            )
+    out.extend(
+        f"a message_state row for {_short(mid)} (nothing of it must be stored)"
+        for mid in sorted({k[:2] for k in keys} & set(obs.states))
+    )
+    return out
+
+
+def _message_state_problems(mid: MessageId, keys: list[StatusKeyT], obs: Observed) -> list[str]:
+    """The message's state is its highest status of the order (none if it was sent only
+    words Meta may add); its announced statuses of the order reach each partition in
+    increasing order."""
+    out = []
+    ranked = [k for k in keys if status_rank(k[2]) is not None]
+    want = [max(ranked, key=lambda k: status_rank(k[2]) or 0)[2]] if ranked else []
+    got = obs.states.get(mid, [])
+    if got != want:
+        out.append(f"message_state: expected {want}, got {got}")
+    seen: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
+    for k in ranked:
+        for e in obs.status_events.get(k, [])[:1]:
+            seen[e.at[0]].append((e.at[1], k[2]))
+    for partition, found in sorted(seen.items()):
+        words = [w for _, w in sorted(found)]
+        ranks = [status_rank(w) or 0 for w in words]
+        if any(a >= b for a, b in itertools.pairwise(ranks)):
+            out.append(
+                f"topic order: expected increasing, got {words} on outbound partition {partition}"
+            )
+    return out
+
+
+def _closest(
+    variants: list[ExpectedStatus], differences: Callable[[ExpectedStatus], list[str]], what: str
+) -> list[str]:
+    """Nothing if one of the variants sent under a key matches; else what differs from
+    the first."""
+    found = [differences(v) for v in variants]
+    return [] if any(not d for d in found) else [f"{what} {d}" for d in found[0]]
+
+
+def _conversation(pnid: str, recipient: Any) -> bytes:
+    """The Kafka key of a contact's events (schemas/message_status_changed.v1.json)."""
+    if ":" in pnid:
+        return f":{len(pnid)}:{pnid}:{recipient}".encode()
+    return f"{pnid}:{recipient}".encode()
+
+
+def _status_row_differences(s: ExpectedStatus, row: StatusRow) -> list[str]:
+    out = []
+    for name, want, got in (
+        ("recipient_id", s.recipient, row.recipient_id),
+        ("status_timestamp", str(s.timestamp), row.status_timestamp),
+        ("rank", s.rank, row.rank),
+    ):
+        if want != got:
+            out.append(f"{name}: expected {_short(want)}, got {_short(got)}")
+    d = difference(s.raw, row.raw, "raw")
+    if d:
+        out.append(d)
+    return out
+
+
+def _status_event_differences(
+    s: ExpectedStatus, e: StatusEvent, row: StatusRow | None
+) -> list[str]:
+    body = e.body
+    out = []
+    checks: list[tuple[str, Any, Any]] = [
+        ("event", STATUS_EVENT, body.get("event")),
+        ("phone_number_id", s.key[0], body.get("phone_number_id")),
+        ("display_phone_number", s.display, body.get("display_phone_number")),
+        ("key", _conversation(s.key[0], s.recipient), e.key),
+    ]
+    if row is not None:
+        source = body.get("source") or {}
+        found = (source.get("topic"), source.get("partition"), source.get("offset"))
+        checks += [("event_id", row.event_id, body.get("event_id")), ("source", row.source, found)]
+    for name, want, got in checks:
+        if want != got:
+            out.append(f"{name}: expected {_short(want)}, got {_short(got)}")
+    d = difference(s.event_status, body.get("status"), "status")
+    if d:
+        out.append(d)
+    return out
 
 
 def _runs(counts: list[int]) -> str:
@@ -986,11 +1347,15 @@ def _event_name(line: bytes) -> str:
         return "not a JSON line"
 
 
-def _event_key(record: ConsumerRecord) -> tuple[str, str] | None:
+def _event_key(record: ConsumerRecord) -> tuple[str, ...] | None:
+    """A message event's (phone_number_id, source_id), a status event's
+    (phone_number_id, id, status)."""
     try:
         e = json.loads(record.value)
+        if e["event"] == STATUS_EVENT:
+            return (e["phone_number_id"], e["status"]["id"], e["status"]["status"])
         return (e["phone_number_id"], e["message"]["source_id"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

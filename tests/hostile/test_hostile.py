@@ -8,7 +8,8 @@ and none of the !words (for working on a few; the full table is the suite).
 On each broker (TEST_BROKER): Tansu, the embedded default, and Apache Kafka.
 
 The promise: no record, however crafted or unusual, stops a partition, crash-loops a
-member, or disappears; each ends stored and announced, or dead-lettered with a reason;
+member, or disappears; each ends stored and announced (a status update: stored once,
+announced if it moved its message's state forward), or dead-lettered with a reason;
 every good message is stored once and announced once.
 """
 

@@ -1,6 +1,6 @@
 """The hostile cases at unit level, no services: the table is what it says it is, intake
-gives each record the outcome its case promises, and the event of every message that
-must be stored carries it exactly.
+gives each record the outcome its case promises, and the event of every message and
+status update that must be stored carries it exactly.
 
 These run in milliseconds; the end-to-end suite (test_hostile.py) proves the same
 promise through real members, Redis, the database and the broker.
@@ -18,8 +18,10 @@ from consumer import events, intake, limits
 from consumer.records import InboundRecord, Invalid, Reason, Webhook
 from consumer.settings import Settings
 from tests.hostile.cases import (
+    ANNOUNCED_STATUS,
     BIG_CONTACTS,
     BIG_MESSAGES,
+    BIG_STATUSES,
     CASES,
     MARKERS,
     OVERSIZE_HEADER_BYTES,
@@ -29,8 +31,9 @@ from tests.hostile.cases import (
     Record,
     loads_exact,
     messages_in,
+    statuses_in,
 )
-from tests.hostile.harness import difference
+from tests.hostile.harness import _conversation, difference
 from tests.support.bodies import json_depth
 
 pytestmark = pytest.mark.hostile
@@ -41,7 +44,10 @@ OCCURRED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 RECORDS = [(case, n) for case in CASES for n in range(len(case.records))]
 RECORD_IDS = [f"{case.name} [{n}]" if len(case.records) > 1 else case.name for case, n in RECORDS]
-KEPT = [c for c in CASES if c.expect == STORED]
+KEPT = [
+    c for c in CASES if c.expect in (STORED, ANNOUNCED_STATUS) and messages_in(c.records[0].value)
+]
+ANNOUNCED = [c for c in CASES if c.expect == ANNOUNCED_STATUS]
 
 
 def _inbound(record: Record, offset: int = 7) -> InboundRecord:
@@ -86,12 +92,33 @@ def test_table_is_sound() -> None:
     assert limits.MAX_JSON_DEPTH + 1 < 300, "the depth-300 cases must be too deep"
 
 
+def test_status_cases_are_sound() -> None:
+    """An ANNOUNCED_STATUS case holds statuses, all under a change of field "messages";
+    no other kept case holds any; the statuses of one message are all in one case (its
+    state is that case's to audit); the two 1,000-status bodies are there."""
+    about: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    for case in CASES:
+        held = [s for r in case.records for s in statuses_in(r.value)]
+        for s in held:
+            about[s.message].add(case.name)
+        if case.expect == ANNOUNCED_STATUS:
+            assert held, f"{case.name}: an ANNOUNCED_STATUS case holds statuses"
+            assert all(s.change_field == "messages" for s in held), case.name
+        elif not case.dead:
+            assert not held, f"{case.name}: statuses outside an ANNOUNCED_STATUS case"
+    shared = {k: v for k, v in about.items() if len(v) > 1}
+    assert not shared, f"cases share the messages their statuses are about: {shared}"
+    counts = [len(statuses_in(c.records[0].value)) for c in ANNOUNCED]
+    assert counts.count(BIG_STATUSES) == 2, "1,000 statuses of 1,000 messages, and one copied"
+
+
 @pytest.mark.parametrize(("case", "index"), RECORDS, ids=RECORD_IDS)
 def test_intake_decides_each_record(case: Case, index: int) -> None:
     """intake.decode gives each record its case's outcome without raising: the promised
     dead-letter reason (with a detail that quotes no personal data), or a webhook holding
-    exactly the messages as sent (for `unstorable` cases too: intake accepts those, the
-    database refuses them), or for statuses-only a webhook with no message."""
+    exactly the messages and status updates as sent (for `unstorable` cases too: intake
+    accepts those, the database refuses them), or for a change of another field or
+    value-level errors a webhook with neither, the change or the errors counted."""
     record = case.records[index]
     decoded = _decode(record)
     if case.dead and case.expect != str(Reason.UNSTORABLE):
@@ -103,6 +130,11 @@ def test_intake_decides_each_record(case: Case, index: int) -> None:
             f"case {case.name!r}: expected {case.expect!r}, got {str(decoded.reason)!r} "
             f"({decoded.detail[:200]!r})"
         )
+        if case.detail is not None:
+            assert case.detail in decoded.detail, (
+                f"case {case.name!r}: the detail {decoded.detail[:200]!r} does not name "
+                f"{case.detail!r}"
+            )
         leaked = [m for m in MARKERS if m in decoded.detail]
         assert not leaked, f"case {case.name!r}: the detail quotes personal data {leaked}"
         return
@@ -111,10 +143,22 @@ def test_intake_decides_each_record(case: Case, index: int) -> None:
         f"{str(decoded.reason)!r} ({decoded.detail[:200]!r})"
     )
     if case.expect == STATUS:
-        assert not decoded.messages, f"case {case.name!r}: a status created messages"
-        counted = decoded.statuses + decoded.ignored_changes
-        assert counted >= 1, f"case {case.name!r}: neither statuses nor changes were counted"
+        assert not decoded.messages, f"case {case.name!r}: created messages"
+        assert not decoded.statuses, f"case {case.name!r}: created status updates"
+        counted = decoded.errors + decoded.ignored_changes
+        assert counted >= 1, f"case {case.name!r}: neither errors nor changes were counted"
         return
+    statuses = [(*s.key, s.timestamp, s.recipient, _exact(s.raw)) for s in decoded.statuses]
+    want_statuses = [
+        (*s.key, str(s.timestamp), s.recipient, s.raw) for s in statuses_in(record.value)
+    ]
+    assert len(statuses) == len(want_statuses), (
+        f"case {case.name!r}: {len(want_statuses)} status(es) sent, {len(statuses)} decoded"
+    )
+    for got_status, want_status in zip(statuses, want_statuses, strict=True):
+        assert got_status[:5] == want_status[:5], f"case {case.name!r}: {got_status[:5]}"
+        d = difference(want_status[5], got_status[5], "raw")
+        assert d is None, f"case {case.name!r}: {want_status[1][:40]!r}: {d}"
     expected = messages_in(record.value)
     got = [
         (m.key.phone_number_id, m.key.wamid, m.sender, m.type, m.timestamp, m.contact_name)
@@ -159,3 +203,35 @@ def test_event_carries_each_message_exactly(case: Case) -> None:
             assert difference(want.content, content, "message") is None, (
                 f"case {case.name!r}: {difference(want.content, content, 'message')}"
             )
+
+
+def _exact(raw: object) -> object:
+    """What intake holds, as the harness reads it back: numbers as written."""
+    return loads_exact(orjson.dumps(raw))
+
+
+@pytest.mark.parametrize("case", ANNOUNCED, ids=[c.name for c in ANNOUNCED])
+def test_status_event_carries_each_status_exactly(case: Case) -> None:
+    """The message_status_changed event of every status update an ANNOUNCED_STATUS case
+    holds encodes, fits a produce request, is keyed by the recipient's conversation, and
+    carries the status object as sent (its timestamp as a string): huge errors and
+    pricing, a NUL, numbers beyond 64 bits, depth MAX, 4-byte characters."""
+    for record in case.records:
+        decoded = _decode(record)
+        assert isinstance(decoded, Webhook), f"case {case.name!r}: {decoded}"
+        for u, want in zip(decoded.statuses, statuses_in(record.value), strict=True):
+            try:
+                event = events.build_status(u, topic="out", occurred_at=OCCURRED)
+            except Exception as exc:  # noqa: BLE001 - the failure message names it
+                pytest.fail(f"case {case.name!r}: events.build_status raised {exc!r:.200}")
+            assert len(event.payload) + len(event.key) < limits.MAX_REQUEST_BYTES
+            assert event.key == _conversation(want.key[0], want.recipient), (
+                case.name,
+                event.key[:80],
+            )
+            body = loads_exact(event.payload)
+            assert body["event"] == "message_status_changed", case.name
+            assert body["event_id"] == u.key.event_id == event.event_id, case.name
+            assert body["phone_number_id"] == want.key[0], case.name
+            d = difference(want.event_status, body["status"], "status")
+            assert d is None, f"case {case.name!r}: {d}"
