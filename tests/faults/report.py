@@ -26,6 +26,12 @@ COLUMNS = [
     ("insert_conflicts", "insert conflicts"),
     ("rebalances", "revocations"),
     ("relay_republished", "relay"),
+    ("statuses", "statuses"),
+    ("status_duplicates_injected", "status dups in"),
+    ("statuses_announced", "announced"),
+    ("statuses_stale", "stale"),
+    ("status_events", "status events"),
+    ("duplicate_status_events", "dup status events"),
     ("drain_s", "drain s"),
 ]
 

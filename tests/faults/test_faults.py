@@ -33,7 +33,8 @@ CRASH_POINTS = [
 @pytest.mark.brokers
 async def test_concurrent_duplicates_same_and_other_partitions(fault_env: FaultEnv) -> None:
     """No fault but Meta's: copies of one webhook on the same and on other partitions,
-    read by three members at once. Exactly one row and one event per message."""
+    read by three members at once. Exactly one row and one event per message; one row
+    per status update, and one event for each that moves its message forward."""
     run = await fault_env.run("duplicates (same and other partitions)")
     run.start(3)
     run.group.wait_all_assigned()

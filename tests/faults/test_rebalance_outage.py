@@ -445,7 +445,8 @@ async def test_partition_back_during_outage_stays_bounded(
         max_pending_records=limit, batch_max_records=batch
     )
     run = await fault_env.run("partition moved away and back during a PostgreSQL outage")
-    # Lots of traffic: about 90 records a wave, 4 waves over 4 partitions.
+    # Lots of traffic: about 140 records a wave (90 of messages, 50 of statuses), 4 waves
+    # over 4 partitions.
     run.traffic = make_traffic(480, partitions=run.partitions, waves=4, seed=23)
     bound = limit + batch
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 # Meta's sample timestamp (2025-06-08): old enough that no test mistakes it for "now".
@@ -37,6 +39,71 @@ def text_webhook(
             "object": "whatsapp_business_account",
             "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
         }
+    )
+
+
+def status_update(
+    wamid: str,
+    status: str,
+    *,
+    recipient: str = "16505551234",
+    timestamp: str = TIMESTAMP,
+    category: str = "utility",
+) -> dict[str, Any]:
+    """Meta's status object of the business's sent message `wamid`, as Meta sends each
+    word: `sent` and `delivered` with their pricing, `failed` with its errors, `read` and
+    `played` bare (tests/fixtures/webhooks/status_*.json)."""
+    update: dict[str, Any] = {
+        "id": wamid,
+        "status": status,
+        "timestamp": timestamp,
+        "recipient_id": recipient,
+    }
+    if status in ("sent", "delivered"):
+        update["pricing"] = {
+            "billable": True,
+            "pricing_model": "PMP",
+            "type": "regular",
+            "category": category,
+        }
+    if status == "failed":
+        title = "This message was not delivered to maintain healthy ecosystem engagement."
+        update["errors"] = [
+            {
+                "code": 131049,
+                "title": title,
+                "message": title,
+                "error_data": {"details": "The message failed to be delivered."},
+                "href": "/documentation/business-messaging/whatsapp/support/error-codes",
+            }
+        ]
+    return update
+
+
+def status_webhook(pnid: str, *updates: dict[str, Any]) -> bytes:
+    """One entry, one change, holding status objects (status_update) of `pnid`'s sent
+    messages, in the order given: Meta batches a number's statuses, several messages'
+    and several words of one message in one body."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": pnid},
+        "statuses": list(updates),
+    }
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+def combined_webhook(*bodies: bytes) -> bytes:
+    """One body holding the changes of several (each a body of one entry, as above), in
+    their order, as changes of one entry: a POST in which Meta batched, say, a message
+    and statuses (tests/fixtures/webhooks/constructed_batch_multi_message.json)."""
+    changes = [c for b in bodies for e in orjson.loads(b)["entry"] for c in e["changes"]]
+    return orjson.dumps(
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}
     )
 
 
