@@ -439,7 +439,9 @@ class Pipeline:
         report.dup_done_marker = sum(1 for k in done if isinstance(k, MessageKey))
         report.markers_unconfirmed = len(marked) - len(done)
         report.foreign_keys = len(foreign)
-        report.held = sum(1 for s in states.values() if s is LeaseState.HELD)
+        held = [k for k, s in states.items() if s is LeaseState.HELD]
+        report.held = sum(1 for k in held if isinstance(k, MessageKey))
+        report.statuses_held = len(held) - report.held
         if self._debug:
             for k in done:
                 log.debug("message.duplicate", layer="done_marker", **first[k].log_context())
@@ -600,7 +602,8 @@ class Pipeline:
         report.dup_database = (
             sum(1 for k in saved.conflicts if isinstance(k, MessageKey)) - messages_in_flight
         )
-        report.held += len(saved.in_flight)
+        report.held += messages_in_flight
+        report.statuses_held += len(saved.in_flight) - messages_in_flight
         report.events = len(saved.to_publish)
         report.republished = len(saved.to_publish) - (len(saved.inserted) - len(saved.stale))
         if not self._debug:  # per-message lines cost a dict each; build them only if read

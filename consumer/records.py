@@ -279,6 +279,9 @@ class BatchReport:
     dup_in_batch: int = 0
     held: int = 0
     statuses: int = 0
+    # Statuses deferred: another member holds the lease or publishes the row, or an
+    # earlier status of the message is not announced yet (docs/design.md, "Statuses").
+    statuses_held: int = 0
     errors: int = 0
     # Changes that created nothing (not field "messages", or holding no message, status
     # or error); by field as a metric label (intake.field_label) in ignored_fields.
