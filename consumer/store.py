@@ -272,6 +272,14 @@ class Store:
         the fence's key."""
         t = statuses_table
         found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        if not self._sqlite:
+            arrays = {
+                "phone_number_id": [m[0] for m in messages_],
+                "status_id": [m[1] for m in messages_],
+            }
+            for r in (await conn.execute(_PENDING_RANKS_PG, arrays)).all():
+                found.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+            return found
         pair = sa.tuple_(t.c.phone_number_id, t.c.status_id)
         for chunk in _chunks(messages_, _CHUNK // 2):
             q = (
@@ -290,6 +298,15 @@ class Store:
         return, for each message moved, the rank it moved from (0: no state before)."""
         if not highest:
             return {}
+        if not self._sqlite:
+            arrays: dict[str, list[Any]] = {
+                "phone_number_id": [p.update.key.phone_number_id for p in highest],
+                "status_id": [p.update.key.status_id for p in highest],
+                "status": [p.update.key.status for p in highest],
+                "rank": [status_rules.rank(p.update.key.status) for p in highest],
+            }
+            moved = (await conn.execute(_MOVE_STATES_PG, arrays)).all()
+            return {(r[0], r[1]): status_rules.rank(r[2] or "") or 0 for r in moved}
         insert = self._insert(message_state).values(updated_at=self._now())
         stmt = insert.on_conflict_do_update(
             index_elements=[message_state.c.phone_number_id, message_state.c.status_id],
@@ -339,6 +356,14 @@ class Store:
             _status_row(p, row_id if announced else None, announced)
             for p, row_id, announced in zip(updates, row_ids, announce, strict=True)
         ]
+        if not self._sqlite:  # one statement, each column one array parameter
+            columns: dict[str, list[Any]] = {name: [] for name in _STATUS_COLUMNS}
+            for row in params:
+                row["raw"] = json_dumps(row["raw"])
+                for name in _STATUS_COLUMNS:
+                    columns[name].append(row[name])
+            found = (await conn.execute(_INSERT_STATUSES_PG, columns)).all()
+            return frozenset(StatusKey(r[0], r[1], r[2]) for r in found)
         rows = (await conn.execute(stmt, params)).all()
         return frozenset(StatusKey(r[0], r[1], r[2]) for r in rows)
 
@@ -412,7 +437,7 @@ class Store:
                 elif ordered:
                     found = await _announced_pg(conn, ordered)
                 if status_keys:
-                    found |= await _statuses_announced(conn, status_keys)
+                    found |= await _statuses_announced(conn, status_keys, sqlite=self._sqlite)
         except (SQLAlchemyError, OSError) as exc:
             raise _failed(exc, f"confirming {len(keys)} done marker(s)") from exc
         return found
@@ -611,7 +636,7 @@ class Store:
             outbox_of = _outbox_of_sqlite if self._sqlite else _outbox_of_pg
             row_of.update(await outbox_of(conn, message_keys))
         if status_keys:
-            row_of.update(await _status_outbox_of(conn, status_keys))
+            row_of.update(await _status_outbox_of(conn, status_keys, sqlite=self._sqlite))
         row_ids = sorted(set(row_of.values()))
         if not row_ids:  # every conflict was announced already
             return {}, set(), row_of
@@ -786,9 +811,22 @@ async def _announced_sqlite(conn: AsyncConnection, keys: list[MessageKey]) -> fr
     return frozenset(out)
 
 
-async def _statuses_announced(conn: AsyncConnection, keys: list[StatusKey]) -> frozenset[ItemKey]:
+def _triple_arrays(keys: list[StatusKey]) -> dict[str, list[str]]:
+    return {
+        "phone_number_id": [k.phone_number_id for k in keys],
+        "status_id": [k.status_id for k in keys],
+        "status": [k.status for k in keys],
+    }
+
+
+async def _statuses_announced(
+    conn: AsyncConnection, keys: list[StatusKey], *, sqlite: bool
+) -> frozenset[ItemKey]:
     """Which of these status updates are stored, and announced or stale (no outbox row
     of theirs left)."""
+    if not sqlite:
+        found_pg = await conn.execute(_STATUSES_ANNOUNCED_PG, _triple_arrays(keys))
+        return frozenset(StatusKey(r[0], r[1], r[2]) for r in found_pg.all())
     t = statuses_table
     triple = sa.tuple_(t.c.phone_number_id, t.c.status_id, t.c.status)
     out: set[ItemKey] = set()
@@ -800,6 +838,101 @@ async def _statuses_announced(conn: AsyncConnection, keys: list[StatusKey]) -> f
         )
         out.update(StatusKey(r[0], r[1], r[2]) for r in (await conn.execute(found)).all())
     return frozenset(out)
+
+
+# -- PostgreSQL: the statuses of a batch, each statement's keys bound as arrays --------
+# (as the messages' statements above: one plan for every batch, and joins PostgreSQL
+# drives from the arrays through the primary keys; a row-value IN list may be planned as
+# a scan of every status of one phone_number_id tested against the whole list)
+
+# Store._move_states: each message's state to its batch's highest status, forward only;
+# previous_status is read from the locked row in the same UPDATE.
+_MOVE_STATES_PG = sa.text(
+    """
+INSERT INTO message_state AS m (phone_number_id, status_id, status, rank, previous_status,
+    updated_at)
+SELECT phone_number_id, status_id, status, rank, NULL, now()
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:status_id AS text[]),
+    CAST(:status AS text[]), CAST(:rank AS smallint[]))
+    AS b(phone_number_id, status_id, status, rank)
+ON CONFLICT (phone_number_id, status_id) DO UPDATE
+SET status = excluded.status, rank = excluded.rank, previous_status = m.status,
+    updated_at = excluded.updated_at
+WHERE m.rank < excluded.rank
+RETURNING phone_number_id, status_id, previous_status
+"""
+)
+
+_INSERT_STATUSES_PG = sa.text(
+    """
+INSERT INTO statuses (phone_number_id, status_id, status, rank, outcome, recipient_id,
+    status_timestamp, raw, event_id, source_topic, source_partition, source_offset,
+    outbox_id, created_at)
+SELECT phone_number_id, status_id, status, rank, outcome, recipient_id, status_timestamp,
+    CAST(raw AS json), event_id, source_topic, source_partition, source_offset, outbox_id,
+    now()
+FROM unnest(
+    CAST(:phone_number_id AS text[]), CAST(:status_id AS text[]), CAST(:status AS text[]),
+    CAST(:rank AS smallint[]), CAST(:outcome AS text[]), CAST(:recipient_id AS text[]),
+    CAST(:status_timestamp AS text[]), CAST(:raw AS text[]), CAST(:event_id AS text[]),
+    CAST(:source_topic AS text[]), CAST(:source_partition AS integer[]),
+    CAST(:source_offset AS bigint[]), CAST(:outbox_id AS text[])
+) AS b(phone_number_id, status_id, status, rank, outcome, recipient_id, status_timestamp,
+       raw, event_id, source_topic, source_partition, source_offset, outbox_id)
+ON CONFLICT DO NOTHING
+RETURNING phone_number_id, status_id, status
+"""
+)
+
+_STATUS_COLUMNS = (
+    "phone_number_id",
+    "status_id",
+    "status",
+    "rank",
+    "outcome",
+    "recipient_id",
+    "status_timestamp",
+    "raw",
+    "event_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "outbox_id",
+)
+
+_PENDING_RANKS_PG = sa.text(
+    """
+SELECT s.phone_number_id, s.status_id, s.rank, s.outbox_id
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:status_id AS text[]))
+    AS k(phone_number_id, status_id)
+JOIN statuses s ON s.phone_number_id = k.phone_number_id AND s.status_id = k.status_id
+JOIN outbox o ON o.id = s.outbox_id
+WHERE s.rank IS NOT NULL
+"""
+)
+
+_STATUS_OUTBOX_OF_PG = sa.text(
+    """
+SELECT s.phone_number_id, s.status_id, s.status, s.outbox_id
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:status_id AS text[]),
+    CAST(:status AS text[])) AS k(phone_number_id, status_id, status)
+JOIN statuses s ON s.phone_number_id = k.phone_number_id AND s.status_id = k.status_id
+    AND s.status = k.status
+WHERE s.outbox_id IS NOT NULL
+"""
+)
+
+_STATUSES_ANNOUNCED_PG = sa.text(
+    """
+SELECT s.phone_number_id, s.status_id, s.status
+FROM unnest(CAST(:phone_number_id AS text[]), CAST(:status_id AS text[]),
+    CAST(:status AS text[])) AS k(phone_number_id, status_id, status)
+JOIN statuses s ON s.phone_number_id = k.phone_number_id AND s.status_id = k.status_id
+    AND s.status = k.status
+LEFT JOIN outbox o ON o.id = s.outbox_id
+WHERE o.id IS NULL
+"""
+)
 
 
 # mark_published on PostgreSQL: the rows locked in id order first (see _locked_in_order),
@@ -853,11 +986,18 @@ _PG_COLUMNS = (
 )
 
 
-async def _status_outbox_of(conn: AsyncConnection, keys: list[StatusKey]) -> dict[ItemKey, str]:
+async def _status_outbox_of(
+    conn: AsyncConnection, keys: list[StatusKey], *, sqlite: bool
+) -> dict[ItemKey, str]:
     """The outbox row of each of these status updates that has one (announced, and
-    perhaps not yet published), by the fence's key (a row-value IN list per chunk)."""
+    perhaps not yet published), by the fence's key (PostgreSQL: the keys as three
+    arrays; SQLite: a row-value IN list per chunk)."""
     t = statuses_table
     row_of: dict[ItemKey, str] = {}
+    if not sqlite:
+        for r in (await conn.execute(_STATUS_OUTBOX_OF_PG, _triple_arrays(keys))).all():
+            row_of[StatusKey(r[0], r[1], r[2])] = r[3]
+        return row_of
     triple = sa.tuple_(t.c.phone_number_id, t.c.status_id, t.c.status)
     for chunk in _chunks(keys, _CHUNK // 3):  # three values per key
         found = sa.select(t.c.phone_number_id, t.c.status_id, t.c.status, t.c.outbox_id).where(

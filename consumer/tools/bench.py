@@ -501,6 +501,7 @@ async def run_mode(
             "dup_database",
             "dup_in_batch",
             "held",
+            "statuses_held",
             "events",
             "dead_lettered",
         )
