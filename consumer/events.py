@@ -12,7 +12,7 @@ import orjson
 
 from consumer import limits, statuses
 from consumer.errors import UnstorableError
-from consumer.records import Message, StatusUpdate
+from consumer.records import InboundRecord, Message, StatusUpdate
 
 EVENT_TYPE = "message_created"
 SCHEMA_VERSION = 1
@@ -89,11 +89,7 @@ def build(
             "timestamp": message.timestamp,
         },
         "contact": {"wa_id": message.contact_wa_id, "name": message.contact_name},
-        "source": {
-            "topic": message.source.topic,
-            "partition": message.source.partition,
-            "offset": message.source.offset,
-        },
+        "source": _source(message.source),
     }
     event_key = conversation_key(key.phone_number_id, message.sender)
     return _encoded(key.event_id, body, event_key, topic, limit)
@@ -127,11 +123,7 @@ def build_status(
             "status": key.status,
             "timestamp": update.timestamp,
         },
-        "source": {
-            "topic": update.source.topic,
-            "partition": update.source.partition,
-            "offset": update.source.offset,
-        },
+        "source": _source(update.source),
     }
     event_key = conversation_key(key.phone_number_id, update.recipient)
     return _encoded(key.event_id, body, event_key, topic, limit)
@@ -151,6 +143,11 @@ def status_order(event: OutboundEvent) -> tuple[str, str, int] | None:
     status = body["status"]
     rank = statuses.rank(status["status"])
     return None if rank is None else (body["phone_number_id"], status["id"], rank)
+
+
+def _source(record: InboundRecord) -> dict[str, Any]:
+    """The coordinates of the inbound record an event's item was first stored from."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def _rfc3339(at: dt.datetime) -> str:

@@ -390,28 +390,16 @@ def _quantile(ordered: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-async def _rows(settings: Settings, tag: str) -> int:
+async def _rows(settings: Settings, tag: str, column: sa.Column[str] = messages.c.source_id) -> int:
+    """The rows of this run (their ids carry its tag): of `messages` by default, or of
+    the table of `column` (`statuses.c.status_id`)."""
     engine = create_engine(settings.database_url, pool_size=1, timeout_s=30)
     try:
         async with engine.connect() as conn:
             q = (
                 sa.select(sa.func.count())
-                .select_from(messages)
-                .where(messages.c.source_id.like(f"wamid.{tag}.%"))
-            )
-            return int((await conn.execute(q)).scalar_one())
-    finally:
-        await engine.dispose()
-
-
-async def _status_rows(settings: Settings, tag: str) -> int:
-    engine = create_engine(settings.database_url, pool_size=1, timeout_s=30)
-    try:
-        async with engine.connect() as conn:
-            q = (
-                sa.select(sa.func.count())
-                .select_from(statuses)
-                .where(statuses.c.status_id.like(f"wamid.{tag}.%"))
+                .select_from(column.table)
+                .where(column.like(f"wamid.{tag}.%"))
             )
             return int((await conn.execute(q)).scalar_one())
     finally:
@@ -509,7 +497,7 @@ async def run_mode(
     if mode != "pass-through":
         counts["rows"] = await _rows(settings, tag)
         if cfg.statuses_per_message:
-            counts["status_rows"] = await _status_rows(settings, tag)
+            counts["status_rows"] = await _rows(settings, tag, statuses.c.status_id)
     return ModeResult(
         mode=mode,
         records=n,
