@@ -69,9 +69,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     sent = asyncio.run(_send())
+    bodies_said = produce.count(len(bodies), "body", "bodies")
     print(
-        f"sent {len(sent)} record(s) ({len(bodies)} bodies x {1 + args.duplicates}"
-        f"{f', {len(odd)} of them not JSON' if odd else ''}) "
+        f"sent {produce.count(len(sent), 'record', 'records')} ({bodies_said} x "
+        f"{1 + args.duplicates}{f', {len(odd)} of them not JSON' if odd else ''}) "
         f"to {topic} on partitions {sorted({s.partition for s in sent})}"
     )
+    print(f"  {produce.contents(bodies, settings.max_record_bytes).describe()}")
     return 0

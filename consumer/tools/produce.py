@@ -15,8 +15,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from consumer import intake
 from consumer.errors import BrokerError, ConfigError
 from consumer.intake import SIGNATURE_HEADER, sign
+from consumer.records import InboundRecord, Webhook
 from consumer.tools.topics import default_max_message_bytes, partition_count
 
 
@@ -118,6 +120,56 @@ def synthetic_status_bodies(
         bodies.append((f"statuses-{start}", orjson.dumps(body)))
     # Out of order across bodies too: every other body moved to the end.
     return bodies[::2][::-1] + bodies[1::2]
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a set of bodies holds, as the pipeline will read it."""
+
+    messages: int  # unique (phone_number_id, wamid)
+    statuses: int  # unique (phone_number_id, id, status)
+    empty: int  # usable bodies that hold neither (value-level errors, other fields)
+    unusable: int  # bodies the pipeline will dead-letter
+
+    def describe(self) -> str:
+        """One line: what to expect on the outbound and dead-letter topics."""
+        parts = [
+            f"they hold {count(self.messages, 'unique message', 'unique messages')} and "
+            f"{count(self.statuses, 'unique status update', 'unique status updates')}: expect "
+            f"{self.messages} message_created and at most {self.statuses} "
+            "message_status_changed (a status at or below its message's state is stored, "
+            "not announced)"
+        ]
+        if self.empty:
+            parts.append(
+                f"{count(self.empty, 'body', 'bodies')} holding neither (errors, other fields)"
+            )
+        if self.unusable:
+            parts.append(f"{count(self.unusable, 'body', 'bodies')} for the dead-letter topic")
+        return "; ".join(parts)
+
+
+def contents(bodies: Sequence[tuple[str, bytes]], max_bytes: int) -> Contents:
+    """Decode each body as the pipeline will, and count what it holds."""
+    messages: set[object] = set()
+    statuses: set[object] = set()
+    empty = unusable = 0
+    for _name, body in bodies:
+        decoded = intake.decode(
+            InboundRecord("produce", 0, 0, None, body, (), 0), max_bytes=max_bytes
+        )
+        if not isinstance(decoded, Webhook):
+            unusable += 1
+            continue
+        messages.update(m.key for m in decoded.messages)
+        statuses.update(u.key for u in decoded.statuses)
+        empty += not decoded.messages and not decoded.statuses
+    return Contents(len(messages), len(statuses), empty, unusable)
+
+
+def count(n: int, one: str, many: str) -> str:
+    """`1 body`, `2 bodies`: a number and its noun, agreeing."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def read_bodies(paths: Sequence[str]) -> list[tuple[str, bytes]]:

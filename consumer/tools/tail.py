@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import sys
+
 import orjson
 
 from consumer.safetext import json_line, token
@@ -27,14 +30,40 @@ async def tail(
     await require_topics(
         settings.kafka_bootstrap_servers, {label: name}, settings.kafka_request_timeout_s
     )
-    async for record in read_topic(
-        settings.kafka_bootstrap_servers,
-        name,
-        from_beginning=from_beginning,
-        idle_s=idle_exit_s,
-    ):
-        event = inbound(record)
-        print(format_event(event.partition, event.offset, event.value, as_json), flush=True)
+    kinds: collections.Counter[str] = collections.Counter()
+    try:
+        async for record in read_topic(
+            settings.kafka_bootstrap_servers,
+            name,
+            from_beginning=from_beginning,
+            idle_s=idle_exit_s,
+        ):
+            event = inbound(record)
+            kinds[kind_of(event.value)] += 1
+            print(format_event(event.partition, event.offset, event.value, as_json), flush=True)
+    finally:
+        # On stderr: stdout stays one event a line (JSON lines with --json).
+        print(f"tail: {summary(name, kinds)}", file=sys.stderr, flush=True)
+
+
+def kind_of(value: bytes | None) -> str:
+    """An event's kind for the exit count: its `event` if it is one of ours."""
+    try:
+        kind = orjson.loads(value or b"").get("event")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "other"
+    return kind if kind in ("message_created", "message_status_changed") else "other"
+
+
+def summary(topic: str, kinds: collections.Counter[str]) -> str:
+    """`5 event(s) read from TOPIC: message_created 3, message_status_changed 2`."""
+    total = sum(kinds.values())
+    parts = ", ".join(
+        f"{k} {kinds[k]}"
+        for k in ("message_created", "message_status_changed", "other")
+        if kinds[k]
+    )
+    return f"{total} event(s) read from {token(topic)}" + (f": {parts}" if parts else "")
 
 
 def format_event(partition: int, offset: int, value: bytes | None, as_json: bool) -> str:

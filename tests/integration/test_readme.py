@@ -104,17 +104,28 @@ async def test_the_run_it_yourself_block_works_as_written(
     out, err = out_path.read_bytes(), err_path.read_bytes()
     said = f"stdout:\n{out.decode()}\nstderr:\n{err.decode()}"
     assert proc.returncode == 0, said
-    events = [line for line in out.decode().splitlines() if " message_created " in line]
+    lines = out.decode().splitlines()
+    events = [x for x in lines if re.match(r"\d+:\d+ message_created ", x)]
     wamids = {line.rsplit("wamid=", 1)[1] for line in events}
     assert len(events) == len(wamids) == len(expected_keys()), said
     assert wamids == {k.wamid for k in expected_keys()}, said
-    changed = [line for line in out.decode().splitlines() if " message_status_changed " in line]
+    changed = [x for x in lines if re.match(r"\d+:\d+ message_status_changed ", x)]
     said_status = {
         (line.split("wamid=")[1].split()[0], line.split("status=")[1].split()[0])
         for line in changed
     }
     assert len(changed) == len(said_status) == len(expected_statuses()), said
     assert said_status == expected_statuses(), said
+    # produce's report says what tail then shows, and tail counts it on exit.
+    messages, statuses = len(expected_keys()), len(expected_statuses())
+    assert (
+        f"they hold {messages} unique messages and {statuses} unique status updates: expect "
+        f"{messages} message_created and at most {statuses} message_status_changed"
+    ) in out.decode(), said
+    assert (
+        f"tail: {messages + statuses} event(s) read from whatsapp.message_created: "
+        f"message_created {messages}, message_status_changed {statuses}"
+    ) in err.decode(), said
     for member in ("member-1.log", "member-2.log"):
         lines = (tmp_path / member).read_bytes().splitlines()
         stopped = [orjson.loads(x) for x in lines if b'"service.stopped"' in x]
