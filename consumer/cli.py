@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
@@ -221,9 +222,16 @@ class _LazyCommands(_SubParsers):
         super().__call__(parser, namespace, values, option_string)
 
 
+def _prog() -> str:
+    """How the user called us: `wamid-guard` (the installed script) or `python -m
+    consumer`, so that usage lines and examples name what they typed."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c") else "python -m consumer"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m consumer",
+        prog=_prog(),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -347,7 +347,11 @@ def _validate(s: Settings) -> None:
         f"must be at most {limits.MAX_RECORD_BYTES_LIMIT} (8 MiB; Meta sends up to 3 MB): "
         "the produce, fetch and decompression sizes of a member follow from it",
     )
-    _require(0 <= s.metrics_port <= 65535, "metrics_port", "must be a TCP port (0 turns it off)")
+    _require(
+        0 <= s.metrics_port <= 65535,
+        "metrics_port",
+        f"{s.metrics_port} is not a TCP port: 1-65535, or 0 to turn the endpoint off",
+    )
     _require(bool(s.metrics_host.strip()), "metrics_host", "must not be empty")
     _validate_crash_point(s.crash_point)
 

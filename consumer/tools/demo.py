@@ -520,7 +520,9 @@ def _print(s: Summary) -> None:
         f"{s.unique_status_event_ids})",
         f"  message states           {len(s.highest)}: "
         f"{'each the highest status sent' if s.states_right else 'NOT the highest status sent'}",
-        f"  dead-lettered            {s.dead_lettered}  {s.dlq_reasons}",
+        f"  dead-lettered            {s.dead_lettered}  ("
+        + ", ".join(f"{reason} {n}" for reason, n in sorted(s.dlq_reasons.items()))
+        + ")",
         f"  consumer exit codes      {s.exit_codes}",
         f"  metrics (all members)    stored {m.get('stored', 0):g}, announced "
         f"{m.get('published', 0):g}, dead-lettered {m.get('dead_lettered', 0):g} (the "

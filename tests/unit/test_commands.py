@@ -80,3 +80,22 @@ def test_top_level_help_imports_no_command_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv0", "prog"),
+    [
+        ("/usr/local/bin/wamid-guard", "wamid-guard"),
+        ("/app/consumer/__main__.py", "python -m consumer"),
+        ("", "python -m consumer"),
+    ],
+)
+def test_usage_names_what_the_user_typed(
+    argv0: str, prog: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wamid-guard --help` says `usage: wamid-guard`, `python -m consumer --help` says
+    `usage: python -m consumer`."""
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: {prog} [-h] COMMAND ...")

@@ -126,6 +126,15 @@ def test_bad_value_raises_config_error_naming_variable(env: dict[str, str], name
     assert info.value.setting in ENV_NAMES
 
 
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_an_out_of_range_port_is_refused_saying_the_value(port: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"METRICS_PORT": port})
+    assert str(info.value) == (
+        f"METRICS_PORT: {port} is not a TCP port: 1-65535, or 0 to turn the endpoint off"
+    )
+
+
 @pytest.mark.parametrize("name", ["DONE_TTL_S", "POLL_TIMEOUT_S", "KAFKA_REQUEST_TIMEOUT_S"])
 def test_infinite_duration_is_rejected(name: str) -> None:
     """An infinite duration fails at start with a ConfigError, not later in int(s * 1000)."""
