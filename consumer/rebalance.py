@@ -9,6 +9,7 @@ member's batch lock, which the poll loop holds while it settles, starts and comm
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
@@ -54,3 +55,30 @@ class Rebalance:
             fresh = await self._source.start_at_committed(assigned)
             self._tracker.assigned(assigned, fresh=fresh)
         log.info("partitions.assigned", partitions=sorted(f"{t}:{p}" for t, p in assigned))
+
+
+class AssignmentWait:
+    """How long the member has been without an assignment (joining the group, or in a
+    rebalance), said every `every_s` seconds: a member that waits is never silent.
+
+    `check` is called once per poll-loop turn; it returns the seconds waited when a line
+    is due, else None."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self._every_s = every_s
+        self._clock = clock
+        self._since: float | None = None
+        self._next = 0.0
+
+    def check(self, assigned: bool) -> float | None:
+        now = self._clock()
+        if assigned:
+            self._since = None
+            return None
+        if self._since is None:
+            self._since, self._next = now, now + self._every_s
+            return None
+        if now < self._next:
+            return None
+        self._next = now + self._every_s
+        return now - self._since

@@ -37,7 +37,7 @@ from consumer.inflight import InFlight
 from consumer.lag import LagSampler
 from consumer.metrics import Metrics
 from consumer.publish import Publisher
-from consumer.rebalance import Rebalance
+from consumer.rebalance import AssignmentWait, Rebalance
 from consumer.records import BatchReport, InboundRecord, Partition, Reason
 from consumer.settings import Settings
 from consumer.source import CommitOutcome, Source
@@ -78,6 +78,7 @@ class Service:
             retry_backoff_max_s=settings.retry_backoff_max_s,
         )
         self.totals = BatchReport()
+        self._assignment_wait = AssignmentWait()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._lock = asyncio.Lock()  # the loop's settle-start-commit step, or a rebalance
@@ -314,6 +315,16 @@ class Service:
         self.metrics.outbox_unmarked.set(len(running.flow.marks or ()))
         running.lag.sample()
         self.health.came_round(since=batches.oldest_start)
+        waited = self._assignment_wait.check(self.tracker.has_assignment)
+        if waited is not None:
+            log.info(
+                "group.waiting_for_assignment",
+                waited_s=round(waited),
+                group=s.consumer_group,
+                topic=s.inbound_topic,
+                note="no partitions yet: the group is forming or rebalancing "
+                "(docs/operations.md, 'A member waits for partitions')",
+            )
 
     def _unpublishable(self, count: int) -> None:
         """The outbound topic refused `count` events even alone (they were

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -61,10 +63,47 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise ConfigError("--wait", "must be 0 or more seconds")
     url = base.rstrip("/") + ("/healthz" if args.live else "/readyz")
-    deadline = time.monotonic() + args.wait
+    started = time.monotonic()
+    deadline = started + args.wait
+    said = started
     ok, detail = probe(url, args.timeout)
     while not ok and time.monotonic() < deadline:
         time.sleep(0.5)
         ok, detail = probe(url, args.timeout)
+        if not ok and time.monotonic() - said >= PROGRESS_EVERY_S:
+            said = time.monotonic()
+            print(f"health: not yet, after {said - started:.0f} s: {why(detail)}", file=sys.stderr)
     print(detail)
+    if not ok and args.wait:
+        waited = time.monotonic() - started
+        print(f"health: gave up after {waited:.0f} s: {why(detail)}", file=sys.stderr)
     return 0 if ok else 1
+
+
+# How often `health --wait` says it is still waiting (on stderr).
+PROGRESS_EVERY_S = 5.0
+
+
+def why(detail: str) -> str:
+    """What a failed check said, in one line: each failing check's error (`kafka: no
+    partition assignment yet (joining the group)`), or the text as it came."""
+    try:
+        state = json.loads(detail)
+    except ValueError:
+        return detail.splitlines()[0] if detail else "no answer"
+    if not isinstance(state, dict):
+        return detail
+    if state.get("stopping"):
+        return "the member is stopping"
+    checks = state.get("checks")
+    if isinstance(checks, dict):
+        failing = [
+            f"{name}: {check.get('error', 'not ok')}"
+            for name, check in checks.items()
+            if isinstance(check, dict) and not check.get("ok")
+        ]
+        if failing:
+            return "; ".join(failing)
+    if "seconds_since_poll" in state:
+        return f"no poll loop turn for {state['seconds_since_poll']} s"
+    return str(state.get("error", detail))
