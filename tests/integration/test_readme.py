@@ -104,12 +104,12 @@ async def test_the_run_it_yourself_block_works_as_written(
     out, err = out_path.read_bytes(), err_path.read_bytes()
     said = f"stdout:\n{out.decode()}\nstderr:\n{err.decode()}"
     assert proc.returncode == 0, said
-    lines = out.decode().splitlines()
-    events = [x for x in lines if re.match(r"\d+:\d+ message_created ", x)]
+    printed = out.decode().splitlines()
+    events = [x for x in printed if re.match(r"\d+:\d+ message_created ", x)]
     wamids = {line.rsplit("wamid=", 1)[1] for line in events}
     assert len(events) == len(wamids) == len(expected_keys()), said
     assert wamids == {k.wamid for k in expected_keys()}, said
-    changed = [x for x in lines if re.match(r"\d+:\d+ message_status_changed ", x)]
+    changed = [x for x in printed if re.match(r"\d+:\d+ message_status_changed ", x)]
     said_status = {
         (line.split("wamid=")[1].split()[0], line.split("status=")[1].split()[0])
         for line in changed
