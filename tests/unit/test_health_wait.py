@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import http.server
 import json
 import re
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from consumer import cli
 from consumer.commands import health
+from consumer.settings import Settings
 
 JOINING: dict[str, Any] = {
     "ok": False,
@@ -76,7 +77,10 @@ def test_wait_prints_progress_and_gives_up_saying_why(
     joining_member: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(health, "PROGRESS_EVERY_S", 1.0)
-    assert cli.main(["health", "--url", joining_member, "--wait", "2.2"]) == 1
+    # The command itself, not cli.main: that configures the process's logging (INFO),
+    # which would hide the debug lines later tests capture.
+    args = argparse.Namespace(url=joining_member, live=False, timeout=5.0, wait=2.2)
+    assert health.run(Settings(), args) == 1
     out, err = capsys.readouterr()
     assert json.loads(out) == JOINING  # the member's answer, as before, on stdout
     lines = err.splitlines()
