@@ -511,11 +511,7 @@ class Pipeline:
         try:
             claim = Claim(token, self._config.claim_for, frozenset(self._reclaimable()))
             messages, statuses = self._pending(batch)
-            saved = await (
-                self._store.save(messages, claim, statuses)
-                if statuses
-                else self._store.save(messages, claim)
-            )
+            saved = await self._store.save(messages, claim, statuses)
             self._crash.hit("after_commit")
             await self._publisher.publish(saved.to_publish)
             self._published(saved, batch)

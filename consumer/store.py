@@ -342,16 +342,6 @@ class Store:
         row_ids: list[str],
         announce: list[bool],
     ) -> frozenset[StatusKey]:
-        stmt = (
-            self._insert(statuses_table)
-            .values(created_at=self._now())
-            .on_conflict_do_nothing()
-            .returning(
-                statuses_table.c.phone_number_id,
-                statuses_table.c.status_id,
-                statuses_table.c.status,
-            )
-        )
         params = [
             _status_row(p, row_id if announced else None, announced)
             for p, row_id, announced in zip(updates, row_ids, announce, strict=True)
@@ -364,6 +354,16 @@ class Store:
                     columns[name].append(row[name])
             found = (await conn.execute(_INSERT_STATUSES_PG, columns)).all()
             return frozenset(StatusKey(r[0], r[1], r[2]) for r in found)
+        stmt = (
+            self._insert(statuses_table)
+            .values(created_at=self._now())
+            .on_conflict_do_nothing()
+            .returning(
+                statuses_table.c.phone_number_id,
+                statuses_table.c.status_id,
+                statuses_table.c.status,
+            )
+        )
         rows = (await conn.execute(stmt, params)).all()
         return frozenset(StatusKey(r[0], r[1], r[2]) for r in rows)
 

@@ -17,7 +17,7 @@ import pytest
 from consumer import events
 from consumer.errors import StoreError, UnstorableError
 from consumer.events import OutboundEvent
-from consumer.ports import UNCLAIMED, Claim, PendingMessage, SaveResult
+from consumer.ports import UNCLAIMED, Claim, PendingMessage, PendingStatus, SaveResult
 from consumer.records import InboundRecord, Invalid, Message, Reason
 from consumer.testing import key, message, record, webhook
 from tests.unit.test_pipeline import World
@@ -160,11 +160,15 @@ async def test_a_dependency_failure_during_the_search_retries_the_rest(
     saves_before_failure = 1
     original = world.store.save
 
-    async def save(pending: Sequence[PendingMessage], claim: Claim = UNCLAIMED) -> SaveResult:
+    async def save(
+        pending: Sequence[PendingMessage],
+        claim: Claim = UNCLAIMED,
+        statuses: Sequence[PendingStatus] = (),
+    ) -> SaveResult:
         if len(world.store.saves) >= saves_before_failure:
             world.store.saves.append([p.message.key for p in pending])
             raise StoreError("fake database: gone")
-        return await original(pending, claim)
+        return await original(pending, claim, statuses)
 
     monkeypatch.setattr(world.store, "save", save)
     records = _batch(("wamid.a",), ("wamid.bad",), ("wamid.b",), ("wamid.c",))
