@@ -8,6 +8,8 @@
     │   ├── LeaseStoreError    Redis (the lease / done-marker store)
     │   ├── StoreError         the SQL database
     │   └── BrokerError        Kafka: produce, commit, fetch, admin
+    │       ├── PublishPendingError   a publish ended with sends that may still land
+    │       │   └── PartlyPublishedError  ... or with some acknowledged, others failed
     │       └── UnreadableFetchError  a fetch whose records the client could not read
     ├── UnstorableError        a record's data was refused (by the database, or the event
     │                          encoder): retrying cannot help; isolate it and dead-letter it
@@ -74,6 +76,13 @@ class PublishPendingError(BrokerError):
     idempotent producer (never expired): they may still land. Whoever holds the outbox
     claims of those events keeps them, so that no other member's relay sends the events
     again meanwhile; the holder's own retry waits for (or counts) the same sends."""
+
+
+class PartlyPublishedError(PublishPendingError):
+    """Some events of a publish were acknowledged and the others failed. Sending their
+    outbox rows again would land copies of the acknowledged ones, so the claims stand as
+    for a pending publish, and the publisher remembers the acknowledged sends: the
+    holder's retry sends only the events that failed."""
 
 
 class UnreadableFetchError(BrokerError):

@@ -38,6 +38,7 @@ from consumer.crashpoints import CrashPoints
 from consumer.errors import (
     DependencyError,
     LeaseStoreError,
+    PartlyPublishedError,
     PublishPendingError,
     StoreError,
     UnstorableError,
@@ -665,11 +666,17 @@ class Pipeline:
         try:
             await self._release(keys, token)
             if unpublished and isinstance(exc, PublishPendingError):
-                # The sends may still land: the claims stand until they run out
-                # (LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S), so another member's relay does
-                # not send the events again meanwhile. This member's retry takes them
-                # back at once (the batch has ended) and waits for the same sends.
-                log.info("outbox.claims_kept", rows=len(unpublished), reason="publish pending")
+                # The sends may still land (or some did): the claims stand until they run
+                # out (LEASE_TTL_S + KAFKA_REQUEST_TIMEOUT_S), so another member's relay
+                # does not send the events again meanwhile. This member's retry takes them
+                # back at once (the batch has ended), waits for the same sends and sends
+                # only the events that failed.
+                partly = isinstance(exc, PartlyPublishedError)
+                log.info(
+                    "outbox.claims_kept",
+                    rows=len(unpublished),
+                    reason="partly published" if partly else "publish pending",
+                )
             elif unpublished:
                 try:
                     await self._store.release_claims(unpublished, token)

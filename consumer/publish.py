@@ -44,7 +44,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from consumer import deadletters
-from consumer.errors import BrokerError, ConfigError, PublishPendingError
+from consumer.errors import BrokerError, ConfigError, PartlyPublishedError, PublishPendingError
 from consumer.events import OutboundEvent
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.records import InboundRecord, Invalid, Reason
@@ -335,8 +335,10 @@ class Publisher:
         except KafkaError as exc:
             # The sends already enqueued go on inside the producer: wait for them, so
             # none is still under way (and may land after the retry's) when we return.
-            self._keep_if_late(ids, futures, await self._settle(futures))
-            raise BrokerError(f"producing {len(sends)} {what} record(s) failed: {exc!r}") from exc
+            late = await self._settle(futures)
+            self._keep_if_late(ids, futures, late)
+            message = f"producing {len(sends)} {what} record(s) failed: {exc!r}"
+            raise self._failure(message, ids, futures, late=late) from exc
         late = await self._settle(futures)
         self._keep_if_late(ids, futures, late)
         if late:
@@ -354,11 +356,39 @@ class Publisher:
                 await self._renew_after(producer, failures[0])
             if ids is not None and all(_too_large(f) for f in failures):
                 return [(n, r) for n, r in enumerate(results) if isinstance(r, BaseException)]
-            raise BrokerError(
+            message = (
                 f"{len(failures)} of {len(sends)} {what} record(s) were not acknowledged: "
                 f"{failures[0]!r}"
-            ) from failures[0]
+            )
+            raise self._failure(message, ids, futures, late=0) from failures[0]
         return []
+
+    def _failure(
+        self,
+        message: str,
+        ids: Sequence[str] | None,
+        futures: Sequence[asyncio.Future[Any]],
+        *,
+        late: int,
+    ) -> BrokerError:
+        """The error of a failed publish of events (`ids`), or of dead letters. Sends
+        still under way (`late`, kept for the retry): PublishPendingError. Every send
+        ended: the acknowledged ones are remembered, so that the retry does not send them
+        again (a copy on the topic), and if there are any, PartlyPublishedError. Either
+        way the caller keeps its outbox claims; otherwise BrokerError."""
+        if ids is None:
+            return BrokerError(message)
+        if late:
+            return PublishPendingError(f"{message}; {late} send(s) still under way")
+        acked = [
+            (event_id, f)
+            for event_id, f in zip(ids, futures, strict=False)
+            if not isinstance(_outcome(f), BaseException)
+        ]
+        if not acked:
+            return BrokerError(message)
+        self._remember([i for i, _ in acked], [f for _, f in acked])
+        return PartlyPublishedError(message)
 
     async def _settle(self, futures: Sequence[asyncio.Future[Any]]) -> int:
         """Wait for the sends (at most ``wait_s`` if set); how many are still under way."""

@@ -32,6 +32,7 @@ from consumer.dedup import DONE_PREFIX
 from consumer.errors import (
     BrokerError,
     LeaseStoreError,
+    PartlyPublishedError,
     PublishPendingError,
     StoreError,
     UnstorableError,
@@ -293,8 +294,12 @@ class FakePublisher:
     fail_next_publish: bool = False
     # A publish that gives up with its sends under way (PublishPendingError) instead.
     pending_next_publish: bool = False
+    # A publish whose first event is acknowledged and the rest fail (PartlyPublishedError);
+    # like the real publisher, a later publish does not send the acknowledged one again.
+    partly_next_publish: bool = False
     fail_next_dead_letter: bool = False
     publish_calls: int = 0
+    _acked: set[str] = field(default_factory=set)
     dead_letter_calls: int = 0
 
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
@@ -305,6 +310,12 @@ class FakePublisher:
         if self.pending_next_publish:
             self.pending_next_publish = False
             raise PublishPendingError("fake Kafka: message_created not acknowledged yet")
+        events = [e for e in events if e.event_id not in self._acked]
+        if self.partly_next_publish and events:
+            self.partly_next_publish = False
+            self.published.append(events[0])
+            self._acked.add(events[0].event_id)
+            raise PartlyPublishedError("fake Kafka: 1 message_created record acknowledged")
         self.published.extend(events)
 
     async def dead_letter(self, invalid: Sequence[Invalid]) -> None:

@@ -666,6 +666,30 @@ async def test_a_failed_batch_ends_only_after_giving_its_claims_back(world: Worl
     assert world.pipeline._reclaimable() == ("w1:1",)
 
 
+async def test_a_partly_acknowledged_publish_keeps_its_claims(world: World) -> None:
+    """One event of the batch's outbox row acknowledged, the other failed: the claims
+    stand (a relay sending the row again would land a copy of the first), and the
+    member's retry announces the second, each once."""
+    released: list[str] = []
+
+    async def release_claims(outbox_ids: Sequence[str], claimant: str) -> None:
+        released.append(claimant)
+
+    world.store.release_claims = release_claims  # type: ignore[method-assign]
+    world.publisher.partly_next_publish = True
+    hook = webhook([message("wamid.A"), message("wamid.B")])
+    report = await world.pipeline.process(_records(hook))
+    assert report.failure is not None
+    assert "PartlyPublishedError" in report.failure
+    assert released == [], "claims kept"
+    assert world.pipeline._reclaimable() == ("w1:1",)
+    retry = await world.pipeline.process(_records(hook))
+    assert retry.failure is None
+    assert sorted(world.published_ids()) == sorted(
+        [key("wamid.A").event_id, key("wamid.B").event_id]
+    )
+
+
 async def test_a_publish_still_under_way_keeps_its_claims(world: World) -> None:
     """A publish that gave up while its sends go on (an idempotent producer never expires
     them): the batch fails, its leases go back, but its outbox claims stand, so no other

@@ -15,7 +15,7 @@ from aiokafka.errors import (
 )
 
 from consumer import events, intake
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, PartlyPublishedError, PublishPendingError
 from consumer.publish import Publisher
 from consumer.records import Invalid, Reason, Webhook
 from consumer.testing import message, record, webhook
@@ -144,6 +144,62 @@ async def test_sends_acknowledged_after_their_publish_gave_up_count_for_its_retr
     retry = asyncio.create_task(publisher.publish(batch))
     await asyncio.sleep(0.01)
     assert len(producer.sent) == 4, "only the failed send goes again"
+    producer.release()
+    await retry
+
+
+@pytest.mark.parametrize("how", ["a send fails", "send() raises"])
+async def test_a_partly_acknowledged_publish_keeps_its_claims_and_its_retry_sends_the_rest(
+    how: str,
+) -> None:
+    """Some events of a publish are acknowledged and another fails: the publish fails
+    as PartlyPublishedError (the caller keeps its outbox claims: sending the rows again
+    from elsewhere would land copies), and its retry sends only the failed event."""
+    producer = _Held()
+    if how == "send() raises":
+        real_send = producer.send
+
+        async def send(topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+            if len(producer.sent) == 2:
+                raise KafkaConnectionError("the producer lost the broker")
+            return await real_send(topic, **kwargs)
+
+        producer.send = send  # type: ignore[method-assign]
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=1 << 20, wait_s=1.0)
+    batch = _events()
+    publishing = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.01)
+    producer.sent[0][1].set_result(_Acked())
+    producer.sent[1][1].set_result(_Acked())
+    if how == "a send fails":
+        producer.sent[2][1].set_exception(KafkaConnectionError("reset"))
+    with pytest.raises(PartlyPublishedError):
+        await publishing
+    assert isinstance(PartlyPublishedError("x"), PublishPendingError)
+    sent_before = len(producer.sent)
+    producer.send = _Held.send.__get__(producer)  # type: ignore[method-assign]
+    retry = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.01)
+    assert len(producer.sent) == sent_before + 1, "the retry sent acknowledged events again"
+    producer.release()
+    await retry
+
+
+async def test_a_publish_whose_every_send_failed_is_a_plain_broker_error() -> None:
+    """Nothing acknowledged: nothing to keep, the claims go back (BrokerError, not
+    PublishPendingError) and the retry sends every event."""
+    producer = _Held()
+    publisher = Publisher(producer, dlq_topic="dlq", max_request_bytes=1 << 20, wait_s=1.0)
+    batch = _events()
+    publishing = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.01)
+    producer.fail(KafkaConnectionError("reset"))
+    with pytest.raises(BrokerError) as failed:
+        await publishing
+    assert not isinstance(failed.value, PublishPendingError)
+    retry = asyncio.create_task(publisher.publish(batch))
+    await asyncio.sleep(0.01)
+    assert len(producer.sent) == 6
     producer.release()
     await retry
 
