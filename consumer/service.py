@@ -210,9 +210,13 @@ class Service:
             self._running.lag.stop()
         if self._http is not None:
             await _quietly(self._http.stop(), "http.stop")
-        relay = self._running.flow.relay if self._running else None
+        if self._running is None:
+            # Nothing ran, so nothing to count; the reason is the command's own line.
+            log.info("service.start_failed", worker_id=self.worker_id)
+            return
+        relay = self._running.flow.relay
         log.info(
-            "service.stopped" if self._running else "service.start_failed",
+            "service.stopped",
             worker_id=self.worker_id,
             relay_republished=relay.republished if relay else 0,
             **self.totals.counts(),
@@ -263,7 +267,10 @@ class Service:
             )
             force_wait.cancel()
             if not loop_task.done():
-                log.warning("service.grace_expired", grace_s=self.settings.shutdown_grace_s)
+                # A forced stop said so already (service.force_stop): the grace did not
+                # run out, and one cut is one line.
+                if not self._force.is_set():
+                    log.warning("service.grace_expired", grace_s=self.settings.shutdown_grace_s)
                 loop_task.cancel()
         stop_wait.cancel()
         try:

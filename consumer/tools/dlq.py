@@ -40,6 +40,7 @@ translate aiokafka errors into :class:`~consumer.errors.BrokerError` naming the 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import re
@@ -57,9 +58,9 @@ from consumer.errors import BrokerError, ConfigError, MissingTopicError
 from consumer.limits import MAX_REQUEST_BYTES
 from consumer.publish import producer_config
 from consumer.records import Reason
-from consumer.safetext import clip, escape, json_line, quote, token
+from consumer.safetext import ELLIPSIS, clip, escape, json_line, quote, token
 from consumer.settings import Settings
-from consumer.source import inbound
+from consumer.source import explain_unreachable, inbound
 from consumer.tools.topics import COMPLETE_IDLE_S, partition_count
 
 UNKNOWN_REASON = "unknown"
@@ -74,9 +75,10 @@ _MAX_FETCH_BYTES = 4 * MAX_REQUEST_BYTES
 # Records up to this much newer than the start still count: the service's clock and
 # ours may disagree a little; the bound only has to stop a busy DLQ from never ending.
 _HORIZON_SLACK_MS = 5_000
-# A line shows this much of the detail; --json all of it (at most what the publisher
-# writes, deadletters.DETAIL_MAX_BYTES) and of every other text at most _JSON_TEXT_MAX.
-_DETAIL_WIDTH = 80
+# A line shows this much of the detail (a longer one keeps its start and, larger, its
+# end: see _line_detail); --json all of it (at most what the publisher writes,
+# deadletters.DETAIL_MAX_BYTES) and of every other text at most _JSON_TEXT_MAX.
+_DETAIL_WIDTH = 200
 _NAME_WIDTH = 100
 _JSON_DETAIL_MAX = deadletters.DETAIL_MAX_BYTES
 _JSON_TEXT_MAX = 16 * 1024
@@ -363,9 +365,28 @@ def humanise_size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f}MiB"
 
 
-def _one_line(text: str, width: int) -> str:
-    """Whitespace runs as one space, then at most `width` characters."""
-    return clip(" ".join(text.split()), width)
+def _line_detail(text: str, width: int = _DETAIL_WIDTH) -> str:
+    """The detail on one line (whitespace runs as one space), at most `width`
+    characters. A longer one keeps its start (what failed) and its end, which is where a
+    detail says what to do and names the setting (``... raise the topic's
+    max.message.bytes ...``, ``(MAX_OUTPUT_BYTES; ...)``): a third of the width for the
+    start, the rest for the end, each cut between words when a word boundary is near,
+    and `` … `` for what is left out."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    joint = f" {ELLIPSIS} "
+    head_room = width // 3
+    tail_room = width - head_room - len(joint)
+    head = text[:head_room]
+    if text[head_room] != " ":  # the cut falls inside a word: end at the space before it
+        space = head.rfind(" ")
+        head = head[:space] if space > head_room // 2 else head
+    tail = text[len(text) - tail_room :]
+    if text[len(text) - tail_room - 1] != " ":  # likewise: start after the next space
+        space = tail.find(" ")
+        tail = tail[space + 1 :] if 0 <= space < tail_room // 2 else tail
+    return f"{head.rstrip()}{joint}{tail.lstrip()}"
 
 
 def _body_text(value: bytes | None) -> str:
@@ -387,7 +408,7 @@ def format_line(letter: DeadLetter, *, now_ms: int, show_body: bool = False) -> 
     line = (
         f"{letter.coordinates} {token(letter.reason)} source={token(letter.source)} "
         f"age={humanise_age((now_ms - letter.failed_at_ms) / 1000)} size={size} "
-        f"detail={quote(_one_line(letter.detail, _DETAIL_WIDTH))}"
+        f"detail={quote(_line_detail(letter.detail))}"
     )
     missing = letter.missing()
     if missing:
@@ -549,12 +570,20 @@ class DlqReader:
         )
 
     async def __aenter__(self) -> DlqReader:
+        s = self._settings
         try:
-            await self._consumer.start()
+            await asyncio.wait_for(self._consumer.start(), s.kafka_request_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            await self._consumer.stop()
+            raise BrokerError(await _unreachable(s)) from exc
+        try:
             self._topics = set(await self._consumer.topics())
         except KafkaError as exc:
             await self._consumer.stop()
-            raise BrokerError(_unreachable(self._settings, exc)) from exc
+            raise BrokerError(
+                f"listing the topics of KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} "
+                f"failed: {_said(exc)}"
+            ) from exc
         try:
             self.require_topic("DLQ_TOPIC", self._settings.dlq_topic)
             # Not the consumer's partitions_for_topic(): it answers from the metadata the
@@ -612,12 +641,24 @@ class DlqReader:
             return dict(await self._consumer.getmany(timeout_ms=200))
         except KafkaError as exc:
             raise BrokerError(
-                f"reading DLQ_TOPIC={self._settings.dlq_topic} failed: {exc!r}"
+                f"reading DLQ_TOPIC={self._settings.dlq_topic} failed: {_said(exc)}"
             ) from exc
 
 
-def _unreachable(settings: Settings, exc: BaseException) -> str:
-    return f"cannot reach KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: {exc!r}"
+async def _unreachable(settings: Settings) -> str:
+    """Why the broker cannot be reached, as `run` says it
+    (:func:`consumer.source.explain_unreachable`: refused, no answer, a name that does
+    not resolve, not a Kafka broker), naming the setting; the client's error is the
+    chained cause."""
+    bootstrap = settings.kafka_bootstrap_servers
+    why = await explain_unreachable(bootstrap, min(settings.kafka_request_timeout_s, 5.0))
+    return f"cannot reach KAFKA_BOOTSTRAP_SERVERS={bootstrap}: {why}"
+
+
+def _said(exc: BaseException) -> str:
+    """A client error in words (``KafkaConnectionError: ...``), not its repr."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --- Kafka: sending replays -----------------------------------------------------------
@@ -653,10 +694,10 @@ async def send_replays(settings: Settings, replays: Sequence[Replay]) -> list[Se
         )
     )
     try:
-        await producer.start()
-    except KafkaError as exc:
+        await asyncio.wait_for(producer.start(), settings.kafka_request_timeout_s)
+    except (KafkaError, TimeoutError) as exc:
         await producer.stop()
-        raise BrokerError(_unreachable(settings, exc)) from exc
+        raise BrokerError(await _unreachable(settings)) from exc
     try:
         pending = [(r, await _start_send(producer, r)) for r in replays]
         return [await _settle(r, future) for r, future in pending]
@@ -702,15 +743,23 @@ async def list_letters(
     tally = Tally(selection)
     now = now_ms()
     async with DlqReader(settings, idle_s=idle_s) as reader:
-        async for letter in reader.letters():
-            if not tally.take(letter):
-                continue
-            if as_json:
-                line = json_line(as_dict(letter, now_ms=now, show_body=show_body))
-            else:
-                line = format_line(letter, now_ms=now, show_body=show_body)
-            print(line, file=out, flush=True)
-    print(format_summary(settings.dlq_topic, tally), file=err if as_json else out)
+        read_to_end = False
+        try:
+            async for letter in reader.letters():
+                if not tally.take(letter):
+                    continue
+                if as_json:
+                    line = json_line(as_dict(letter, now_ms=now, show_body=show_body))
+                else:
+                    line = format_line(letter, now_ms=now, show_body=show_body)
+                print(line, file=out, flush=True)
+            read_to_end = True
+        finally:
+            # The count also when interrupted (Ctrl-C) or failed half way, as tail does.
+            summary = format_summary(settings.dlq_topic, tally)
+            if not read_to_end:
+                summary += f" (stopped before the end of {settings.dlq_topic})"
+            print(summary, file=err if as_json else out, flush=True)
     return 0
 
 
@@ -735,7 +784,11 @@ async def replay(
     idle_s: float = DEFAULT_IDLE_S,
 ) -> int:
     """Re-send the selected dead letters to INBOUND_TOPIC; 1 if any send failed."""
-    chosen, tally = await choose(settings, selection, idle_s=idle_s)
+    try:
+        chosen, tally = await choose(settings, selection, idle_s=idle_s)
+    except BaseException:
+        print(f"replay to {settings.inbound_topic}: nothing sent", file=out, flush=True)
+        raise
     plans = [plan_replay(letter, settings.inbound_topic) for letter in chosen]
     replays = [p for p in plans if isinstance(p, Replay)]
     skips = [p for p in plans if isinstance(p, Skip)]
@@ -749,7 +802,19 @@ async def replay(
             print(_would_send(r), file=out)
         print(f"dry run, nothing sent: would send {len(replays)}{_skipped(skips)}", file=out)
         return not_found
-    results = await send_replays(settings, replays)
+    try:
+        results = await send_replays(settings, replays)
+    except BrokerError:  # the producer did not start: nothing was sent
+        print(f"replay to {settings.inbound_topic}: nothing sent{_skipped(skips)}", file=out)
+        raise
+    except BaseException:  # interrupted while sending: which ones landed is not known
+        print(
+            f"replay to {settings.inbound_topic}: stopped while sending {len(replays)}, some "
+            "may have been sent. Safe to repeat: the pipeline drops messages it already stored.",
+            file=out,
+            flush=True,
+        )
+        raise
     for result in results:
         print(_sent_line(result), file=out)
     failed = sum(1 for r in results if r.error)

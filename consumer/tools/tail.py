@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import sys
+from typing import Any
 
 import orjson
 
@@ -39,19 +40,38 @@ async def tail(
             idle_s=idle_exit_s,
         ):
             event = inbound(record)
-            kinds[kind_of(event.value)] += 1
-            print(format_event(event.partition, event.offset, event.value, as_json), flush=True)
+            kind, line = read_event(event.partition, event.offset, event.value, as_json)
+            kinds[kind] += 1
+            print(line, flush=True)
     finally:
         # On stderr: stdout stays one event a line (JSON lines with --json).
         print(f"tail: {summary(name, kinds)}", file=sys.stderr, flush=True)
 
 
+# What _parse returns for a value that is not JSON (None is JSON's null).
+_NOT_JSON = object()
+
+
+def read_event(partition: int, offset: int, value: bytes | None, as_json: bool) -> tuple[str, str]:
+    """An event's kind (for the exit count) and its line, from one parse of its JSON."""
+    event = _parse(value)
+    return _kind(event), _render(partition, offset, len(value or b""), event, as_json)
+
+
 def kind_of(value: bytes | None) -> str:
     """An event's kind for the exit count: its `event` if it is one of ours."""
+    return _kind(_parse(value))
+
+
+def _parse(value: bytes | None) -> object:
     try:
-        kind = orjson.loads(value or b"").get("event")
-    except (orjson.JSONDecodeError, AttributeError):
-        return "other"
+        return orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+def _kind(event: object) -> str:
+    kind = event.get("event") if isinstance(event, dict) else None
     return kind if kind in ("message_created", "message_status_changed") else "other"
 
 
@@ -70,10 +90,11 @@ def format_event(partition: int, offset: int, value: bytes | None, as_json: bool
     """One line per event: its JSON (re-encoded on one line), or a readable summary
     without message content. Every value from the record is escaped (safetext): no raw
     control, bidi or invisible character, and the JSON stays valid."""
-    size = len(value or b"")
-    try:
-        event = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
+    return _render(partition, offset, len(value or b""), _parse(value), as_json)
+
+
+def _render(partition: int, offset: int, size: int, event: Any, as_json: bool) -> str:
+    if event is _NOT_JSON:
         if as_json:
             return json_line({"partition": partition, "offset": offset, "not_json_bytes": size})
         return f"{partition}:{offset} <not an event of ours: {size} bytes>"

@@ -278,14 +278,15 @@ def test_line_has_the_facts_and_no_body() -> None:
 
 def test_line_shows_truncation_replays_and_clips_detail() -> None:
     """Truncated bodies show both sizes; a re-dead-lettered replay shows its origin;
-    long details are cut to keep one line a record."""
+    long details are cut (to 200 characters, the middle left out) to keep one line a
+    record."""
     big = _dead_letter(Reason.OVERSIZE, value=b"x" * 200_000, max_request_bytes=160 * 1024)
     assert "size=96.0KiB (truncated from 195.3KiB)" in dlq.format_line(big, now_ms=NOW_MS)
     replayed = _dead_letter(headers=(SIGNATURE, (deadletters.REPLAYED_FROM, b"dlq:0:3")))
     assert dlq.format_line(replayed, now_ms=NOW_MS).endswith(" replayed_from=dlq:0:3")
     long = dlq.DeadLetter("dlq", 0, 0, NOW_MS, None, b"", (("dlq.detail", b"y" * 500),))
     detail = dlq.format_line(long, now_ms=NOW_MS).split("detail=")[1]
-    assert len(orjson.loads(detail)) == 80
+    assert len(orjson.loads(detail)) == 200
 
 
 def test_json_has_all_headers_and_no_body() -> None:
@@ -536,8 +537,9 @@ def test_json_escapes_and_stays_valid() -> None:
 
 
 def test_long_values_are_bounded() -> None:
-    """A hand-written dead letter with a 1 MB detail and a 1 MB header: the line shows 80
-    characters of the detail; --json at most 1024 characters of it and 16 KiB of a header."""
+    """A hand-written dead letter with a 1 MB detail and a 1 MB header: the line shows 200
+    characters of the detail (its start and end); --json at most 1024 characters of it and
+    16 KiB of a header."""
     letter = dlq.DeadLetter(
         "dlq",
         0,
@@ -548,9 +550,9 @@ def test_long_values_are_bounded() -> None:
         (("dlq.detail", RLO.encode() * 400_000), ("big", b"x" * 1_000_000)),
     )
     line = dlq.format_line(letter, now_ms=NOW_MS)
-    assert len(line) < 700
+    assert len(line) < 6 * 200 + 100  # six characters an escaped one
     detail = orjson.loads(line.split("detail=")[1])
-    assert detail == RLO * 79 + "…"
+    assert detail == RLO * 66 + " … " + RLO * 131
     line = _json(letter)
     out = orjson.loads(line)
     assert len(out["detail"]) == 1024
