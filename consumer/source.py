@@ -19,6 +19,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumer import lenient
@@ -230,8 +231,15 @@ class Source:
         # A batch aiokafka cannot decode, or that decompresses beyond the bound
         # MAX_RECORD_BYTES sets, must not stop a partition (it is dead-lettered).
         lenient.install(settings.max_record_bytes)
+        # Whether this member assigned the group's partitions in the current generation
+        # (the group's leader), and whether a leader must stay in the group when it
+        # stops (see stop()): found out at start.
+        self.leading = False
+        self.leader_stays = False
+        self._own_consumer = consumer is None
         self._consumer = consumer or AIOKafkaConsumer(
-            **consumer_config(settings, client_id=client_id)
+            **consumer_config(settings, client_id=client_id),
+            partition_assignment_strategy=(_noting_leadership(self),),
         )
         # Per partition, the offset after the last record a fetch returned since the
         # partition was assigned: where a rewind puts it when the bookkeeping has no
@@ -255,8 +263,11 @@ class Source:
     async def start(self, *, on_revoked: RebalanceHook, on_assigned: RebalanceHook) -> None:
         s = self._settings
         await start_client(self._consumer, s.kafka_bootstrap_servers, self._timeout_s)
+        if self._own_consumer:
+            self.leader_stays = await leader_must_stay(s.kafka_bootstrap_servers, self._timeout_s)
 
         async def revoked(partitions: set[Partition]) -> None:
+            self.leading = False  # a (re)join begins: who leads is decided again
             await on_revoked(partitions)
             self.forget(partitions)
 
@@ -274,6 +285,17 @@ class Source:
             self._unplaced.discard(p)
 
     async def stop(self) -> None:
+        """Leave the group and close. On a broker whose coordinator mishandles its
+        leader's LeaveGroup (:func:`leader_must_stay`), the leader sends none: the
+        coordinator drops it when its session times out, and elects a new leader then."""
+        if self.leading and self.leader_stays:
+            _send_no_leave_group(self._consumer)
+            log.info(
+                "group.leader_stays",
+                note="this broker keeps a departed leader (Tansu): no LeaveGroup; the "
+                "group rebalances once KAFKA_SESSION_TIMEOUT_S has passed",
+                session_timeout_s=self._settings.kafka_session_timeout_s,
+            )
         await self._consumer.stop()
 
     # -- records -------------------------------------------------------------------
@@ -554,6 +576,63 @@ class Source:
             ) from exc
         except KafkaError as exc:
             raise BrokerError(f"the group coordinator failed: {exc!r}") from exc
+
+
+# Tansu's coordinator (its default cluster id) keeps a leader that leaves while the group
+# is forming (after another member left first, as when every member stops at once) as the
+# group's leader: every member that joins after is told to wait for that leader's
+# SyncGroup, which never comes, until a conflicting update happens to reload the group
+# (a restart waited 12 s to minutes; docs/operations.md, "A member waits for partitions").
+_LEADER_KEPT_BY = ("tansu",)
+
+
+async def leader_must_stay(bootstrap: str, timeout_s: float) -> bool:
+    """Whether this broker's group coordinator mishandles its leader's LeaveGroup (its
+    cluster id says Tansu): then a leader that stops sends none, and is dropped when its
+    session times out, which elects a new leader properly. A broker that cannot be asked
+    is taken to be well-behaved (logged)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await start_client(admin, bootstrap, timeout_s)
+        described = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    except (BrokerError, KafkaError, TimeoutError) as exc:
+        log.info("broker.not_described", error=repr(exc), consequence="the leader leaves")
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    cluster_id = str(described.get("cluster_id") or "").lower()
+    return any(name in cluster_id for name in _LEADER_KEPT_BY)
+
+
+def _noting_leadership(source: Source) -> type[RoundRobinPartitionAssignor]:
+    """aiokafka's default assignor (same name and protocol: members of one group agree),
+    which marks `source` as the leader when the coordinator has it assign."""
+
+    class Noting(RoundRobinPartitionAssignor):  # type: ignore[misc] # aiokafka is untyped
+        @classmethod
+        def assign(cls, cluster: Any, member_metadata: Any) -> Any:
+            source.leading = True
+            return super().assign(cluster, member_metadata)
+
+    return Noting
+
+
+def _send_no_leave_group(consumer: Any) -> None:
+    """Make the consumer's close skip its LeaveGroup (aiokafka has no option for it but
+    static membership; its coordinator's _maybe_leave_group otherwise only resets the
+    generation, which is all this does)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        log.warning("group.leave_not_skipped", reason="aiokafka's coordinator changed")
+        return
+
+    async def reset_only() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = reset_only
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc] # aiokafka is untyped
