@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -231,6 +233,7 @@ class Source:
         # A batch aiokafka cannot decode, or that decompresses beyond the bound
         # MAX_RECORD_BYTES sets, must not stop a partition (it is dead-lettered).
         lenient.install(settings.max_record_bytes)
+        count_fetches_that_end_early()
         # Whether this member assigned the group's partitions in the current generation
         # (the group's leader), and whether a leader must stay in the group when it
         # stops (see stop()): found out at start.
@@ -576,6 +579,31 @@ class Source:
             ) from exc
         except KafkaError as exc:
             raise BrokerError(f"the group coordinator failed: {exc!r}") from exc
+
+
+def count_fetches_that_end_early() -> None:
+    """aiokafka (0.14) counts a getmany as under way in SubscriptionState.fetch_context,
+    a context manager whose exit is not in a ``finally``: a getmany that is cancelled (the
+    loop cuts a fetch short when a batch ends, and keep_in_group bounds its wait during a
+    rebalance) or that raises stays counted for good. Its fetcher_idle_time is then 0
+    from there on, and aiokafka never leaves the group for a member whose loop stalls past
+    KAFKA_MAX_POLL_INTERVAL_S. This installs the same count, ended in a ``finally``.
+    Idempotent; for every consumer of the process."""
+    if getattr(SubscriptionState.fetch_context, "wamid_guard", False):
+        return
+
+    @contextlib.contextmanager
+    def fetch_context(self: Any) -> Iterator[None]:
+        self._fetch_count += 1
+        try:
+            yield
+        finally:
+            self._fetch_count -= 1
+            if self._fetch_count == 0:
+                self._last_fetch_ended = time.monotonic()
+
+    fetch_context.wamid_guard = True  # type: ignore[attr-defined]
+    SubscriptionState.fetch_context = fetch_context
 
 
 # Tansu's coordinator (its default cluster id) keeps a leader that leaves while the group
