@@ -166,7 +166,7 @@ def run_command(command: str, func: Callable[[Settings], int], *, service: bool 
         if service:
             # The plain line below says what failed; a console log (someone reading the
             # terminal) does not say it again, JSON lines (a log pipeline) carry it.
-            said = {"error": str(exc)} if _json_logs(settings) else {}
+            said = {"error": str(exc)} if logs.uses_json(settings.log_format) else {}
             log.error(  # noqa: TRY400 - the cause is chained in the line; no traceback for an expected failure
                 "command.failed",
                 command=command,
@@ -188,13 +188,6 @@ def run_command(command: str, func: Callable[[Settings], int], *, service: bool 
             file=sys.stderr,
         )
         return 1
-
-
-def _json_logs(settings: Settings) -> bool:
-    """Whether the log lines are JSON (as logs.configure decides: LOG_FORMAT=json, or
-    auto and stderr is not a terminal)."""
-    fmt = settings.log_format
-    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
 
 def _one_line(exc: BaseException) -> str:

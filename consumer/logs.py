@@ -31,14 +31,19 @@ class _Stderr:
         sys.stderr.flush()
 
 
+def uses_json(fmt: str = "auto", stream: TextIO | None = None) -> bool:
+    """Whether the log lines are JSON: LOG_FORMAT=json, or auto and the stream (stderr
+    by default) is not a terminal."""
+    return fmt == "json" or (fmt == "auto" and not (stream or sys.stderr).isatty())
+
+
 def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog (and the stdlib loggers of our libraries) once, at the edge."""
     out: Any = stream or _Stderr()
     tty = (stream or sys.stderr).isatty()
-    use_json = fmt == "json" or (fmt == "auto" and not tty)
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json_dumps)
-        if use_json
+        if uses_json(fmt, stream)
         else structlog.dev.ConsoleRenderer(colors=tty)
     )
     structlog.configure(
